@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`. Everything else is what they use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KAFKA_PORT ?= 9092
+
+.PHONY: install kafka-start kafka-stop lint test demo bench clean
+
+install: $(VENV)/.installed deploy/kafka/lib/.fetched
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+deploy/kafka/lib/.fetched: deploy/kafka/pom.xml | $(VENV)/.installed
+	$(BIN)/agentstream kafka fetch
+	@touch $@
+
+kafka-start: install
+	$(BIN)/agentstream kafka start --port $(KAFKA_PORT)
+
+kafka-stop:
+	@test -x $(BIN)/agentstream && $(BIN)/agentstream kafka stop --port $(KAFKA_PORT) || true
+
+lint: install
+	$(BIN)/ruff check schemas services tests
+	$(BIN)/mypy
+
+test: kafka-start lint
+	$(BIN)/pytest
+
+demo: kafka-start
+	$(BIN)/agentstream demo
+
+clean: kafka-stop
+	rm -rf $(VENV) deploy/kafka/lib deploy/kafka/data deploy/kafka/logs deploy/kafka/run .agentstream

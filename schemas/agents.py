@@ -1,0 +1,21 @@
+"""Agent definitions: what both services agree an agent is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AgentSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    provider: str = "scripted"
+    model: str = "scripted-1"
+    params: dict[str, Any] = Field(default_factory=dict)
+    system_prompt: str = "You are a helpful assistant."
+    tools: tuple[str, ...] = ("calculator", "clock")
+    max_steps: int = Field(default=4, ge=1, le=50)
+    timeout_s: float = Field(default=120.0, gt=0)
+    fallback: tuple[str, ...] = ()

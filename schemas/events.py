@@ -1,0 +1,149 @@
+"""Event envelope and every event type (design contract). Frozen, discriminated on ``type``.
+
+Changes are additive with defaults; unknown fields are ignored; a breaking change is a new type name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from schemas.topics import Priority
+
+SCHEMA_VERSION = 1
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
+
+class Envelope(BaseModel):
+    """Fields every record value carries."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    tenant_id: str
+    execution_id: str
+    session_id: str | None = None
+    agent_id: str = "default"
+    attempt: int = 1
+    seq: int = 0
+    ts: datetime = Field(default_factory=_now)
+
+
+class Message(BaseModel):
+    """One chat message of the history handed to an execution."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    name: str | None = None
+    tool_call_id: str | None = None
+
+
+class ExecutionRequested(Envelope):
+    type: Literal["execution.requested"] = "execution.requested"
+    input: str
+    priority: Priority = "standard"
+    variables: dict[str, Any] = Field(default_factory=dict)
+    history: tuple[Message, ...] = ()
+    reply_to: str | None = None
+    deadline: datetime | None = None
+
+
+class ExecutionStarted(Envelope):
+    type: Literal["execution.started"] = "execution.started"
+    provider: str = ""
+    model: str = ""
+
+
+class TokenDelta(Envelope):
+    type: Literal["token.delta"] = "token.delta"
+    text: str
+    step: int = 0
+
+
+class ToolCallStarted(Envelope):
+    type: Literal["tool.call.started"] = "tool.call.started"
+    call_id: str
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    step: int = 0
+
+
+class ToolCallCompleted(Envelope):
+    type: Literal["tool.call.completed"] = "tool.call.completed"
+    call_id: str
+    tool: str
+    result: Any = None
+    error: str | None = None
+    duration_ms: float = 0.0
+    step: int = 0
+
+
+class ExecutionCompleted(Envelope):
+    type: Literal["execution.completed"] = "execution.completed"
+    output: str
+    usage: Usage = Field(default_factory=Usage)
+
+
+class ExecutionFailed(Envelope):
+    type: Literal["execution.failed"] = "execution.failed"
+    reason: str
+    retriable: bool = False
+
+
+class ExecutionCancelled(Envelope):
+    type: Literal["execution.cancelled"] = "execution.cancelled"
+    reason: str = "cancelled by request"
+
+
+class ExecutionCancelRequested(Envelope):
+    type: Literal["execution.cancel_requested"] = "execution.cancel_requested"
+
+
+class JobCompleted(Envelope):
+    type: Literal["job.completed"] = "job.completed"
+    job_id: str
+    service: str
+    result: Any = None
+
+
+Event = Annotated[
+    ExecutionRequested
+    | ExecutionStarted
+    | TokenDelta
+    | ToolCallStarted
+    | ToolCallCompleted
+    | ExecutionCompleted
+    | ExecutionFailed
+    | ExecutionCancelled
+    | ExecutionCancelRequested
+    | JobCompleted,
+    Field(discriminator="type"),
+]
+
+EventAdapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+TERMINAL_TYPES = frozenset({"execution.completed", "execution.failed", "execution.cancelled"})

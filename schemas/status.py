@@ -1,0 +1,65 @@
+"""The status snapshot kept (compacted) on ``executions.status``, keyed by execution_id."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.events import Usage
+from schemas.topics import Priority
+
+State = Literal["queued", "running", "completed", "failed", "cancelled"]
+TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+# Snapshots are written by the orchestrator and by executors; a view keeps the highest rank, so a
+# late "queued" never overwrites "running", and a newer attempt wins over an older one.
+_RANK: dict[str, int] = {"queued": 0, "running": 1, "completed": 2, "failed": 2, "cancelled": 2}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ExecutionStatus(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    execution_id: str
+    tenant_id: str
+    agent_id: str = "default"
+    session_id: str | None = None
+    priority: Priority = "standard"
+    state: State = "queued"
+    attempt: int = 0
+    events_topic: str = ""
+    events_partition: int | None = None
+    events_start_offset: int | None = None
+    output: str | None = None
+    error: str | None = None
+    usage: Usage | None = None
+    created_at: datetime = Field(default_factory=_now)
+    updated_at: datetime = Field(default_factory=_now)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def supersedes(self, other: ExecutionStatus) -> bool:
+        """True if this snapshot should replace ``other`` in a view."""
+        if other.terminal:
+            return False
+        if self.terminal:
+            return True
+        return (self.attempt, _RANK[self.state]) >= (other.attempt, _RANK[other.state])
+
+    def merged_over(self, other: ExecutionStatus) -> ExecutionStatus:
+        """Keep fields the newer snapshot does not know (where the events start, creation time)."""
+        update: dict[str, Any] = {"created_at": other.created_at}
+        if self.events_start_offset is None and other.events_start_offset is not None:
+            update |= {
+                "events_partition": other.events_partition,
+                "events_start_offset": other.events_start_offset,
+                "events_topic": other.events_topic,
+            }
+        return self.model_copy(update=update)

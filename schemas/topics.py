@@ -1,0 +1,44 @@
+"""Topic names: the only place they are spelled. A prefix (default ``agentstream.``) scopes them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Priority = Literal["critical", "standard", "batch"]
+PRIORITIES: tuple[Priority, ...] = ("critical", "standard", "batch")
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = "agentstream."
+
+    def lane(self, priority: Priority) -> str:
+        return f"{self.prefix}executions.{priority}"
+
+    @property
+    def lanes(self) -> tuple[str, ...]:
+        return tuple(self.lane(p) for p in PRIORITIES)
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}executions.events"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}executions.control"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}executions.status"
+
+    @property
+    def jobs_completed(self) -> str:
+        return f"{self.prefix}jobs.completed"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}dlq"
+
+    def all(self) -> tuple[str, ...]:
+        return (*self.lanes, self.events, self.control, self.status, self.jobs_completed, self.dlq)

@@ -1,0 +1,23 @@
+"""Dead-letter records: the original key and value, with why and where it came from in headers."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from schemas.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+async def send_to_dlq(producer: AIOKafkaProducer, topics: Topics, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+    headers = [
+        *(record.headers or ()),
+        ("dlq.reason", reason[:4000].encode()),
+        ("dlq.topic", record.topic.encode()),
+        ("dlq.partition", str(record.partition).encode()),
+        ("dlq.offset", str(record.offset).encode()),
+    ]
+    await producer.send_and_wait(topics.dlq, value=record.value, key=record.key, headers=headers)
+    log.warning("record %s:%s@%s sent to the DLQ: %s", record.topic, record.partition, record.offset, reason)

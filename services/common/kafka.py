@@ -1,0 +1,102 @@
+"""Producer factory, topic creation, record encoding and headers: the Kafka plumbing both services use."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from pydantic import BaseModel
+
+from services.common.errors import KafkaUnavailable
+from services.common.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+def encode(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
+
+
+def event_headers(*, type_: str, tenant_id: str, attempt: int = 1, traceparent: str | None = None) -> Headers:
+    # Type and attempt travel in headers so the bridge can fence and route without parsing values.
+    headers: Headers = [("type", type_.encode()), ("tenant_id", tenant_id.encode()), ("attempt", str(attempt).encode())]
+    if traceparent:
+        headers.append(("traceparent", traceparent.encode()))
+    return headers
+
+
+def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key == name:
+            return value.decode(errors="replace")
+    return None
+
+
+def make_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=settings.linger_ms,
+        request_timeout_ms=settings.request_timeout_ms,
+    )
+
+
+async def start_client(client: AIOKafkaProducer, settings: KafkaSettings) -> None:
+    try:
+        await client.start()
+    except KafkaConnectionError as exc:
+        raise KafkaUnavailable(settings.bootstrap, exc) from exc
+
+
+async def ensure_topics(settings: KafkaSettings) -> None:
+    """Create the contract's topics if missing (idempotent; concurrent callers are fine)."""
+    topics = settings.topics
+    n = settings.partitions
+    wanted = [NewTopic(name, num_partitions=n, replication_factor=1) for name in (*topics.lanes, topics.events)]
+    wanted += [
+        NewTopic(topics.control, num_partitions=1, replication_factor=1),
+        NewTopic(
+            topics.status,
+            num_partitions=n,
+            replication_factor=1,
+            topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"},
+        ),
+        NewTopic(topics.jobs_completed, num_partitions=3, replication_factor=1),
+        NewTopic(topics.dlq, num_partitions=3, replication_factor=1),
+    ]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=settings.request_timeout_ms)
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        raise KafkaUnavailable(settings.bootstrap, exc) from exc
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+            await _wait_for_leaders(admin, [t.name for t in missing])
+    finally:
+        await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        described = await admin.describe_topics(names)
+        if all(
+            not t.get("error_code") and t.get("partitions") and all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in described
+        ):
+            return
+        await asyncio.sleep(0.1)
+    log.warning("topics %s have no leader after %.0fs", names, timeout)

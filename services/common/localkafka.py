@@ -1,0 +1,261 @@
+"""A genuine Apache Kafka (KRaft, broker + controller in one JVM) for local use and CI.
+
+The jars come from Maven Central through ``deploy/kafka/pom.xml``; data, logs and the PID file live
+in git-ignored folders under ``deploy/kafka``. Nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
+
+
+class LocalKafkaError(Exception):
+    """The local broker could not be fetched, started or stopped; the message says what to do."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalKafka:
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+    home: Path = DEPLOY_DIR
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.home / "lib"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data" / str(self.port)
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs" / str(self.port)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"kafka-{self.port}.pid"
+
+    @property
+    def config_file(self) -> Path:
+        return self.run_dir / f"server-{self.port}.properties"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    # -- jars -------------------------------------------------------------------------------
+    def jars_present(self) -> bool:
+        return any(self.lib_dir.glob("kafka_2.13-*.jar"))
+
+    def fetch_jars(self) -> None:
+        """Resolve Kafka's runtime jars from Maven Central into ``lib/`` (cached afterwards)."""
+        if self.jars_present():
+            return
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise LocalKafkaError(
+                "Maven (mvn) is not installed: install it (apt-get install maven) so the Kafka jars "
+                "can be fetched from Maven Central, or set AGENTSTREAM_KAFKA_BOOTSTRAP to a running broker"
+            )
+        tmp = self.home / "lib.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        proc = subprocess.run(
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(self.home / "pom.xml"),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={tmp}",
+                "-DincludeScope=runtime",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise LocalKafkaError(
+                "could not fetch the Apache Kafka jars from Maven Central "
+                f"(mvn exited {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            )
+        tmp.rename(self.lib_dir)
+
+    # -- process ----------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def _java(self, main: str, *args: str, heap: str | None = None) -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise LocalKafkaError("java is not installed: install OpenJDK 17 or newer (apt-get install openjdk-17-jre-headless)")
+        opts = [f"-Xmx{heap}", f"-Xms{heap}"] if heap else ["-Xmx256m"]
+        return [
+            java,
+            *opts,
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.logs_dir}",
+            f"-Dlog4j2.configurationFile={self.home / 'log4j2.yaml'}",
+            "-cp",
+            str(self.lib_dir / "*"),
+            main,
+            *args,
+        ]
+
+    def _write_config(self) -> None:
+        template = (self.home / "server.properties.template").read_text()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(template.format(port=self.port, controller_port=self.controller_port, data_dir=self.data_dir))
+
+    def _format_storage(self) -> None:
+        if (self.data_dir / "meta.properties").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cluster_id = _kafka_uuid()
+        proc = subprocess.run(
+            self._java(
+                "kafka.tools.StorageTool",
+                "format",
+                "--cluster-id",
+                cluster_id,
+                "--config",
+                str(self.config_file),
+                "--standalone",
+                "--ignore-formatted",
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise LocalKafkaError(f"formatting Kafka storage failed:\n{proc.stdout}{proc.stderr}")
+
+    def start(self, *, timeout: float = 90.0, on_step: Callable[[str], None] = lambda _s: None) -> float:
+        """Start the broker (fetching jars first if needed); return seconds until it answered metadata."""
+        if self.is_running():
+            return 0.0
+        if _port_open(self.port):
+            raise LocalKafkaError(
+                f"port {self.port} is taken by another process: stop it, or start on another port "
+                "(agentstream kafka start --port N) and set AGENTSTREAM_KAFKA_BOOTSTRAP"
+            )
+        on_step("fetching Apache Kafka jars from Maven Central (first run only)")
+        self.fetch_jars()
+        on_step("writing KRaft config and formatting storage")
+        self._write_config()
+        self._format_storage()
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        on_step(f"starting Apache Kafka on {self.bootstrap}")
+        started = time.monotonic()
+        with open(self.logs_dir / "stdout.log", "ab") as out:
+            proc = subprocess.Popen(
+                self._java("kafka.Kafka", str(self.config_file), heap=self.heap),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(proc.pid))
+        on_step("waiting until the broker answers metadata requests")
+        deadline = started + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise LocalKafkaError(f"Kafka exited with code {proc.returncode}; see {self.logs_dir / 'server.log'}")
+            if asyncio.run(answers_metadata(self.bootstrap)):
+                return time.monotonic() - started
+            time.sleep(0.3)
+        raise LocalKafkaError(f"Kafka did not answer within {timeout:.0f}s; see {self.logs_dir / 'server.log'}")
+
+    def stop(self, *, timeout: float = 30.0) -> bool:
+        """Stop the broker by its PID (SIGTERM, then SIGKILL); idempotent. True if one was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            _reap(pid)
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def reset(self) -> None:
+        """Stop and delete all data (topics, offsets)."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+async def answers_metadata(bootstrap: str, *, timeout: float = 3.0) -> bool:
+    from aiokafka import AIOKafkaClient  # local import: nothing connects at import time
+
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout)
+    except Exception:
+        return False
+    finally:
+        await client.close()
+    return True
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _kafka_uuid() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

@@ -1,0 +1,134 @@
+"""A materialized view of the compacted ``executions.status`` topic.
+
+Both services read it from the beginning at start and tail it: the orchestrator answers status and
+ownership from it, executors learn the attempt number and whether an execution is already terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from schemas.status import ExecutionStatus
+from services.common.kafka import encode
+from services.common.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class StatusView:
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._topic = settings.topics.status
+        self._items: dict[str, ExecutionStatus] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._caught_up = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+    def get(self, execution_id: str) -> ExecutionStatus | None:
+        return self._items.get(execution_id)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def apply(self, status: ExecutionStatus) -> bool:
+        """Merge a snapshot (from the topic or our own write); True if it changed the view."""
+        current = self._items.get(status.execution_id)
+        if current is None:
+            self._items[status.execution_id] = status
+            return True
+        if status.supersedes(current):
+            self._items[status.execution_id] = status.merged_over(current)
+            return True
+        return False
+
+    async def wait_until(
+        self, execution_id: str, predicate: Callable[[ExecutionStatus], bool], *, timeout: float
+    ) -> ExecutionStatus | None:
+        """Wait until the execution's snapshot satisfies ``predicate`` (or timeout); return the latest."""
+
+        def ready() -> bool:
+            current = self._items.get(execution_id)
+            return current is not None and predicate(current)
+
+        async def _wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(ready)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_wait(), timeout)
+        return self._items.get(execution_id)
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id="status-view",
+        )
+        await consumer.start()
+        self._consumer = consumer
+        partitions = consumer.partitions_for_topic(self._topic)
+        retries = 50
+        while not partitions and retries:
+            await asyncio.sleep(0.1)
+            await consumer._client.force_metadata_update()  # topic was just created
+            partitions = consumer.partitions_for_topic(self._topic)
+            retries -= 1
+        tps = [TopicPartition(self._topic, p) for p in sorted(partitions or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps) if tps else {}
+        self._task = asyncio.create_task(self._run(consumer, end), name="status-view")
+        await asyncio.wait_for(self._caught_up.wait(), 60)
+
+    async def _run(self, consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> None:
+        pending = {tp for tp, off in end.items() if off > 0}
+        if not pending:
+            self._caught_up.set()
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=200, max_records=2000)
+            except KafkaError as exc:
+                log.warning("status view: %s; retrying", exc)
+                await asyncio.sleep(1)
+                continue
+            changed = False
+            for records in batches.values():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        changed |= self.apply(ExecutionStatus.model_validate_json(record.value))
+                    except ValidationError as exc:
+                        log.warning("status view: skipping malformed snapshot at %s:%s: %s", record.partition, record.offset, exc)
+            if pending:
+                for tp in list(pending):
+                    if await consumer.position(tp) >= end[tp]:
+                        pending.discard(tp)
+                if not pending:
+                    self._caught_up.set()
+            if changed:
+                async with self._changed:
+                    self._changed.notify_all()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+
+def status_record(status: ExecutionStatus) -> tuple[bytes, bytes]:
+    return status.execution_id.encode(), encode(status)

@@ -1,0 +1,261 @@
+"""The executor: a FastStream Kafka consumer group over the three lane topics.
+
+Each request runs as its own task, so executions run concurrently also within one partition. A
+request's offset is committed only when its execution reached a terminal event that the broker
+acknowledged; the committed offset is the contiguous watermark of finished requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.structs import OffsetAndMetadata
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
+
+from schemas.agents import AgentSpec
+from schemas.events import (
+    ExecutionCompleted,
+    ExecutionFailed,
+    ExecutionRequested,
+    ExecutionStarted,
+)
+from schemas.status import ExecutionStatus
+from services.common.agents import load_agents
+from services.common.dlq import send_to_dlq
+from services.common.kafka import encode, ensure_topics, make_producer, start_client
+from services.common.statusview import StatusView
+from services.executor.emitter import EventEmitter
+from services.executor.loop import ExecutionError, run_agent
+from services.executor.providers.base import Provider, ProviderError
+from services.executor.providers.scripted import ScriptedProvider
+from services.executor.settings import ExecutorSettings
+from services.executor.tools import Tool, builtin_tools
+from services.executor.watermark import PartitionWatermark
+
+log = logging.getLogger(__name__)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self._revoked: set[TopicPartition] = set()
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._revoked = set(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        # Executions of partitions we lost will be redelivered to their new owner: stop ours.
+        self._executor.drop_partitions(self._revoked - set(assigned))
+        self._revoked = set()
+
+
+class Executor:
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        *,
+        providers: dict[str, Provider] | None = None,
+        tools: dict[str, Tool] | None = None,
+        agents: dict[str, AgentSpec] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.kafka.topics
+        self.providers: dict[str, Provider] = providers or {
+            "scripted": ScriptedProvider(token_delay_s=settings.scripted_token_delay_ms / 1000)
+        }
+        self.tools = tools if tools is not None else builtin_tools()
+        self.agents = agents if agents is not None else load_agents(settings.agents_file)
+        self.status = StatusView(settings.kafka)
+        self.producer: AIOKafkaProducer = make_producer(settings.kafka, client_id=f"{settings.instance_id}-producer")
+        self.broker = KafkaBroker(settings.kafka.bootstrap, client_id=settings.instance_id, log_level=logging.DEBUG)
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
+        self._running: dict[str, tuple[TopicPartition, asyncio.Task[None]]] = {}
+        self._started = False
+        self.completed = 0
+        self._subscriber = self.broker.subscriber(
+            *self.topics.lanes,
+            group_id=settings.consumer_group,
+            ack_policy=AckPolicy.MANUAL,
+            auto_offset_reset="earliest",
+            listener=_Rebalance(self),
+            max_poll_records=50,
+        )
+        self._subscriber(self._on_request)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await ensure_topics(self.settings.kafka)
+        await start_client(self.producer, self.settings.kafka)
+        await self.status.start()
+        await self.broker.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await self.broker.stop()
+        tasks = [task for _, task in self._running.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.status.stop()
+        await self.producer.stop()
+
+    async def __aenter__(self) -> Executor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        consumer = self._subscriber.consumer
+        assert consumer is not None
+        return consumer
+
+    def assigned(self) -> set[TopicPartition]:
+        return set(self.consumer.assignment())
+
+    # -- consuming ------------------------------------------------------------------------
+    async def _on_request(self, msg: KafkaMessage) -> None:
+        record: ConsumerRecord[bytes, bytes] = msg.raw_message
+        tp = TopicPartition(record.topic, record.partition)
+        mark = self._watermarks.setdefault(tp, PartitionWatermark(next_offset=record.offset, committed=record.offset))
+        if record.offset in mark.inflight:
+            return  # redelivered after a rebalance while we still run it
+        mark.begin(record.offset)
+        try:
+            request = ExecutionRequested.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            await send_to_dlq(self.producer, self.topics, record, f"invalid execution.requested: {exc}")
+            await self._finish(tp, record.offset)
+            return
+        if request.execution_id in self._running:
+            await self._finish(tp, record.offset)
+            return
+        current = self.status.get(request.execution_id)
+        if current is not None and current.terminal:
+            await self._finish(tp, record.offset)
+            return
+        await self._slots.acquire()
+        task = asyncio.create_task(self._execute(request, current, tp, record.offset), name=request.execution_id)
+        self._running[request.execution_id] = (tp, task)
+
+    async def _finish(self, tp: TopicPartition, offset: int) -> None:
+        mark = self._watermarks.get(tp)
+        if mark is None:
+            return
+        commit_at = mark.finish(offset)
+        if commit_at is not None and tp in self.consumer.assignment():
+            try:
+                await self.consumer.commit({tp: OffsetAndMetadata(commit_at, "")})
+            except Exception as exc:  # a rebalance took the partition: the new owner redoes it
+                log.info("commit of %s@%s skipped: %s", tp, commit_at, exc)
+
+    def drop_partitions(self, lost: set[TopicPartition]) -> None:
+        for execution_id, (tp, task) in list(self._running.items()):
+            if tp in lost:
+                task.cancel()
+                self._running.pop(execution_id, None)
+        for tp in lost:
+            self._watermarks.pop(tp, None)
+
+    # -- running one execution --------------------------------------------------------------
+    async def _execute(self, request: ExecutionRequested, previous: ExecutionStatus | None, tp: TopicPartition, offset: int) -> None:
+        attempt = (previous.attempt if previous is not None else 0) + 1
+        envelope: dict[str, Any] = {
+            "tenant_id": request.tenant_id,
+            "execution_id": request.execution_id,
+            "session_id": request.session_id,
+            "agent_id": request.agent_id,
+            "attempt": attempt,
+        }
+        topic = request.reply_to or self.topics.events
+        emitter = EventEmitter(
+            self.producer,
+            topic=topic,
+            envelope=envelope,
+            interval_s=self.settings.coalesce_interval_ms / 1000,
+            max_chars=self.settings.coalesce_max_chars,
+        )
+        base = ExecutionStatus(
+            execution_id=request.execution_id,
+            tenant_id=request.tenant_id,
+            agent_id=request.agent_id,
+            session_id=request.session_id,
+            priority=request.priority,
+            attempt=attempt,
+            events_topic=topic,
+            created_at=previous.created_at if previous else request.ts,
+        )
+        finished = False
+        try:
+            spec = self.agents.get(request.agent_id)
+            provider = self.providers.get(spec.provider) if spec else None
+            started = await emitter.emit(ExecutionStarted, provider=spec.provider if spec else "", model=spec.model if spec else "")
+            meta = await started
+            await self._publish_status(
+                base.model_copy(update={"state": "running", "events_partition": meta.partition, "events_start_offset": meta.offset})
+            )
+            try:
+                if spec is None:
+                    raise ExecutionError(f"unknown agent {request.agent_id!r}")
+                if provider is None:
+                    raise ExecutionError(f"agent {spec.name!r} names provider {spec.provider!r}, which is not configured")
+                outcome = await asyncio.wait_for(
+                    run_agent(
+                        spec=spec,
+                        request=request,
+                        provider=provider,
+                        tools=self.tools,
+                        emitter=emitter,
+                        tool_timeout_s=self.settings.tool_timeout_s,
+                    ),
+                    spec.timeout_s,
+                )
+            except (ExecutionError, ProviderError) as exc:
+                await emitter.emit(ExecutionFailed, reason=str(exc), retriable=exc.retriable)
+                await emitter.drain()
+                await self._publish_status(base.model_copy(update={"state": "failed", "error": str(exc)}))
+            except TimeoutError:
+                reason = f"execution exceeded its timeout of {spec.timeout_s if spec else 0:g}s"
+                await emitter.emit(ExecutionFailed, reason=reason, retriable=True)
+                await emitter.drain()
+                await self._publish_status(base.model_copy(update={"state": "failed", "error": reason}))
+            else:
+                await emitter.emit(ExecutionCompleted, output=outcome.output, usage=outcome.usage)
+                await emitter.drain()
+                await self._publish_status(base.model_copy(update={"state": "completed", "output": outcome.output, "usage": outcome.usage}))
+                self.completed += 1
+            finished = True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never lose a request silently: record why, then commit
+            log.exception("execution %s crashed", request.execution_id)
+            with contextlib.suppress(Exception):
+                await emitter.emit(ExecutionFailed, reason=f"internal error: {type(exc).__name__}: {exc}")
+                await emitter.drain()
+                await self._publish_status(base.model_copy(update={"state": "failed", "error": str(exc)}))
+                finished = True
+        finally:
+            emitter.close()
+            self._slots.release()
+            if self._running.get(request.execution_id, (None, None))[1] is asyncio.current_task():
+                self._running.pop(request.execution_id, None)
+            if finished:
+                await self._finish(tp, offset)
+
+    async def _publish_status(self, status: ExecutionStatus) -> None:
+        self.status.apply(status)
+        await self.producer.send_and_wait(self.topics.status, key=status.execution_id.encode(), value=encode(status))

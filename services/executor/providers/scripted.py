@@ -1,0 +1,63 @@
+"""The offline ``scripted`` model: deterministic, streams word by word, calls the calculator once.
+
+Turn 1 streams a short preface and asks the calculator to evaluate the first arithmetic expression
+in the user's input (or ``6*7``). Turn 2, after the tool result, streams the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+
+from schemas.events import Usage
+from services.executor.providers.base import Chunk, ModelRequest, TextDelta, ToolCall, TurnEnd
+
+_EXPR = re.compile(r"[-+]?\d+(?:\.\d+)?(?:\s*[-+*/]\s*\(?\s*[-+]?\d+(?:\.\d+)?\s*\)?)+")
+
+
+class ScriptedProvider:
+    name = "scripted"
+
+    def __init__(self, *, token_delay_s: float = 0.0) -> None:
+        self._delay = token_delay_s
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
+        messages = request.messages
+        user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        tool_results = [m for m in messages if m["role"] == "tool"]
+        has_calculator = any(t.name == "calculator" for t in request.tools)
+        prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)
+        if has_calculator and not tool_results:
+            match = _EXPR.search(user)
+            expression = match.group(0).strip() if match else "6*7"
+            text = f"Let me work out {expression} with the calculator."
+            async for delta in self._words(text):
+                yield delta
+            call = ToolCall(id="call_1", name="calculator", arguments=json.dumps({"expression": expression}))
+            yield TurnEnd(tool_calls=(call,), usage=_usage(prompt_tokens, text))
+            return
+        if tool_results:
+            payload = json.loads(tool_results[-1]["content"])
+            if "error" in payload:
+                text = f"The calculator could not help: {payload['error']}. You asked: {user}"
+            else:
+                text = f"The calculator says {payload['result']}. You asked: {user}"
+        else:
+            text = f"You said: {user}"
+        async for delta in self._words(text):
+            yield delta
+        yield TurnEnd(usage=_usage(prompt_tokens, text))
+
+    async def _words(self, text: str) -> AsyncIterator[TextDelta]:
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            if self._delay:
+                await asyncio.sleep(self._delay)
+            yield TextDelta(word if i == 0 else " " + word)
+
+
+def _usage(prompt_tokens: int, text: str) -> Usage:
+    completion = len(text.split())
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)

@@ -1,0 +1,111 @@
+"""Tools an agent may call: a protocol, a dict registry, and the built-ins (calculator, clock)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import operator
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import jsonschema
+
+from services.executor.providers.base import ToolSpec
+
+
+class ToolError(Exception):
+    """A tool failed; the message goes back to the model as the tool's error result."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class Tool(Protocol):
+    spec: ToolSpec
+
+    async def __call__(self, arguments: dict[str, Any]) -> Any: ...
+
+
+def parse_arguments(tool: Tool, raw: str) -> dict[str, Any]:
+    """Decode and validate the model's arguments against the tool's JSON Schema."""
+    try:
+        args = json.loads(raw or "{}")
+    except json.JSONDecodeError as exc:
+        raise ToolError(f"arguments are not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    if not isinstance(args, dict):
+        raise ToolError("arguments must be a JSON object")
+    try:
+        jsonschema.validate(args, tool.spec.parameters)
+    except jsonschema.ValidationError as exc:
+        raise ToolError(f"arguments do not match the schema: {exc.message}") from exc
+    return args
+
+
+_OPS: dict[type, Callable[..., Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
+
+
+def _eval(node: ast.AST) -> float | int:
+    if isinstance(node, ast.Expression):
+        return _eval(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        left, right = _eval(node.left), _eval(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > 100:
+            raise ToolError("exponent too large")
+        return _OPS[type(node.op)](left, right)  # type: ignore[no-any-return]
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_eval(node.operand))  # type: ignore[no-any-return]
+    raise ToolError(f"unsupported expression element: {type(node).__name__}")
+
+
+class Calculator:
+    spec = ToolSpec(
+        name="calculator",
+        description="Evaluate an arithmetic expression (+ - * / // % ** and parentheses).",
+        parameters={
+            "type": "object",
+            "properties": {"expression": {"type": "string", "maxLength": 200}},
+            "required": ["expression"],
+            "additionalProperties": False,
+        },
+    )
+
+    async def __call__(self, arguments: dict[str, Any]) -> Any:
+        try:
+            tree = ast.parse(arguments["expression"], mode="eval")
+        except SyntaxError as exc:
+            raise ToolError(f"not an arithmetic expression: {exc.msg}") from exc
+        try:
+            value = _eval(tree)
+        except ZeroDivisionError as exc:
+            raise ToolError("division by zero") from exc
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class Clock:
+    spec = ToolSpec(
+        name="clock",
+        description="The current date and time in UTC (ISO 8601).",
+        parameters={"type": "object", "properties": {}, "additionalProperties": False},
+    )
+
+    async def __call__(self, arguments: dict[str, Any]) -> Any:
+        return datetime.now(UTC).isoformat()
+
+
+def builtin_tools() -> dict[str, Tool]:
+    tools: list[Tool] = [Calculator(), Clock()]
+    return {t.spec.name: t for t in tools}

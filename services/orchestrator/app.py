@@ -1,0 +1,276 @@
+"""The orchestrator: HTTP API, API-key auth with tenant context, and the WebSocket bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from schemas.agents import AgentSpec
+from schemas.api import ExecutionAccepted, ExecutionRequest, ExecutionView
+from schemas.events import ExecutionRequested
+from schemas.status import ExecutionStatus
+from services.common.agents import load_agents
+from services.common.kafka import encode, ensure_topics, event_headers, make_producer, start_client
+from services.common.localkafka import answers_metadata
+from services.common.statusview import StatusView
+from services.orchestrator.bridge import CLOSE_SHUTDOWN, CLOSE_UNAUTHORIZED, Bridge, Connection
+from services.orchestrator.settings import OrchestratorSettings
+
+log = logging.getLogger(__name__)
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
+@dataclass
+class State:
+    settings: OrchestratorSettings
+    producer: AIOKafkaProducer
+    status: StatusView
+    bridge: Bridge
+    agents: dict[str, AgentSpec]
+
+
+def _state(request: Request | WebSocket) -> State:
+    state: State = request.app.state.agentstream
+    return state
+
+
+def _api_key(conn: Request | WebSocket) -> str | None:
+    auth = conn.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return conn.headers.get("x-api-key") or conn.query_params.get("api_key")
+
+
+def _tenant(request: Request) -> str:
+    tenant = _state(request).settings.tenant_for(_api_key(request))
+    if tenant is None:
+        raise HTTPError(401, "missing or invalid API key: send `Authorization: Bearer <key>`", headers={"WWW-Authenticate": "Bearer"})
+    return tenant
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPError(413, f"request body is larger than {limit} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPError(413, f"request body is larger than {limit} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HTTPError(400, f"request body is not valid JSON: {exc}") from exc
+
+
+def _view(status: ExecutionStatus) -> ExecutionView:
+    return ExecutionView(
+        execution_id=status.execution_id,
+        agent=status.agent_id,
+        priority=status.priority,
+        status=status.state,
+        attempt=status.attempt,
+        session_id=status.session_id,
+        output=status.output,
+        error=status.error,
+        usage=status.usage,
+        created_at=status.created_at.isoformat(),
+        updated_at=status.updated_at.isoformat(),
+    )
+
+
+async def create_execution(request: Request) -> Response:
+    state = _state(request)
+    tenant = _tenant(request)
+    raw = await _json_body(request, state.settings.max_body_bytes)
+    try:
+        body = ExecutionRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise HTTPError(422, "invalid execution request", detail=_errors(exc)) from exc
+    if body.agent not in state.agents:
+        raise HTTPError(422, f"unknown agent {body.agent!r}; known agents: {sorted(state.agents)}")
+    execution_id = uuid.uuid4().hex
+    event = ExecutionRequested(
+        tenant_id=tenant,
+        execution_id=execution_id,
+        session_id=body.session_id,
+        agent_id=body.agent,
+        input=body.input,
+        priority=body.priority,
+        variables=body.variables,
+        history=tuple(body.history),
+    )
+    status = ExecutionStatus(
+        execution_id=execution_id,
+        tenant_id=tenant,
+        agent_id=body.agent,
+        session_id=body.session_id,
+        priority=body.priority,
+        events_topic=state.settings.kafka.topics.events,
+        created_at=event.ts,
+        updated_at=event.ts,
+    )
+    topics = state.settings.kafka.topics
+    key = execution_id.encode()
+    try:
+        # 202 only after the broker acknowledged (acks=all, idempotent producer).
+        await asyncio.gather(
+            state.producer.send_and_wait(
+                topics.lane(body.priority),
+                value=encode(event),
+                key=tenant.encode(),
+                headers=event_headers(type_=event.type, tenant_id=tenant),
+            ),
+            state.producer.send_and_wait(topics.status, value=encode(status), key=key),
+        )
+    except KafkaError as exc:
+        raise HTTPError(
+            503,
+            f"Kafka did not acknowledge the request ({type(exc).__name__}); nothing was accepted, retry later",
+            headers={"Retry-After": "1"},
+        ) from exc
+    state.status.apply(status)
+    accepted = ExecutionAccepted(
+        execution_id=execution_id,
+        events_url=f"/v1/executions/{execution_id}",
+        stream_url="/v1/stream",
+    )
+    return JSONResponse(accepted.model_dump(), status_code=202)
+
+
+async def get_execution(request: Request) -> Response:
+    state = _state(request)
+    tenant = _tenant(request)
+    status = state.status.get(request.path_params["execution_id"])
+    if status is None or status.tenant_id != tenant:
+        raise HTTPError(404, "execution not found")
+    return JSONResponse(_view(status).model_dump(mode="json"))
+
+
+async def live(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    bootstrap = _state(request).settings.kafka.bootstrap
+    if await answers_metadata(bootstrap, timeout=2.0):
+        return JSONResponse({"status": "ready", "kafka": bootstrap})
+    return JSONResponse({"status": "not ready", "kafka": f"Kafka is not reachable at {bootstrap}"}, status_code=503)
+
+
+async def stream(websocket: WebSocket) -> None:
+    """``/v1/stream``: {"type": "subscribe", "execution_id": ..., "cursor": N?} -> events frames."""
+    state = _state(websocket)
+    await websocket.accept()
+    tenant = state.settings.tenant_for(_api_key(websocket))
+    if tenant is None:
+        await websocket.close(code=CLOSE_UNAUTHORIZED, reason="missing or invalid API key")
+        return
+    connection = Connection(websocket, max_items=state.settings.ws_queue_frames, send_timeout_s=state.settings.ws_send_timeout_s)
+    connection.tenant_id = tenant
+    connection.start()
+    try:
+        while not connection.closed.is_set():
+            receive = asyncio.ensure_future(websocket.receive_text())
+            closed = asyncio.ensure_future(connection.closed.wait())
+            done, _ = await asyncio.wait({receive, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if receive not in done:
+                receive.cancel()
+                break
+            closed.cancel()
+            await _handle_client_message(state, connection, receive.result())
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await state.bridge.close_connection(connection)
+
+
+async def _handle_client_message(state: State, connection: Connection, text: str) -> None:
+    try:
+        message = orjson.loads(text)
+        op = message.get("type")
+        execution_id = str(message.get("execution_id", ""))
+        cursor = message.get("cursor")
+        if cursor is not None and not isinstance(cursor, int):
+            raise ValueError("cursor must be an integer")
+    except (orjson.JSONDecodeError, AttributeError, ValueError) as exc:
+        await connection.send_json({"type": "error", "error": f"malformed message: {exc}"})
+        return
+    if op == "subscribe":
+        status = state.status.get(execution_id)
+        if status is None or status.tenant_id != connection.tenant_id:
+            await connection.send_json({"type": "error", "execution_id": execution_id, "error": "execution not found"})
+            return
+        if execution_id in connection.subscriptions:
+            return
+        await connection.send_json({"type": "subscribed", "execution_id": execution_id, "status": status.state})
+        state.bridge.subscribe(connection, status, cursor=cursor)
+    elif op == "unsubscribe":
+        state.bridge.unsubscribe(connection, execution_id)
+    else:
+        await connection.send_json({"type": "error", "error": f"unknown message type {op!r}; use subscribe or unsubscribe"})
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False, include_input=False)]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPError)
+    body: dict[str, Any] = {"error": exc.error}
+    if exc.detail is not None:
+        body["detail"] = exc.detail
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+def create_app(settings: OrchestratorSettings | None = None) -> Starlette:
+    settings = settings or OrchestratorSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await ensure_topics(settings.kafka)
+        producer = make_producer(settings.kafka, client_id="orchestrator")
+        await start_client(producer, settings.kafka)
+        status = StatusView(settings.kafka)
+        bridge = Bridge(settings.kafka, status)
+        try:
+            await status.start()
+            await bridge.start()
+            app.state.agentstream = State(settings, producer, status, bridge, load_agents(settings.agents_file))
+            yield
+        finally:
+            await bridge.stop()
+            await status.stop()
+            await producer.stop()
+
+    routes = [
+        Route("/v1/executions", create_execution, methods=["POST"]),
+        Route("/v1/executions/{execution_id}", get_execution, methods=["GET"]),
+        Route("/health/live", live),
+        Route("/health/ready", ready),
+        WebSocketRoute("/v1/stream", stream),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPError: _http_error})
+
+
+__all__ = ["CLOSE_SHUTDOWN", "create_app"]
