@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 
-.PHONY: install kafka-start kafka-stop lint test demo bench clean
+.PHONY: install kafka-start kafka-stop services services-stop lint test demo bench clean
 
 install: $(VENV)/.installed deploy/kafka/lib/.fetched
 
@@ -29,11 +29,17 @@ lint: install
 	$(BIN)/ruff check schemas services tests
 	$(BIN)/mypy
 
-test: kafka-start lint
+services:
+	bash deploy/dev-services.sh start
+
+services-stop:
+	bash deploy/dev-services.sh stop
+
+test: kafka-start services lint
 	$(BIN)/pytest
 
 demo: kafka-start
 	$(BIN)/agentstream demo
 
-clean: kafka-stop
-	rm -rf $(VENV) deploy/kafka/lib deploy/kafka/data deploy/kafka/logs deploy/kafka/run .agentstream
+clean: kafka-stop services-stop
+	rm -rf $(VENV) deploy/kafka/lib deploy/kafka/data deploy/kafka/logs deploy/kafka/run deploy/dev-services .agentstream
