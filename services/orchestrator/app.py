@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.routing import Route
+from starlette.websockets import WebSocket
 
 from schemas.agents import AgentSpec
 from schemas.api import ExecutionAccepted, ExecutionRequest, ExecutionView
@@ -28,7 +28,8 @@ from services.common.agents import load_agents
 from services.common.kafka import encode, ensure_topics, event_headers, make_producer, start_client
 from services.common.localkafka import answers_metadata
 from services.common.statusview import StatusView
-from services.orchestrator.bridge import CLOSE_SHUTDOWN, CLOSE_UNAUTHORIZED, Bridge, Connection
+from services.orchestrator import streaming
+from services.orchestrator.bridge import Bridge
 from services.orchestrator.settings import OrchestratorSettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,11 @@ def _api_key(conn: Request | WebSocket) -> str | None:
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
     return conn.headers.get("x-api-key") or conn.query_params.get("api_key")
+
+
+async def authenticate(conn: Request | WebSocket) -> str | None:
+    """The tenant of the connection's API key, or None. Used by every HTTP and streaming endpoint."""
+    return _state(conn).settings.tenant_for(_api_key(conn))
 
 
 def _tenant(request: Request) -> str:
@@ -178,59 +184,6 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "not ready", "kafka": f"Kafka is not reachable at {bootstrap}"}, status_code=503)
 
 
-async def stream(websocket: WebSocket) -> None:
-    """``/v1/stream``: {"type": "subscribe", "execution_id": ..., "cursor": N?} -> events frames."""
-    state = _state(websocket)
-    await websocket.accept()
-    tenant = state.settings.tenant_for(_api_key(websocket))
-    if tenant is None:
-        await websocket.close(code=CLOSE_UNAUTHORIZED, reason="missing or invalid API key")
-        return
-    connection = Connection(websocket, max_items=state.settings.ws_queue_frames, send_timeout_s=state.settings.ws_send_timeout_s)
-    connection.tenant_id = tenant
-    connection.start()
-    try:
-        while not connection.closed.is_set():
-            receive = asyncio.ensure_future(websocket.receive_text())
-            closed = asyncio.ensure_future(connection.closed.wait())
-            done, _ = await asyncio.wait({receive, closed}, return_when=asyncio.FIRST_COMPLETED)
-            if receive not in done:
-                receive.cancel()
-                break
-            closed.cancel()
-            await _handle_client_message(state, connection, receive.result())
-    except WebSocketDisconnect:
-        pass
-    finally:
-        await state.bridge.close_connection(connection)
-
-
-async def _handle_client_message(state: State, connection: Connection, text: str) -> None:
-    try:
-        message = orjson.loads(text)
-        op = message.get("type")
-        execution_id = str(message.get("execution_id", ""))
-        cursor = message.get("cursor")
-        if cursor is not None and not isinstance(cursor, int):
-            raise ValueError("cursor must be an integer")
-    except (orjson.JSONDecodeError, AttributeError, ValueError) as exc:
-        await connection.send_json({"type": "error", "error": f"malformed message: {exc}"})
-        return
-    if op == "subscribe":
-        status = state.status.get(execution_id)
-        if status is None or status.tenant_id != connection.tenant_id:
-            await connection.send_json({"type": "error", "execution_id": execution_id, "error": "execution not found"})
-            return
-        if execution_id in connection.subscriptions:
-            return
-        await connection.send_json({"type": "subscribed", "execution_id": execution_id, "status": status.state})
-        state.bridge.subscribe(connection, status, cursor=cursor)
-    elif op == "unsubscribe":
-        state.bridge.unsubscribe(connection, execution_id)
-    else:
-        await connection.send_json({"type": "error", "error": f"unknown message type {op!r}; use subscribe or unsubscribe"})
-
-
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False, include_input=False)]
 
@@ -257,6 +210,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> Starlette:
             await status.start()
             await bridge.start()
             app.state.agentstream = State(settings, producer, status, bridge, load_agents(settings.agents_file))
+            app.state.authenticate = authenticate
             yield
         finally:
             await bridge.stop()
@@ -268,9 +222,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> Starlette:
         Route("/v1/executions/{execution_id}", get_execution, methods=["GET"]),
         Route("/health/live", live),
         Route("/health/ready", ready),
-        WebSocketRoute("/v1/stream", stream),
+        *streaming.routes(),
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPError: _http_error})
 
-
-__all__ = ["CLOSE_SHUTDOWN", "create_app"]

@@ -172,6 +172,7 @@ class Bridge:
         self._settings = settings
         self._topic = settings.topics.events
         self._status = status
+        self.status = status
         self._subs: dict[str, set[Subscription]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None

@@ -48,11 +48,15 @@ async def test_resubscribe_from_cursor_gets_exact_suffix(stack: Stack) -> None:
 async def test_two_executors_share_the_group(stack: Stack) -> None:
     second = Executor(ExecutorSettings(kafka=stack.kafka, instance_id="executor-2", scripted_token_delay_ms=1))
     async with second:
+        lanes = 3 * stack.kafka.partitions
+
+        def split() -> bool:
+            mine, theirs = stack.executor.assigned(), second.assigned()
+            return bool(mine and theirs and not mine & theirs and len(mine | theirs) == lanes)
+
         async with asyncio.timeout(30):
-            while not (second.assigned() and stack.executor.assigned()):
+            while not split():  # the rebalance has settled: each member owns a disjoint share
                 await asyncio.sleep(0.1)
-        mine, theirs = stack.executor.assigned(), second.assigned()
-        assert mine and theirs and not (mine & theirs)
         # Tenant is the record key: 24 tenants spread the requests over the lane's partitions.
         ids = {f"key-{i}": await stack.submit(key=f"key-{i}", input=f"{i}+1") for i in range(24)}
         for key, execution_id in ids.items():
