@@ -17,5 +17,8 @@ class AgentSpec(BaseModel):
     system_prompt: str = "You are a helpful assistant."
     tools: tuple[str, ...] = ("calculator", "clock")
     max_steps: int = Field(default=4, ge=1, le=50)
-    timeout_s: float = Field(default=120.0, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)  # the whole execution
+    first_token_timeout_s: float | None = Field(default=None, gt=0)  # per model call; None: executor setting
+    tool_timeout_s: float | None = Field(default=None, gt=0)  # per tool call; None: executor setting
+    # Providers to try, in order, when the agent's own fails: "groq" or "groq:llama-3.1-8b-instant".
     fallback: tuple[str, ...] = ()

@@ -70,6 +70,9 @@ class ExecutionRequested(Envelope):
     history: tuple[Message, ...] = ()
     reply_to: str | None = None
     deadline: datetime | None = None
+    # "completion": one model turn over history + input, no agent system prompt, no tools.
+    mode: Literal["agent", "completion"] = "agent"
+    params: dict[str, Any] = Field(default_factory=dict)  # model parameters over the agent's (completion mode)
 
 
 class ExecutionStarted(Envelope):
@@ -100,6 +103,25 @@ class ToolCallCompleted(Envelope):
     error: str | None = None
     duration_ms: float = 0.0
     step: int = 0
+
+
+class ExecutionRestarted(Envelope):
+    """A step's model call starts over (retry, or fallback to another provider).
+
+    If ``text_discarded``, the ``token.delta`` text already sent for ``step`` is void: a client drops
+    it and renders what follows instead.
+    """
+
+    type: Literal["execution.restarted"] = "execution.restarted"
+    step: int = 0
+    reason: str = ""
+    provider: str = ""
+    model: str = ""
+    previous_provider: str = ""
+    previous_model: str = ""
+    fallback: bool = False
+    text_discarded: bool = False
+    delay_s: float = 0.0
 
 
 class ExecutionCompleted(Envelope):
@@ -136,6 +158,7 @@ Event = Annotated[
     | TokenDelta
     | ToolCallStarted
     | ToolCallCompleted
+    | ExecutionRestarted
     | ExecutionCompleted
     | ExecutionFailed
     | ExecutionCancelled

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import OffsetAndMetadata
@@ -22,20 +24,25 @@ from pydantic import ValidationError
 
 from schemas.agents import AgentSpec
 from schemas.events import (
+    ExecutionCancelled,
+    ExecutionCancelRequested,
     ExecutionCompleted,
     ExecutionFailed,
     ExecutionRequested,
     ExecutionStarted,
 )
 from schemas.status import ExecutionStatus
-from services.common.agents import load_agents
+from services.common.agents import AgentCatalog, AgentSource, HttpAgents, StaticAgents, load_agents
 from services.common.dlq import send_to_dlq
+from services.common.errors import AgentstreamError
 from services.common.kafka import encode, ensure_topics, make_producer, start_client
 from services.common.statusview import StatusView
+from services.executor.control import ControlTail
 from services.executor.emitter import EventEmitter
-from services.executor.loop import ExecutionError, run_agent
+from services.executor.httptools import ToolRegistry, load_http_tools
+from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent
 from services.executor.providers.base import Provider, ProviderError
-from services.executor.providers.scripted import ScriptedProvider
+from services.executor.providers.registry import PROVIDER_NAMES, build_providers, close_providers, default_agent
 from services.executor.settings import ExecutorSettings
 from services.executor.tools import Tool, builtin_tools
 from services.executor.watermark import PartitionWatermark
@@ -57,6 +64,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._revoked = set()
 
 
+_RECENT_CANCELS = 10_000
+
+
 class Executor:
     def __init__(
         self,
@@ -65,22 +75,49 @@ class Executor:
         providers: dict[str, Provider] | None = None,
         tools: dict[str, Tool] | None = None,
         agents: dict[str, AgentSpec] | None = None,
+        agent_sources: list[AgentSource] | None = None,
     ) -> None:
         self.settings = settings
         self.topics = settings.kafka.topics
-        self.providers: dict[str, Provider] = providers or {
-            "scripted": ScriptedProvider(token_delay_s=settings.scripted_token_delay_ms / 1000)
-        }
+        self.providers: dict[str, Provider] = providers if providers is not None else build_providers(settings)
         self.tools = tools if tools is not None else builtin_tools()
-        self.agents = agents if agents is not None else load_agents(settings.agents_file)
+        known = PROVIDER_NAMES | set(self.providers)
+        if agents is None:
+            agents = load_agents(settings.agents_file, providers=known)
+            if settings.agents_file is None or "default" not in agents:
+                agents["default"] = default_agent(settings)
+        self.agents = agents
+        sources: list[AgentSource] = [StaticAgents(agents), *(agent_sources or ())]
+        if settings.agent_service_url:
+            sources.append(
+                HttpAgents(
+                    settings.agent_service_url,
+                    ttl_s=settings.agent_cache_ttl_s,
+                    timeout_s=settings.agent_service_timeout_s,
+                    providers=known,
+                )
+            )
+        self.catalog = AgentCatalog(*sources)
+        self.loop_settings = LoopSettings(
+            retry=settings.retry,
+            timeouts=settings.timeouts,
+            tool_timeout_s=settings.tool_timeout_s,
+            tool_retries=settings.tool_retries,
+            tool_retry_backoff_s=settings.tool_retry_backoff_s,
+        )
+        self.http = httpx.AsyncClient(timeout=settings.tool_timeout_s)
         self.status = StatusView(settings.kafka)
+        self.control = ControlTail(settings.kafka, on_cancel=self.request_cancel, client_id=f"{settings.instance_id}-control")
         self.producer: AIOKafkaProducer = make_producer(settings.kafka, client_id=f"{settings.instance_id}-producer")
         self.broker = KafkaBroker(settings.kafka.bootstrap, client_id=settings.instance_id, log_level=logging.DEBUG)
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
         self._running: dict[str, tuple[TopicPartition, asyncio.Task[None]]] = {}
+        self._cancels: dict[str, asyncio.Event] = {}
+        self._recent_cancels: OrderedDict[str, str] = OrderedDict()  # execution_id -> tenant_id
         self._started = False
         self.completed = 0
+        self.cancelled = 0
         self._subscriber = self.broker.subscriber(
             *self.topics.lanes,
             group_id=settings.consumer_group,
@@ -93,26 +130,52 @@ class Executor:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        await self._load_tools()
         await ensure_topics(self.settings.kafka)
         await start_client(self.producer, self.settings.kafka)
         await self.status.start()
+        await self.control.start()
         await self.broker.start()
         self._started = True
 
+    async def _load_tools(self) -> None:
+        secret = self.settings.tool_secret.get_secret_value().encode() if self.settings.tool_secret else None
+        allow = self.settings.allow_private_tool_urls
+        if self.settings.tools_file is not None:
+            self.tools |= load_http_tools(self.settings.tools_file, client=self.http, secret=secret, allow_private=allow)
+        if self.settings.tool_registry_url:
+            registry = ToolRegistry(self.settings.tool_registry_url, client=self.http, secret=secret, allow_private=allow)
+            self.tools |= await registry.list()
+
     async def stop(self) -> None:
         if not self._started:
+            await self._close_adapters()
             return
         self._started = False
         await self.broker.stop()
+        await self.control.stop()
         tasks = [task for _, task in self._running.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.status.stop()
         await self.producer.stop()
+        await self._close_adapters()
+
+    async def _close_adapters(self) -> None:
+        await close_providers(self.providers)
+        for source in self.catalog.sources:
+            close = getattr(source, "aclose", None)
+            if close is not None:
+                await close()
+        await self.http.aclose()
 
     async def __aenter__(self) -> Executor:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -126,6 +189,21 @@ class Executor:
 
     def assigned(self) -> set[TopicPartition]:
         return set(self.consumer.assignment())
+
+    # -- cancel ---------------------------------------------------------------------------
+    def request_cancel(self, request: ExecutionCancelRequested) -> None:
+        """From the control topic. Idempotent: a second cancel of the same execution changes nothing."""
+        execution_id = request.execution_id
+        self._recent_cancels[execution_id] = request.tenant_id
+        self._recent_cancels.move_to_end(execution_id)
+        while len(self._recent_cancels) > _RECENT_CANCELS:
+            self._recent_cancels.popitem(last=False)
+        event = self._cancels.get(execution_id)
+        if event is not None:
+            event.set()
+
+    def _cancel_requested(self, request: ExecutionRequested) -> bool:
+        return self._recent_cancels.get(request.execution_id) == request.tenant_id
 
     # -- consuming ------------------------------------------------------------------------
     async def _on_request(self, msg: KafkaMessage) -> None:
@@ -199,10 +277,23 @@ class Executor:
             events_topic=topic,
             created_at=previous.created_at if previous else request.ts,
         )
+        cancel = self._cancels[request.execution_id] = asyncio.Event()
+        if self._cancel_requested(request):
+            cancel.set()
         finished = False
         try:
-            spec = self.agents.get(request.agent_id)
-            provider = self.providers.get(spec.provider) if spec else None
+            if cancel.is_set():  # cancelled before it started: no execution.started, just the end
+                meta = await (await emitter.emit(ExecutionCancelled, reason="cancelled before start"))
+                await self._publish_status(
+                    base.model_copy(
+                        update={"state": "cancelled", "error": "cancelled before start"}
+                        | {"events_partition": meta.partition, "events_start_offset": meta.offset}
+                    )
+                )
+                self.cancelled += 1
+                finished = True
+                return
+            spec, lookup_error = await self._lookup(request.agent_id)
             started = await emitter.emit(ExecutionStarted, provider=spec.provider if spec else "", model=spec.model if spec else "")
             meta = await started
             await self._publish_status(
@@ -210,34 +301,25 @@ class Executor:
             )
             try:
                 if spec is None:
-                    raise ExecutionError(f"unknown agent {request.agent_id!r}")
-                if provider is None:
-                    raise ExecutionError(f"agent {spec.name!r} names provider {spec.provider!r}, which is not configured")
-                outcome = await asyncio.wait_for(
-                    run_agent(
-                        spec=spec,
-                        request=request,
-                        provider=provider,
-                        tools=self.tools,
-                        emitter=emitter,
-                        tool_timeout_s=self.settings.tool_timeout_s,
-                    ),
-                    spec.timeout_s,
-                )
+                    raise lookup_error or ExecutionError(f"unknown agent {request.agent_id!r}")
+                outcome = await self._run(spec, request, emitter, cancel)
             except (ExecutionError, ProviderError) as exc:
                 await emitter.emit(ExecutionFailed, reason=str(exc), retriable=exc.retriable)
                 await emitter.drain()
                 await self._publish_status(base.model_copy(update={"state": "failed", "error": str(exc)}))
-            except TimeoutError:
-                reason = f"execution exceeded its timeout of {spec.timeout_s if spec else 0:g}s"
-                await emitter.emit(ExecutionFailed, reason=reason, retriable=True)
-                await emitter.drain()
-                await self._publish_status(base.model_copy(update={"state": "failed", "error": reason}))
             else:
-                await emitter.emit(ExecutionCompleted, output=outcome.output, usage=outcome.usage)
-                await emitter.drain()
-                await self._publish_status(base.model_copy(update={"state": "completed", "output": outcome.output, "usage": outcome.usage}))
-                self.completed += 1
+                if outcome is None:
+                    await emitter.emit(ExecutionCancelled, reason="cancelled by request")
+                    await emitter.drain()
+                    await self._publish_status(base.model_copy(update={"state": "cancelled", "error": "cancelled by request"}))
+                    self.cancelled += 1
+                else:
+                    await emitter.emit(ExecutionCompleted, output=outcome.output, usage=outcome.usage)
+                    await emitter.drain()
+                    await self._publish_status(
+                        base.model_copy(update={"state": "completed", "output": outcome.output, "usage": outcome.usage})
+                    )
+                    self.completed += 1
             finished = True
         except asyncio.CancelledError:
             raise
@@ -251,10 +333,42 @@ class Executor:
         finally:
             emitter.close()
             self._slots.release()
+            if self._cancels.get(request.execution_id) is cancel:
+                del self._cancels[request.execution_id]
             if self._running.get(request.execution_id, (None, None))[1] is asyncio.current_task():
                 self._running.pop(request.execution_id, None)
             if finished:
                 await self._finish(tp, offset)
+
+    async def _lookup(self, agent_id: str) -> tuple[AgentSpec | None, ExecutionError | None]:
+        try:
+            return await self.catalog.get(agent_id), None
+        except AgentstreamError as exc:
+            return None, ExecutionError(str(exc), retriable=exc.retriable)
+
+    async def _run(self, spec: AgentSpec, request: ExecutionRequested, emitter: EventEmitter, cancel: asyncio.Event) -> Outcome | None:
+        """Run the loop until it ends, the execution times out, or a cancel arrives (None)."""
+        if spec.provider not in self.providers:
+            raise ExecutionError(f"agent {spec.name!r} names provider {spec.provider!r}, which is not configured")
+        work = asyncio.create_task(
+            run_agent(spec=spec, request=request, providers=self.providers, tools=self.tools, emitter=emitter, settings=self.loop_settings),
+            name=f"{request.execution_id}-loop",
+        )
+        cancelled = asyncio.create_task(cancel.wait())
+        try:
+            done, _ = await asyncio.wait({work, cancelled}, timeout=spec.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            if not work.done():
+                work.cancel()
+                # Stops the provider stream and the tools; bounded, so a tool that ignores
+                # cancellation cannot hold the execution (or its partition's commits) forever.
+                await asyncio.wait({work}, timeout=self.settings.cancel_grace_s)
+        if work in done:
+            return work.result()
+        if cancel.is_set():
+            return None
+        raise ExecutionError(f"execution exceeded its timeout of {spec.timeout_s:g}s", retriable=True)
 
     async def _publish_status(self, status: ExecutionStatus) -> None:
         self.status.apply(status)

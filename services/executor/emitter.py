@@ -63,6 +63,12 @@ class EventEmitter:
         self._timer = None
         self._flusher = asyncio.create_task(self.flush())
 
+    def discard(self, step: int) -> None:
+        """Drop buffered, unsent text of ``step`` (its model call restarts)."""
+        if self._buffer and self._buffer_step == step:
+            self._buffer.clear()
+            self._buffered = 0
+
     async def flush(self) -> None:
         async with self._lock:
             await self._flush_locked()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -12,9 +13,11 @@ from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
 from schemas.agents import AgentSpec
-from schemas.events import ExecutionRequested, ToolCallCompleted, ToolCallStarted, Usage
+from schemas.events import ExecutionRequested, ExecutionRestarted, ToolCallCompleted, ToolCallStarted, Usage
 from services.executor.emitter import EventEmitter
 from services.executor.providers.base import ModelRequest, Provider, TextDelta, ToolCall, TurnEnd
+from services.executor.resilience import Restart, Route, parse_route, resilient_stream
+from services.executor.settings import RetrySettings, TimeoutSettings
 from services.executor.tools import Tool, ToolError, parse_arguments
 
 _templates = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -34,6 +37,15 @@ class Outcome:
     usage: Usage
 
 
+@dataclass(frozen=True, slots=True)
+class LoopSettings:
+    retry: RetrySettings
+    timeouts: TimeoutSettings
+    tool_timeout_s: float
+    tool_retries: int = 0
+    tool_retry_backoff_s: float = 0.2
+
+
 def render_system_prompt(spec: AgentSpec, request: ExecutionRequested) -> str:
     try:
         return _templates.from_string(spec.system_prompt).render(**request.variables, input=request.input, agent=spec.name)
@@ -43,31 +55,47 @@ def render_system_prompt(spec: AgentSpec, request: ExecutionRequested) -> str:
         raise ExecutionError(f"prompt template of agent {spec.name!r} cannot be rendered: {exc}") from exc
 
 
+def routes_of(spec: AgentSpec, providers: dict[str, Provider]) -> list[Route]:
+    return [Route(spec.provider, spec.model), *(parse_route(entry, providers) for entry in spec.fallback)]
+
+
 async def run_agent(
     *,
     spec: AgentSpec,
     request: ExecutionRequested,
-    provider: Provider,
+    providers: dict[str, Provider],
     tools: dict[str, Tool],
     emitter: EventEmitter,
-    tool_timeout_s: float,
+    settings: LoopSettings,
 ) -> Outcome:
-    messages: list[dict[str, Any]] = [{"role": "system", "content": render_system_prompt(spec, request)}]
+    completion = request.mode == "completion"
+    messages: list[dict[str, Any]] = [] if completion else [{"role": "system", "content": render_system_prompt(spec, request)}]
     messages += [m.model_dump(exclude_none=True) for m in request.history]
     messages.append({"role": "user", "content": request.input})
-    allowed = {name: tools[name] for name in spec.tools if name in tools}
+    allowed = {} if completion else {name: tools[name] for name in spec.tools if name in tools}
     specs = tuple(t.spec for t in allowed.values())
+    params = {**spec.params, **request.params}
+    routes = routes_of(spec, providers)
+    timeouts = settings.timeouts
+    if spec.first_token_timeout_s is not None:
+        timeouts = timeouts.model_copy(update={"first_token_s": spec.first_token_timeout_s})
+    tool_timeout_s = spec.tool_timeout_s or settings.tool_timeout_s
     usage = Usage()
-    for step in range(spec.max_steps):
+    for step in range(1 if completion else spec.max_steps):
         parts: list[str] = []
         end = TurnEnd()
-        model_request = ModelRequest(model=spec.model, messages=tuple(messages), tools=specs, params=spec.params)
-        async for chunk in provider.stream(model_request):
-            if isinstance(chunk, TextDelta):
-                parts.append(chunk.text)
-                await emitter.text(chunk.text, step=step)
-            else:
-                end = chunk
+        model_request = ModelRequest(model=spec.model, messages=tuple(messages), tools=specs, params=params)
+        stream = resilient_stream(routes, model_request, providers, retry=settings.retry, timeouts=timeouts)
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
+                if isinstance(chunk, TextDelta):
+                    parts.append(chunk.text)
+                    await emitter.text(chunk.text, step=step)
+                elif isinstance(chunk, Restart):
+                    parts.clear()
+                    await _announce_restart(emitter, chunk, step)
+                else:
+                    end = chunk
         usage = usage + end.usage
         text = "".join(parts)
         if not end.tool_calls:
@@ -82,14 +110,45 @@ async def run_agent(
             }
         )
         results = await asyncio.gather(
-            *(_call_tool(call, allowed, emitter, step=step, timeout_s=tool_timeout_s) for call in end.tool_calls)
+            *(_call_tool(call, allowed, emitter, step=step, timeout_s=tool_timeout_s, settings=settings) for call in end.tool_calls)
         )
         for call, content in zip(end.tool_calls, results, strict=True):
             messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
     raise ExecutionError(f"agent {spec.name!r} did not finish within max_steps={spec.max_steps}")
 
 
-async def _call_tool(call: ToolCall, tools: dict[str, Tool], emitter: EventEmitter, *, step: int, timeout_s: float) -> str:
+async def _announce_restart(emitter: EventEmitter, restart: Restart, step: int) -> None:
+    if restart.text_discarded:
+        emitter.discard(step)  # what is still buffered never reaches the client
+    await emitter.emit(
+        ExecutionRestarted,
+        step=step,
+        reason=restart.reason,
+        provider=restart.provider,
+        model=restart.model,
+        previous_provider=restart.previous_provider,
+        previous_model=restart.previous_model,
+        fallback=restart.fallback,
+        text_discarded=restart.text_discarded,
+        delay_s=restart.delay_s,
+    )
+
+
+async def _invoke(tool: Tool, args: dict[str, Any], *, timeout_s: float, settings: LoopSettings) -> Any:
+    """Each attempt has the timeout; retriable failures are tried again, a bounded number of times."""
+    for attempt in range(settings.tool_retries + 1):
+        try:
+            return await asyncio.wait_for(tool(args), timeout_s)
+        except ToolError as exc:
+            if not exc.retriable or attempt == settings.tool_retries:
+                raise
+        await asyncio.sleep(settings.tool_retry_backoff_s * 2.0**attempt)
+    raise AssertionError("unreachable")
+
+
+async def _call_tool(
+    call: ToolCall, tools: dict[str, Tool], emitter: EventEmitter, *, step: int, timeout_s: float, settings: LoopSettings
+) -> str:
     """Run one tool call; a failure becomes an error result for the model, never a crash."""
     started = time.perf_counter()
     tool = tools.get(call.name)
@@ -103,14 +162,18 @@ async def _call_tool(call: ToolCall, tools: dict[str, Tool], emitter: EventEmitt
         args = parse_arguments(tool, call.arguments)
         await emitter.emit(ToolCallStarted, call_id=call.id, tool=call.name, arguments=args, step=step)
         announced = True
-        result = await asyncio.wait_for(tool(args), timeout_s)
+        result = await _invoke(tool, args, timeout_s=timeout_s, settings=settings)
     except ToolError as exc:
         error = str(exc)
     except TimeoutError:
         error = f"tool {call.name!r} timed out after {timeout_s:g}s"
+    except Exception as exc:  # a tool's own bug is the model's error result, not the execution's end
+        error = f"tool {call.name!r} failed: {type(exc).__name__}: {exc}"
     if not announced:
         await emitter.emit(ToolCallStarted, call_id=call.id, tool=call.name, arguments={}, step=step)
     duration_ms = (time.perf_counter() - started) * 1000
     await emitter.emit(ToolCallCompleted, call_id=call.id, tool=call.name, result=result, error=error, duration_ms=duration_ms, step=step)
-    payload = {"error": error} if error is not None else {"result": result}
-    return orjson.dumps(payload).decode()
+    try:
+        return orjson.dumps({"error": error} if error is not None else {"result": result}).decode()
+    except TypeError:
+        return orjson.dumps({"result": str(result)}).decode()

@@ -2,14 +2,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.settings import KafkaSettings
 
 
+class RetrySettings(BaseModel):
+    """Retries of one provider before the next in the fallback chain; backoff with jitter."""
+
+    attempts: int = Field(default=3, ge=1)  # per provider, the first try included
+    backoff_s: float = 0.5  # first delay; doubles per retry
+    max_backoff_s: float = 8.0
+    max_retry_after_s: float = 30.0  # a longer Retry-After moves on to the fallback instead
+
+
+class TimeoutSettings(BaseModel):
+    connect_s: float = 5.0
+    first_token_s: float = 30.0  # request sent -> first chunk of the stream
+    total_s: float = 300.0  # one model call, request to last chunk
+    read_s: float = 60.0  # silence between two chunks
+
+
 class ExecutorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AGENTSTREAM_EXECUTOR_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="AGENTSTREAM_EXECUTOR_", env_nested_delimiter="__", extra="ignore")
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     group_id: str | None = None  # default: "<topic prefix>executor"
@@ -20,7 +36,39 @@ class ExecutorSettings(BaseSettings):
     coalesce_max_chars: int = 256
     agents_file: Path | None = None
     scripted_token_delay_ms: float = 15.0
+
+    # -- providers (keys are never logged: SecretStr) ------------------------------------------
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AGENTSTREAM_EXECUTOR_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = None
+    openai_default_model: str = "gpt-4o-mini"
+    groq_api_key: SecretStr | None = Field(default=None, validation_alias=AliasChoices("AGENTSTREAM_EXECUTOR_GROQ_API_KEY", "GROQ_API_KEY"))
+    groq_base_url: str | None = None
+    groq_default_model: str = "llama-3.3-70b-versatile"
+    # Any OpenAI-compatible server (vLLM, Ollama, LM Studio): provider name ``openai_compatible``.
+    compatible_base_url: str | None = None
+    compatible_api_key: SecretStr = SecretStr("none")
+    compatible_default_model: str = "default"
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+
+    # -- agents from an agent-management service ----------------------------------------------
+    agent_service_url: str | None = None
+    agent_cache_ttl_s: float = 30.0
+    agent_service_timeout_s: float = 3.0
+
+    # -- tools ---------------------------------------------------------------------------------
     tool_timeout_s: float = 10.0
+    tool_retries: int = Field(default=2, ge=0)  # extra attempts after a retriable tool failure
+    tool_retry_backoff_s: float = 0.2
+    tools_file: Path | None = None  # YAML: http tools (name, url, description, parameters)
+    tool_secret: SecretStr | None = None  # HMAC-SHA256 key signing HTTP tool requests
+    tool_registry_url: str | None = None
+    allow_private_tool_urls: bool = False  # loopback/private/link-local targets are refused otherwise
+
+    # -- cancel --------------------------------------------------------------------------------
+    cancel_grace_s: float = 5.0  # how long a cancelled execution may take to wind down
 
     @property
     def consumer_group(self) -> str:

@@ -22,10 +22,29 @@ class ToolError(Exception):
         self.retriable = retriable
 
 
+class ToolDefinitionError(Exception):
+    """A tool cannot be registered (bad schema, refused URL); raised at load time, not per call."""
+
+    retriable = False
+
+
 class Tool(Protocol):
     spec: ToolSpec
 
     async def __call__(self, arguments: dict[str, Any]) -> Any: ...
+
+
+def check_schema(name: str, parameters: Any) -> dict[str, Any]:
+    """The tool's parameters must be a JSON Schema (2020-12) describing an object."""
+    if not isinstance(parameters, dict):
+        raise ToolDefinitionError(f"tool {name!r}: parameters must be a JSON Schema object, got {type(parameters).__name__}")
+    try:
+        jsonschema.Draft202012Validator.check_schema(parameters)
+    except jsonschema.SchemaError as exc:
+        raise ToolDefinitionError(f"tool {name!r}: parameters are not a valid JSON Schema: {exc.message}") from exc
+    if parameters.get("type", "object") != "object":
+        raise ToolDefinitionError(f"tool {name!r}: parameters must describe an object (type: object)")
+    return parameters
 
 
 def parse_arguments(tool: Tool, raw: str) -> dict[str, Any]:
@@ -37,7 +56,7 @@ def parse_arguments(tool: Tool, raw: str) -> dict[str, Any]:
     if not isinstance(args, dict):
         raise ToolError("arguments must be a JSON object")
     try:
-        jsonschema.validate(args, tool.spec.parameters)
+        jsonschema.Draft202012Validator(tool.spec.parameters).validate(args)
     except jsonschema.ValidationError as exc:
         raise ToolError(f"arguments do not match the schema: {exc.message}") from exc
     return args

@@ -46,13 +46,17 @@ class ModelRequest:
 
 
 class ProviderError(Exception):
-    def __init__(self, message: str, *, retriable: bool) -> None:
+    """A model call failed. ``retry_after`` is the server's own hint (Retry-After), in seconds."""
+
+    def __init__(self, message: str, *, retriable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retriable = retriable
+        self.retry_after = retry_after
 
 
 class Provider(Protocol):
     name: str
+    default_model: str
 
     def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
         """Yield text deltas as they come, then exactly one TurnEnd."""

@@ -19,6 +19,7 @@ _EXPR = re.compile(r"[-+]?\d+(?:\.\d+)?(?:\s*[-+*/]\s*\(?\s*[-+]?\d+(?:\.\d+)?\s
 
 class ScriptedProvider:
     name = "scripted"
+    default_model = "scripted-1"
 
     def __init__(self, *, token_delay_s: float = 0.0) -> None:
         self._delay = token_delay_s

@@ -1,0 +1,175 @@
+"""Tools over HTTP: registered HTTP tools (signed requests) and an external Tool Registry client.
+
+An HTTP tool is a URL and a JSON Schema. A call is ``POST url`` with ``{"tool", "arguments"}``; the
+body is signed with HMAC-SHA256 over ``"{timestamp}.{body}"`` (headers ``X-Agentstream-Timestamp``
+and ``X-Agentstream-Signature: v1=<hex>``), so the receiver can check origin and freshness. URLs
+that point at loopback, private, link-local or otherwise non-global addresses are refused (at
+registration and, after DNS, at call time) unless ``allow_private`` is set.
+
+The Tool Registry: ``GET {base}/tools`` -> ``[{name, description, parameters}]`` and
+``POST {base}/tools/{name}/invoke`` with ``{"arguments"}`` -> ``{"result"}`` or ``{"error"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import yaml
+
+from services.executor.providers.base import ToolSpec
+from services.executor.tools import Tool, ToolDefinitionError, ToolError, check_schema
+
+log = logging.getLogger(__name__)
+
+
+def _refused(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return not ip.is_global or ip.is_multicast
+
+
+def check_url(url: str, *, allow_private: bool) -> str:
+    """Refuse non-http(s) URLs and literal non-public addresses (names are checked at call time)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ToolDefinitionError(f"tool URL {url!r} must be an absolute http(s) URL")
+    if allow_private:
+        return url
+    host = parts.hostname
+    if host == "localhost" or host.endswith(".localhost"):
+        raise ToolDefinitionError(f"tool URL {url!r} points at loopback; allow it with AGENTSTREAM_EXECUTOR_ALLOW_PRIVATE_TOOL_URLS")
+    try:
+        private = _refused(host)
+    except ValueError:
+        return url  # a name: resolved and checked per call
+    if private:
+        raise ToolDefinitionError(
+            f"tool URL {url!r} points at a private or loopback address; allow it with AGENTSTREAM_EXECUTOR_ALLOW_PRIVATE_TOOL_URLS"
+        )
+    return url
+
+
+async def _check_resolved(url: str) -> None:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return  # literal: checked at registration
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ToolError(f"cannot resolve {host!r}: {exc}", retriable=True) from exc
+    if any(_refused(str(info[4][0])) for info in infos):
+        raise ToolError(f"{host!r} resolves to a private or loopback address; refused")
+
+
+def sign(secret: bytes, body: bytes, timestamp: int) -> str:
+    return "v1=" + hmac.new(secret, b"%d." % timestamp + body, hashlib.sha256).hexdigest()
+
+
+async def _post(client: httpx.AsyncClient, url: str, payload: dict[str, Any], secret: bytes | None) -> Any:
+    body = orjson.dumps(payload)
+    headers = {"content-type": "application/json"}
+    if secret is not None:
+        timestamp = int(time.time())
+        headers |= {"x-agentstream-timestamp": str(timestamp), "x-agentstream-signature": sign(secret, body, timestamp)}
+    try:
+        response = await client.post(url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise ToolError(f"calling {url} failed: {type(exc).__name__}: {exc}", retriable=True) from exc
+    if response.status_code >= 400:
+        retriable = response.status_code in (408, 429) or response.status_code >= 500
+        raise ToolError(f"{url} answered HTTP {response.status_code}: {response.text[:500]}", retriable=retriable)
+    try:
+        data = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise ToolError(f"{url} answered with something that is not JSON") from exc
+    if isinstance(data, dict) and data.get("error"):
+        raise ToolError(str(data["error"]))
+    return data.get("result") if isinstance(data, dict) and "result" in data else data
+
+
+class HttpTool:
+    def __init__(
+        self, spec: ToolSpec, url: str, *, client: httpx.AsyncClient, secret: bytes | None = None, allow_private: bool = False
+    ) -> None:
+        check_schema(spec.name, spec.parameters)
+        self.spec = spec
+        self.url = check_url(url, allow_private=allow_private)
+        self._client = client
+        self._secret = secret
+        self._allow_private = allow_private
+
+    async def __call__(self, arguments: dict[str, Any]) -> Any:
+        if not self._allow_private:
+            await _check_resolved(self.url)
+        return await _post(self._client, self.url, {"tool": self.spec.name, "arguments": arguments}, self._secret)
+
+
+def load_http_tools(path: Path, *, client: httpx.AsyncClient, secret: bytes | None = None, allow_private: bool = False) -> dict[str, Tool]:
+    """A YAML file ``tools: {name: {url, description, parameters}}``; any bad entry fails the load."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ToolDefinitionError(f"cannot read tools file {path}: {exc}") from exc
+    entries = raw.get("tools", raw) if isinstance(raw, dict) else None
+    if not isinstance(entries, dict):
+        raise ToolDefinitionError(f"{path}: expected a mapping `tools: {{name: {{url: ..., parameters: ...}}}}`")
+    tools: dict[str, Tool] = {}
+    for name, body in entries.items():
+        if not isinstance(body, dict) or "url" not in body:
+            raise ToolDefinitionError(f"{path}: tool {name!r} needs at least a url")
+        spec = ToolSpec(name=name, description=str(body.get("description", "")), parameters=body.get("parameters", {"type": "object"}))
+        tools[name] = HttpTool(spec, str(body["url"]), client=client, secret=secret, allow_private=allow_private)
+    return tools
+
+
+class RegistryTool:
+    def __init__(self, spec: ToolSpec, registry: ToolRegistry) -> None:
+        self.spec = spec
+        self._registry = registry
+
+    async def __call__(self, arguments: dict[str, Any]) -> Any:
+        return await self._registry.invoke(self.spec.name, arguments)
+
+
+class ToolRegistry:
+    """Client of an external Tool Registry service."""
+
+    def __init__(self, base_url: str, *, client: httpx.AsyncClient, secret: bytes | None = None, allow_private: bool = False) -> None:
+        self.base_url = check_url(base_url, allow_private=allow_private).rstrip("/")
+        self._client = client
+        self._secret = secret
+
+    async def list(self) -> dict[str, Tool]:
+        try:
+            response = await self._client.get(f"{self.base_url}/tools")
+            response.raise_for_status()
+            entries = orjson.loads(response.content)
+        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+            raise ToolDefinitionError(f"the tool registry at {self.base_url} cannot list tools: {exc}") from exc
+        tools: dict[str, Tool] = {}
+        for entry in entries if isinstance(entries, list) else []:
+            name = str(entry.get("name", ""))
+            try:
+                parameters = check_schema(name, entry.get("parameters", {"type": "object"}))
+            except ToolDefinitionError as exc:
+                log.warning("tool registry: skipping %s", exc)  # one bad entry does not hide the others
+                continue
+            tools[name] = RegistryTool(ToolSpec(name=name, description=str(entry.get("description", "")), parameters=parameters), self)
+        return tools
+
+    async def invoke(self, name: str, arguments: dict[str, Any]) -> Any:
+        return await _post(self._client, f"{self.base_url}/tools/{name}/invoke", {"arguments": arguments}, self._secret)

@@ -1,0 +1,82 @@
+"""Chat-completions SSE lines -> text deltas, tool calls and usage, parsed with orjson.
+
+Measured (shared/measured): parsing every chunk into the SDK's pydantic models costs ~350 us of CPU
+per chunk and saturates near 100 streams; reading the raw lines and picking the few fields we need
+out of a dict is an order of magnitude cheaper. The SDK still builds the request and raises its
+typed errors for non-2xx answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from schemas.events import Usage
+from services.executor.providers.base import ProviderError, ToolCall, TurnEnd
+
+DONE = object()
+
+
+class TurnAssembler:
+    """Feed it one SSE line at a time; it returns the text delta (if any) and keeps the rest."""
+
+    __slots__ = ("_calls", "finish_reason", "usage")
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[str]] = {}  # index -> [id, name, arguments...]
+        self.usage = Usage()
+        self.finish_reason: str | None = None
+
+    def feed(self, line: str) -> str | object | None:
+        """Return a text delta, ``DONE`` at ``data: [DONE]``, or None for anything else."""
+        if not line.startswith("data:"):
+            return None  # blank separators, comments (": keep-alive"), event:/id: fields
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return DONE
+        try:
+            event: dict[str, Any] = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ProviderError(f"the model stream sent a line that is not JSON: {data[:200]!r}", retriable=True) from exc
+        if "error" in event:
+            error = event["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise ProviderError(f"the model stream reported an error: {message}", retriable=True)
+        usage = event.get("usage") or (event.get("x_groq") or {}).get("usage")
+        if usage:
+            self.usage = Usage(
+                prompt_tokens=usage.get("prompt_tokens") or 0,
+                completion_tokens=usage.get("completion_tokens") or 0,
+                total_tokens=usage.get("total_tokens") or 0,
+            )
+        choices = event.get("choices")
+        if not choices:
+            return None
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        delta = choice.get("delta") or {}
+        calls = delta.get("tool_calls")
+        if calls:
+            self._add_calls(calls)
+        text = delta.get("content")
+        return text or None
+
+    def _add_calls(self, calls: list[dict[str, Any]]) -> None:
+        for call in calls:
+            parts = self._calls.setdefault(call.get("index", 0), ["", ""])
+            if call.get("id"):
+                parts[0] = call["id"]
+            function = call.get("function") or {}
+            if function.get("name"):
+                parts[1] += function["name"]
+            if function.get("arguments"):
+                parts.append(function["arguments"])
+
+    def end(self) -> TurnEnd:
+        calls = tuple(
+            ToolCall(id=parts[0] or f"call_{index}", name=parts[1], arguments="".join(parts[2:]))
+            for index, parts in sorted(self._calls.items())
+        )
+        return TurnEnd(tool_calls=calls, usage=self.usage)
