@@ -56,11 +56,11 @@ async def start_client(client: AIOKafkaProducer, settings: KafkaSettings) -> Non
         raise KafkaUnavailable(settings.bootstrap, exc) from exc
 
 
-async def ensure_topics(settings: KafkaSettings) -> None:
-    """Create the contract's topics if missing (idempotent; concurrent callers are fine)."""
+async def ensure_topics(settings: KafkaSettings, *, extra: Sequence[str] = ()) -> None:
+    """Create the contract's topics (and ``extra`` event-like topics) if missing; idempotent."""
     topics = settings.topics
     n = settings.partitions
-    wanted = [NewTopic(name, num_partitions=n, replication_factor=1) for name in (*topics.lanes, topics.events)]
+    wanted = [NewTopic(name, num_partitions=n, replication_factor=1) for name in (*topics.lanes, topics.events, *extra)]
     wanted += [
         NewTopic(topics.control, num_partitions=1, replication_factor=1),
         NewTopic(

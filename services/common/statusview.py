@@ -31,9 +31,16 @@ class StatusView:
         self._task: asyncio.Task[None] | None = None
         self._caught_up = asyncio.Event()
         self._changed = asyncio.Condition()
+        # Called with the first snapshot of every execution this view learns of (e.g. session followers).
+        self.on_new: list[Callable[[ExecutionStatus], None]] = []
 
     def get(self, execution_id: str) -> ExecutionStatus | None:
         return self._items.get(execution_id)
+
+    def for_session(self, tenant_id: str, session_id: str) -> list[ExecutionStatus]:
+        """The session's executions, oldest first."""
+        found = [s for s in self._items.values() if s.session_id == session_id and s.tenant_id == tenant_id]
+        return sorted(found, key=lambda s: s.created_at)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -43,6 +50,8 @@ class StatusView:
         current = self._items.get(status.execution_id)
         if current is None:
             self._items[status.execution_id] = status
+            for listener in self.on_new:
+                listener(status)
             return True
         if status.supersedes(current):
             self._items[status.execution_id] = status.merged_over(current)

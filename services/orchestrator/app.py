@@ -201,11 +201,18 @@ def create_app(settings: OrchestratorSettings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await ensure_topics(settings.kafka)
+        reply_topics = sorted({t for topics in settings.reply_topics.values() for t in topics})
+        await ensure_topics(settings.kafka, extra=reply_topics)
         producer = make_producer(settings.kafka, client_id="orchestrator")
         await start_client(producer, settings.kafka)
         status = StatusView(settings.kafka)
-        bridge = Bridge(settings.kafka, status)
+        bridge = Bridge(
+            settings.kafka,
+            status,
+            reply_topics=reply_topics,
+            recent_ttl_s=settings.bridge_recent_ttl_s,
+            recent_max_bytes=settings.bridge_recent_max_mb * 1024 * 1024,
+        )
         try:
             await status.start()
             await bridge.start()

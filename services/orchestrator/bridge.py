@@ -1,135 +1,50 @@
-"""The WebSocket bridge: fans execution events from Kafka out to subscribed clients.
+"""The bridge: fans execution events from Kafka out to subscribed clients (WebSocket and SSE).
 
-One tail consumer reads every partition of the events topic from where it was at start and routes
-records by key (execution_id) to subscriptions, without parsing values: type and attempt travel in
-headers, and the value's JSON bytes are spliced into the frame. A subscription first catches up
-from the execution's first event (or the client's cursor) with a short-lived reader, buffering live
-records meanwhile, then switches to live; records are deduplicated by offset, so every event after
-the cursor arrives exactly once and in order. Events of an attempt older than the newest
-``execution.started`` seen are dropped.
+One tail consumer reads every partition of the events topic (and of the allowed reply topics) from
+where they were at start, and routes records by key (execution_id) to subscriptions, without
+parsing values: type and attempt travel in headers, and the value's JSON bytes are spliced into
+what the client gets. The tail also keeps the records of recent executions in memory, so a late
+subscriber to an execution the bridge saw from its first event is served without touching Kafka.
 
-Sends never happen in the fan-out loop: each connection has a bounded frame queue and one writer
-task; a client whose queue overflows is cut off (measured: one slow socket otherwise stalls all).
+A subscription first catches up from the execution's first event (or the client's cursor) — from
+that memory, or with a short-lived reader when the execution began before this bridge did —
+buffering live records meanwhile, then switches to live. Deliveries are deduplicated by offset, so
+every event after the cursor arrives exactly once and in order. Events of an attempt older than
+the newest ``execution.started`` seen are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Sequence
-from typing import TypeAlias
+import time
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeAlias
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
-from starlette.websockets import WebSocket, WebSocketState
 
 from schemas.events import TERMINAL_TYPES, EventAdapter, ExecutionCancelled, ExecutionCompleted, ExecutionFailed
 from schemas.status import ExecutionStatus
 from services.common.kafka import header
 from services.common.settings import KafkaSettings
 from services.common.statusview import StatusView
+from services.orchestrator.sinks import CLOSE_SHUTDOWN, Sink
 
 log = logging.getLogger(__name__)
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
-CLOSE_SLOW_CONSUMER = 4008
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_SHUTDOWN = 1001
 
-
-class Connection:
-    """One client socket: a bounded queue of encoded items and a writer that batches them."""
-
-    def __init__(self, websocket: WebSocket, *, max_items: int, send_timeout_s: float) -> None:
-        self.websocket = websocket
-        self.tenant_id = ""
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(max_items)
-        self._send_timeout = send_timeout_s
-        self._writer: asyncio.Task[None] | None = None
-        self.subscriptions: dict[str, Subscription] = {}
-        self.closed = asyncio.Event()
-        self.close_reason = ""
-
-    def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
-
-    def push(self, item: bytes) -> None:
-        if self.closed.is_set():
-            return
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.kill(CLOSE_SLOW_CONSUMER, "slow consumer: send buffer overflowed")
-
-    async def send_json(self, message: dict[str, object]) -> None:
-        self.push(b"\x00" + orjson.dumps(message))
-
-    def kill(self, code: int, reason: str) -> None:
-        if self.closed.is_set():
-            return
-        self.close_reason = reason
-        self.closed.set()
-        if self._writer is not None:
-            self._writer.cancel()
-        asyncio.get_running_loop().create_task(self._close(code, reason))
-
-    async def _close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.websocket.close(code=code, reason=reason), 2.0)
-
-    async def _write_loop(self) -> None:
-        queue = self._queue
-        while True:
-            item = await queue.get()
-            items = [item]
-            while not queue.empty() and len(items) < 256:
-                items.append(queue.get_nowait())
-            try:
-                for frame in _frames(items):
-                    await asyncio.wait_for(self.websocket.send_text(frame), self._send_timeout)
-            except TimeoutError:
-                self.kill(CLOSE_SLOW_CONSUMER, "slow consumer: send timed out")
-                return
-            except Exception:
-                self.closed.set()
-                return
-
-    async def aclose(self) -> None:
-        self.closed.set()
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-
-
-def _frames(items: list[bytes]) -> list[str]:
-    """Control messages go alone; consecutive events share one ``events`` frame."""
-    frames: list[str] = []
-    events: list[bytes] = []
-    for item in items:
-        if item[:1] == b"\x00":
-            if events:
-                frames.append(_events_frame(events))
-                events = []
-            frames.append(item[1:].decode())
-        else:
-            events.append(item)
-    if events:
-        frames.append(_events_frame(events))
-    return frames
-
-
-def _events_frame(events: list[bytes]) -> str:
-    return (b'{"type":"events","events":[' + b",".join(events) + b"]}").decode()
+class Gone(Exception):
+    """The execution's events are past the topic's retention (HTTP 410)."""
 
 
 class Subscription:
-    def __init__(self, connection: Connection, execution_id: str, *, cursor: int | None) -> None:
-        self.connection = connection
+    def __init__(self, sink: Sink, execution_id: str, *, cursor: int | None) -> None:
+        self.sink = sink
         self.execution_id = execution_id
         self._id_json = orjson.dumps(execution_id)
         self.last_offset = cursor if cursor is not None else -1
@@ -154,56 +69,115 @@ class Subscription:
             self.attempt = max(self.attempt, attempt)
         if attempt < self.attempt:
             return  # fenced: an older attempt's late event
-        self.connection.push(
-            b'{"execution_id":'
-            + self._id_json
-            + b',"cursor":'
-            + str(record.offset).encode()
-            + b',"event":'
-            + (record.value or b"null")
-            + b"}"
-        )
+        self.sink.push_event(self._id_json, record.offset, type_, record.value or b"null")
         if type_ in TERMINAL_TYPES:
             self.done = True
 
 
+class RecentRecords:
+    """Records of recent executions as the tail saw them, dropped a while after they end."""
+
+    def __init__(self, *, ttl_s: float, max_bytes: int) -> None:
+        self._ttl = ttl_s
+        self._max_bytes = max_bytes
+        self._records: dict[str, list[Record]] = {}
+        self._ended: dict[str, float] = {}
+        self._bytes = 0
+
+    def add(self, execution_id: str, record: Record, *, terminal: bool) -> None:
+        self._records.setdefault(execution_id, []).append(record)
+        self._bytes += len(record.value or b"")
+        if terminal:
+            self._ended[execution_id] = time.monotonic()
+
+    def get(self, execution_id: str) -> list[Record] | None:
+        return self._records.get(execution_id)
+
+    def evict(self) -> None:
+        cutoff = time.monotonic() - self._ttl
+        for execution_id, ended in list(self._ended.items()):
+            if ended < cutoff or self._bytes > self._max_bytes:
+                self._drop(execution_id)
+        while self._bytes > self._max_bytes and self._records:
+            self._drop(next(iter(self._records)))  # oldest first (dicts keep insertion order)
+
+    def _drop(self, execution_id: str) -> None:
+        self._ended.pop(execution_id, None)
+        for record in self._records.pop(execution_id, ()):
+            self._bytes -= len(record.value or b"")
+
+
 class Bridge:
-    def __init__(self, settings: KafkaSettings, status: StatusView) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        status: StatusView,
+        *,
+        reply_topics: Iterable[str] = (),
+        recent_ttl_s: float = 120.0,
+        recent_max_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
         self._settings = settings
-        self._topic = settings.topics.events
-        self._status = status
+        self._topics = sorted({settings.topics.events, *reply_topics})
         self.status = status
         self._subs: dict[str, set[Subscription]] = {}
+        self._sessions: dict[tuple[str, str], set[Sink]] = {}
+        self._sinks: set[Sink] = set()
+        self._recent = RecentRecords(ttl_s=recent_ttl_s, max_bytes=recent_max_bytes)
+        self._tail_start: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._catchups: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        status.on_new.append(self._on_new_execution)
 
     @property
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
+    # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self._settings.bootstrap, enable_auto_commit=False, client_id="bridge-tail")
         await consumer.start()
-        tps = await _partitions(consumer, self._topic)
+        tps = [tp for topic in self._topics for tp in await _partitions(consumer, topic)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:
-            await consumer.position(tp)
+            self._tail_start[tp] = await consumer.position(tp)
         self._consumer = consumer
-        self._task = asyncio.create_task(self._tail(consumer), name="bridge-tail")
+        self._spawn(self._tail(consumer), "bridge-tail")
+        self._spawn(self._evict_loop(), "bridge-evict")
 
     async def stop(self) -> None:
-        for task in [*self._catchups, *([self._task] if self._task else [])]:
+        for sink in list(self._sinks):
+            sink.kill(CLOSE_SHUTDOWN, "server shutting down")
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in [*self._catchups, *([self._task] if self._task else [])]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._task = None
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
 
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def attach(self, sink: Sink) -> None:
+        self._sinks.add(sink)
+
+    def detach(self, sink: Sink) -> None:
+        for execution_id in list(sink.subscriptions):
+            self.unsubscribe(sink, execution_id)
+        for session_id in sink.sessions:
+            watchers = self._sessions.get((sink.tenant_id, session_id))
+            if watchers is not None:
+                watchers.discard(sink)
+                if not watchers:
+                    del self._sessions[(sink.tenant_id, session_id)]
+        sink.sessions.clear()
+        self._sinks.discard(sink)
+
+    # -- the tail -------------------------------------------------------------------------
     async def _tail(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             try:
@@ -214,14 +188,27 @@ class Bridge:
                 continue
             for records in batches.values():
                 for record in records:
-                    if header(record.headers, "type") in TERMINAL_TYPES:
-                        self._record_terminal(record)
-                    subs = self._subs.get(record.key.decode()) if record.key else None
-                    if subs:
-                        for sub in tuple(subs):
-                            sub.offer(record)
-                            if sub.done:
-                                self._unregister(sub)
+                    self._dispatch(record)
+
+    def _dispatch(self, record: Record) -> None:
+        if not record.key:
+            return
+        execution_id = record.key.decode()
+        terminal = header(record.headers, "type") in TERMINAL_TYPES
+        self._recent.add(execution_id, record, terminal=terminal)
+        if terminal:
+            self._record_terminal(record)
+        subs = self._subs.get(execution_id)
+        if subs:
+            for sub in tuple(subs):
+                sub.offer(record)
+                if sub.done:
+                    self._unregister(sub)
+
+    async def _evict_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            self._recent.evict()
 
     def _record_terminal(self, record: Record) -> None:
         """Apply a terminal event to the status view at once, so GET agrees with what clients just saw."""
@@ -229,7 +216,7 @@ class Bridge:
             event = EventAdapter.validate_json(record.value or b"")
         except ValidationError:
             return
-        current = self._status.get(event.execution_id)
+        current = self.status.get(event.execution_id)
         if current is None or current.terminal:
             return
         update: dict[str, object] = {"attempt": max(current.attempt, event.attempt), "updated_at": event.ts}
@@ -241,20 +228,38 @@ class Bridge:
             update |= {"state": "cancelled", "error": event.reason}
         else:
             return
-        self._status.apply(current.model_copy(update=update))
+        self.status.apply(current.model_copy(update=update))
 
-    def subscribe(self, connection: Connection, status: ExecutionStatus, *, cursor: int | None) -> Subscription:
-        sub = Subscription(connection, status.execution_id, cursor=cursor)
+    # -- subscriptions --------------------------------------------------------------------
+    def subscribe(self, sink: Sink, status: ExecutionStatus, *, cursor: int | None) -> Subscription:
+        existing = sink.subscriptions.get(status.execution_id)
+        if isinstance(existing, Subscription):
+            return existing
+        sub = Subscription(sink, status.execution_id, cursor=cursor)
         self._subs.setdefault(status.execution_id, set()).add(sub)
-        connection.subscriptions[status.execution_id] = sub
-        task = asyncio.create_task(self._catch_up(sub), name=f"catch-up-{status.execution_id}")
-        self._catchups.add(task)
-        task.add_done_callback(self._catchups.discard)
+        sink.subscriptions[status.execution_id] = sub
+        self._spawn(self._catch_up(sub), f"catch-up-{status.execution_id}")
         return sub
 
-    def unsubscribe(self, connection: Connection, execution_id: str) -> None:
-        sub = connection.subscriptions.pop(execution_id, None)
-        if sub is not None:
+    def subscribe_session(self, sink: Sink, session_id: str) -> list[ExecutionStatus]:
+        """Follow every execution of a session: those there are now, and those that start later."""
+        self._sessions.setdefault((sink.tenant_id, session_id), set()).add(sink)
+        sink.sessions.add(session_id)
+        current = self.status.for_session(sink.tenant_id, session_id)
+        for status in current:
+            self.subscribe(sink, status, cursor=None)
+        return current
+
+    def _on_new_execution(self, status: ExecutionStatus) -> None:
+        if status.session_id is None:
+            return
+        for sink in tuple(self._sessions.get((status.tenant_id, status.session_id), ())):
+            sink.push_control({"type": "session.execution", "session_id": status.session_id, "execution_id": status.execution_id})
+            self.subscribe(sink, status, cursor=None)
+
+    def unsubscribe(self, sink: Sink, execution_id: str) -> None:
+        sub = sink.subscriptions.pop(execution_id, None)
+        if isinstance(sub, Subscription):
             self._unregister(sub)
 
     def _unregister(self, sub: Subscription) -> None:
@@ -263,16 +268,33 @@ class Bridge:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.execution_id]
-        sub.connection.subscriptions.pop(sub.execution_id, None)
+        if sub.sink.subscriptions.get(sub.execution_id) is sub:
+            del sub.sink.subscriptions[sub.execution_id]
+
+    async def check_retained(self, status: ExecutionStatus) -> None:
+        """Raise Gone if the execution's first event is no longer in the topic."""
+        if status.events_start_offset is None or status.events_partition is None or self._consumer is None:
+            return
+        tp = TopicPartition(status.events_topic or self._settings.topics.events, status.events_partition)
+        if tp in self._tail_start and status.events_start_offset >= self._tail_start[tp]:
+            return
+        first = (await self._consumer.beginning_offsets([tp]))[tp]
+        if status.events_start_offset < first:
+            raise Gone(f"the events of execution {status.execution_id} are past the topic's retention")
 
     async def _catch_up(self, sub: Subscription) -> None:
         try:
             start = await self._start_offset(sub)
             if start is not None:
-                status = self._status.get(sub.execution_id)
+                status = self.status.get(sub.execution_id)
                 assert status is not None and status.events_partition is not None
-                tp = TopicPartition(status.events_topic or self._topic, status.events_partition)
-                await self._read_range(sub, tp, max(start, sub.last_offset + 1))
+                tp = TopicPartition(status.events_topic or self._settings.topics.events, status.events_partition)
+                recent = self._recent.get(sub.execution_id)
+                if recent is not None and start >= self._tail_start.get(tp, 1 << 62):
+                    for record in recent:  # everything since its first event, as the tail saw it
+                        sub.deliver(record)
+                else:
+                    await self._read_range(sub, tp, max(start, sub.last_offset + 1))
             for record in sorted(sub.buffer, key=lambda r: r.offset):
                 sub.deliver(record)
             sub.buffer.clear()
@@ -281,26 +303,34 @@ class Bridge:
                 self._unregister(sub)
         except asyncio.CancelledError:
             raise
+        except Gone as exc:
+            sub.done = True
+            sub.sink.push_control({"type": "error", "execution_id": sub.execution_id, "code": 410, "error": str(exc)})
+            self._unregister(sub)
         except Exception as exc:
             log.exception("catch-up of %s failed", sub.execution_id)
-            await sub.connection.send_json({"type": "error", "execution_id": sub.execution_id, "error": f"catch-up failed: {exc}"})
+            sub.done = True
+            sub.sink.push_control({"type": "error", "execution_id": sub.execution_id, "error": f"catch-up failed: {exc}"})
             self._unregister(sub)
 
     async def _start_offset(self, sub: Subscription) -> int | None:
         """Where this execution's events begin; None if every event will arrive live (buffered)."""
         while True:
-            status = self._status.get(sub.execution_id)
+            status = self.status.get(sub.execution_id)
             if status is not None and status.events_start_offset is not None:
                 return status.events_start_offset
             if any(header(r.headers, "type") == "execution.started" for r in sub.buffer):
                 return None
-            await self._status.wait_until(sub.execution_id, lambda s: s.events_start_offset is not None or s.terminal, timeout=0.5)
+            await self.status.wait_until(sub.execution_id, lambda s: s.events_start_offset is not None or s.terminal, timeout=0.5)
 
     async def _read_range(self, sub: Subscription, tp: TopicPartition, start: int) -> None:
         reader = AIOKafkaConsumer(bootstrap_servers=self._settings.bootstrap, enable_auto_commit=False, client_id="bridge-catch-up")
         await reader.start()
         try:
             reader.assign([tp])
+            first = (await reader.beginning_offsets([tp]))[tp]
+            if start < first:
+                raise Gone(f"the events of execution {sub.execution_id} are past the topic's retention")
             end = (await reader.end_offsets([tp]))[tp]
             if start >= end:
                 return
@@ -318,11 +348,6 @@ class Bridge:
         finally:
             await reader.stop()
 
-    async def close_connection(self, connection: Connection) -> None:
-        for execution_id in list(connection.subscriptions):
-            self.unsubscribe(connection, execution_id)
-        await connection.aclose()
-
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> Sequence[TopicPartition]:
     for _ in range(100):
@@ -333,6 +358,3 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> Sequence[TopicP
         await asyncio.sleep(0.1)
     raise RuntimeError(f"topic {topic} has no partitions")
 
-
-def websocket_open(websocket: WebSocket) -> bool:
-    return websocket.client_state == WebSocketState.CONNECTED

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.settings import KafkaSettings
+
+SessionPolicy = Literal["reject", "enqueue", "interrupt"]
 
 
 class OrchestratorSettings(BaseSettings):
@@ -14,15 +17,59 @@ class OrchestratorSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     host: str = "127.0.0.1"
     port: int = 8000
-    # API key -> tenant id. JSON in AGENTSTREAM_API_KEYS, e.g. {"dev-key": "acme"}.
+    # Bootstrap/dev API keys: key -> tenant id. JSON in AGENTSTREAM_API_KEYS, e.g. {"dev-key": "acme"}.
+    # Keys created with `agentstream keys create` live (hashed) in the state store; both work.
     api_keys: dict[str, str] = Field(default_factory=lambda: {"dev-key": "demo"})
+    # Bearer token of the admin API (/v1/admin/...); unset: the admin API answers 404.
+    admin_token: SecretStr | None = None
+    # Internal services' tokens for /ws/task_updates: service name -> token.
+    service_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     max_body_bytes: int = 1_000_000
     agents_file: Path | None = None
     # Bounded per-connection send queue of the WebSocket bridge (frames); past it, the client is cut off.
     ws_queue_frames: int = 1000
     ws_send_timeout_s: float = 10.0
+    # A heartbeat goes to an idle WebSocket (message) or SSE stream (comment) this often.
+    heartbeat_s: float = 15.0
+    # Tenant -> reply topics its requests may name in `reply_to` (full topic names); the bridge serves them too.
+    reply_topics: dict[str, list[str]] = Field(default_factory=dict)
+    # Records of recent executions the bridge keeps in memory to serve late subscribers without Kafka reads.
+    bridge_recent_ttl_s: float = 120.0
+    bridge_recent_max_mb: int = 256
+
+    # State store: SQLite (embedded default) or PostgreSQL, e.g. postgresql+asyncpg://user:pw@host:5432/db
+    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///.agentstream/state.db")
+    # How long a key looked up in the store is trusted before it is looked up again (revocation delay
+    # on other replicas; the replica that revokes forgets at once).
+    auth_cache_s: float = 5.0
+
+    # Rate limits per tenant (0 = unlimited); a tenant's own limits (tenants create --rpm ...) win.
+    requests_per_minute: int = 600
+    tokens_per_minute: int = 0
+    concurrent_executions: int = 100
+    # Shared limiter for several replicas, e.g. redis://127.0.0.1:6379/0; unset: in-process limiter.
+    redis_url: SecretStr | None = None
+    redis_key_prefix: str = "agentstream:"
+
+    # Task registry: work still open after its deadline is marked timed_out (and cancelled).
+    execution_timeout_s: float = 600.0
+    job_timeout_s: float = 300.0
+    sweep_interval_s: float = 1.0
+
+    session_policy: SessionPolicy = "reject"
+    max_batch_items: int = 1000
+    # Idempotency-Key reservations of requests that never finished (crash) are taken over after this.
+    idempotency_stale_s: float = 60.0
+
+    # Callbacks (Standard Webhooks): loopback/private/link-local targets need this switched on.
+    callbacks_allow_private: bool = False
+    callback_timeout_s: float = 10.0
+    callback_max_attempts: int = 6
+    callback_backoff_s: float = 2.0
+    callback_poll_s: float = 0.5
 
     def tenant_for(self, key: str | None) -> str | None:
+        """The tenant of a settings-configured (bootstrap) key."""
         if not key:
             return None
         return self.api_keys.get(key)

@@ -1,4 +1,13 @@
-"""Streaming endpoints: the ``/v1/stream`` WebSocket and ``/v1/executions/{id}/events`` SSE."""
+"""Streaming endpoints: the ``/v1/stream`` WebSocket and ``/v1/executions/{id}/events`` SSE.
+
+WebSocket messages from the client:
+  {"type": "subscribe", "execution_id": ID, "cursor": N?}   follow one execution (after cursor N)
+  {"type": "subscribe", "session_id": ID}                   follow every execution of a session
+  {"type": "unsubscribe", "execution_id": ID}
+The server sends ``subscribed``, ``events`` frames, ``session.execution`` when a followed session
+starts a new execution, ``heartbeat`` when idle, and ``error`` (with ``code`` 404 or 410).
+Close codes: 4401 bad API key, 4008 slow consumer, 1001 server shutting down.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +15,14 @@ import asyncio
 from typing import Any
 
 import orjson
-from starlette.requests import HTTPConnection
-from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from services.orchestrator.bridge import CLOSE_UNAUTHORIZED, Bridge, Connection
+from schemas.status import ExecutionStatus
+from services.orchestrator.bridge import Bridge, Gone, Subscription
+from services.orchestrator.sinks import CLOSE_UNAUTHORIZED, SSESink, WebSocketSink
 
 
 async def _tenant(conn: HTTPConnection) -> str | None:
@@ -23,8 +35,12 @@ def _bridge(conn: HTTPConnection) -> Bridge:
     return bridge
 
 
+def _owned(bridge: Bridge, tenant: str, execution_id: str) -> ExecutionStatus | None:
+    status = bridge.status.get(execution_id)
+    return status if status is not None and status.tenant_id == tenant else None
+
+
 async def stream(websocket: WebSocket) -> None:
-    """``/v1/stream``: {"type": "subscribe", "execution_id": ..., "cursor": N?} -> events frames."""
     await websocket.accept()
     tenant = await _tenant(websocket)
     if tenant is None:
@@ -32,50 +48,94 @@ async def stream(websocket: WebSocket) -> None:
         return
     settings = websocket.app.state.agentstream.settings
     bridge = _bridge(websocket)
-    connection = Connection(websocket, max_items=settings.ws_queue_frames, send_timeout_s=settings.ws_send_timeout_s)
-    connection.tenant_id = tenant
-    connection.start()
+    sink = WebSocketSink(
+        websocket, max_items=settings.ws_queue_frames, send_timeout_s=settings.ws_send_timeout_s, heartbeat_s=settings.heartbeat_s
+    )
+    sink.tenant_id = tenant
+    bridge.attach(sink)
+    sink.start()
     try:
-        while not connection.closed.is_set():
+        while not sink.closed.is_set():
             receive = asyncio.ensure_future(websocket.receive_text())
-            closed = asyncio.ensure_future(connection.closed.wait())
+            closed = asyncio.ensure_future(sink.closed.wait())
             done, _ = await asyncio.wait({receive, closed}, return_when=asyncio.FIRST_COMPLETED)
             if receive not in done:
                 receive.cancel()
                 break
             closed.cancel()
-            await _handle_client_message(bridge, connection, receive.result())
+            await _handle_client_message(bridge, sink, receive.result())
     except WebSocketDisconnect:
         pass
     finally:
-        await bridge.close_connection(connection)
+        bridge.detach(sink)
+        await sink.aclose()
 
 
-async def _handle_client_message(bridge: Bridge, connection: Connection, text: str) -> None:
+async def _handle_client_message(bridge: Bridge, sink: WebSocketSink, text: str) -> None:
     try:
         message: dict[str, Any] = orjson.loads(text)
         op = message.get("type")
-        execution_id = str(message.get("execution_id", ""))
+        execution_id = str(message.get("execution_id") or "")
+        session_id = str(message.get("session_id") or "")
         cursor = message.get("cursor")
-        if cursor is not None and not isinstance(cursor, int):
+        if cursor is not None and (not isinstance(cursor, int) or isinstance(cursor, bool)):
             raise ValueError("cursor must be an integer")
     except (orjson.JSONDecodeError, AttributeError, ValueError) as exc:
-        await connection.send_json({"type": "error", "error": f"malformed message: {exc}"})
+        sink.push_control({"type": "error", "error": f"malformed message: {exc}"})
         return
-    if op == "subscribe":
-        status = bridge.status.get(execution_id)
-        if status is None or status.tenant_id != connection.tenant_id:
-            await connection.send_json({"type": "error", "execution_id": execution_id, "error": "execution not found"})
+    if op == "subscribe" and session_id:
+        executions = bridge.subscribe_session(sink, session_id)
+        sink.push_control({"type": "subscribed", "session_id": session_id, "executions": [s.execution_id for s in executions]})
+    elif op == "subscribe":
+        status = _owned(bridge, sink.tenant_id, execution_id)
+        if status is None:
+            sink.push_control({"type": "error", "execution_id": execution_id, "code": 404, "error": "execution not found"})
             return
-        if execution_id in connection.subscriptions:
-            return
-        await connection.send_json({"type": "subscribed", "execution_id": execution_id, "status": status.state})
-        bridge.subscribe(connection, status, cursor=cursor)
+        sink.push_control({"type": "subscribed", "execution_id": execution_id, "status": status.state})
+        bridge.subscribe(sink, status, cursor=cursor)
     elif op == "unsubscribe":
-        bridge.unsubscribe(connection, execution_id)
+        bridge.unsubscribe(sink, execution_id)
     else:
-        await connection.send_json({"type": "error", "error": f"unknown message type {op!r}; use subscribe or unsubscribe"})
+        sink.push_control({"type": "error", "error": f"unknown message type {op!r}; use subscribe or unsubscribe"})
+
+
+async def events(request: Request) -> Response:
+    """SSE: every event of one execution after ``Last-Event-ID`` (or ``?cursor=``), then the live tail."""
+    tenant = await _tenant(request)
+    if tenant is None:
+        return JSONResponse({"error": "missing or invalid API key: send `Authorization: Bearer <key>`"}, status_code=401)
+    bridge = _bridge(request)
+    status = _owned(bridge, tenant, request.path_params["execution_id"])
+    if status is None:
+        return JSONResponse({"error": "execution not found"}, status_code=404)
+    raw_cursor = request.headers.get("last-event-id") or request.query_params.get("cursor")
+    try:
+        cursor = int(raw_cursor) if raw_cursor else None
+    except ValueError:
+        return JSONResponse({"error": "Last-Event-ID / cursor must be an integer cursor"}, status_code=400)
+    try:
+        await bridge.check_retained(status)
+    except Gone as exc:
+        return JSONResponse({"error": str(exc)}, status_code=410)
+    settings = request.app.state.agentstream.settings
+    sink = SSESink(max_items=settings.ws_queue_frames, heartbeat_s=settings.heartbeat_s)
+    sink.tenant_id = tenant
+    bridge.attach(sink)
+    subscription: Subscription = bridge.subscribe(sink, status, cursor=cursor)
+
+    async def body() -> Any:
+        try:
+            async for chunk in sink.body(until_done=lambda: subscription.done):
+                yield chunk
+        finally:
+            bridge.detach(sink)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
 def routes() -> list[BaseRoute]:
-    return [WebSocketRoute("/v1/stream", stream)]
+    return [
+        WebSocketRoute("/v1/stream", stream),
+        Route("/v1/executions/{execution_id}/events", events, methods=["GET"]),
+    ]

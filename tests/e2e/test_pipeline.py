@@ -106,7 +106,7 @@ async def test_other_tenant_cannot_read_or_subscribe(stack: Stack) -> None:
     async with websockets.connect(f"{stack.ws_url}/v1/stream?api_key=key-b") as ws:
         await ws.send(orjson.dumps({"type": "subscribe", "execution_id": execution_id}).decode())
         reply = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
-    assert reply == {"type": "error", "execution_id": execution_id, "error": "execution not found"}
+    assert reply == {"type": "error", "execution_id": execution_id, "code": 404, "error": "execution not found"}
 
 
 async def test_websocket_with_bad_key_is_closed_4401(stack: Stack) -> None:

@@ -1,0 +1,191 @@
+"""Where the bridge puts events for one client: a WebSocket or an SSE response.
+
+The fan-out loop never awaits a client. It puts bytes on the sink's bounded queue; one writer per
+client batches what is queued and sends it with a timeout. A client whose queue overflows, or
+whose send times out, is cut off and its transport aborted: measured on these machines, one socket
+that stops reading otherwise stalls every send and even ``close()`` (shared/measured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.websockets import WebSocket
+
+log = logging.getLogger(__name__)
+
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_SHUTDOWN = 1001
+
+_CONTROL = b"\x00"
+
+
+class Sink:
+    """A bounded queue of encoded items for one client, with a cut-off when it overflows."""
+
+    def __init__(self, *, max_items: int) -> None:
+        self.tenant_id = ""
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(max_items)
+        self.subscriptions: dict[str, Any] = {}
+        self.sessions: set[str] = set()
+        self.closed = asyncio.Event()
+        self.close_code = 0
+        self.close_reason = ""
+
+    def push(self, item: bytes) -> None:
+        if self.closed.is_set():
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.kill(CLOSE_SLOW_CONSUMER, "slow consumer: send buffer overflowed")
+
+    def push_event(self, execution_id_json: bytes, offset: int, type_: str, value: bytes) -> None:
+        raise NotImplementedError
+
+    def push_control(self, message: dict[str, Any]) -> None:
+        self.push(_CONTROL + orjson.dumps(message))
+
+    def kill(self, code: int, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.close_code, self.close_reason = code, reason
+        self.closed.set()
+        self._on_kill()
+
+    def _on_kill(self) -> None:
+        pass
+
+
+class WebSocketSink(Sink):
+    """Events go out as ``{"type": "events", "events": [...]}`` frames; control messages alone."""
+
+    def __init__(self, websocket: WebSocket, *, max_items: int, send_timeout_s: float, heartbeat_s: float) -> None:
+        super().__init__(max_items=max_items)
+        self.websocket = websocket
+        self._send_timeout = send_timeout_s
+        self._heartbeat = heartbeat_s
+        self._writer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
+
+    def push_event(self, execution_id_json: bytes, offset: int, type_: str, value: bytes) -> None:
+        self.push(b'{"execution_id":' + execution_id_json + b',"cursor":' + str(offset).encode() + b',"event":' + value + b"}")
+
+    def _on_kill(self) -> None:
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()
+        if self.close_code == CLOSE_SLOW_CONSUMER:
+            # close() would wait for a flush that a stalled client never allows: abort the socket.
+            if not _abort_transport(self.websocket):
+                asyncio.get_running_loop().create_task(self._close())
+        else:
+            asyncio.get_running_loop().create_task(self._close())
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.websocket.close(code=self.close_code, reason=self.close_reason), 2.0)
+        _abort_transport(self.websocket)
+
+    async def _write_loop(self) -> None:
+        queue = self.queue
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), self._heartbeat)
+            except TimeoutError:
+                item = _CONTROL + b'{"type":"heartbeat"}'
+            items = [item]
+            while not queue.empty() and len(items) < 512:
+                items.append(queue.get_nowait())
+            try:
+                for frame in _ws_frames(items):
+                    await asyncio.wait_for(self.websocket.send_text(frame), self._send_timeout)
+            except TimeoutError:
+                self.kill(CLOSE_SLOW_CONSUMER, "slow consumer: send timed out")
+                return
+            except Exception:
+                self.closed.set()
+                return
+
+    async def aclose(self) -> None:
+        self.closed.set()
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+
+def _ws_frames(items: list[bytes]) -> list[str]:
+    """Control messages go alone; consecutive events share one ``events`` frame."""
+    frames: list[str] = []
+    events: list[bytes] = []
+    for item in items:
+        if item[:1] == _CONTROL:
+            if events:
+                frames.append(_events_frame(events))
+                events = []
+            frames.append(item[1:].decode())
+        else:
+            events.append(item)
+    if events:
+        frames.append(_events_frame(events))
+    return frames
+
+
+def _events_frame(events: list[bytes]) -> str:
+    return (b'{"type":"events","events":[' + b",".join(events) + b"]}").decode()
+
+
+class SSESink(Sink):
+    """Server-sent events: ``id`` is the cursor, ``event`` the type, ``data`` the event JSON."""
+
+    def __init__(self, *, max_items: int, heartbeat_s: float) -> None:
+        super().__init__(max_items=max_items)
+        self._heartbeat = heartbeat_s
+
+    def push_event(self, execution_id_json: bytes, offset: int, type_: str, value: bytes) -> None:
+        self.push(b"id: " + str(offset).encode() + b"\nevent: " + type_.encode() + b"\ndata: " + value + b"\n\n")
+
+    def push_control(self, message: dict[str, Any]) -> None:
+        self.push(_CONTROL + b"event: " + str(message.get("type", "message")).encode() + b"\ndata: " + orjson.dumps(message) + b"\n\n")
+
+    async def body(self, *, until_done: Any) -> AsyncIterator[bytes]:
+        """The response body: batches of queued items, comments as heartbeats, until ``until_done()``."""
+        queue = self.queue
+        while not self.closed.is_set():
+            try:
+                item = await asyncio.wait_for(queue.get(), self._heartbeat)
+            except TimeoutError:
+                yield b": heartbeat\n\n"
+                continue
+            items = [item]
+            while not queue.empty() and len(items) < 512:
+                items.append(queue.get_nowait())
+            yield b"".join(i[1:] if i[:1] == _CONTROL else i for i in items)
+            if queue.empty() and until_done():
+                return
+        if self.close_reason:
+            yield b"event: error\ndata: " + orjson.dumps({"type": "error", "error": self.close_reason}) + b"\n\n"
+
+
+def _abort_transport(websocket: WebSocket) -> bool:
+    """Abort the uvicorn transport behind a Starlette WebSocket (Starlette has no hook for it)."""
+    send: Any = websocket._send
+    for _ in range(4):
+        owner = getattr(send, "__self__", None)
+        transport = getattr(owner, "transport", None)
+        if transport is not None:
+            transport.abort()
+            return True
+        send = getattr(owner, "send", None) or getattr(send, "__wrapped__", None)
+        if send is None:
+            break
+    log.debug("no transport to abort for %s", websocket.client)
+    return False
