@@ -214,3 +214,13 @@ async def test_a_cancel_for_another_tenant_does_nothing(harness: Harness) -> Non
     await asyncio.sleep(0.3)
     events = await harness.events(await harness.submit("chat", execution_id=execution_id))
     assert events[-1]["type"] == "execution.completed"
+
+
+async def test_unreachable_agent_service_fails_the_execution_clearly(kafka_settings: KafkaSettings) -> None:
+    async with running_executor(kafka_settings, agent_service_url="http://127.0.0.1:9", agent_service_timeout_s=1) as h:
+        events = await h.events(await h.submit("from-the-service"))
+        assert events[-1]["type"] == "execution.failed" and events[-1]["retriable"] is True
+        assert "agent service at http://127.0.0.1:9 is unreachable" in events[-1]["reason"]
+        # Agents of the YAML catalog still run.
+        h.fake.script("chat-model", Reply(text=["local"]))
+        assert (await h.events(await h.submit("chat")))[-1]["output"] == "local"
