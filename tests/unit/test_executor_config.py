@@ -84,7 +84,7 @@ def test_http_tools_file_with_a_bad_schema_fails_the_load(tmp_path: Path) -> Non
     ],
 )
 def test_http_tool_urls_to_private_ranges_are_refused(url: str) -> None:
-    with pytest.raises(ToolDefinitionError, match="loopback|private"):
+    with pytest.raises(ToolDefinitionError, match=r"loopback|private"):
         check_url(url, allow_private=False)
     assert check_url(url, allow_private=True) == url
 
