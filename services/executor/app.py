@@ -125,6 +125,8 @@ class Executor:
             auto_offset_reset="earliest",
             listener=_Rebalance(self),
             max_poll_records=50,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(500, settings.session_timeout_ms // 3),
         )
         self._subscriber(self._on_request)
 

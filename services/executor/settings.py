@@ -31,6 +31,8 @@ class ExecutorSettings(BaseSettings):
     group_id: str | None = None  # default: "<topic prefix>executor"
     instance_id: str = "executor"
     max_concurrency: int = 200
+    # How long the group waits for a silent (crashed) member before its requests move to another one.
+    session_timeout_ms: int = 10_000
     # Token deltas are coalesced into one record per flush: whichever comes first.
     coalesce_interval_ms: float = 20.0
     coalesce_max_chars: int = 256

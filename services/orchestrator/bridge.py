@@ -357,4 +357,3 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> Sequence[TopicP
         await consumer._client.force_metadata_update()
         await asyncio.sleep(0.1)
     raise RuntimeError(f"topic {topic} has no partitions")
-

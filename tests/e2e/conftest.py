@@ -22,6 +22,7 @@ class Stack:
     kafka: KafkaSettings
     executor: Executor
     http: httpx.AsyncClient
+    orchestrator_settings: OrchestratorSettings
 
     @property
     def ws_url(self) -> str:
@@ -39,4 +40,4 @@ async def stack(kafka_settings: KafkaSettings) -> AsyncIterator[Stack]:
     orch = OrchestratorSettings(kafka=kafka_settings, api_keys=KEYS)
     async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=1)) as executor:
         async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url) as http:
-            yield Stack(url=url, kafka=kafka_settings, executor=executor, http=http)
+            yield Stack(url=url, kafka=kafka_settings, executor=executor, http=http, orchestrator_settings=orch)
