@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,7 @@ class ExecutionRequest(BaseModel):
     variables: dict[str, Any] = Field(default_factory=dict)
     history: list[Message] = Field(default_factory=list, max_length=1000)
     session_id: str | None = Field(default=None, max_length=128)
+    callback_url: str | None = Field(default=None, max_length=2048)
 
 
 class ExecutionAccepted(BaseModel):
@@ -41,8 +42,204 @@ class ExecutionView(BaseModel):
     usage: Usage | None = None
     created_at: str
     updated_at: str
+    callbacks: list[CallbackDelivery] = Field(default_factory=list)
 
 
 class ErrorBody(BaseModel):
     error: str
     detail: Any = None
+
+
+# -- sessions and chat ------------------------------------------------------------------------
+
+SessionPolicy = Literal["reject", "enqueue", "interrupt"]
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(default="default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    # What a chat message does while the session's previous one still runs (default: the server's).
+    policy: SessionPolicy | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SessionState(BaseModel):
+    session_id: str
+    agent: str
+    policy: SessionPolicy
+    state: Literal["idle", "running"]
+    active_execution_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: str
+    updated_at: str
+
+
+class ToolCallRecord(BaseModel):
+    call_id: str
+    tool: str
+    arguments: Any = None
+    result: Any = None
+    error: str | None = None
+
+
+class SessionMessage(BaseModel):
+    seq: int
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    name: str | None = None
+    execution_id: str | None = None
+    status: Literal["done", "pending"] = "done"
+    tool_calls: list[ToolCallRecord] | None = None
+    created_at: str
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    content: str = Field(min_length=1, max_length=200_000)
+    variables: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = "standard"
+    callback_url: str | None = Field(default=None, max_length=2048)
+
+
+class ChatResponse(BaseModel):
+    session_id: str
+    # None when the message was enqueued behind the running execution (policy "enqueue").
+    execution_id: str | None
+    status: Literal["queued", "enqueued"]
+    message_seq: int
+    interrupted_execution_id: str | None = None
+    events_url: str | None = None
+    stream_url: str = "/v1/stream"
+
+
+# -- cancel, batches, jobs, usage -------------------------------------------------------------
+
+
+class CancelResponse(BaseModel):
+    execution_id: str
+    status: str
+    cancel_requested: bool
+
+
+class BatchItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(min_length=1, max_length=200_000)
+    agent: str = Field(default="default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    variables: dict[str, Any] = Field(default_factory=dict)
+    custom_id: str | None = Field(default=None, max_length=128)
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[BatchItem] = Field(min_length=1)
+    priority: Priority = "batch"
+    callback_url: str | None = Field(default=None, max_length=2048)
+
+
+class BatchAccepted(BaseModel):
+    batch_id: str
+    execution_ids: list[str]
+    status: Literal["running"] = "running"
+
+
+class BatchResult(BaseModel):
+    execution_id: str
+    custom_id: str | None = None
+    status: str
+    output: str | None = None
+    error: str | None = None
+    usage: Usage | None = None
+
+
+class CallbackDelivery(BaseModel):
+    delivery_id: str
+    url: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status: int | None = None
+    last_error: str | None = None
+    next_attempt_at: str | None = None
+
+
+class BatchView(BaseModel):
+    batch_id: str
+    status: Literal["running", "completed"]
+    priority: Priority
+    total: int
+    counts: dict[str, int]
+    results: list[BatchResult]
+    callbacks: list[CallbackDelivery] = Field(default_factory=list)
+    created_at: str
+    completed_at: str | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    service: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    job_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    agent: str = Field(default="default", min_length=1, max_length=128)
+    session_id: str | None = Field(default=None, max_length=64)
+    timeout_s: float | None = Field(default=None, gt=0, le=86_400)
+
+
+class TaskView(BaseModel):
+    task_id: str
+    kind: Literal["execution", "job"]
+    service: str | None = None
+    agent: str
+    session_id: str | None = None
+    batch_id: str | None = None
+    status: str
+    deadline: str
+    result: Any = None
+    output: str | None = None
+    error: str | None = None
+    created_at: str
+    updated_at: str
+
+
+class UsageRow(BaseModel):
+    tenant: str | None = None
+    agent: str | None = None
+    session: str | None = None
+    executions: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UsageReport(BaseModel):
+    group_by: Literal["tenant", "agent", "session"]
+    since: str | None = None
+    until: str | None = None
+    rows: list[UsageRow]
+
+
+# -- admin ------------------------------------------------------------------------------------
+
+
+class TenantLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(default=None, ge=0)
+    tokens_per_minute: int | None = Field(default=None, ge=0)
+    concurrent: int | None = Field(default=None, ge=0)
+
+
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(default="", max_length=200)
+    limits: TenantLimits = Field(default_factory=TenantLimits)
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=200)

@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.events import Usage
 from schemas.topics import Priority
 
-State = Literal["queued", "running", "completed", "failed", "cancelled"]
-TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+State = Literal["queued", "running", "completed", "failed", "cancelled", "timed_out"]
+TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "timed_out"})
 # Snapshots are written by the orchestrator and by executors; a view keeps the highest rank, so a
 # late "queued" never overwrites "running", and a newer attempt wins over an older one.
-_RANK: dict[str, int] = {"queued": 0, "running": 1, "completed": 2, "failed": 2, "cancelled": 2}
+_RANK: dict[str, int] = {"queued": 0, "running": 1, "completed": 2, "failed": 2, "cancelled": 2, "timed_out": 2}
 
 
 def _now() -> datetime:

@@ -1,0 +1,32 @@
+"""The orchestrator's API routes beyond streaming (executions, sessions, batches, tasks, usage, admin)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from services.orchestrator import admin, batches, executions, sessions, tasks, usage
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/v1/executions", executions.create_execution, methods=["POST"]),
+        Route("/v1/executions/{execution_id}", executions.get_execution, methods=["GET"]),
+        Route("/v1/executions/{execution_id}/cancel", executions.cancel_execution, methods=["POST"]),
+        Route("/v1/sessions", sessions.create_session, methods=["POST"]),
+        Route("/v1/sessions/{session_id}", sessions.get_session, methods=["GET"]),
+        Route("/v1/sessions/{session_id}/messages", sessions.get_messages, methods=["GET"]),
+        Route("/v1/sessions/{session_id}/chat", sessions.chat, methods=["POST"]),
+        Route("/v1/batches", batches.create_batch, methods=["POST"]),
+        Route("/v1/batches/{batch_id}", batches.get_batch, methods=["GET"]),
+        Route("/v1/jobs", tasks.create_job, methods=["POST"]),
+        Route("/v1/tasks/{task_id}", tasks.get_task, methods=["GET"]),
+        Route("/v1/usage", usage.get_usage, methods=["GET"]),
+        Route("/v1/admin/tenants", admin.create_tenant, methods=["POST"]),
+        Route("/v1/admin/tenants", admin.list_tenants, methods=["GET"]),
+        Route("/v1/admin/tenants/{tenant_id}", admin.get_tenant, methods=["GET"]),
+        Route("/v1/admin/tenants/{tenant_id}/keys", admin.create_key, methods=["POST"]),
+        Route("/v1/admin/tenants/{tenant_id}/keys", admin.list_keys, methods=["GET"]),
+        Route("/v1/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+        WebSocketRoute("/ws/task_updates", tasks.task_updates),
+        WebSocketRoute("/v1/tasks/stream", tasks.task_stream),
+    ]

@@ -1,0 +1,93 @@
+"""The orchestrator's composition root for its state: store, auth, limits, task registry, callbacks.
+
+``Runtime`` opens everything in order inside the app's lifespan and closes it in reverse; every
+``stop`` is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+
+from aiokafka import AIOKafkaProducer
+
+from schemas.agents import AgentSpec
+from services.common.statusview import StatusView
+from services.orchestrator.auth import Authenticator
+from services.orchestrator.callbacks import Dispatcher
+from services.orchestrator.completions import EventsFollower, JobsFollower
+from services.orchestrator.hub import TaskHub
+from services.orchestrator.lifecycle import Lifecycle
+from services.orchestrator.limits import RateLimiter, make_limiter
+from services.orchestrator.settings import OrchestratorSettings
+from services.orchestrator.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(
+        self, settings: OrchestratorSettings, *, producer: AIOKafkaProducer, status: StatusView, agents: dict[str, AgentSpec]
+    ) -> None:
+        self.settings = settings
+        self.store = Store(settings.database_url.get_secret_value())
+        self.auth = Authenticator(settings, self.store)
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+        self.limiter: RateLimiter = make_limiter(redis_url, prefix=settings.redis_key_prefix)
+        self.hub = TaskHub()
+        self.dispatcher = Dispatcher(settings, self.store)
+        self.lifecycle = Lifecycle(
+            settings=settings,
+            store=self.store,
+            producer=producer,
+            status=status,
+            limiter=self.limiter,
+            hub=self.hub,
+            dispatcher=self.dispatcher,
+            agents=agents,
+        )
+        self.events = EventsFollower(self.lifecycle)
+        self.jobs = JobsFollower(self.lifecycle)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.auth.bootstrap()
+        await self.limiter.start()
+        await self.dispatcher.start()
+        await asyncio.gather(self.events.start(), self.jobs.start())
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="task-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await self.jobs.stop()
+        await self.events.stop()
+        await self.lifecycle.stop()
+        await self.dispatcher.stop()
+        await self.limiter.stop()
+        await self.store.stop()
+
+    async def __aenter__(self) -> Runtime:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                await self.lifecycle.sweep()
+            except Exception:
+                log.exception("task sweeper round failed")

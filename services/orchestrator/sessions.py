@@ -1,0 +1,183 @@
+"""``/v1/sessions``: durable conversations. A chat message runs an execution over the history; the
+assistant's final message and tool calls are recorded when it completes (``Lifecycle.finalize``).
+
+A message while one runs follows the session's policy: ``reject`` (409), ``enqueue`` (it starts when
+the running one ends), or ``interrupt`` (the running one is cancelled, the new one starts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from schemas.api import ChatRequest, ChatResponse, SessionCreate, SessionMessage, SessionState
+from services.orchestrator.auth import TenantContext
+from services.orchestrator.executions import checked_callback, known_agent, traceparent_of
+from services.orchestrator.http import HTTPError, iso, parse_json, path_id, require_tenant, state_of, validate
+from services.orchestrator.idempotency import idempotent
+from services.orchestrator.lifecycle import Submission, history_messages, new_id
+from services.orchestrator.store import sessions
+from services.orchestrator.store.sessions import Session, StoredMessage
+
+
+def session_view(s: Session) -> SessionState:
+    return SessionState(
+        session_id=s.id,
+        agent=s.agent_id,
+        policy=s.policy,  # type: ignore[arg-type]
+        state=s.state,  # type: ignore[arg-type]
+        active_execution_id=s.active_execution_id,
+        metadata=s.metadata,
+        created_at=iso(s.created_at) or "",
+        updated_at=iso(s.updated_at) or "",
+    )
+
+
+def message_view(m: StoredMessage) -> SessionMessage:
+    return SessionMessage.model_validate(
+        {
+            "seq": m.seq,
+            "role": m.role,
+            "content": m.content,
+            "name": m.name,
+            "execution_id": m.execution_id,
+            "status": m.status,
+            "tool_calls": m.tool_calls,
+            "created_at": iso(m.created_at),
+        }
+    )
+
+
+async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:
+    state = state_of(request)
+    req = validate(SessionCreate, parse_json(body), "session")
+    known_agent(state.agents, req.agent)
+    async with state.runtime.store.begin() as conn:
+        session = await sessions.create(
+            conn,
+            id="ses_" + new_id(),
+            tenant_id=ctx.id,
+            agent_id=req.agent,
+            policy=req.policy or state.settings.session_policy,
+            metadata=req.metadata,
+        )
+    return 201, session_view(session).model_dump(mode="json")
+
+
+async def _session(request: Request, ctx: TenantContext) -> Session:
+    session_id = path_id(request, "session_id", "session")
+    async with state_of(request).runtime.store.begin() as conn:
+        session = await sessions.get(conn, session_id, tenant_id=ctx.id)
+    if session is None:
+        raise HTTPError(404, "session not found")
+    return session
+
+
+async def get_session(request: Request) -> Response:
+    ctx = await require_tenant(request)
+    return JSONResponse(session_view(await _session(request, ctx)).model_dump(mode="json"))
+
+
+async def get_messages(request: Request) -> Response:
+    ctx = await require_tenant(request)
+    session = await _session(request, ctx)
+    try:
+        after = int(request.query_params.get("after", "0"))
+        limit = int(request.query_params.get("limit", "200"))
+    except ValueError as exc:
+        raise HTTPError(422, "after and limit must be integers") from exc
+    if after < 0 or not 1 <= limit <= 1000:
+        raise HTTPError(422, "after must be >= 0 and limit between 1 and 1000")
+    async with state_of(request).runtime.store.begin() as conn:
+        items = await sessions.history(conn, session.id, after=after, limit=limit)
+    return JSONResponse({"session_id": session.id, "messages": [message_view(m).model_dump(mode="json") for m in items]})
+
+
+async def _chat(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:
+    state = state_of(request)
+    lifecycle = state.runtime.lifecycle
+    req = validate(ChatRequest, parse_json(body), "chat message")
+    session = await _session(request, ctx)
+    callback = await checked_callback(state.settings, req.callback_url)
+    sub = Submission(
+        tenant_id=ctx.id,
+        agent_id=session.agent_id,
+        input=req.content,
+        priority=req.priority,
+        variables=req.variables,
+        session_id=session.id,
+        callback_url=callback,
+        traceparent=traceparent_of(request),
+        origin="chat",
+    )
+    active = session.active_execution_id
+    if active is not None and session.policy == "reject":
+        raise HTTPError(409, "the session has an execution running; wait for it, or cancel it", detail={"active_execution_id": active})
+    if active is not None and session.policy == "enqueue":
+        await lifecycle.admit(ctx, [], slots=False)
+        async with state.runtime.store.begin() as conn:
+            message = await sessions.append(conn, session.id, role="user", content=req.content, status="pending")
+            # The running one may have ended meanwhile: then nobody would start this message.
+            started = await sessions.claim(conn, session.id, sub.execution_id, expect_active=None)
+            if started:
+                await sessions.promote(conn, message, sub.execution_id)
+                sub.history = await history_messages(conn, session.id, before_seq=None, exclude_execution=sub.execution_id)
+        if not started:
+            return 202, ChatResponse(session_id=session.id, execution_id=None, status="enqueued", message_seq=message.seq).model_dump()
+        await lifecycle.limiter.acquire_slot(ctx.id, sub.execution_id, 0, state.settings.execution_timeout_s)
+        await _submit_claimed(request, sub)
+        return 202, _accepted(sub, message.seq, None)
+
+    await lifecycle.admit(ctx, [sub.execution_id])
+    appended: list[StoredMessage] = []
+
+    async def writes(conn: AsyncConnection) -> None:
+        if not await sessions.claim(conn, session.id, sub.execution_id, expect_active=active):
+            raise HTTPError(409, "the session changed meanwhile (another message started); retry")
+        sub.history = await history_messages(conn, session.id, before_seq=None, exclude_execution=None)
+        appended.append(await sessions.append(conn, session.id, role="user", content=req.content, execution_id=sub.execution_id))
+
+    async def undo(conn: AsyncConnection) -> None:
+        await sessions.delete_message(conn, appended[0].id)
+        await sessions.release(conn, session.id, sub.execution_id)
+
+    try:
+        await lifecycle.submit([sub], writes=writes, undo=undo)
+    except BaseException:
+        await lifecycle.release_slots(ctx.id, [sub.execution_id])
+        raise
+    if active is not None:  # policy "interrupt": the old one no longer owns the session
+        with contextlib.suppress(HTTPError):  # it may have finished meanwhile
+            await lifecycle.cancel(active, ctx.id)
+    return 202, _accepted(sub, appended[0].seq, active)
+
+
+async def _submit_claimed(request: Request, sub: Submission) -> None:
+    lifecycle = state_of(request).runtime.lifecycle
+    try:
+        await lifecycle.submit([sub])
+    except BaseException:
+        await lifecycle.release_slots(sub.tenant_id, [sub.execution_id])
+        async with lifecycle.store.begin() as conn:
+            assert sub.session_id is not None
+            await sessions.release(conn, sub.session_id, sub.execution_id)
+        raise
+
+
+def _accepted(sub: Submission, seq: int, interrupted: str | None) -> dict[str, Any]:
+    return ChatResponse(
+        session_id=sub.session_id or "",
+        execution_id=sub.execution_id,
+        status="queued",
+        message_seq=seq,
+        interrupted_execution_id=interrupted,
+        events_url=f"/v1/executions/{sub.execution_id}",
+    ).model_dump()
+
+
+create_session = idempotent(_create)
+chat = idempotent(_chat)

@@ -1,0 +1,172 @@
+"""The task registry: every execution and external job with its tenant, session and deadline."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.orchestrator.store.tables import tasks, tool_calls
+
+OPEN_STATES = ("queued", "running")
+FINAL_STATES = ("completed", "failed", "cancelled", "timed_out")
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    kind: str
+    origin: str
+    tenant_id: str
+    session_id: str | None
+    agent_id: str
+    service: str | None
+    batch_id: str | None
+    custom_id: str | None
+    priority: str
+    state: str
+    deadline: float
+    callback_url: str | None
+    output: str | None
+    result: Any
+    error: str | None
+    usage: dict[str, int] | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def open(self) -> bool:
+        return self.state in OPEN_STATES
+
+
+def _task(row: Any) -> Task:
+    return Task(**{c.name: getattr(row, c.name) for c in tasks.columns})
+
+
+async def create(
+    conn: AsyncConnection,
+    *,
+    id: str,
+    kind: str,
+    tenant_id: str,
+    agent_id: str,
+    deadline: float,
+    session_id: str | None = None,
+    service: str | None = None,
+    batch_id: str | None = None,
+    custom_id: str | None = None,
+    priority: str = "standard",
+    callback_url: str | None = None,
+    origin: str = "api",
+) -> None:
+    now = time.time()
+    await conn.execute(
+        tasks.insert().values(
+            id=id,
+            kind=kind,
+            origin=origin,
+            tenant_id=tenant_id,
+            session_id=session_id,
+            agent_id=agent_id,
+            service=service,
+            batch_id=batch_id,
+            custom_id=custom_id,
+            priority=priority,
+            state="queued",
+            deadline=deadline,
+            callback_url=callback_url,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+async def get(conn: AsyncConnection, task_id: str, *, tenant_id: str | None = None) -> Task | None:
+    query = select(tasks).where(tasks.c.id == task_id)
+    if tenant_id is not None:
+        query = query.where(tasks.c.tenant_id == tenant_id)
+    row = (await conn.execute(query)).first()
+    return _task(row) if row else None
+
+
+async def delete(conn: AsyncConnection, task_ids: list[str]) -> None:
+    await conn.execute(tasks.delete().where(tasks.c.id.in_(task_ids)))
+
+
+async def mark_running(conn: AsyncConnection, task_id: str) -> bool:
+    result = await conn.execute(
+        update(tasks).where(tasks.c.id == task_id, tasks.c.state == "queued").values(state="running", updated_at=time.time())
+    )
+    return bool(result.rowcount)
+
+
+async def finish(
+    conn: AsyncConnection,
+    task_id: str,
+    state: str,
+    *,
+    output: str | None = None,
+    result: Any = None,
+    error: str | None = None,
+    usage: dict[str, int] | None = None,
+) -> Task | None:
+    """Move an open task to a final state, once: the caller that wins gets the task, others get None.
+
+    Completions arrive at least once (redelivery, two replicas, the sweeper racing a late result);
+    this conditional update is what makes their effects (usage, history, callbacks) happen once.
+    """
+    assert state in FINAL_STATES
+    changed = await conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id, tasks.c.state.in_(OPEN_STATES))
+        .values(state=state, output=output, result=result, error=error, usage=usage, updated_at=time.time())
+    )
+    if not changed.rowcount:
+        return None
+    return await get(conn, task_id)
+
+
+async def expired(conn: AsyncConnection, *, now: float, limit: int = 100) -> list[Task]:
+    query = select(tasks).where(tasks.c.state.in_(OPEN_STATES), tasks.c.deadline < now).order_by(tasks.c.deadline).limit(limit)
+    return [_task(r) for r in await conn.execute(query)]
+
+
+async def of_batch(conn: AsyncConnection, batch_id: str) -> list[Task]:
+    query = select(tasks).where(tasks.c.batch_id == batch_id).order_by(tasks.c.created_at, tasks.c.id)
+    return [_task(r) for r in await conn.execute(query)]
+
+
+async def open_count(conn: AsyncConnection, tenant_id: str) -> int:
+    rows = await conn.execute(select(tasks.c.id).where(tasks.c.tenant_id == tenant_id, tasks.c.state.in_(OPEN_STATES)))
+    return len(rows.all())
+
+
+async def record_tool_call(conn: AsyncConnection, execution_id: str, attempt: int, call: dict[str, Any]) -> None:
+    from services.orchestrator.store import insert_ignore
+
+    values = {
+        "execution_id": execution_id,
+        "attempt": attempt,
+        "call_id": call["call_id"],
+        "tool": call["tool"],
+        "arguments": call.get("arguments"),
+        "result": call.get("result"),
+        "error": call.get("error"),
+        "seq": call.get("seq", 0),
+    }
+    await insert_ignore(conn, tool_calls, values, ["execution_id", "attempt", "call_id"])
+
+
+async def tool_calls_of(conn: AsyncConnection, execution_id: str, attempt: int) -> list[dict[str, Any]]:
+    query = (
+        select(tool_calls)
+        .where(tool_calls.c.execution_id == execution_id, tool_calls.c.attempt == attempt)
+        .order_by(tool_calls.c.seq, tool_calls.c.call_id)
+    )
+    return [
+        {"call_id": r.call_id, "tool": r.tool, "arguments": r.arguments, "result": r.result, "error": r.error}
+        for r in await conn.execute(query)
+    ]
