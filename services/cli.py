@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -223,6 +224,90 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float) -> N
                 return
         time.sleep(0.3)
     _fail(f"the services did not become ready within {timeout:.0f}s; see .agentstream/up.log")
+
+
+# -- replay -------------------------------------------------------------------------------------
+Url = Annotated[str, typer.Option(envvar="AGENTSTREAM_URL", help="Orchestrator base URL.")]
+ApiKey = Annotated[str, typer.Option(envvar="AGENTSTREAM_API_KEY", help="API key of the tenant.")]
+
+
+def _replay(items: Any, *, as_json: bool) -> None:
+    from services.render import render_event
+    from services.replay import ReplayError, write_json_line
+
+    async def main() -> None:
+        async for item in items:
+            if as_json:
+                write_json_line(item)
+            else:
+                render_event(console, item["event"])
+
+    try:
+        asyncio.run(main())
+    except ReplayError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot reach agentstream ({exc}): start it with `agentstream up` or pass --url")
+
+
+@replay_app.command("execution")
+def replay_execution(
+    execution_id: str,
+    cursor: Annotated[int | None, typer.Option(help="Only events after this cursor.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of rendering.")] = False,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = "dev-key",
+) -> None:
+    """Replay one execution's events (finished or live) through the API."""
+    from services.replay import execution_events
+
+    _replay(execution_events(url, api_key, execution_id, cursor=cursor), as_json=as_json)
+
+
+@replay_app.command("session")
+def replay_session(
+    session_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of rendering.")] = True,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = "dev-key",
+) -> None:
+    """Replay every execution of a session, then follow it until it is idle."""
+    from services.replay import session_events
+
+    _replay(session_events(url, api_key, session_id), as_json=as_json)
+
+
+@replay_app.command("topic")
+def replay_topic(
+    topic: Annotated[str, typer.Option(help="Topic name without the prefix, e.g. executions.events.")] = "executions.events",
+    group: Annotated[str | None, typer.Option(help="Your own consumer group: offsets are committed, reruns go on.")] = None,
+    from_beginning: Annotated[bool, typer.Option(help="Start at the earliest retained record.")] = False,
+    from_time: Annotated[datetime | None, typer.Option(help="Start at this time (ISO 8601).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many records.")] = None,
+) -> None:
+    """Read a topic range straight from Kafka as JSON lines (the consumer-group pattern)."""
+    from services.common.settings import KafkaSettings
+    from services.replay import topic_records
+
+    kafka = KafkaSettings()
+    records = topic_records(
+        bootstrap=kafka.bootstrap,
+        topic=kafka.topic_prefix + topic,
+        group_id=group,
+        from_beginning=from_beginning,
+        from_time=from_time,
+        limit=limit,
+    )
+    from services.replay import ReplayError, write_json_line
+
+    async def main() -> None:
+        async for record in records:
+            write_json_line(record)
+
+    try:
+        asyncio.run(main())
+    except ReplayError as exc:
+        _fail(str(exc))
 
 
 # -- schemas --------------------------------------------------------------------------------

@@ -34,13 +34,13 @@ async def stream_execution(console: Console, *, url: str, api_key: str, prompt: 
                 console.print(f"[bold red]error:[/] {frame['error']}")
                 return False
             for item in frame.get("events", ()):
-                done = _render(console, item["event"])
+                done = render_event(console, item["event"])
                 if done is not None:
                     return done
     return False
 
 
-def _render(console: Console, event: dict[str, Any]) -> bool | None:
+def render_event(console: Console, event: dict[str, Any]) -> bool | None:
     kind = event["type"]
     if kind == "token.delta":
         console.print(event["text"], end="", highlight=False, soft_wrap=True)

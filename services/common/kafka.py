@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from pydantic import BaseModel
@@ -36,6 +36,19 @@ def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None
         if key == name:
             return value.decode(errors="replace")
     return None
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str, *, wait_s: float = 10.0) -> list[TopicPartition]:
+    """The topic's partitions, refreshing metadata until they are known (a topic may be brand new)."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return [TopicPartition(topic, p) for p in sorted(partitions)]
+        if asyncio.get_running_loop().time() > deadline:
+            return []
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.05)
 
 
 def make_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProducer:

@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.status import ExecutionStatus
-from services.common.kafka import encode
+from services.common.kafka import encode, partitions_of
 from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -84,14 +84,7 @@ class StatusView:
         )
         await consumer.start()
         self._consumer = consumer
-        partitions = consumer.partitions_for_topic(self._topic)
-        retries = 50
-        while not partitions and retries:
-            await asyncio.sleep(0.1)
-            await consumer._client.force_metadata_update()  # topic was just created
-            partitions = consumer.partitions_for_topic(self._topic)
-            retries -= 1
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions or ())]
+        tps = await partitions_of(consumer, self._topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps) if tps else {}

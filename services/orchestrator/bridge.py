@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable
 from typing import Any, TypeAlias
 
 import orjson
@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from schemas.events import TERMINAL_TYPES, EventAdapter, ExecutionCancelled, ExecutionCompleted, ExecutionFailed
 from schemas.status import ExecutionStatus
-from services.common.kafka import header
+from services.common.kafka import header, partitions_of
 from services.common.settings import KafkaSettings
 from services.common.statusview import StatusView
 from services.orchestrator.sinks import CLOSE_SHUTDOWN, Sink
@@ -137,7 +137,7 @@ class Bridge:
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self._settings.bootstrap, enable_auto_commit=False, client_id="bridge-tail")
         await consumer.start()
-        tps = [tp for topic in self._topics for tp in await _partitions(consumer, topic)]
+        tps = [tp for topic in self._topics for tp in await partitions_of(consumer, topic)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:
@@ -347,13 +347,3 @@ class Bridge:
                     return
         finally:
             await reader.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> Sequence[TopicPartition]:
-    for _ in range(100):
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions:
-            return [TopicPartition(topic, p) for p in sorted(partitions)]
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic} has no partitions")
