@@ -21,6 +21,7 @@ class ExecutionRequest(BaseModel):
     history: list[Message] = Field(default_factory=list, max_length=1000)
     session_id: str | None = Field(default=None, max_length=128)
     callback_url: str | None = Field(default=None, max_length=2048)
+    reply_to: str | None = Field(default=None, max_length=249, description="A reply topic from the tenant's allowlist")
 
 
 class ExecutionAccepted(BaseModel):

@@ -45,6 +45,8 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
     req = validate(ExecutionRequest, parse_json(body), "execution request")
     known_agent(state.agents, req.agent)
     callback = await checked_callback(state.settings, req.callback_url)
+    if req.reply_to is not None and req.reply_to not in state.settings.reply_topics.get(ctx.id, ()):
+        raise HTTPError(422, f"reply_to topic {req.reply_to!r} is not in this tenant's allowlist")
     sub = Submission(
         tenant_id=ctx.id,
         agent_id=req.agent,
@@ -55,6 +57,7 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
         session_id=req.session_id,
         callback_url=callback,
         traceparent=traceparent_of(request),
+        reply_to=req.reply_to,
     )
     lifecycle = state.runtime.lifecycle
     await lifecycle.admit(ctx, [sub.execution_id])

@@ -63,6 +63,7 @@ class Submission:
     custom_id: str | None = None
     traceparent: str | None = None
     origin: str = "api"  # api | chat | batch: only chat executions write the session's history
+    reply_to: str | None = None  # an allowlisted topic of the tenant's; None: the shared events topic
     execution_id: str = field(default_factory=new_id)
 
 
@@ -166,6 +167,7 @@ class Lifecycle:
             priority=sub.priority,
             variables=sub.variables,
             history=sub.history,
+            reply_to=sub.reply_to,
             deadline=datetime.fromtimestamp(deadline, UTC),
         )
         status = ExecutionStatus(
@@ -174,7 +176,7 @@ class Lifecycle:
             agent_id=sub.agent_id,
             session_id=sub.session_id,
             priority=sub.priority,
-            events_topic=self.settings.kafka.topics.events,
+            events_topic=sub.reply_to or self.settings.kafka.topics.events,
             created_at=event.ts,
             updated_at=event.ts,
         )

@@ -181,3 +181,28 @@ async def test_past_retention_is_410(stack: Stack) -> None:
             while (reply := orjson.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] == "subscribed":
                 pass
         assert reply["type"] == "error" and reply["code"] == 410
+
+
+async def test_reply_topic_from_the_allowlist_carries_the_events(stack: Stack) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    reply = f"{stack.kafka.topic_prefix}acme.replies"
+    settings = stack.orchestrator_settings.model_copy(update={"reply_topics": {"tenant-a": [reply]}})
+    async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
+        r = await client.post("/v1/executions", json={"input": "2*2", "reply_to": reply}, headers=AUTH)
+        assert r.status_code == 202, r.text
+        execution_id = r.json()["execution_id"]
+        items = await collect_events(url.replace("http", "ws", 1), "key-a", execution_id)
+        assert items[-1]["event"]["type"] == "execution.completed"
+        sse = await read_sse(url, execution_id)
+        assert [i["cursor"] for i in sse] == [i["cursor"] for i in items]
+        r = await client.post("/v1/executions", json={"input": "2*2", "reply_to": reply}, headers={"Authorization": "Bearer key-b"})
+        assert r.status_code == 422 and "allowlist" in r.json()["error"]
+    consumer = AIOKafkaConsumer(reply, bootstrap_servers=stack.kafka.bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        batches = await consumer.getmany(timeout_ms=3000)
+    finally:
+        await consumer.stop()
+    on_reply = [r.offset for records in batches.values() for r in records if r.key == execution_id.encode()]
+    assert on_reply == [i["cursor"] for i in items]
