@@ -100,25 +100,32 @@ async def resilient_stream(
 
 
 async def _timed(provider: Provider, request: ModelRequest, timeouts: TimeoutSettings) -> AsyncIterator[Chunk]:
+    """The first chunk under a real timeout; after it, the total is checked per chunk (cheap on the hot
+    path), and a stream that goes silent is ended by the client's read timeout (``read_s``)."""
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    end_at = started + timeouts.total_s
-    deadline = min(started + timeouts.first_token_s, end_at)
+    end_at = loop.time() + timeouts.total_s
+    first_by = min(loop.time() + timeouts.first_token_s, end_at)
     stream = provider.stream(request)
     try:
-        while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    chunk = await anext(stream)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                if deadline < end_at:
-                    raise ProviderError(f"{provider.name}: no first token within {timeouts.first_token_s:g}s", retriable=True) from None
-                raise ProviderError(f"{provider.name}: the call took longer than {timeouts.total_s:g}s", retriable=True) from None
-            deadline = end_at
+        try:
+            async with asyncio.timeout_at(first_by):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if first_by < end_at:
+                raise ProviderError(f"{provider.name}: no first token within {timeouts.first_token_s:g}s", retriable=True) from None
+            raise _too_long(provider, timeouts) from None
+        yield chunk
+        async for chunk in stream:
+            if loop.time() > end_at:
+                raise _too_long(provider, timeouts)
             yield chunk
     finally:
         close = getattr(stream, "aclose", None)
         if close is not None:
             await close()
+
+
+def _too_long(provider: Provider, timeouts: TimeoutSettings) -> ProviderError:
+    return ProviderError(f"{provider.name}: the call took longer than {timeouts.total_s:g}s", retriable=True)

@@ -20,7 +20,7 @@ class RetrySettings(BaseModel):
 class TimeoutSettings(BaseModel):
     connect_s: float = 5.0
     first_token_s: float = 30.0  # request sent -> first chunk of the stream
-    total_s: float = 300.0  # one model call, request to last chunk
+    total_s: float = 300.0  # one model call, request to last chunk (checked per chunk; a silent stream ends at read_s)
     read_s: float = 60.0  # silence between two chunks
 
 
