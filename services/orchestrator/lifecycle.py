@@ -202,7 +202,9 @@ class Lifecycle:
                 log.warning("could not cancel %s after a failed submission", sub.execution_id)
 
     # -- cancel -----------------------------------------------------------------------------
-    async def request_cancel(self, execution_id: str, tenant_id: str, *, terminal_state: str | None = None) -> None:
+    async def request_cancel(
+        self, execution_id: str, tenant_id: str, *, terminal_state: str | None = None, error: str | None = None
+    ) -> None:
         """Publish ``execution.cancel_requested``; with ``terminal_state`` also a terminal snapshot,
         so an executor that has not started the execution skips it."""
         topics = self.settings.kafka.topics
@@ -219,7 +221,7 @@ class Lifecycle:
         if terminal_state is not None:
             current = self.status.get(execution_id)
             base = current or ExecutionStatus(execution_id=execution_id, tenant_id=tenant_id)
-            snapshot = base.model_copy(update={"state": terminal_state, "updated_at": datetime.now(UTC)})
+            snapshot = base.model_copy(update={"state": terminal_state, "error": error, "updated_at": datetime.now(UTC)})
             sends.append(self.producer.send_and_wait(topics.status, value=encode(snapshot), key=execution_id.encode()))
         await asyncio.gather(*sends)
         if snapshot is not None:
@@ -378,7 +380,7 @@ class Lifecycle:
             log.warning("%s %s of tenant %s timed out", task.kind, task.id, task.tenant_id)
             if task.kind == "execution":
                 try:
-                    await self.request_cancel(task.id, task.tenant_id, terminal_state="timed_out")
+                    await self.request_cancel(task.id, task.tenant_id, terminal_state="timed_out", error=error)
                 except KafkaError:
                     log.warning("could not publish the cancel of timed-out execution %s", task.id)
         return count

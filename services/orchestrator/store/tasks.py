@@ -157,7 +157,13 @@ async def record_tool_call(conn: AsyncConnection, execution_id: str, attempt: in
         "error": call.get("error"),
         "seq": call.get("seq", 0),
     }
-    await insert_ignore(conn, tool_calls, values, ["execution_id", "attempt", "call_id"])
+    if await insert_ignore(conn, tool_calls, values, ["execution_id", "attempt", "call_id"]):
+        return
+    # tool.call.started wrote the row with the arguments; tool.call.completed adds the outcome.
+    outcome = {k: values[k] for k in ("result", "error") if values[k] is not None}
+    if outcome:
+        where = (tool_calls.c.execution_id == execution_id, tool_calls.c.attempt == attempt, tool_calls.c.call_id == call["call_id"])
+        await conn.execute(update(tool_calls).where(*where).values(**outcome))
 
 
 async def tool_calls_of(conn: AsyncConnection, execution_id: str, attempt: int) -> list[dict[str, Any]]:
