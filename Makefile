@@ -41,5 +41,9 @@ test: kafka-start services lint
 demo: kafka-start
 	$(BIN)/agentstream demo
 
+bench: kafka-start
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
+	$(BIN)/agentstream bench $(SCENARIO)
+
 clean: kafka-stop services-stop
 	rm -rf $(VENV) deploy/kafka/lib deploy/kafka/data deploy/kafka/logs deploy/kafka/run deploy/dev-services .agentstream

@@ -132,6 +132,19 @@ def orchestrator(host: str | None = None, port: int | None = None) -> None:
 
 
 @app.command()
+def bench(
+    scenario: Annotated[Path | None, typer.Argument(help="bench/scenarios/*.yaml or .toml (default: default.yaml)")] = None,
+    phases: Annotated[str, typer.Option(help="Comma-separated subset: kafka,loads,fanout,idle,coalesce,accept.")] = "",
+) -> None:
+    """Benchmark against the floor: table, bench/results/<name>.json and PNG plots (needs the `bench` extra)."""
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))  # bench/ and tests/fakes/ live beside the installed packages, not in them
+    from bench.__main__ import main as bench_main
+
+    raise typer.Exit(bench_main([*([str(scenario)] if scenario else []), *(["--phases", phases] if phases else [])]))
+
+
+@app.command()
 def executor() -> None:
     """Run one executor (a member of the consumer group)."""
 

@@ -45,6 +45,10 @@ class Reply:
     status: int = 200
     retry_after: float | None = None
     error_message: str = "injected failure"
+    # Benchmarks: stamp each content delta with its send time (time.time(), seconds). "{sent_at}" in
+    # a text piece is replaced by it (so the stamp survives anything that forwards only the text),
+    # and the chunk gets an extra top-level field "x_sent_at". Off: chunks are exactly as before.
+    stamp_tokens: bool = False
 
 
 @dataclass
@@ -166,7 +170,10 @@ class FakeOpenAI:
                 return False
             if sent and reply.token_delay_s:
                 await asyncio.sleep(reply.token_delay_s)
-            _chunk(writer, base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+            chunk: dict[str, Any] = base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            if reply.stamp_tokens:
+                _stamp(chunk, delta)
+            _chunk(writer, chunk)
             sent += 1
             await writer.drain()
         finish = "tool_calls" if reply.tool_calls else "stop"
@@ -192,6 +199,14 @@ def _deltas(reply: Reply) -> list[dict[str, Any]]:
         deltas.append({"tool_calls": [{"index": i, "function": {"arguments": call.arguments[:half]}}]})
         deltas.append({"tool_calls": [{"index": i, "function": {"arguments": call.arguments[half:]}}]})
     return deltas
+
+
+def _stamp(chunk: dict[str, Any], delta: dict[str, Any]) -> None:
+    sent_at = time.time()
+    chunk["x_sent_at"] = sent_at
+    content = delta.get("content")
+    if content and "{sent_at}" in content:
+        chunk["choices"][0]["delta"] = delta | {"content": content.replace("{sent_at}", f"{sent_at:.6f}")}
 
 
 def _usage(reply: Reply) -> dict[str, int] | None:

@@ -1,0 +1,397 @@
+"""Runs a scenario: the floor and agentstream side by side, in one run, on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import multiprocessing.pool
+import os
+import platform
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+
+from bench import clients, kafkafloor, stats
+from bench.fakemodel import model_name
+from bench.procs import API_KEY, ROOT, Proc, Sampler, Services, agents_yaml, free_port, services_env, start_fake_model
+from bench.scenario import Load, Scenario
+
+console = Console(width=180)
+
+# Each token's text is "<stamp>;" (18 chars). Sized so a record holds as many tokens as the
+# default 256 chars would of ~4-char English tokens: 64.
+MAX_CHARS = 64 * 18
+FANOUT_FIRST_TOKEN_DELAY_MS = 3000.0  # time for the subscribers to connect before the first token
+IDLE_FIRST_TOKEN_DELAY_MS = 25000.0
+
+
+def _agent(load: Load) -> str:
+    return f"l-{load.rate:g}-{load.tokens}"
+
+
+class Run:
+    def __init__(self, scenario: Scenario, *, bootstrap: str, work: Path) -> None:
+        self.s = scenario
+        self.bootstrap = bootstrap
+        self.work = work
+        self.prefix = f"bench-{uuid.uuid4().hex[:8]}."
+        self.ftd_s = scenario.first_token_delay_ms / 1000
+        self.results: dict[str, Any] = {"scenario": scenario.name, "topic_prefix": self.prefix}
+        self.watched: list[Proc] = []
+        self.peak: dict[str, int] = {}
+        ctx = multiprocessing.get_context("spawn")
+        self.workers = scenario.client_processes
+        self.pool: multiprocessing.pool.Pool = ctx.Pool(self.workers + 1)
+        self.coalesce_env = {"AGENTSTREAM_EXECUTOR_COALESCE_MAX_CHARS": str(MAX_CHARS)}
+        if scenario.coalesce_interval_ms is not None:
+            self.coalesce_env["AGENTSTREAM_EXECUTOR_COALESCE_INTERVAL_MS"] = str(scenario.coalesce_interval_ms)
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _models(self) -> dict[str, str]:
+        loads = {*self.s.loads, *(Load(n) for n in self.s.sweep)}
+        if self.s.coalesce is not None:
+            loads |= set(self.s.coalesce.loads)
+        models = {_agent(load): model_name(load.rate, load.tokens, self.s.first_token_delay_ms) for load in loads}
+        models["warmup"] = model_name(200, 5, 0)
+        models["accept"] = model_name(1000, 1, 0)
+        if self.s.fanout is not None:
+            f = self.s.fanout
+            models["fanout"] = model_name(f.rate, f.tokens, FANOUT_FIRST_TOKEN_DELAY_MS)
+            models["idle"] = model_name(1, 1, IDLE_FIRST_TOKEN_DELAY_MS)
+            models["live"] = model_name(f.rate, f.tokens, self.s.first_token_delay_ms)
+        return models
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        fake, port = start_fake_model(self.work)
+        self.fake = fake
+        self.model_url = f"http://127.0.0.1:{port}/v1"
+        agents = self.work / "agents.yaml"
+        agents.write_text(agents_yaml(self._models()))
+        http_port = free_port()
+        env = services_env(prefix=self.prefix, port=http_port, work=self.work, agents_file=agents, model_url=self.model_url)
+        env["AGENTSTREAM_KAFKA_BOOTSTRAP"] = self.bootstrap
+        self.svc = Services(prefix=self.prefix, port=http_port, env=env, log_dir=self.work)
+        self.watched = [fake]
+        try:
+            with Sampler(self.watched):
+                self.svc.start_orchestrator()
+                self._watch(self.svc.orchestrator)
+                self._start_executor({})
+                yield
+        finally:
+            self._note_peaks()
+            self.svc.stop()
+            fake.stop()
+            self.pool.terminate()
+            self.pool.join()
+
+    def _watch(self, proc: Proc | None) -> None:
+        assert proc is not None
+        self.watched.append(proc)
+
+    def _note_peaks(self) -> None:
+        for proc in self.watched:
+            self.peak[proc.name] = max(self.peak.get(proc.name, 0), proc.peak_rss)
+
+    def _start_executor(self, extra: dict[str, str]) -> None:
+        if self.svc.executor is not None:
+            self._note_peaks()
+            self.watched.remove(self.svc.executor)
+            self.svc.stop_executor()
+        self.svc.start_executor({**self.coalesce_env, **extra})
+        self._watch(self.svc.executor)
+        self._warm_up()
+
+    def _warm_up(self, timeout: float = 60.0) -> None:
+        """One short execution end to end: the executor joined its group and everything is hot."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.pool.apply(clients.run_agentstream, (self.svc.url, self.svc.ws_url, "warmup", 1))
+            if out["tokens"] == 5 and not out["errors"]:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"no execution finished within {timeout:g}s; logs in {self.work}")
+
+    # -- measuring ------------------------------------------------------------------------
+    def _cpu(self) -> dict[str, float]:
+        return {p.name: p.cpu() for p in self.watched}
+
+    def _spread(self, fn: Callable[..., dict[str, Any]], n: int, args: Callable[[int], tuple[Any, ...]]) -> list[dict[str, Any]]:
+        k = min(self.workers, n)
+        shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        pending = [self.pool.apply_async(fn, args(share)) for share in shares]
+        return [p.get(timeout=300) for p in pending]
+
+    def stream_step(self, kind: str, load: Load) -> dict[str, Any]:
+        start_at = time.time() + 0.3
+        model = model_name(load.rate, load.tokens, self.s.first_token_delay_ms)
+        cpu0 = self._cpu()
+        if kind == "sdk":
+            parts = self._spread(clients.run_sdk, load.concurrency, lambda n: (self.model_url, model, n, start_at))
+        elif kind == "raw":
+            parts = self._spread(clients.run_raw, load.concurrency, lambda n: (self.model_url, model, n, start_at))
+        else:
+            args = (self.svc.url, self.svc.ws_url, _agent(load))
+            parts = self._spread(clients.run_agentstream, load.concurrency, lambda n: (*args, n, start_at))
+        cpu1 = self._cpu()
+        out = stats.summarize(
+            stats.merge(parts), expected_tokens=load.concurrency * load.tokens, first_token_delay_s=self.ftd_s, rate=load.rate
+        )
+        out["service_cpu_s"] = {name: cpu1[name] - cpu0.get(name, cpu1[name]) for name in cpu1}
+        if out["tokens"]:
+            out["cpu_ms_per_token"] = {name: 1000 * cpu / out["tokens"] for name, cpu in out["service_cpu_s"].items()}
+        lat = out["latency_ms"]
+        console.log(
+            f"{kind:11} {load.label:>14}: p50 {_f(lat['p50'])} p99 {_f(lat['p99'])} max {_f(lat['max'])} ms, "
+            f"ttft+ p50 {_f(out['ttft_overhead_ms']['p50'])}, {_f(out['delivered_tps'])} tok/s, "
+            f"{out['tokens']}/{out['expected_tokens']} tokens, errors {out['error_count']}, client cpu {out['client_cpu_s']:.2f}s, "
+            f"services cpu {', '.join(f'{k} {v:.2f}s' for k, v in out['service_cpu_s'].items())}"
+        )
+        return out
+
+    def loads(self) -> None:
+        rows = []
+        for load in self.s.loads:
+            row: dict[str, Any] = {"concurrency": load.concurrency, "rate": load.rate, "tokens": load.tokens, "label": load.label}
+            for kind in ("sdk", "raw", "agentstream"):
+                row["floor_sdk" if kind == "sdk" else "floor_raw" if kind == "raw" else kind] = self.stream_step(kind, load)
+                time.sleep(0.5)
+            rows.append(row)
+        self.results["loads"] = rows
+        sweep = []
+        for n in self.s.sweep:
+            load = Load(n)
+            row = {"concurrency": n, "rate": load.rate, "tokens": load.tokens, "label": load.label}
+            row["floor_raw"] = self.stream_step("raw", load)
+            time.sleep(0.5)
+            row["agentstream"] = self.stream_step("agentstream", load)
+            time.sleep(0.5)
+            sweep.append(row)
+        self.results["sweep"] = sweep
+
+    def kafka_floor(self) -> None:
+        out = self.pool.apply(kafkafloor.run_kafka_floor, (self.bootstrap, self.s.kafka_floor_rate, self.s.kafka_floor_seconds))
+        self.results["kafka_floor"] = {"rate": out["rate"], "latency_ms": stats.latency(out["latencies_ms"])}
+        lat = self.results["kafka_floor"]["latency_ms"]
+        console.log(f"kafka floor @{out['rate']:g} rec/s: p50 {_f(lat['p50'])} p99 {_f(lat['p99'])} max {_f(lat['max'])} ms")
+
+    def _post(self, agent: str) -> str:
+        request = urllib.request.Request(
+            f"{self.svc.url}/v1/executions",
+            data=json.dumps({"input": "go", "agent": agent}).encode(),
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            execution_id: str = json.loads(response.read())["execution_id"]
+            return execution_id
+
+    def fanout(self) -> None:
+        f = self.s.fanout
+        assert f is not None
+        rows = []
+        for n in f.subscribers:
+            orch = self.svc.orchestrator
+            assert orch is not None
+            cpu0 = self._cpu()
+            execution_id = self._post("fanout")
+            parts = self._spread(clients.run_subscribers, n, lambda share, eid=execution_id: (self.svc.ws_url, eid, share))
+            cpu1 = self._cpu()
+            raw = stats.merge([{**p, "ttft_s": []} for p in parts])
+            row = {
+                "subscribers": n,
+                "delivery_ms": stats.latency(raw["latencies_ms"]),
+                "tokens_per_subscriber": raw["tokens"] / n,
+                "expected_tokens_per_subscriber": f.tokens,
+                "errors": raw["errors"][:5],
+                "error_count": len(raw["errors"]),
+                "client_cpu_s": raw["client_cpu_s"],
+                "service_cpu_s": {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1},
+                "orchestrator_rss_mb": orch.rss() / 2**20,
+            }
+            d = row["delivery_ms"]
+            console.log(
+                f"fan-out to {n}: delivery p50 {_f(d['p50'])} p99 {_f(d['p99'])} max {_f(d['max'])} ms, "
+                f"{row['tokens_per_subscriber']:.1f}/{f.tokens} tokens each, errors {row['error_count']}, "
+                f"client cpu {raw['client_cpu_s']:.2f}s"
+            )
+            rows.append(row)
+            time.sleep(1)
+        self.results["fanout"] = rows
+
+    def idle(self) -> None:
+        f = self.s.fanout
+        assert f is not None and self.svc.orchestrator is not None
+        orch = self.svc.orchestrator
+        before = orch.rss()
+        execution_id = self._post("idle")
+        connect_s = max(4.0, f.idle / 600)
+        hold_until = time.time() + connect_s + 4.0
+        pending = [
+            self.pool.apply_async(clients.run_subscribers, (self.svc.ws_url, execution_id, share, hold_until))
+            for share in [f.idle // self.workers + (1 if i < f.idle % self.workers else 0) for i in range(self.workers)]
+        ]
+        time.sleep(connect_s)
+        connected = _connections(orch.ps, self.svc.port)
+        during = orch.rss()
+        # One live stream of 50 tok/s while the idle subscribers are held (last pool slot).
+        live = self.pool.apply(clients.run_agentstream, (self.svc.url, self.svc.ws_url, "live", 1))
+        during = max(during, orch.rss())
+        for p in pending:
+            with contextlib.suppress(Exception):
+                p.get(timeout=60)
+        lat = stats.latency(live["latencies_ms"])
+        self.results["idle"] = {
+            "subscribers": f.idle,
+            "connected": connected,
+            "orchestrator_rss_before_mb": before / 2**20,
+            "orchestrator_rss_with_idle_mb": during / 2**20,
+            "per_subscriber_kib": (during - before) / max(1, connected) / 1024,
+            "live_stream_latency_ms": {k: v for k, v in lat.items() if k != "cdf"},
+            "live_stream_errors": live["errors"][:3],
+        }
+        console.log(
+            f"{connected} idle subscribers: orchestrator RSS {before / 2**20:.0f} -> {during / 2**20:.0f} MiB; "
+            f"a live stream meanwhile p99 {_f(lat['p99'])} ms"
+        )
+
+    def coalescing(self) -> None:
+        c = self.s.coalesce
+        assert c is not None
+        rows = []
+        for interval in c.intervals_ms:
+            extra = {"AGENTSTREAM_EXECUTOR_COALESCE_INTERVAL_MS": str(interval)}
+            if interval == 0:
+                extra["AGENTSTREAM_EXECUTOR_COALESCE_MAX_CHARS"] = "1"
+            self._start_executor(extra)
+            for load in c.loads:
+                console.log(f"coalesce {interval:g} ms:")
+                out = self.stream_step("agentstream", load)
+                rows.append({"interval_ms": interval, "concurrency": load.concurrency, "rate": load.rate, "label": load.label, **out})
+                time.sleep(0.5)
+        self.results["coalesce"] = rows
+        self._start_executor({})
+
+    def accept(self) -> None:
+        a = self.s.accept
+        assert a is not None
+        # The executor is stopped: this measures the orchestrator's intake (auth, limits, task row,
+        # two acknowledged Kafka sends), not executions competing for the same two cores.
+        self._note_peaks()
+        if self.svc.executor is not None:
+            self.watched.remove(self.svc.executor)
+            self.svc.stop_executor()
+        cpu0 = self._cpu()
+        per = max(1, a.concurrency // self.workers)
+        parts = [self.pool.apply_async(clients.run_accept, (self.svc.url, "accept", a.seconds, per)) for _ in range(self.workers)]
+        outs = [p.get(timeout=120) for p in parts]
+        cpu1 = self._cpu()
+        lat = [v for o in outs for v in o["latencies_ms"]]
+        elapsed = max(o["elapsed_s"] for o in outs)
+        self.results["accept"] = {
+            "concurrency": per * self.workers,
+            "seconds": elapsed,
+            "accepted": len(lat),
+            "per_s": len(lat) / elapsed,
+            "latency_ms": {k: v for k, v in stats.latency(lat).items() if k != "cdf"},
+            "errors": [e for o in outs for e in o["errors"]][:5],
+            "client_cpu_s": sum(o["client_cpu_s"] for o in outs),
+            "service_cpu_s": {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1},
+        }
+        r = self.results["accept"]
+        console.log(
+            f"accepted {r['per_s']:.0f} executions/s, p50 {_f(r['latency_ms']['p50'])} p99 {_f(r['latency_ms']['p99'])} ms, "
+            f"errors {r['errors']}, client cpu {r['client_cpu_s']:.2f}s"
+        )
+
+    def memory_idle(self) -> None:
+        self.results["rss_idle_mb"] = {p.name: p.rss() / 2**20 for p in self.watched}
+
+
+def _connections(ps: psutil.Process, port: int) -> int:
+    try:
+        return sum(1 for c in ps.net_connections(kind="tcp") if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port)
+    except psutil.Error:
+        return 0
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def machine() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    freq = psutil.cpu_freq()
+    model = ""
+    with contextlib.suppress(OSError):
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty_paths": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()],
+        "cpu_model": model,
+        "logical_cpus": psutil.cpu_count(),
+        "cpu_mhz": freq.current if freq else None,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "kernel_load_at_start": os.getloadavg(),
+    }
+
+
+def run(scenario: Scenario, *, bootstrap: str, out_dir: Path, phases: set[str] | None = None) -> dict[str, Any]:
+    started = time.time()
+    facts = machine()
+    with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp:
+        bench = Run(scenario, bootstrap=bootstrap, work=Path(tmp))
+        wanted = phases or {"kafka", "loads", "fanout", "idle", "coalesce", "accept"}
+        try:
+            with bench.running():
+                bench.memory_idle()
+                if "kafka" in wanted:
+                    bench.kafka_floor()
+                if "loads" in wanted:
+                    bench.loads()
+                if "fanout" in wanted and scenario.fanout is not None:
+                    bench.fanout()
+                if "idle" in wanted and scenario.fanout is not None:
+                    bench.idle()
+                if "coalesce" in wanted and scenario.coalesce is not None:
+                    bench.coalescing()
+                if "accept" in wanted and scenario.accept is not None:
+                    bench.accept()
+        except BaseException:
+            console.print(f"[red]bench failed[/]; service logs: {tmp}")
+            for name in ("orchestrator", "executor", "fake-model"):
+                log = Path(tmp) / f"{name}.log"
+                if log.exists():
+                    console.print(f"--- {name} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
+            raise
+        results = bench.results
+    results["rss_peak_mb"] = {k: v / 2**20 for k, v in bench.peak.items()}
+    results["machine"] = facts
+    results["settings"] = {
+        "first_token_delay_ms": scenario.first_token_delay_ms,
+        "coalesce_max_chars": MAX_CHARS,
+        "coalesce_interval_ms": scenario.coalesce_interval_ms,
+        "client_processes": scenario.client_processes,
+        "bootstrap": bootstrap,
+    }
+    results["duration_s"] = time.time() - started
+    results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return results
+
+
+def interrupt_safe() -> None:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -1,0 +1,62 @@
+"""Percentiles and the summary of one measured step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+CDF_POINTS = 101
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def latency(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None, "cdf": []}
+    arr = np.asarray(values)
+    return {
+        "n": len(values),
+        "p50": float(np.percentile(arr, 50)),
+        "p99": float(np.percentile(arr, 99)),
+        "max": float(arr.max()),
+        # Quantiles 0, 1, ... 100 (and 99.9) for the CDF plot, not every sample.
+        "cdf": [float(v) for v in np.percentile(arr, [*range(CDF_POINTS), 99.9])],
+    }
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Results of several client processes of one step as if one client had seen them all."""
+    firsts = [p["first_at"] for p in parts if p.get("first_at") is not None]
+    lasts = [p["last_at"] for p in parts if p.get("last_at") is not None]
+    return {
+        "latencies_ms": [v for p in parts for v in p["latencies_ms"]],
+        "ttft_s": [v for p in parts for v in p["ttft_s"]],
+        "tokens": sum(p["tokens"] for p in parts),
+        "records": sum(p["records"] for p in parts),
+        "first_at": min(firsts) if firsts else None,
+        "last_at": max(lasts) if lasts else None,
+        "errors": [e for p in parts for e in p["errors"]],
+        "client_cpu_s": sum(p["client_cpu_s"] for p in parts),
+    }
+
+
+def summarize(raw: dict[str, Any], *, expected_tokens: int, first_token_delay_s: float, rate: float) -> dict[str, Any]:
+    """Per-token latency, time-to-first-token overhead, delivered tokens/s, records per token."""
+    # The fake model sleeps one token interval before the first content token too.
+    overhead_ms = [(t - first_token_delay_s - 1 / rate) * 1000 for t in raw["ttft_s"]]
+    span = (raw["last_at"] - raw["first_at"]) if raw["first_at"] is not None else 0.0
+    tokens = raw["tokens"]
+    return {
+        "latency_ms": latency(raw["latencies_ms"]),
+        "ttft_overhead_ms": {k: v for k, v in latency(overhead_ms).items() if k != "cdf"},
+        "tokens": tokens,
+        "expected_tokens": expected_tokens,
+        "delivered_tps": tokens / span if span > 0 else None,
+        "records_per_token": raw["records"] / tokens if tokens else None,
+        "errors": raw["errors"][:5],
+        "error_count": len(raw["errors"]),
+        "client_cpu_s": raw["client_cpu_s"],
+    }
