@@ -26,8 +26,8 @@ class OrchestratorSettings(BaseSettings):
     service_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     max_body_bytes: int = 1_000_000
     agents_file: Path | None = None
-    # Bounded per-connection send queue of the WebSocket bridge (frames); past it, the client is cut off.
-    ws_queue_frames: int = 1000
+    # Bounded per-client send buffer of the bridge (WebSocket and SSE); past it, the client is cut off.
+    stream_buffer_kb: int = 8192
     ws_send_timeout_s: float = 10.0
     # A heartbeat goes to an idle WebSocket (message) or SSE stream (comment) this often.
     heartbeat_s: float = 15.0

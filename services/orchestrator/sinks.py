@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,11 +28,18 @@ _CONTROL = b"\x00"
 
 
 class Sink:
-    """A bounded queue of encoded items for one client, with a cut-off when it overflows."""
+    """Encoded items for one client, bounded in bytes, with a cut-off when the client falls behind.
 
-    def __init__(self, *, max_items: int) -> None:
+    The bound is in bytes, not items: the tail hands over thousands of records in one burst (and
+    a catch-up from memory a whole execution), which a client that reads fine absorbs at once.
+    """
+
+    def __init__(self, *, max_bytes: int) -> None:
         self.tenant_id = ""
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(max_items)
+        self._items: deque[bytes] = deque()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._ready = asyncio.Event()
         self.subscriptions: dict[str, Any] = {}
         self.sessions: set[str] = set()
         self.closed = asyncio.Event()
@@ -41,10 +49,23 @@ class Sink:
     def push(self, item: bytes) -> None:
         if self.closed.is_set():
             return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        self._bytes += len(item)
+        if self._bytes > self._max_bytes:
             self.kill(CLOSE_SLOW_CONSUMER, "slow consumer: send buffer overflowed")
+            return
+        self._items.append(item)
+        self._ready.set()
+
+    async def take(self, timeout: float) -> list[bytes]:
+        """Everything queued (waiting up to ``timeout`` for something); [] on timeout."""
+        if not self._items:
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout)
+        items = list(self._items)
+        self._items.clear()
+        self._bytes = 0
+        return items
 
     def push_event(self, execution_id_json: bytes, offset: int, type_: str, value: bytes) -> None:
         raise NotImplementedError
@@ -66,8 +87,8 @@ class Sink:
 class WebSocketSink(Sink):
     """Events go out as ``{"type": "events", "events": [...]}`` frames; control messages alone."""
 
-    def __init__(self, websocket: WebSocket, *, max_items: int, send_timeout_s: float, heartbeat_s: float) -> None:
-        super().__init__(max_items=max_items)
+    def __init__(self, websocket: WebSocket, *, max_bytes: int, send_timeout_s: float, heartbeat_s: float) -> None:
+        super().__init__(max_bytes=max_bytes)
         self.websocket = websocket
         self._send_timeout = send_timeout_s
         self._heartbeat = heartbeat_s
@@ -95,15 +116,8 @@ class WebSocketSink(Sink):
         _abort_transport(self.websocket)
 
     async def _write_loop(self) -> None:
-        queue = self.queue
         while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), self._heartbeat)
-            except TimeoutError:
-                item = _CONTROL + b'{"type":"heartbeat"}'
-            items = [item]
-            while not queue.empty() and len(items) < 512:
-                items.append(queue.get_nowait())
+            items = await self.take(self._heartbeat) or [_CONTROL + b'{"type":"heartbeat"}']
             try:
                 for frame in _ws_frames(items):
                     await asyncio.wait_for(self.websocket.send_text(frame), self._send_timeout)
@@ -146,8 +160,8 @@ def _events_frame(events: list[bytes]) -> str:
 class SSESink(Sink):
     """Server-sent events: ``id`` is the cursor, ``event`` the type, ``data`` the event JSON."""
 
-    def __init__(self, *, max_items: int, heartbeat_s: float) -> None:
-        super().__init__(max_items=max_items)
+    def __init__(self, *, max_bytes: int, heartbeat_s: float) -> None:
+        super().__init__(max_bytes=max_bytes)
         self._heartbeat = heartbeat_s
 
     def push_event(self, execution_id_json: bytes, offset: int, type_: str, value: bytes) -> None:
@@ -158,18 +172,13 @@ class SSESink(Sink):
 
     async def body(self, *, until_done: Any) -> AsyncIterator[bytes]:
         """The response body: batches of queued items, comments as heartbeats, until ``until_done()``."""
-        queue = self.queue
         while not self.closed.is_set():
-            try:
-                item = await asyncio.wait_for(queue.get(), self._heartbeat)
-            except TimeoutError:
+            items = await self.take(self._heartbeat)
+            if not items:
                 yield b": heartbeat\n\n"
                 continue
-            items = [item]
-            while not queue.empty() and len(items) < 512:
-                items.append(queue.get_nowait())
             yield b"".join(i[1:] if i[:1] == _CONTROL else i for i in items)
-            if queue.empty() and until_done():
+            if not self._items and until_done():
                 return
         if self.close_reason:
             yield b"event: error\ndata: " + orjson.dumps({"type": "error", "error": self.close_reason}) + b"\n\n"

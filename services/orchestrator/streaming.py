@@ -49,7 +49,7 @@ async def stream(websocket: WebSocket) -> None:
     settings = websocket.app.state.agentstream.settings
     bridge = _bridge(websocket)
     sink = WebSocketSink(
-        websocket, max_items=settings.ws_queue_frames, send_timeout_s=settings.ws_send_timeout_s, heartbeat_s=settings.heartbeat_s
+        websocket, max_bytes=settings.stream_buffer_kb * 1024, send_timeout_s=settings.ws_send_timeout_s, heartbeat_s=settings.heartbeat_s
     )
     sink.tenant_id = tenant
     bridge.attach(sink)
@@ -118,7 +118,7 @@ async def events(request: Request) -> Response:
     except Gone as exc:
         return JSONResponse({"error": str(exc)}, status_code=410)
     settings = request.app.state.agentstream.settings
-    sink = SSESink(max_items=settings.ws_queue_frames, heartbeat_s=settings.heartbeat_s)
+    sink = SSESink(max_bytes=settings.stream_buffer_kb * 1024, heartbeat_s=settings.heartbeat_s)
     sink.tenant_id = tenant
     bridge.attach(sink)
     subscription: Subscription = bridge.subscribe(sink, status, cursor=cursor)

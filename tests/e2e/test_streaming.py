@@ -139,11 +139,11 @@ async def test_idle_socket_gets_heartbeats(stack: Stack) -> None:
 
 
 async def test_slow_client_is_cut_off_while_a_fast_one_gets_everything(stack: Stack) -> None:
-    settings = stack.orchestrator_settings.model_copy(update={"ws_queue_frames": 20, "ws_send_timeout_s": 2.0})
+    settings = stack.orchestrator_settings.model_copy(update={"stream_buffer_kb": 1024, "ws_send_timeout_s": 2.0})
     big = "what is 4*4? " + ("x" * 200 + " ") * 600  # ~120 KB of text per execution
     async with serve(create_app(settings)) as url:
         ws_url = f"{url.replace('http', 'ws', 1)}/v1/stream?api_key=key-a"
-        ids = [await stack.submit(input=big) for _ in range(8)]
+        ids = [await stack.submit(input=big) for _ in range(16)]
         # max_queue=1: the client library stops reading from the socket after one unread frame.
         slow = await websockets.connect(ws_url, max_queue=1)
         for execution_id in ids:
