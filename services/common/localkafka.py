@@ -7,6 +7,7 @@ in git-ignored folders under ``deploy/kafka``. Nothing here runs at import.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import signal
@@ -62,7 +63,12 @@ class LocalKafka:
 
     # -- jars -------------------------------------------------------------------------------
     def jars_present(self) -> bool:
-        return any(self.lib_dir.glob("kafka_2.13-*.jar"))
+        """True if ``lib/`` holds the jars of the pom.xml as it is now (a version bump re-fetches)."""
+        stamp = self.lib_dir / ".pom.sha256"
+        return any(self.lib_dir.glob("kafka_2.13-*.jar")) and stamp.exists() and stamp.read_text() == self._pom_digest()
+
+    def _pom_digest(self) -> str:
+        return hashlib.sha256((self.home / "pom.xml").read_bytes()).hexdigest()
 
     def fetch_jars(self) -> None:
         """Resolve Kafka's runtime jars from Maven Central into ``lib/`` (cached afterwards)."""
@@ -96,6 +102,8 @@ class LocalKafka:
                 "could not fetch the Apache Kafka jars from Maven Central "
                 f"(mvn exited {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
             )
+        (tmp / ".pom.sha256").write_text(self._pom_digest())
+        shutil.rmtree(self.lib_dir, ignore_errors=True)
         tmp.rename(self.lib_dir)
 
     # -- process ----------------------------------------------------------------------------
