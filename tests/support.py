@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +14,8 @@ import orjson
 import uvicorn
 import websockets
 from starlette.types import ASGIApp
+
+from services.common.settings import KafkaSettings
 
 
 @contextlib.asynccontextmanager
@@ -52,3 +57,21 @@ async def collect_events(
                 items.extend(frame["events"])
                 if items[-1]["event"]["type"] in {"execution.completed", "execution.failed", "execution.cancelled"}:
                     return items
+
+
+def spawn_executor(
+    kafka: KafkaSettings, *, instance_id: str, token_delay_ms: float = 20, session_timeout_ms: int = 6000
+) -> subprocess.Popen[bytes]:
+    """An executor in its own process (so it can be SIGKILLed), configured through the environment."""
+    env = {
+        **os.environ,
+        "AGENTSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "AGENTSTREAM_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+        "AGENTSTREAM_KAFKA_PARTITIONS": str(kafka.partitions),
+        "AGENTSTREAM_EXECUTOR_SCRIPTED_TOKEN_DELAY_MS": str(token_delay_ms),
+        "AGENTSTREAM_EXECUTOR_SESSION_TIMEOUT_MS": str(session_timeout_ms),
+        "AGENTSTREAM_EXECUTOR_INSTANCE_ID": instance_id,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "executor"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )

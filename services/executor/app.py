@@ -116,6 +116,9 @@ class Executor:
         self._cancels: dict[str, asyncio.Event] = {}
         self._recent_cancels: OrderedDict[str, str] = OrderedDict()  # execution_id -> tenant_id
         self._started = False
+        self._stopping = False
+        self._retries: dict[str, int] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self.completed = 0
         self.cancelled = 0
         self._subscriber = self.broker.subscriber(
@@ -154,9 +157,10 @@ class Executor:
             await self._close_adapters()
             return
         self._started = False
+        self._stopping = True
         await self.broker.stop()
         await self.control.stop()
-        tasks = [task for _, task in self._running.values()]
+        tasks = [task for _, task in self._running.values()] + list(self._background)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -340,7 +344,36 @@ class Executor:
             if self._running.get(request.execution_id, (None, None))[1] is asyncio.current_task():
                 self._running.pop(request.execution_id, None)
             if finished:
+                self._retries.pop(request.execution_id, None)
                 await self._finish(tp, offset)
+            elif not self._stopping:
+                # No terminal event reached the broker (e.g. Kafka was down): the request is not
+                # committed, and nothing would deliver it again while we keep the partition. Run it
+                # again, as the next attempt, once the broker may be back.
+                self._schedule_retry(request, tp, offset)
+
+    def _schedule_retry(self, request: ExecutionRequested, tp: TopicPartition, offset: int) -> None:
+        tries = self._retries.get(request.execution_id, 0) + 1
+        self._retries[request.execution_id] = tries
+        delay = min(30.0, 0.5 * 2**tries)
+
+        async def again() -> None:
+            await asyncio.sleep(delay)
+            mark = self._watermarks.get(tp)
+            if self._stopping or mark is None or offset not in mark.inflight or request.execution_id in self._running:
+                self._retries.pop(request.execution_id, None)
+                return  # the partition moved to another member, which runs it
+            current = self.status.get(request.execution_id)
+            if current is not None and current.terminal:
+                await self._finish(tp, offset)
+                return
+            await self._slots.acquire()
+            task = asyncio.create_task(self._execute(request, current, tp, offset), name=request.execution_id)
+            self._running[request.execution_id] = (tp, task)
+
+        retry = asyncio.create_task(again(), name=f"retry-{request.execution_id}")
+        self._background.add(retry)
+        retry.add_done_callback(self._background.discard)
 
     async def _lookup(self, agent_id: str) -> tuple[AgentSpec | None, ExecutionError | None]:
         try:

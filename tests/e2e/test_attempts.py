@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -21,30 +18,15 @@ from services.executor.app import Executor
 from services.executor.settings import ExecutorSettings
 from services.orchestrator.app import create_app
 from services.orchestrator.settings import OrchestratorSettings
-from tests.support import collect_events, serve
+from tests.support import collect_events, serve, spawn_executor
 
 pytestmark = pytest.mark.kafka
 SESSION_TIMEOUT_MS = 6000
 
 
-def spawn_executor(kafka: KafkaSettings) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "AGENTSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap,
-        "AGENTSTREAM_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-        "AGENTSTREAM_KAFKA_PARTITIONS": str(kafka.partitions),
-        "AGENTSTREAM_EXECUTOR_SCRIPTED_TOKEN_DELAY_MS": "20",
-        "AGENTSTREAM_EXECUTOR_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
-        "AGENTSTREAM_EXECUTOR_INSTANCE_ID": "doomed",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "executor"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
 async def test_sigkill_mid_stream_moves_the_execution_to_another_member(kafka_settings: KafkaSettings) -> None:
     orch = OrchestratorSettings(kafka=kafka_settings, api_keys={"key-a": "tenant-a"})
-    doomed = spawn_executor(kafka_settings)
+    doomed = spawn_executor(kafka_settings, instance_id="doomed", session_timeout_ms=SESSION_TIMEOUT_MS)
     try:
         async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url) as http:
             r = await http.post(
