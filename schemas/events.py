@@ -152,6 +152,45 @@ class JobCompleted(Envelope):
     result: Any = None
 
 
+class ToolCallProgress(Envelope):
+    """Progress of a running tool call: a delegated job was requested, accepted (``job_id``), ended."""
+
+    type: Literal["tool.call.progress"] = "tool.call.progress"
+    call_id: str
+    tool: str
+    job_id: str = ""
+    status: str = ""  # requested | accepted | completed | failed | timed_out | cancelled
+    detail: str = ""
+    step: int = 0
+
+
+class JobRequested(Envelope):
+    """An executor asks the orchestrator to delegate work to an external service (``jobs.requested``).
+
+    ``request_id`` is unique per tool call attempt; the orchestrator delegates each one once.
+    """
+
+    type: Literal["job.requested"] = "job.requested"
+    request_id: str
+    service: str  # query | embedding
+    payload: dict[str, Any] = Field(default_factory=dict)
+    call_id: str = ""
+    timeout_s: float | None = None
+
+
+class JobUpdated(Envelope):
+    """What became of a delegated job (``jobs.updates``): accepted with its ``job_id``, then one end."""
+
+    type: Literal["job.updated"] = "job.updated"
+    request_id: str
+    job_id: str = ""
+    service: str = ""
+    status: Literal["accepted", "completed", "failed", "timed_out", "cancelled"]
+    result: Any = None
+    error: str | None = None
+    usage: Usage | None = None
+
+
 Event = Annotated[
     ExecutionRequested
     | ExecutionStarted
@@ -163,7 +202,10 @@ Event = Annotated[
     | ExecutionFailed
     | ExecutionCancelled
     | ExecutionCancelRequested
-    | JobCompleted,
+    | JobCompleted
+    | ToolCallProgress
+    | JobRequested
+    | JobUpdated,
     Field(discriminator="type"),
 ]
 

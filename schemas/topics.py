@@ -37,8 +37,18 @@ class Topics:
         return f"{self.prefix}jobs.completed"
 
     @property
+    def jobs_requested(self) -> str:
+        """Executors -> orchestrator: ``job.requested`` (key execution_id)."""
+        return f"{self.prefix}jobs.requested"
+
+    @property
+    def jobs_updates(self) -> str:
+        """Orchestrator -> executors: ``job.updated`` of delegated jobs (key execution_id); every executor tails it."""
+        return f"{self.prefix}jobs.updates"
+
+    @property
     def dlq(self) -> str:
         return f"{self.prefix}dlq"
 
     def all(self) -> tuple[str, ...]:
-        return (*self.lanes, self.events, self.control, self.status, self.jobs_completed, self.dlq)
+        return (*self.lanes, self.events, self.control, self.status, self.jobs_completed, self.dlq, self.jobs_requested, self.jobs_updates)

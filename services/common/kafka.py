@@ -84,6 +84,8 @@ async def ensure_topics(settings: KafkaSettings, *, extra: Sequence[str] = ()) -
         ),
         NewTopic(topics.jobs_completed, num_partitions=3, replication_factor=1),
         NewTopic(topics.dlq, num_partitions=3, replication_factor=1),
+        NewTopic(topics.jobs_requested, num_partitions=3, replication_factor=1),
+        NewTopic(topics.jobs_updates, num_partitions=3, replication_factor=1),
     ]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=settings.request_timeout_ms)
     try:
