@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class StreamResult:
 
     latencies_ms: list[float] = field(default_factory=list)
     ttft_s: float | None = None
+    accepted_s: float | None = None  # agentstream: POST sent -> 202 received
     first_at: float | None = None
     last_at: float | None = None
     tokens: int = 0
@@ -55,6 +57,7 @@ def _merge(results: list[StreamResult], cpu_s: float, started: float) -> dict[st
     return {
         "latencies_ms": lat,
         "ttft_s": [r.ttft_s for r in results if r.ttft_s is not None],
+        "accepted_s": [r.accepted_s for r in results if r.accepted_s is not None],
         "tokens": sum(r.tokens for r in results),
         "records": sum(r.records for r in results),
         "first_at": min(firsts) if firsts else None,
@@ -193,6 +196,7 @@ def run_agentstream(url: str, ws_url: str, agent: str, n: int, start_at: float |
             async with session.ws_connect(ws_url, compress=0, max_msg_size=0) as ws:
                 sent = time.time()
                 execution_id = await _post(session, url, agent)
+                result.accepted_s = time.time() - sent
                 await asyncio.wait_for(_watch(ws, execution_id, result, sent), 120)
         except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}"
@@ -206,27 +210,45 @@ def run_agentstream(url: str, ws_url: str, agent: str, n: int, start_at: float |
     return _run(work)
 
 
-def run_subscribers(ws_url: str, execution_id: str, n: int, hold_until: float | None = None) -> dict[str, Any]:
-    """``n`` WebSockets watching one execution; with ``hold_until`` they stay (idle) until then."""
+def run_subscribers(id_file: str, n: int, ws_url: str, hold_until: float | None = None, release: str | None = None) -> dict[str, Any]:
+    """``n`` WebSockets: connect all, then (once ``id_file`` names the execution) subscribe all to it.
 
-    async def one(session: aiohttp.ClientSession, connected: list[int]) -> StreamResult:
+    Connecting first keeps connection set-up out of the delivery latency. With ``hold_until`` they
+    stay (idle) until then, or until the file ``release`` exists."""
+
+    def exists(path: str | None) -> bool:
+        return bool(path) and os.path.exists(path)
+
+    async def execution_id() -> str:
+        while not exists(id_file):
+            await asyncio.sleep(0.01)
+        with open(id_file) as f:  # noqa: ASYNC230 - written once, tiny
+            return f.read().strip()
+
+    async def one(session: aiohttp.ClientSession, ready: asyncio.Future[str]) -> StreamResult:
         result = StreamResult()
         try:
             async with session.ws_connect(ws_url, compress=0, max_msg_size=0, heartbeat=None) as ws:
-                connected[0] += 1
+                eid = await ready
                 if hold_until is None:
-                    await asyncio.wait_for(_watch(ws, execution_id, result, time.time()), 120)
+                    await asyncio.wait_for(_watch(ws, eid, result, time.time()), 120)
                 else:  # idle: subscribed to an execution that emits nothing until long after hold_until
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(_watch(ws, execution_id, result, time.time()), max(0.1, hold_until - time.time()))
+                    watch = asyncio.ensure_future(_watch(ws, eid, result, time.time()))
+                    while not watch.done() and time.time() < hold_until and not exists(release):
+                        await asyncio.wait({watch}, timeout=0.5)
+                    watch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watch
         except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}"
         return result
 
     async def work() -> list[StreamResult]:
-        connected = [0]
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         async with _session(n) as session:
-            return list(await asyncio.gather(*(one(session, connected) for _ in range(n))))
+            clients = asyncio.gather(*(one(session, ready) for _ in range(n)))
+            ready.set_result(await execution_id())
+            return list(await clients)
 
     return _run(work)
 

@@ -20,6 +20,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "bench-key"
 TENANT = "bench"
+PATCHED = "BENCH_SERVICES_PATH"
 
 
 def free_port() -> int:
@@ -165,6 +166,8 @@ def services_env(*, prefix: str, port: int, work: Path, agents_file: Path, model
         "AGENTSTREAM_EXECUTOR_COMPATIBLE_BASE_URL": model_url,
         "AGENTSTREAM_EXECUTOR_MAX_CONCURRENCY": "2000",
         "AGENTSTREAM_EXECUTOR_INSTANCE_ID": f"{prefix}executor",
+        # A patched copy of schemas/ and services/ to measure a proposed fix against (before/after).
+        **({"PYTHONPATH": os.environ[PATCHED]} if os.environ.get(PATCHED) else {}),
     }
 
 

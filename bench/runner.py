@@ -31,8 +31,8 @@ console = Console(width=180)
 # Each token's text is "<stamp>;" (18 chars). Sized so a record holds as many tokens as the
 # default 256 chars would of ~4-char English tokens: 64.
 MAX_CHARS = 64 * 18
-FANOUT_FIRST_TOKEN_DELAY_MS = 3000.0  # time for the subscribers to connect before the first token
-IDLE_FIRST_TOKEN_DELAY_MS = 25000.0
+FANOUT_FIRST_TOKEN_DELAY_MS = 1000.0  # time for the (already connected) subscribers to subscribe
+IDLE_FIRST_TOKEN_DELAY_MS = 28000.0  # under the executor's 30 s first-token timeout
 
 
 def _agent(load: Load) -> str:
@@ -128,9 +128,7 @@ class Run:
         return {p.name: p.cpu() for p in self.watched}
 
     def _spread(self, fn: Callable[..., dict[str, Any]], n: int, args: Callable[[int], tuple[Any, ...]]) -> list[dict[str, Any]]:
-        k = min(self.workers, n)
-        shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
-        pending = [self.pool.apply_async(fn, args(share)) for share in shares]
+        pending = [self.pool.apply_async(fn, args(share)) for share in _shares(n, self.workers)]
         return [p.get(timeout=300) for p in pending]
 
     def stream_step(self, kind: str, load: Load) -> dict[str, Any]:
@@ -196,6 +194,22 @@ class Run:
             execution_id: str = json.loads(response.read())["execution_id"]
             return execution_id
 
+    def _subscribers(self, n: int, agent: str, *, hold_until: float | None = None, release: Path | None = None) -> list[Any]:
+        """Start ``n`` subscribers in the client processes; once all are connected, start the execution."""
+        orch = self.svc.orchestrator
+        assert orch is not None
+        id_file = self.work / f"execution-{uuid.uuid4().hex[:6]}"
+        base = _connections(orch.ps, self.svc.port)
+        pending = [
+            self.pool.apply_async(clients.run_subscribers, (str(id_file), share, self.svc.ws_url, hold_until, str(release or "")))
+            for share in _shares(n, self.workers)
+        ]
+        deadline = time.monotonic() + 30 + n / 200
+        while _connections(orch.ps, self.svc.port) - base < n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        id_file.write_text(self._post(agent))
+        return pending
+
     def fanout(self) -> None:
         f = self.s.fanout
         assert f is not None
@@ -204,8 +218,7 @@ class Run:
             orch = self.svc.orchestrator
             assert orch is not None
             cpu0 = self._cpu()
-            execution_id = self._post("fanout")
-            parts = self._spread(clients.run_subscribers, n, lambda share, eid=execution_id: (self.svc.ws_url, eid, share))
+            parts = [p.get(timeout=300) for p in self._subscribers(n, "fanout")]
             cpu1 = self._cpu()
             raw = stats.merge([{**p, "ttft_s": []} for p in parts])
             row = {
@@ -223,7 +236,7 @@ class Run:
             console.log(
                 f"fan-out to {n}: delivery p50 {_f(d['p50'])} p99 {_f(d['p99'])} max {_f(d['max'])} ms, "
                 f"{row['tokens_per_subscriber']:.1f}/{f.tokens} tokens each, errors {row['error_count']}, "
-                f"client cpu {raw['client_cpu_s']:.2f}s"
+                f"client cpu {raw['client_cpu_s']:.2f}s, orchestrator cpu {row['service_cpu_s'].get('orchestrator', 0):.2f}s"
             )
             rows.append(row)
             time.sleep(1)
@@ -234,19 +247,15 @@ class Run:
         assert f is not None and self.svc.orchestrator is not None
         orch = self.svc.orchestrator
         before = orch.rss()
-        execution_id = self._post("idle")
-        connect_s = max(4.0, f.idle / 600)
-        hold_until = time.time() + connect_s + 4.0
-        pending = [
-            self.pool.apply_async(clients.run_subscribers, (self.svc.ws_url, execution_id, share, hold_until))
-            for share in [f.idle // self.workers + (1 if i < f.idle % self.workers else 0) for i in range(self.workers)]
-        ]
-        time.sleep(connect_s)
+        release = self.work / "release-idle"
+        pending = self._subscribers(f.idle, "idle", hold_until=time.time() + 60 + f.idle / 200, release=release)
+        time.sleep(1.0)  # the subscribe messages
         connected = _connections(orch.ps, self.svc.port)
         during = orch.rss()
         # One live stream of 50 tok/s while the idle subscribers are held (last pool slot).
         live = self.pool.apply(clients.run_agentstream, (self.svc.url, self.svc.ws_url, "live", 1))
         during = max(during, orch.rss())
+        release.touch()
         for p in pending:
             with contextlib.suppress(Exception):
                 p.get(timeout=60)
@@ -262,7 +271,7 @@ class Run:
         }
         console.log(
             f"{connected} idle subscribers: orchestrator RSS {before / 2**20:.0f} -> {during / 2**20:.0f} MiB; "
-            f"a live stream meanwhile p99 {_f(lat['p99'])} ms"
+            f"a live stream meanwhile p50 {_f(lat['p50'])} p99 {_f(lat['p99'])} ms"
         )
 
     def coalescing(self) -> None:
@@ -316,6 +325,11 @@ class Run:
 
     def memory_idle(self) -> None:
         self.results["rss_idle_mb"] = {p.name: p.rss() / 2**20 for p in self.watched}
+
+
+def _shares(n: int, workers: int) -> list[int]:
+    k = min(workers, n)
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
 def _connections(ps: psutil.Process, port: int) -> int:
@@ -387,6 +401,7 @@ def run(scenario: Scenario, *, bootstrap: str, out_dir: Path, phases: set[str] |
         "coalesce_interval_ms": scenario.coalesce_interval_ms,
         "client_processes": scenario.client_processes,
         "bootstrap": bootstrap,
+        "services_path": os.environ.get("BENCH_SERVICES_PATH") or "(this checkout)",
     }
     results["duration_s"] = time.time() - started
     results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -34,6 +34,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "latencies_ms": [v for p in parts for v in p["latencies_ms"]],
         "ttft_s": [v for p in parts for v in p["ttft_s"]],
+        "accepted_s": [v for p in parts for v in p.get("accepted_s", [])],
         "tokens": sum(p["tokens"] for p in parts),
         "records": sum(p["records"] for p in parts),
         "first_at": min(firsts) if firsts else None,
@@ -52,6 +53,8 @@ def summarize(raw: dict[str, Any], *, expected_tokens: int, first_token_delay_s:
     return {
         "latency_ms": latency(raw["latencies_ms"]),
         "ttft_overhead_ms": {k: v for k, v in latency(overhead_ms).items() if k != "cdf"},
+        # agentstream only: the part of time to first token spent before the 202 came back.
+        "accepted_ms": {k: v for k, v in latency([s * 1000 for s in raw.get("accepted_s", [])]).items() if k != "cdf"},
         "tokens": tokens,
         "expected_tokens": expected_tokens,
         "delivered_tps": tokens / span if span > 0 else None,
