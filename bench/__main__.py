@@ -32,6 +32,7 @@ def bench(scenario_path: Path, *, out: Path, phases: set[str] | None = None) -> 
     results = runner.run(scenario, bootstrap=bootstrap, out_dir=out, phases=phases)
     report.write_json(results, out / f"{scenario.name}.json")
     pngs = report.plots(results, out)
+    (out / f"{scenario.name}.md").write_text(report.markdown(results))
     report.print_summary(results, runner.console)
     runner.console.print(f"wrote {out / f'{scenario.name}.json'} and {', '.join(p.name for p in pngs)} in {results['duration_s']:.0f}s")
     return 0

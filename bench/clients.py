@@ -225,10 +225,17 @@ def run_subscribers(id_file: str, n: int, ws_url: str, hold_until: float | None 
         with open(id_file) as f:  # noqa: ASYNC230 - written once, tiny
             return f.read().strip()
 
-    async def one(session: aiohttp.ClientSession, ready: asyncio.Future[str]) -> StreamResult:
+    async def one(session: aiohttp.ClientSession, ready: asyncio.Future[str], counted: list[int]) -> StreamResult:
         result = StreamResult()
         try:
             async with session.ws_connect(ws_url, compress=0, max_msg_size=0, heartbeat=None) as ws:
+                # A round trip through the bridge: authenticated and reading our messages.
+                await ws.send_str('{"type": "ping"}')
+                await ws.receive(timeout=120)
+                counted[0] += 1
+                if counted[0] == n:
+                    with open(f"{id_file}.ready-{os.getpid()}", "w") as f:  # noqa: ASYNC230 - once, tiny
+                        f.write(str(n))
                 eid = await ready
                 if hold_until is None:
                     await asyncio.wait_for(_watch(ws, eid, result, time.time()), 120)
@@ -246,7 +253,8 @@ def run_subscribers(id_file: str, n: int, ws_url: str, hold_until: float | None 
     async def work() -> list[StreamResult]:
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         async with _session(n) as session:
-            clients = asyncio.gather(*(one(session, ready) for _ in range(n)))
+            counted = [0]
+            clients = asyncio.gather(*(one(session, ready, counted) for _ in range(n)))
             ready.set_result(await execution_id())
             return list(await clients)
 

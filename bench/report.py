@@ -159,3 +159,186 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+# -- markdown (docs/performance.md) ---------------------------------------------------------------
+def _ok(met: bool | None) -> str:
+    return "n/a" if met is None else ("**met**" if met else "**missed**")
+
+
+def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*results.get("loads", []), *results.get("sweep", [])]
+
+
+def sustained(results: dict[str, Any], key: str) -> tuple[float, str] | None:
+    """Highest delivered tokens/s of ``key`` with its per-token p99 under 100 ms."""
+    best = None
+    for row in _rows(results):
+        step = row.get(key)
+        if step and step["latency_ms"]["p99"] is not None and step["latency_ms"]["p99"] < 100 and step["delivered_tps"]:
+            if best is None or step["delivered_tps"] > best[0]:
+                best = (step["delivered_tps"], row["label"])
+    return best
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    out: list[tuple[str, str, bool | None]] = []
+    for row in results.get("loads", []):
+        a, floor = row["agentstream"], row["floor_raw"]
+        t = a["ttft_overhead_ms"]
+        met = t["p50"] is not None and t["p50"] <= 30 and t["p99"] is not None and t["p99"] <= 100
+        out.append((f"TTFT overhead p50 <= 30 ms, p99 <= 100 ms ({row['label']})", f"p50 {_f(t['p50'])}, p99 {_f(t['p99'])} ms", met))
+        fl = floor["latency_ms"]
+        if fl["p99"] is not None and fl["p99"] < 20:
+            add50 = (a["latency_ms"]["p50"] or 0) - (fl["p50"] or 0)
+            add99 = (a["latency_ms"]["p99"] or 0) - (fl["p99"] or 0)
+            out.append(
+                (
+                    f"added per-token latency p50 <= 10 ms, p99 <= 30 ms ({row['label']}; floor p99 {fl['p99']:.1f} ms)",
+                    f"+{add50:.1f} / +{add99:.1f} ms",
+                    add50 <= 10 and add99 <= 30,
+                )
+            )
+        else:
+            ratio = (a["delivered_tps"] or 0) / (floor["delivered_tps"] or 1)
+            out.append(
+                (
+                    f"delivered tok/s >= 70% of the floor's ({row['label']}; floor p99 {_f(fl['p99'])} ms)",
+                    f"{_f(a['delivered_tps'], 0)} vs {_f(floor['delivered_tps'], 0)} tok/s = {ratio:.0%}",
+                    ratio >= 0.7,
+                )
+            )
+    if "accept" in results:
+        a = results["accept"]
+        p99 = a["latency_ms"]["p99"]
+        out.append(
+            (
+                ">= 1,000 accepted executions/s with p99 <= 50 ms",
+                f"{a['per_s']:.0f}/s, p99 {_f(p99)} ms",
+                a["per_s"] >= 1000 and (p99 or 1e9) <= 50,
+            )
+        )
+    if "idle" in results:
+        i = results["idle"]
+        out.append(
+            (
+                f"{i['subscribers']:,} idle subscribers in <= 1 GiB bridge RSS",
+                f"{i['orchestrator_rss_with_idle_mb']:.0f} MiB with {i['connected']:,} connected",
+                i["orchestrator_rss_with_idle_mb"] <= 1024 and i["connected"] >= i["subscribers"],
+            )
+        )
+    for row in results.get("fanout", []):
+        if row["subscribers"] == 1000:
+            p99 = row["delivery_ms"]["p99"]
+            out.append(("one execution to 1,000 subscribers, delivery p99 <= 100 ms", f"p99 {_f(p99)} ms", p99 is not None and p99 <= 100))
+    out.append(("Kafka records per token and CPU per delivered token reported per service", "see the tables", True))
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"Results of `{results['scenario']}` at commit `{m['commit'][:12]}` ({results['settings'].get('services', '')}), "
+        f"{results['finished_at']}, {results['duration_s']:.0f} s. Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, "
+        f"{m['memory_gib']} GiB, Python {m['python']}; load average at start {', '.join(f'{v:.1f}' for v in m['kernel_load_at_start'])}"
+        f"{', at end ' + ', '.join(f'{v:.1f}' for v in results['load_at_end']) if 'load_at_end' in results else ''}.",
+        "",
+        "### Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        *(f"| {t} | {v} | {_ok(met)} |" for t, v, met in targets(results)),
+        "",
+        "### Per-token latency and time to first token (floor beside agentstream)",
+        "",
+        "Per-token latency: fake model stamps the token when it writes it -> the client has it. TTFT overhead: request sent -> "
+        "first token at the client, minus the model's first-token delay. Delivered tok/s: all tokens / (first to last arrival).",
+        "",
+        "| load | path | p50 ms | p99 ms | max ms | TTFT+ p50 | TTFT+ p99 | POST->202 p50 | tok/s (offered) | records/token "
+        "| client CPU s | CPU ms/token: orchestrator / executor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in _rows(results):
+        offered = row["concurrency"] * row["rate"]
+        for key, name in KINDS:
+            step = row.get(key)
+            if step is None:
+                continue
+            lat, ttft = step["latency_ms"], step["ttft_overhead_ms"]
+            cpu = step.get("cpu_ms_per_token", {})
+            agent = key == "agentstream"
+            lines.append(
+                f"| {row['label']} | {name} | {_f(lat['p50'])} | {_f(lat['p99'])} | {_f(lat['max'])} | "
+                f"{_f(ttft['p50'])} | {_f(ttft['p99'])} | "
+                f"{_f(step.get('accepted_ms', {}).get('p50')) if agent else ''} | {_f(step['delivered_tps'], 0)} ({offered:g}) | "
+                f"{_f(step['records_per_token'], 3) if agent else ''} | {step['client_cpu_s']:.2f} | "
+                f"{(_f(cpu.get('orchestrator'), 3) + ' / ' + _f(cpu.get('executor'), 3)) if agent else ''} |"
+            )
+    best, floor = sustained(results, "agentstream"), sustained(results, "floor_raw")
+    lines += [
+        "",
+        f"Highest sustained delivered tokens/s with p99 < 100 ms: agentstream {_f(best[0], 0) if best else '-'} "
+        f"({best[1] if best else 'no load met it'}); raw-SSE floor {_f(floor[0], 0) if floor else '-'} ({floor[1] if floor else '-'}).",
+    ]
+    if "kafka_floor" in results:
+        k = results["kafka_floor"]
+        lines.append(
+            f"Kafka floor (aiokafka produce -> consume, acks=all, linger 2 ms, {k['rate']:g} records/s): "
+            f"p50 {_f(k['latency_ms']['p50'])} ms, p99 {_f(k['latency_ms']['p99'])} ms, max {_f(k['latency_ms']['max'])} ms."
+        )
+    if results.get("fanout") or "idle" in results:
+        lines += [
+            "",
+            "### Fan-out",
+            "",
+            "| subscribers | delivery p50 ms | p99 ms | max ms | tokens each | orchestrator CPU s | orchestrator RSS MiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in results.get("fanout", []):
+            d = row["delivery_ms"]
+            lines.append(
+                f"| {row['subscribers']:,} | {_f(d['p50'])} | {_f(d['p99'])} | {_f(d['max'])} | "
+                f"{row['tokens_per_subscriber']:.1f}/{row['expected_tokens_per_subscriber']} | "
+                f"{row['service_cpu_s'].get('orchestrator', 0):.2f} | {row['orchestrator_rss_mb']:.0f} |"
+            )
+        if "idle" in results:
+            i = results["idle"]
+            live = i["live_stream_latency_ms"]
+            lines.append(
+                f"| {i['connected']:,} idle | live stream meanwhile: {_f(live['p50'])} | {_f(live['p99'])} | {_f(live['max'])} | | | "
+                f"{i['orchestrator_rss_before_mb']:.0f} -> {i['orchestrator_rss_with_idle_mb']:.0f} "
+                f"({i['per_subscriber_kib']:.1f} KiB each) |"
+            )
+        for s in results.get("subscriber_setup", []):
+            lines.append(
+                f"\nConnecting and authenticating {s['subscribers']:,} WebSockets took {s['seconds']:.1f} s ({s['ready']:,} ready)."
+            )
+    if "accept" in results:
+        a = results["accept"]
+        lines += [
+            "",
+            f"Accepted executions (POST -> 202, {a['concurrency']} concurrent clients, executor stopped): {a['per_s']:.0f}/s, "
+            f"p50 {_f(a['latency_ms']['p50'])} ms, p99 {_f(a['latency_ms']['p99'])} ms, max {_f(a['latency_ms']['max'])} ms; "
+            f"orchestrator CPU {a['service_cpu_s'].get('orchestrator', 0):.2f} s, client CPU {a['client_cpu_s']:.2f} s.",
+        ]
+    if results.get("coalesce"):
+        lines += [
+            "",
+            "### Token coalescing",
+            "",
+            "| interval ms | load | records/token | p50 ms | p99 ms | max ms | tok/s | CPU ms/token: executor / orchestrator |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in results["coalesce"]:
+            lat, cpu = row["latency_ms"], row.get("cpu_ms_per_token", {})
+            label = "0 (a record per token)" if row["interval_ms"] == 0 else f"{row['interval_ms']:g}"
+            lines.append(
+                f"| {label} | {row['label']} | {_f(row['records_per_token'], 3)} | "
+                f"{_f(lat['p50'])} | {_f(lat['p99'])} | {_f(lat['max'])} | "
+                f"{_f(row['delivered_tps'], 0)} | {_f(cpu.get('executor'), 3)} / {_f(cpu.get('orchestrator'), 3)} |"
+            )
+    lines += [
+        "",
+        f"RSS MiB at idle: {_mb(results.get('rss_idle_mb', {}))}; peak: {_mb(results.get('rss_peak_mb', {}))}.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -81,6 +81,8 @@ class Run:
         http_port = free_port()
         env = services_env(prefix=self.prefix, port=http_port, work=self.work, agents_file=agents, model_url=self.model_url)
         env["AGENTSTREAM_KAFKA_BOOTSTRAP"] = self.bootstrap
+        if "PYTHONPATH" not in env:  # the committed services, not whatever is being edited in the tree
+            env["PYTHONPATH"] = str(_snapshot(self.work / "services-at-head"))
         self.svc = Services(prefix=self.prefix, port=http_port, env=env, log_dir=self.work)
         self.watched = [fake]
         try:
@@ -199,14 +201,14 @@ class Run:
         orch = self.svc.orchestrator
         assert orch is not None
         id_file = self.work / f"execution-{uuid.uuid4().hex[:6]}"
-        base = _connections(orch.ps, self.svc.port)
         pending = [
             self.pool.apply_async(clients.run_subscribers, (str(id_file), share, self.svc.ws_url, hold_until, str(release or "")))
             for share in _shares(n, self.workers)
         ]
-        deadline = time.monotonic() + 30 + n / 200
-        while _connections(orch.ps, self.svc.port) - base < n and time.monotonic() < deadline:
+        started = time.monotonic()
+        while (ready := _ready(id_file)) < n and time.monotonic() < started + 60 + n / 100:
             time.sleep(0.2)
+        self.results.setdefault("subscriber_setup", []).append({"subscribers": n, "ready": ready, "seconds": time.monotonic() - started})
         id_file.write_text(self._post(agent))
         return pending
 
@@ -248,7 +250,7 @@ class Run:
         orch = self.svc.orchestrator
         before = orch.rss()
         release = self.work / "release-idle"
-        pending = self._subscribers(f.idle, "idle", hold_until=time.time() + 60 + f.idle / 200, release=release)
+        pending = self._subscribers(f.idle, "idle", hold_until=time.time() + 600, release=release)
         time.sleep(1.0)  # the subscribe messages
         connected = _connections(orch.ps, self.svc.port)
         during = orch.rss()
@@ -327,6 +329,10 @@ class Run:
         self.results["rss_idle_mb"] = {p.name: p.rss() / 2**20 for p in self.watched}
 
 
+def _ready(id_file: Path) -> int:
+    return sum(int(p.read_text() or 0) for p in id_file.parent.glob(f"{id_file.name}.ready-*"))
+
+
 def _shares(n: int, workers: int) -> list[int]:
     k = min(workers, n)
     return [n // k + (1 if i < n % k else 0) for i in range(k)]
@@ -341,6 +347,14 @@ def _connections(ps: psutil.Process, port: int) -> int:
 
 def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def _snapshot(dest: Path) -> Path:
+    """``schemas/`` and ``services/`` as committed at HEAD: the results then belong to one commit."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "HEAD", "schemas", "services"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 def machine() -> dict[str, Any]:
@@ -401,9 +415,10 @@ def run(scenario: Scenario, *, bootstrap: str, out_dir: Path, phases: set[str] |
         "coalesce_interval_ms": scenario.coalesce_interval_ms,
         "client_processes": scenario.client_processes,
         "bootstrap": bootstrap,
-        "services_path": os.environ.get("BENCH_SERVICES_PATH") or "(this checkout)",
+        "services": os.environ.get("BENCH_SERVICES_PATH") or f"schemas/ and services/ at {facts['commit']} (git archive)",
     }
     results["duration_s"] = time.time() - started
+    results["load_at_end"] = os.getloadavg()
     results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return results
 
