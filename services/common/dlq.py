@@ -7,6 +7,7 @@ import logging
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from schemas.topics import Topics
+from services.common.observability.metrics import DLQ_RECORDS
 
 log = logging.getLogger(__name__)
 
@@ -20,4 +21,5 @@ async def send_to_dlq(producer: AIOKafkaProducer, topics: Topics, record: Consum
         ("dlq.offset", str(record.offset).encode()),
     ]
     await producer.send_and_wait(topics.dlq, value=record.value, key=record.key, headers=headers)
+    DLQ_RECORDS.labels(topic=record.topic).inc()
     log.warning("record %s:%s@%s sent to the DLQ: %s", record.topic, record.partition, record.offset, reason)

@@ -36,11 +36,13 @@ from services.common.agents import AgentCatalog, AgentSource, HttpAgents, Static
 from services.common.dlq import send_to_dlq
 from services.common.errors import AgentstreamError
 from services.common.kafka import encode, ensure_topics, make_producer, start_client
+from services.common.observability import metrics, tracing
 from services.common.statusview import StatusView
 from services.executor.control import ControlTail
 from services.executor.emitter import EventEmitter
 from services.executor.httptools import ToolRegistry, load_http_tools
 from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent
+from services.executor.metrics_server import MetricsServer, watch
 from services.executor.providers.base import Provider, ProviderError
 from services.executor.providers.registry import PROVIDER_NAMES, build_providers, close_providers, default_agent
 from services.executor.settings import ExecutorSettings
@@ -132,6 +134,7 @@ class Executor:
             heartbeat_interval_ms=max(500, settings.session_timeout_ms // 3),
         )
         self._subscriber(self._on_request)
+        self.metrics_server = MetricsServer(host=settings.metrics_host, port=settings.metrics_port) if settings.metrics_port else None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -142,6 +145,7 @@ class Executor:
         await self.control.start()
         await self.broker.start()
         self._started = True
+        await watch(self)
 
     async def _load_tools(self) -> None:
         secret = self.settings.tool_secret.get_secret_value().encode() if self.settings.tool_secret else None
@@ -158,6 +162,7 @@ class Executor:
             return
         self._started = False
         self._stopping = True
+        await watch(self, stop=True)
         await self.broker.stop()
         await self.control.stop()
         tasks = [task for _, task in self._running.values()] + list(self._background)
@@ -233,7 +238,18 @@ class Executor:
             await self._finish(tp, record.offset)
             return
         await self._slots.acquire()
-        task = asyncio.create_task(self._execute(request, current, tp, record.offset), name=request.execution_id)
+        work = tracing.consumed(
+            self._execute(request, current, tp, record.offset),
+            headers=record.headers,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            tenant_id=request.tenant_id,
+            execution_id=request.execution_id,
+            agent_id=request.agent_id,
+            lane=request.priority,
+        )
+        task = asyncio.create_task(work, name=request.execution_id)
         self._running[request.execution_id] = (tp, task)
 
     async def _finish(self, tp: TopicPartition, offset: int) -> None:
@@ -272,6 +288,7 @@ class Executor:
             envelope=envelope,
             interval_s=self.settings.coalesce_interval_ms / 1000,
             max_chars=self.settings.coalesce_max_chars,
+            traceparent=tracing.current_traceparent(),
         )
         base = ExecutionStatus(
             execution_id=request.execution_id,
@@ -407,4 +424,5 @@ class Executor:
 
     async def _publish_status(self, status: ExecutionStatus) -> None:
         self.status.apply(status)
+        metrics.EXECUTOR_EXECUTIONS.labels(state=status.state, lane=status.priority).inc()
         await self.producer.send_and_wait(self.topics.status, key=status.execution_id.encode(), value=encode(status))

@@ -26,6 +26,7 @@ class EventEmitter:
         envelope: dict[str, Any],
         interval_s: float,
         max_chars: int,
+        traceparent: str | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
@@ -33,6 +34,7 @@ class EventEmitter:
         self._key = str(envelope["execution_id"]).encode()
         self._interval = interval_s
         self._max_chars = max_chars
+        self._traceparent = traceparent  # one per execution attempt: no tracing work per token
         self._seq = 0
         self._buffer: list[str] = []
         self._buffered = 0
@@ -92,7 +94,9 @@ class EventEmitter:
             self._topic,
             value=encode(event),
             key=self._key,
-            headers=event_headers(type_=type_, tenant_id=self._envelope["tenant_id"], attempt=self._envelope["attempt"]),
+            headers=event_headers(
+                type_=type_, tenant_id=self._envelope["tenant_id"], attempt=self._envelope["attempt"], traceparent=self._traceparent
+            ),
         )
         self._inflight.append(future)
         self.records += 1

@@ -14,6 +14,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from schemas.agents import AgentSpec
 from schemas.events import ExecutionRequested, ExecutionRestarted, ToolCallCompleted, ToolCallStarted, Usage
+from services.common.observability.tracing import traced_tool_call
 from services.executor.emitter import EventEmitter
 from services.executor.providers.base import ModelRequest, Provider, TextDelta, ToolCall, TurnEnd
 from services.executor.resilience import Restart, Route, parse_route, resilient_stream
@@ -110,7 +111,14 @@ async def run_agent(
             }
         )
         results = await asyncio.gather(
-            *(_call_tool(call, allowed, emitter, step=step, timeout_s=tool_timeout_s, settings=settings) for call in end.tool_calls)
+            *(
+                traced_tool_call(
+                    _call_tool(call, allowed, emitter, step=step, timeout_s=tool_timeout_s, settings=settings),
+                    tool=call.name,
+                    call_id=call.id,
+                )
+                for call in end.tool_calls
+            )
         )
         for call, content in zip(end.tool_calls, results, strict=True):
             messages.append({"role": "tool", "tool_call_id": call.id, "content": content})

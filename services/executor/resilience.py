@@ -17,6 +17,7 @@ import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 
+from services.common.observability.tracing import traced_llm_call
 from services.executor.providers.base import Chunk, ModelRequest, Provider, ProviderError, TextDelta
 from services.executor.settings import RetrySettings, TimeoutSettings
 
@@ -83,7 +84,8 @@ async def resilient_stream(
                     await asyncio.sleep(delay)
             previous, pending = route, None
             try:
-                async for chunk in _timed(provider, replace(request, model=route.model), timeouts):
+                call = _timed(provider, replace(request, model=route.model), timeouts)
+                async for chunk in traced_llm_call(call, provider=route.provider, model=route.model):
                     streamed = streamed or isinstance(chunk, TextDelta)
                     yield chunk
                 return

@@ -72,6 +72,10 @@ class ExecutorSettings(BaseSettings):
     # -- cancel --------------------------------------------------------------------------------
     cancel_grace_s: float = 5.0  # how long a cancelled execution may take to wind down
 
+    # -- observability -------------------------------------------------------------------------
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # GET /metrics (Prometheus) and /health/live on this port; 0 = off
+
     @property
     def consumer_group(self) -> str:
         return self.group_id or f"{self.kafka.topic_prefix}executor"

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -19,9 +20,11 @@ from schemas.agents import AgentSpec
 from services.common.agents import load_agents
 from services.common.kafka import ensure_topics, make_producer, start_client
 from services.common.localkafka import answers_metadata
+from services.common.observability import metrics
+from services.common.observability.asgi import TelemetryMiddleware, metrics_endpoint
 from services.common.statusview import StatusView
+from services.orchestrator import docs, streaming
 from services.orchestrator import routes as api
-from services.orchestrator import streaming
 from services.orchestrator.bridge import Bridge
 from services.orchestrator.http import HTTPError, api_key
 from services.orchestrator.runtime import Runtime
@@ -109,5 +112,9 @@ def create_app(settings: OrchestratorSettings | None = None) -> Starlette:
         Route("/health/live", live),
         Route("/health/ready", ready),
         *streaming.routes(),
+        Route("/metrics", metrics_endpoint(metrics.ORCHESTRATOR), methods=["GET"]),
+        *docs.routes(),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPError: _http_error})
+    return Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPError: _http_error}, middleware=[Middleware(TelemetryMiddleware)]
+    )

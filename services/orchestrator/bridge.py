@@ -29,6 +29,8 @@ from pydantic import ValidationError
 from schemas.events import TERMINAL_TYPES, EventAdapter, ExecutionCancelled, ExecutionCompleted, ExecutionFailed
 from schemas.status import ExecutionStatus
 from services.common.kafka import header, partitions_of
+from services.common.observability import metrics
+from services.common.observability.tracing import delivery_spans
 from services.common.settings import KafkaSettings
 from services.common.statusview import StatusView
 from services.orchestrator.sinks import CLOSE_SHUTDOWN, Sink
@@ -57,6 +59,8 @@ class Subscription:
         if self.catching_up:
             self.buffer.append(record)
         else:
+            if record.timestamp and header(record.headers, "type") == "token.delta":
+                metrics.TOKEN_DELIVERY.observe(max(0.0, time.time() - record.timestamp / 1000))
             self.deliver(record)
 
     def deliver(self, record: Record) -> None:
@@ -144,9 +148,11 @@ class Bridge:
             self._tail_start[tp] = await consumer.position(tp)
         self._consumer = consumer
         self._spawn(self._tail(consumer), "bridge-tail")
+        metrics.STREAM_SUBSCRIPTIONS.add(self, lambda: [((), float(self.subscriber_count))])
         self._spawn(self._evict_loop(), "bridge-evict")
 
     async def stop(self) -> None:
+        metrics.STREAM_SUBSCRIPTIONS.remove(self)
         for sink in list(self._sinks):
             sink.kill(CLOSE_SHUTDOWN, "server shutting down")
         tasks = list(self._tasks)
@@ -187,8 +193,9 @@ class Bridge:
                 await asyncio.sleep(1)
                 continue
             for records in batches.values():
-                for record in records:
-                    self._dispatch(record)
+                with delivery_spans(records, self._subs):
+                    for record in records:
+                        self._dispatch(record)
 
     def _dispatch(self, record: Record) -> None:
         if not record.key:

@@ -12,6 +12,8 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import HTTPConnection, Request
 
+from services.common.observability.logs import bind
+
 if TYPE_CHECKING:
     from services.orchestrator.app import State
     from services.orchestrator.auth import TenantContext
@@ -86,6 +88,7 @@ async def require_tenant(conn: HTTPConnection) -> TenantContext:
     context = await state_of(conn).runtime.auth.context_for(api_key(conn))
     if context is None:
         raise HTTPError(401, "missing or invalid API key: send `Authorization: Bearer <key>`", headers={"WWW-Authenticate": "Bearer"})
+    bind(tenant_id=context.id)  # every later log line of this request carries the tenant
     return context
 
 

@@ -26,6 +26,8 @@ from schemas.events import ExecutionCancelRequested, ExecutionRequested, Message
 from schemas.status import ExecutionStatus
 from schemas.topics import Priority
 from services.common.kafka import encode, event_headers
+from services.common.observability import metrics
+from services.common.observability.tracing import producer_span
 from services.common.statusview import StatusView
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.callbacks import Dispatcher
@@ -96,9 +98,11 @@ class Lifecycle:
         limits = ctx.limits
         retry = await self.limiter.hit_request(ctx.id, limits.requests_per_minute)
         if retry is not None:
+            metrics.RATE_LIMITED.labels(tenant=ctx.id, limit="requests_per_minute").inc()
             raise _too_many(f"rate limit: more than {limits.requests_per_minute} requests per minute", retry)
         retry = await self.limiter.check_tokens(ctx.id, limits.tokens_per_minute)
         if retry is not None:
+            metrics.RATE_LIMITED.labels(tenant=ctx.id, limit="tokens_per_minute").inc()
             raise _too_many(f"rate limit: more than {limits.tokens_per_minute} tokens per minute used", retry)
         if not slots:
             return
@@ -107,6 +111,7 @@ class Lifecycle:
             retry = await self.limiter.acquire_slot(ctx.id, execution_id, limits.concurrent, self.settings.execution_timeout_s)
             if retry is not None:
                 await self.release_slots(ctx.id, taken)
+                metrics.RATE_LIMITED.labels(tenant=ctx.id, limit="concurrent").inc()
                 raise _too_many(f"concurrency limit: {limits.concurrent} executions already running", retry)
             taken.append(execution_id)
 
@@ -181,17 +186,21 @@ class Lifecycle:
             updated_at=event.ts,
         )
         topics = self.settings.kafka.topics
+        lane = topics.lane(sub.priority)
         # 202 only after the broker acknowledged both (acks=all, idempotent producer).
-        await asyncio.gather(
-            self.producer.send_and_wait(
-                topics.lane(sub.priority),
-                value=encode(event),
-                key=sub.tenant_id.encode(),
-                headers=event_headers(type_=event.type, tenant_id=sub.tenant_id, traceparent=sub.traceparent),
-            ),
-            self.producer.send_and_wait(topics.status, value=encode(status), key=sub.execution_id.encode()),
-        )
+        span = producer_span(lane, fallback_traceparent=sub.traceparent, tenant_id=sub.tenant_id, execution_id=sub.execution_id)
+        with span as traceparent:
+            await asyncio.gather(
+                self.producer.send_and_wait(
+                    lane,
+                    value=encode(event),
+                    key=sub.tenant_id.encode(),
+                    headers=event_headers(type_=event.type, tenant_id=sub.tenant_id, traceparent=traceparent),
+                ),
+                self.producer.send_and_wait(topics.status, value=encode(status), key=sub.execution_id.encode()),
+            )
         self.status.apply(status)
+        metrics.EXECUTIONS.labels(state="queued", lane=sub.priority).inc()
 
     async def _cancel_published(self, subs: Sequence[Submission]) -> None:
         # Some of a failed group may have been acknowledged: make sure they never run.
@@ -293,6 +302,7 @@ class Lifecycle:
                     payload=_callback_payload(task),
                 )
         if task.kind == "execution":
+            metrics.EXECUTIONS.labels(state=task.state, lane=task.priority or "").inc()
             await self.release_slots(task.tenant_id, [task.id])
             if usage and usage.get("total_tokens"):
                 try:

@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from schemas.status import ExecutionStatus
+from services.common.observability.metrics import STREAM_CONNECTIONS
 from services.orchestrator.bridge import Bridge, Gone, Subscription
 from services.orchestrator.sinks import CLOSE_UNAUTHORIZED, SSESink, WebSocketSink
 
@@ -54,6 +55,7 @@ async def stream(websocket: WebSocket) -> None:
     sink.tenant_id = tenant
     bridge.attach(sink)
     sink.start()
+    STREAM_CONNECTIONS.labels(transport="websocket").inc()
     try:
         while not sink.closed.is_set():
             receive = asyncio.ensure_future(websocket.receive_text())
@@ -67,6 +69,7 @@ async def stream(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        STREAM_CONNECTIONS.labels(transport="websocket").dec()
         bridge.detach(sink)
         await sink.aclose()
 
@@ -124,10 +127,12 @@ async def events(request: Request) -> Response:
     subscription: Subscription = bridge.subscribe(sink, status, cursor=cursor)
 
     async def body() -> Any:
+        STREAM_CONNECTIONS.labels(transport="sse").inc()
         try:
             async for chunk in sink.body(until_done=lambda: subscription.done):
                 yield chunk
         finally:
+            STREAM_CONNECTIONS.labels(transport="sse").dec()
             bridge.detach(sink)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

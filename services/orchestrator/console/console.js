@@ -1,0 +1,236 @@
+// agentstream live console: sign in with an API key, run an execution or chat in a session, and
+// watch its events stream over the /v1/stream WebSocket. Every event carries its cursor (its offset
+// in the log); after a disconnect the console subscribes again with the last cursor it processed,
+// so nothing is lost and nothing repeats.
+"use strict";
+
+const TERMINAL = new Set(["execution.completed", "execution.failed", "execution.cancelled"]);
+const $ = (id) => document.getElementById(id);
+const el = (tag, cls, text) => {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+};
+
+const state = {
+  key: sessionStorage.getItem("agentstream.key") || "",
+  tenant: null,
+  socket: null,
+  reconnects: 0,
+  wantOpen: false,
+  sessionId: null,
+  turns: new Map(), // execution_id -> turn
+  log: [], // every event applied, for the event list (and the end-to-end test)
+};
+window.agentstreamConsole = state;
+
+async function api(method, path, body) {
+  const headers = { Authorization: "Bearer " + state.key };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error((data && data.error) || r.status + " " + r.statusText);
+  return data;
+}
+
+// -- sign in -------------------------------------------------------------------------------------
+async function signIn(key) {
+  state.key = key;
+  const usage = await api("GET", "/v1/usage?group_by=tenant");
+  sessionStorage.setItem("agentstream.key", key);
+  state.tenant = (usage.rows[0] && usage.rows[0].tenant) || "signed in";
+  $("tenant").textContent = state.tenant;
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  showUsage(usage);
+  connect();
+}
+
+function signOut() {
+  sessionStorage.removeItem("agentstream.key");
+  state.wantOpen = false;
+  if (state.socket) state.socket.close();
+  location.reload();
+}
+
+// -- the WebSocket, with resume ------------------------------------------------------------------
+function connect() {
+  state.wantOpen = true;
+  const url = location.origin.replace(/^http/, "ws") + "/v1/stream?api_key=" + encodeURIComponent(state.key);
+  const socket = new WebSocket(url);
+  state.socket = socket;
+  socket.onopen = () => {
+    setConn(true);
+    for (const turn of state.turns.values()) if (!turn.done) subscribe(turn);
+  };
+  socket.onmessage = (msg) => onFrame(JSON.parse(msg.data));
+  socket.onclose = (ev) => {
+    if (state.socket !== socket) return;
+    setConn(false, ev.code);
+    if (ev.code === 4401) return signOut();
+    if (state.wantOpen) setTimeout(() => { state.reconnects += 1; $("reconnects").textContent = "reconnects: " + state.reconnects; connect(); }, 300);
+  };
+}
+
+function setConn(on, code) {
+  $("conn").textContent = on ? "live" : "reconnecting" + (code ? " (" + code + ")" : "");
+  $("conn").className = "pill " + (on ? "on" : "off");
+}
+
+function subscribe(turn) {
+  if (!state.socket || state.socket.readyState !== WebSocket.OPEN) return; // onopen subscribes it
+  const message = { type: "subscribe", execution_id: turn.id };
+  if (turn.cursor !== null) message.cursor = turn.cursor; // resume: only what comes after
+  state.socket.send(JSON.stringify(message));
+}
+
+function onFrame(frame) {
+  if (frame.type === "events") {
+    for (const item of frame.events) onEvent(item);
+  } else if (frame.type === "error") {
+    const turn = state.turns.get(frame.execution_id);
+    if (turn) notice(turn, "error: " + frame.error);
+    else $("prompt-error").textContent = frame.error;
+  }
+}
+
+// -- rendering events ----------------------------------------------------------------------------
+function onEvent(item) {
+  const turn = state.turns.get(item.execution_id);
+  if (!turn || (turn.cursor !== null && item.cursor <= turn.cursor)) return; // already applied
+  turn.cursor = item.cursor;
+  const ev = item.event;
+  state.log.push({ cursor: item.cursor, type: ev.type, execution_id: item.execution_id });
+  const li = el("li");
+  li.append(el("span", "", item.cursor), " " + ev.type);
+  $("events").prepend(li);
+  if (ev.attempt < turn.attempt) return; // a late event of an older attempt
+  switch (ev.type) {
+    case "execution.started":
+      if (turn.attempt && ev.attempt > turn.attempt) {
+        turn.text = "";
+        turn.stepStart = {};
+        notice(turn, "attempt " + ev.attempt + " started again: earlier output discarded");
+      }
+      turn.attempt = ev.attempt;
+      setStatus(turn, "running", ev.provider ? ev.provider + (ev.model ? " · " + ev.model : "") : "");
+      break;
+    case "token.delta":
+      if (!(ev.step in turn.stepStart)) turn.stepStart[ev.step] = turn.text.length;
+      turn.text += ev.text;
+      turn.output.textContent = turn.text;
+      break;
+    case "execution.restarted":
+      if (ev.text_discarded && ev.step in turn.stepStart) {
+        turn.text = turn.text.slice(0, turn.stepStart[ev.step]);
+        turn.output.textContent = turn.text;
+      }
+      notice(turn, "model call restarted (" + ev.reason + ")" + (ev.fallback ? " → " + ev.provider : ""));
+      break;
+    case "tool.call.started": {
+      const card = el("div", "tool");
+      card.append(el("span", "name", ev.tool), " " + JSON.stringify(ev.arguments));
+      const result = el("div", "result muted", "running…");
+      card.append(result);
+      turn.tools.set(ev.call_id, { card, result });
+      turn.toolsBox.append(card);
+      break;
+    }
+    case "tool.call.completed": {
+      const tool = turn.tools.get(ev.call_id);
+      if (!tool) break;
+      tool.result.textContent = (ev.error ? "error: " + ev.error : "→ " + JSON.stringify(ev.result)) + "  (" + Math.round(ev.duration_ms) + " ms)";
+      if (ev.error) tool.card.classList.add("error");
+      break;
+    }
+    default:
+      if (TERMINAL.has(ev.type)) finish(turn, ev);
+  }
+}
+
+async function finish(turn, ev) {
+  turn.done = true;
+  const state_ = ev.type.split(".")[1];
+  setStatus(turn, state_, ev.reason || "");
+  if (ev.usage) turn.usage.textContent = "tokens: " + ev.usage.prompt_tokens + " in · " + ev.usage.completion_tokens + " out";
+  try {
+    const view = await api("GET", "/v1/executions/" + turn.id);
+    setStatus(turn, view.status, ev.reason || "");
+    if (view.usage) turn.usage.textContent = "tokens: " + view.usage.prompt_tokens + " in · " + view.usage.completion_tokens + " out · " + view.usage.total_tokens + " total";
+    showUsage(await api("GET", "/v1/usage?group_by=tenant"));
+  } catch (e) {
+    notice(turn, String(e));
+  }
+  $("send").disabled = false;
+}
+
+function setStatus(turn, status, detail) {
+  turn.status.textContent = status;
+  turn.status.className = "status " + status;
+  turn.detail.textContent = detail || "";
+}
+
+function notice(turn, text) {
+  turn.notices.append(el("div", "notice", text));
+}
+
+function showUsage(report) {
+  const row = report.rows[0];
+  $("usage").textContent = row ? row.executions + " executions · " + row.total_tokens + " tokens (" + row.prompt_tokens + " in, " + row.completion_tokens + " out)" : "no usage yet";
+}
+
+function addTurn(executionId, prompt) {
+  const box = el("div", "turn");
+  box.dataset.executionId = executionId;
+  const turn = {
+    id: executionId, cursor: null, attempt: 0, text: "", stepStart: {}, done: false, tools: new Map(),
+    output: el("div", "output"), toolsBox: el("div", "tools"), notices: el("div"),
+    status: el("span", "status queued", "queued"), detail: el("span"), usage: el("span"),
+  };
+  const meta = el("div", "meta");
+  meta.append(turn.status, turn.detail, turn.usage, el("span", "muted", executionId));
+  box.append(el("div", "user", prompt), turn.toolsBox, turn.output, turn.notices, meta);
+  $("transcript").prepend(box);
+  state.turns.set(executionId, turn);
+  subscribe(turn);
+  return turn;
+}
+
+// -- starting work -------------------------------------------------------------------------------
+async function send(prompt) {
+  const mode = document.querySelector("input[name=mode]:checked").value;
+  const agent = $("agent").value || "default";
+  const priority = $("priority").value;
+  if (mode === "execution") {
+    const accepted = await api("POST", "/v1/executions", { input: prompt, agent, priority });
+    addTurn(accepted.execution_id, prompt);
+    return;
+  }
+  if (!state.sessionId) {
+    const session = await api("POST", "/v1/sessions", { agent });
+    state.sessionId = session.session_id;
+    $("session-info").textContent = "session " + state.sessionId;
+  }
+  const reply = await api("POST", "/v1/sessions/" + state.sessionId + "/chat", { content: prompt, priority });
+  if (reply.execution_id) addTurn(reply.execution_id, prompt);
+  else $("prompt-error").textContent = "queued behind the running message";
+}
+
+$("signin-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  $("signin-error").textContent = "";
+  signIn($("api-key").value.trim()).catch((err) => { $("signin-error").textContent = String(err.message || err); });
+});
+$("prompt-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const prompt = $("prompt").value.trim();
+  if (!prompt) return;
+  $("prompt-error").textContent = "";
+  send(prompt).then(() => { $("prompt").value = ""; }).catch((err) => { $("prompt-error").textContent = String(err.message || err); });
+});
+$("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("send").click(); } });
+$("drop").addEventListener("click", () => { if (state.socket) state.socket.close(); });
+$("signout").addEventListener("click", signOut);
+document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", () => { state.sessionId = null; $("session-info").textContent = ""; }));
+if (state.key) signIn(state.key).catch(() => sessionStorage.removeItem("agentstream.key"));
