@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 
-.PHONY: install kafka-start kafka-stop services services-stop lint test demo bench clean
+.PHONY: install kafka-start kafka-stop services services-stop browser lint test demo bench clean
 
 install: $(VENV)/.installed deploy/kafka/lib/.fetched
 
@@ -35,7 +35,10 @@ services:
 services-stop:
 	bash deploy/dev-services.sh stop
 
-test: kafka-start services lint
+browser:
+	bash deploy/browser.sh
+
+test: kafka-start services browser lint
 	$(BIN)/pytest
 
 demo: kafka-start

@@ -8,7 +8,7 @@ from typing import Literal
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.observability.logs import configure_logging
@@ -56,3 +56,25 @@ def install_provider(service_name: str, *, ratio: float = 1.0) -> TracerProvider
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}), sampler=ParentBased(TraceIdRatioBased(ratio)))
     trace.set_tracer_provider(provider)
     return provider
+
+
+def secrets_of(*settings: BaseModel) -> list[str]:
+    """Every secret value in these settings (SecretStr fields, API-key maps), for log redaction."""
+    found: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    for s in settings:
+        walk(s)
+        keys = getattr(s, "api_keys", None)
+        if isinstance(keys, dict):
+            found += [k for k in keys if isinstance(k, str)]
+    return found

@@ -1,0 +1,117 @@
+"""The live console in headless Chromium (Debian's ``chromium``, driven by Playwright; deploy/browser.sh).
+
+Signs in, runs an execution, drops the WebSocket mid-stream and checks that the console resumed
+from its last cursor: every event exactly once, the text whole. Then chats in a session. The
+screenshot is kept as docs/console.png (shown in the README).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.common.settings import KafkaSettings
+from services.executor.app import Executor
+from services.executor.settings import ExecutorSettings
+from services.orchestrator.app import create_app
+from services.orchestrator.settings import OrchestratorSettings
+from tests.support import collect_events, serve
+
+pytestmark = pytest.mark.kafka
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = Path(__file__).parents[2] / "docs" / "console.png"
+
+
+@pytest.fixture
+async def console_url(kafka_settings: KafkaSettings) -> AsyncIterator[str]:
+    # A slow scripted model (40 ms a word), so the test can drop the connection mid-stream.
+    orch = OrchestratorSettings(kafka=kafka_settings, api_keys={"console-key": "console-tenant"}, session_policy="reject")
+    async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=40)):
+        async with serve(create_app(orch)) as url:
+            yield url
+
+
+@pytest.fixture
+async def page(console_url: str) -> AsyncIterator[Any]:
+    if shutil.which("chromium") is None:
+        pytest.fail("chromium is missing: run `bash deploy/browser.sh` (make test does)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            context = await browser.new_context(viewport={"width": 1280, "height": 860})
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"{console_url}/console")
+            yield page
+            assert not errors, errors
+        finally:
+            await browser.close()
+
+
+async def test_console_streams_resumes_after_a_drop_and_chats(page: Any, console_url: str) -> None:
+    await page.fill("#api-key", "wrong-key")
+    await page.click("#signin button")
+    await page.wait_for_selector("#signin-error:has-text('API key')")
+
+    await page.fill("#api-key", "console-key")
+    await page.click("#signin button")
+    await page.wait_for_selector("#conn.on")
+    assert await page.text_content("#tenant") != "signed out"
+
+    await page.fill("#prompt", "what is 12*7?")
+    await page.click("#send")
+    await page.wait_for_selector(".turn .tool .name:has-text('calculator')")
+    await page.click("#drop")  # mid-stream: the console reconnects and resumes from its last cursor
+    await page.wait_for_selector("#reconnects:has-text('reconnects: 1')")
+    await page.wait_for_selector(".turn .status.completed", timeout=30_000)
+    await page.wait_for_selector(".turn .meta :has-text('total')")
+
+    execution_id = await page.get_attribute(".turn", "data-execution-id")
+    assert execution_id
+    truth = await collect_events(console_url.replace("http", "ws", 1), "console-key", execution_id)
+    log = await page.evaluate("window.agentstreamConsole.log")
+    assert [e["cursor"] for e in log] == [i["cursor"] for i in truth]  # each event once, in order, none lost
+    text = "".join(i["event"]["text"] for i in truth if i["event"]["type"] == "token.delta")
+    assert await page.text_content(".turn .output") == text
+    assert "The calculator says 84" in text
+    assert "84" in (await page.text_content(".turn .tool .result") or "")
+    async with httpx.AsyncClient(base_url=console_url, headers={"Authorization": "Bearer console-key"}) as http:
+        view = (await http.get(f"/v1/executions/{execution_id}")).json()
+    assert view["status"] == "completed"
+    assert str(view["usage"]["total_tokens"]) in (await page.text_content(".turn .meta") or "")
+    assert re.fullmatch(r"\d+ executions · \d+ tokens \(\d+ in, \d+ out\)", await page.text_content("#usage") or "")
+
+    await page.check("input[name=mode][value=session]")
+    await page.fill("#prompt", "hello agent")
+    await page.click("#send")
+    await page.wait_for_selector("#session-info:has-text('session')")
+    await page.wait_for_function("document.querySelectorAll('.turn .status.completed').length === 2", timeout=30_000)
+    assert "hello agent" in (await page.text_content(".turn .output") or "")
+    await page.fill("#prompt", "what is 2+3?")
+    await page.click("#send")
+    await page.wait_for_function("document.querySelectorAll('.turn .status.completed').length === 3", timeout=30_000)
+    assert "The calculator says 5" in (await page.text_content(".turn .output") or "")
+
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 10_000
