@@ -149,8 +149,10 @@ class Lifecycle:
                     deadline=deadline,
                 )
         try:
-            await asyncio.gather(*(self._publish(sub, deadline) for sub in subs))
-        except KafkaError as exc:
+            # aiokafka retries an unreachable broker without end: bound the wait, so an outage is a 503.
+            async with asyncio.timeout(self.settings.kafka.request_timeout_ms / 1000):
+                await asyncio.gather(*(self._publish(sub, deadline) for sub in subs))
+        except (KafkaError, TimeoutError) as exc:
             await self._cancel_published(subs)
             async with self.store.begin() as conn:
                 await tasks.delete(conn, [s.execution_id for s in subs])
@@ -206,8 +208,10 @@ class Lifecycle:
         # Some of a failed group may have been acknowledged: make sure they never run.
         for sub in subs:
             try:
-                await self.request_cancel(sub.execution_id, sub.tenant_id, terminal_state="cancelled")
-            except KafkaError:
+                # Bounded too: what is not acknowledged now stays queued and is delivered when Kafka is back.
+                async with asyncio.timeout(2):
+                    await self.request_cancel(sub.execution_id, sub.tenant_id, terminal_state="cancelled")
+            except (KafkaError, TimeoutError):
                 log.warning("could not cancel %s after a failed submission", sub.execution_id)
 
     # -- cancel -----------------------------------------------------------------------------
