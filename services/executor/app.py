@@ -41,6 +41,7 @@ from services.common.statusview import StatusView
 from services.executor.control import ControlTail
 from services.executor.emitter import EventEmitter
 from services.executor.httptools import ToolRegistry, load_http_tools
+from services.executor.jobtools import JobClient, job_tools
 from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent
 from services.executor.metrics_server import MetricsServer, watch
 from services.executor.providers.base import Provider, ProviderError
@@ -112,6 +113,12 @@ class Executor:
         self.control = ControlTail(settings.kafka, on_cancel=self.request_cancel, client_id=f"{settings.instance_id}-control")
         self.producer: AIOKafkaProducer = make_producer(settings.kafka, client_id=f"{settings.instance_id}-producer")
         self.broker = KafkaBroker(settings.kafka.bootstrap, client_id=settings.instance_id, log_level=logging.DEBUG)
+        # knowledge_search / embed: jobs delegated through the orchestrator (jobtools.py).
+        self.jobs = JobClient(
+            settings.kafka, producer=self.producer, client_id=f"{settings.instance_id}-jobs", timeout_s=settings.job_timeout_s
+        )
+        if tools is None:
+            self.tools |= job_tools(self.jobs)
         self._slots = asyncio.Semaphore(settings.max_concurrency)
         self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
         self._running: dict[str, tuple[TopicPartition, asyncio.Task[None]]] = {}
@@ -143,6 +150,7 @@ class Executor:
         await start_client(self.producer, self.settings.kafka)
         await self.status.start()
         await self.control.start()
+        await self.jobs.start()
         await self.broker.start()
         self._started = True
         await watch(self)
@@ -169,6 +177,7 @@ class Executor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.jobs.stop()
         await self.status.stop()
         await self.producer.stop()
         await self._close_adapters()

@@ -45,6 +45,11 @@ class EventEmitter:
         self._flusher: asyncio.Task[None] | None = None
         self.records = 0
 
+    @property
+    def envelope(self) -> dict[str, Any]:
+        """The execution attempt's envelope fields (tenant, execution, session, agent, attempt)."""
+        return dict(self._envelope)
+
     async def emit(self, cls: type[Envelope], **fields: Any) -> asyncio.Future[RecordMetadata]:
         async with self._lock:
             await self._flush_locked()

@@ -19,7 +19,7 @@ from services.executor.emitter import EventEmitter
 from services.executor.providers.base import ModelRequest, Provider, TextDelta, ToolCall, TurnEnd
 from services.executor.resilience import Restart, Route, parse_route, resilient_stream
 from services.executor.settings import RetrySettings, TimeoutSettings
-from services.executor.tools import Tool, ToolError, parse_arguments
+from services.executor.tools import Tool, ToolContext, ToolError, current_tool_call, parse_arguments
 
 _templates = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
@@ -167,9 +167,11 @@ async def _call_tool(
     try:
         if tool is None:
             raise ToolError(f"unknown tool {call.name!r}; available: {sorted(tools)}")
+        timeout_s = getattr(tool, "timeout_s", None) or timeout_s  # tools that wait for a job bring their own
         args = parse_arguments(tool, call.arguments)
         await emitter.emit(ToolCallStarted, call_id=call.id, tool=call.name, arguments=args, step=step)
         announced = True
+        current_tool_call.set(ToolContext(emitter=emitter, call_id=call.id, tool=call.name, step=step))
         result = await _invoke(tool, args, timeout_s=timeout_s, settings=settings)
     except ToolError as exc:
         error = str(exc)

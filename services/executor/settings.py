@@ -69,6 +69,10 @@ class ExecutorSettings(BaseSettings):
     tool_registry_url: str | None = None
     allow_private_tool_urls: bool = False  # loopback/private/link-local targets are refused otherwise
 
+    # Built-in tools delegating to the orchestrator's Query/Embedding services (knowledge_search, embed):
+    # the job's deadline; the tool waits this long plus a grace for the orchestrator's verdict.
+    job_timeout_s: float = 60.0
+
     # -- cancel --------------------------------------------------------------------------------
     cancel_grace_s: float = 5.0  # how long a cancelled execution may take to wind down
 

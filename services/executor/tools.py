@@ -6,11 +6,14 @@ import ast
 import json
 import operator
 from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import jsonschema
 
+from services.executor.emitter import EventEmitter
 from services.executor.providers.base import ToolSpec
 
 
@@ -123,6 +126,20 @@ class Clock:
 
     async def __call__(self, arguments: dict[str, Any]) -> Any:
         return datetime.now(UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """The tool call being run, for tools that report progress or act for the execution (jobtools.py)."""
+
+    emitter: EventEmitter
+    call_id: str
+    tool: str
+    step: int
+
+
+# Set by the agent loop around each tool call; each call runs in its own task, so calls never mix.
+current_tool_call: ContextVar[ToolContext | None] = ContextVar("current_tool_call", default=None)
 
 
 def builtin_tools() -> dict[str, Tool]:

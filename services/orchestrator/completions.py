@@ -190,10 +190,17 @@ async def apply_job_completed(lifecycle: Lifecycle, message: Any, *, service: st
         log.warning("job_completed rejected: unknown job %r for tenant %r from service %r", job_id, tenant_id, sender)
         return False, "unknown job"
     if not task.open:
+        for hook in lifecycle.late_hooks:  # recorded (orchestration plan) and ignored
+            await hook(task, message)
         return False, f"job is not in flight (it is {task.state})"
     error = message.get("error")
+    result = message.get("result")
+    check = lifecycle.result_checks.get(str(sender)) if task.origin == "delegated" else None
+    if not error and check is not None:
+        error = check(result)
     state = "failed" if error else "completed"
-    finished = await lifecycle.finalize(job_id, state, result=message.get("result"), error=str(error) if error else None)
+    usage = _usage(message.get("usage") or (result.get("usage") if isinstance(result, dict) else None))
+    finished = await lifecycle.finalize(job_id, state, result=result, error=str(error) if error else None, usage=usage)
     if finished is None:
         return False, "job is not in flight"
     return True, state

@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from schemas import api
 from schemas.completions import CompletionRequest
+from schemas.plans import OrchestrationPlan
 
 CONSOLE_DIR = Path(__file__).parent / "console"
 
@@ -51,6 +52,12 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/executions/{execution_id}"): Op("Status, output and usage of an execution", "executions", None, {200: api.ExecutionView}),
     ("POST", "/v1/executions/{execution_id}/cancel"): Op(
         "Cancel an execution", "executions", None, {202: api.CancelResponse, 200: api.CancelResponse}, idempotent=True
+    ),
+    ("GET", "/v1/executions/{execution_id}/plan"): Op(
+        "The orchestration plan: service calls made for the execution, in order, with timings and outcomes",
+        "executions",
+        None,
+        {200: OrchestrationPlan},
     ),
     ("GET", "/v1/executions/{execution_id}/events"): Op(
         "Server-sent events of an execution (resume with Last-Event-ID = cursor)",

@@ -14,6 +14,7 @@ from services.orchestrator.callbacks import CallbackURLError, check_url
 from services.orchestrator.http import HTTPError, iso, parse_json, path_id, require_tenant, state_of, validate
 from services.orchestrator.idempotency import idempotent
 from services.orchestrator.lifecycle import Submission, new_traceparent
+from services.orchestrator.plans import PlannedCall, timed
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import records, tasks
 from services.orchestrator.store.records import Delivery
@@ -43,7 +44,9 @@ def traceparent_of(request: Request) -> str:
 async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:
     state = state_of(request)
     req = validate(ExecutionRequest, parse_json(body), "execution request")
-    known_agent(state.agents, req.agent)
+    plan: list[PlannedCall] = []
+    with timed("agent_config", req.agent, plan):
+        known_agent(state.agents, req.agent)
     callback = await checked_callback(state.settings, req.callback_url)
     if req.reply_to is not None and req.reply_to not in state.settings.reply_topics.get(ctx.id, ()):
         raise HTTPError(422, f"reply_to topic {req.reply_to!r} is not in this tenant's allowlist")
@@ -58,6 +61,7 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
         callback_url=callback,
         traceparent=traceparent_of(request),
         reply_to=req.reply_to,
+        plan=plan,
     )
     lifecycle = state.runtime.lifecycle
     await lifecycle.admit(ctx, [sub.execution_id])

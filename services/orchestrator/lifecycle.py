@@ -34,13 +34,16 @@ from services.orchestrator.callbacks import Dispatcher
 from services.orchestrator.http import HTTPError
 from services.orchestrator.hub import TaskHub
 from services.orchestrator.limits import RateLimiter
+from services.orchestrator.plans import PlannedCall
 from services.orchestrator.settings import OrchestratorSettings
-from services.orchestrator.store import Store, records, sessions, tasks
+from services.orchestrator.store import Store, plans, records, sessions, tasks
 from services.orchestrator.store.tasks import Task
 
 log = logging.getLogger(__name__)
 
 Writes = Callable[[AsyncConnection], Awaitable[None]]
+EndHook = Callable[[Task], Awaitable[None]]
+LateHook = Callable[[Task, dict[str, Any]], Awaitable[None]]
 
 
 def new_id() -> str:
@@ -67,6 +70,7 @@ class Submission:
     origin: str = "api"  # api | chat | batch: only chat executions write the session's history
     reply_to: str | None = None  # an allowlisted topic of the tenant's; None: the shared events topic
     execution_id: str = field(default_factory=new_id)
+    plan: list[PlannedCall] = field(default_factory=list)  # service calls made before submission (plans.py)
 
 
 class Lifecycle:
@@ -91,6 +95,11 @@ class Lifecycle:
         self.dispatcher = dispatcher
         self.agents = agents
         self._background: set[asyncio.Task[None]] = set()
+        # The service coordinator's hooks (coordinator.py): every end applied by ``finalize``, job
+        # completions that arrived after their job had ended, checks of delegated jobs' results.
+        self.end_hooks: list[EndHook] = []
+        self.late_hooks: list[LateHook] = []
+        self.result_checks: dict[str, Callable[[Any], str | None]] = {}
 
     # -- admission --------------------------------------------------------------------------
     async def admit(self, ctx: TenantContext, execution_ids: Sequence[str], *, slots: bool = True) -> None:
@@ -148,6 +157,7 @@ class Lifecycle:
                     origin=sub.origin,
                     deadline=deadline,
                 )
+                await _record_plan(conn, sub)
         try:
             # aiokafka retries an unreachable broker without end: bound the wait, so an outage is a 503.
             async with asyncio.timeout(self.settings.kafka.request_timeout_ms / 1000):
@@ -287,7 +297,7 @@ class Lifecycle:
             task = await tasks.finish(conn, task_id, state, output=output, result=result, error=error, usage=usage)
             if task is None:
                 return None
-            if task.kind == "execution" and usage:
+            if usage:  # executions and delegated jobs (the query service's tokens) alike
                 await records.record_usage(
                     conn, execution_id=task.id, tenant_id=task.tenant_id, agent_id=task.agent_id, session_id=task.session_id, tokens=usage
                 )
@@ -308,12 +318,17 @@ class Lifecycle:
         if task.kind == "execution":
             metrics.EXECUTIONS.labels(state=task.state, lane=task.priority or "").inc()
             await self.release_slots(task.tenant_id, [task.id])
-            if usage and usage.get("total_tokens"):
-                try:
-                    await self.limiter.add_tokens(task.tenant_id, task.id, int(usage["total_tokens"]))
-                except Exception:
-                    log.warning("could not count the tokens of %s", task.id, exc_info=True)
+        if usage and usage.get("total_tokens"):
+            try:
+                await self.limiter.add_tokens(task.tenant_id, task.id, int(usage["total_tokens"]))
+            except Exception:
+                log.warning("could not count the tokens of %s", task.id, exc_info=True)
         self.hub.publish(task.tenant_id, task_update(task))
+        for hook in self.end_hooks:
+            try:
+                await hook(task)
+            except Exception:
+                log.exception("end hook failed for %s %s", task.kind, task.id)
         self.dispatcher.wake()
         for sub in follow_up:
             self._spawn(self._start_enqueued(sub))
@@ -420,6 +435,22 @@ async def history_messages(
         elif m.role == "tool":
             out.append(Message(role="user", content=f"[{m.name or 'tool'} result] {m.content}"))
     return tuple(out)
+
+
+async def _record_plan(conn: AsyncConnection, sub: Submission) -> None:
+    for call in sub.plan:
+        await plans.add(
+            conn,
+            execution_id=sub.execution_id,
+            tenant_id=sub.tenant_id,
+            kind=call.kind,
+            target=call.target,
+            outcome=call.outcome,
+            detail=call.detail,
+            started_at=call.started_at,
+            ended_at=call.ended_at,
+        )
+    await plans.add(conn, execution_id=sub.execution_id, tenant_id=sub.tenant_id, kind="execution", target=sub.agent_id, outcome="pending")
 
 
 def task_update(task: Task) -> dict[str, Any]:

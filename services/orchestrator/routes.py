@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from services.orchestrator import admin, batches, executions, sessions, tasks, usage
+from services.orchestrator import admin, batches, executions, plans, sessions, tasks, usage
 
 
 def routes() -> list[BaseRoute]:
@@ -12,6 +12,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/executions", executions.create_execution, methods=["POST"]),
         Route("/v1/executions/{execution_id}", executions.get_execution, methods=["GET"]),
         Route("/v1/executions/{execution_id}/cancel", executions.cancel_execution, methods=["POST"]),
+        Route("/v1/executions/{execution_id}/plan", plans.get_plan, methods=["GET"]),
         Route("/v1/sessions", sessions.create_session, methods=["POST"]),
         Route("/v1/sessions/{session_id}", sessions.get_session, methods=["GET"]),
         Route("/v1/sessions/{session_id}/messages", sessions.get_messages, methods=["GET"]),

@@ -18,6 +18,7 @@ from services.common.statusview import StatusView
 from services.orchestrator.auth import Authenticator
 from services.orchestrator.callbacks import Dispatcher
 from services.orchestrator.completions import EventsFollower, JobsFollower
+from services.orchestrator.coordinator import ServiceCoordinator
 from services.orchestrator.hub import TaskHub
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.limits import RateLimiter, make_limiter
@@ -50,6 +51,8 @@ class Runtime:
         )
         self.events = EventsFollower(self.lifecycle)
         self.jobs = JobsFollower(self.lifecycle)
+        # Query and Embedding services: delegation, completions, plans (coordinator.py).
+        self.coordinator = ServiceCoordinator(settings, self.lifecycle)
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -57,7 +60,7 @@ class Runtime:
         await self.auth.bootstrap()
         await self.limiter.start()
         await self.dispatcher.start()
-        await asyncio.gather(self.events.start(), self.jobs.start())
+        await asyncio.gather(self.events.start(), self.jobs.start(), self.coordinator.start())
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="task-sweeper")
 
     async def stop(self) -> None:
@@ -66,6 +69,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        await self.coordinator.stop()
         await self.jobs.stop()
         await self.events.stop()
         await self.lifecycle.stop()

@@ -20,6 +20,7 @@ from services.orchestrator.executions import checked_callback, known_agent, trac
 from services.orchestrator.http import HTTPError, iso, parse_json, path_id, require_tenant, state_of, validate
 from services.orchestrator.idempotency import idempotent
 from services.orchestrator.lifecycle import Submission, history_messages, new_id
+from services.orchestrator.plans import PlannedCall, timed
 from services.orchestrator.store import sessions
 from services.orchestrator.store.sessions import Session, StoredMessage
 
@@ -101,7 +102,10 @@ async def _chat(request: Request, ctx: TenantContext, body: bytes) -> tuple[int,
     state = state_of(request)
     lifecycle = state.runtime.lifecycle
     req = validate(ChatRequest, parse_json(body), "chat message")
-    session = await _session(request, ctx)
+    plan: list[PlannedCall] = []
+    with timed("agent_config", "session", plan):
+        session = await _session(request, ctx)
+        known_agent(state.agents, session.agent_id)
     callback = await checked_callback(state.settings, req.callback_url)
     sub = Submission(
         tenant_id=ctx.id,
@@ -113,6 +117,7 @@ async def _chat(request: Request, ctx: TenantContext, body: bytes) -> tuple[int,
         callback_url=callback,
         traceparent=traceparent_of(request),
         origin="chat",
+        plan=plan,
     )
     active = session.active_execution_id
     if active is not None and session.policy == "reject":
@@ -125,7 +130,8 @@ async def _chat(request: Request, ctx: TenantContext, body: bytes) -> tuple[int,
             started = await sessions.claim(conn, session.id, sub.execution_id, expect_active=None)
             if started:
                 await sessions.promote(conn, message, sub.execution_id)
-                sub.history = await history_messages(conn, session.id, before_seq=None, exclude_execution=sub.execution_id)
+                with timed("history_load", session.id, sub.plan):
+                    sub.history = await history_messages(conn, session.id, before_seq=None, exclude_execution=sub.execution_id)
         if not started:
             return 202, ChatResponse(session_id=session.id, execution_id=None, status="enqueued", message_seq=message.seq).model_dump()
         await lifecycle.limiter.acquire_slot(ctx.id, sub.execution_id, 0, state.settings.execution_timeout_s)
@@ -138,7 +144,8 @@ async def _chat(request: Request, ctx: TenantContext, body: bytes) -> tuple[int,
     async def writes(conn: AsyncConnection) -> None:
         if not await sessions.claim(conn, session.id, sub.execution_id, expect_active=active):
             raise HTTPError(409, "the session changed meanwhile (another message started); retry")
-        sub.history = await history_messages(conn, session.id, before_seq=None, exclude_execution=None)
+        with timed("history_load", session.id, sub.plan):
+            sub.history = await history_messages(conn, session.id, before_seq=None, exclude_execution=None)
         appended.append(await sessions.append(conn, session.id, role="user", content=req.content, execution_id=sub.execution_id))
 
     async def undo(conn: AsyncConnection) -> None:

@@ -3,12 +3,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.settings import KafkaSettings
 
 SessionPolicy = Literal["reject", "enqueue", "interrupt"]
+
+
+class ServiceEndpoint(BaseModel):
+    """An external service the orchestrator delegates jobs to (services/orchestrator/coordinator.py)."""
+
+    url: str
+    token: SecretStr | None = None  # sent as `Authorization: Bearer`; never logged
+    timeout_s: float = 5.0  # per HTTP attempt
 
 
 class OrchestratorSettings(BaseSettings):
@@ -67,6 +75,17 @@ class OrchestratorSettings(BaseSettings):
     callback_max_attempts: int = 6
     callback_backoff_s: float = 2.0
     callback_poll_s: float = 0.5
+
+    # Service coordination: the Query (LLM + RAG) and Embedding services, JSON in
+    # AGENTSTREAM_QUERY_SERVICE / AGENTSTREAM_EMBEDDING_SERVICE, e.g. {"url": "http://q:8101", "token": "..."}.
+    # They report completions with a token of `service_tokens` under the names "query" / "embedding".
+    query_service: ServiceEndpoint | None = None
+    embedding_service: ServiceEndpoint | None = None
+    service_attempts: int = 3  # HTTP attempts per delegation (retriable errors only), with exponential backoff
+    service_backoff_s: float = 0.2
+    breaker_failures: int = 5  # consecutive failed delegations that open a service's circuit
+    breaker_reset_s: float = 15.0  # an open circuit lets one trial call through after this
+    delegated_job_timeout_s: float = 120.0  # upper bound of a delegated job's deadline
 
     def tenant_for(self, key: str | None) -> str | None:
         """The tenant of a settings-configured (bootstrap) key."""

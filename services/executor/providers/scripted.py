@@ -2,6 +2,9 @@
 
 Turn 1 streams a short preface and asks the calculator to evaluate the first arithmetic expression
 in the user's input (or ``6*7``). Turn 2, after the tool result, streams the answer.
+
+With ``knowledge_search`` allowed and a question about the documents as input, turn 1 searches the
+documents instead, and turn 2 answers from what the search returned.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from schemas.events import Usage
 from services.executor.providers.base import Chunk, ModelRequest, TextDelta, ToolCall, TurnEnd
 
+_DOCS_QUESTION = re.compile(r"\b(docs?|documents?|documentation|knowledge base)\b", re.IGNORECASE)
 _EXPR = re.compile(r"[-+]?\d+(?:\.\d+)?(?:\s*[-+*/]\s*\(?\s*[-+]?\d+(?:\.\d+)?\s*\)?)+")
 
 
@@ -30,6 +35,11 @@ class ScriptedProvider:
         tool_results = [m for m in messages if m["role"] == "tool"]
         has_calculator = any(t.name == "calculator" for t in request.tools)
         prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)
+        if any(t.name == "knowledge_search" for t in request.tools):
+            async for chunk in self._knowledge(user, messages, tool_results, prompt_tokens):
+                yield chunk
+                if isinstance(chunk, TurnEnd):
+                    return
         if has_calculator and not tool_results:
             match = _EXPR.search(user)
             expression = match.group(0).strip() if match else "6*7"
@@ -47,6 +57,33 @@ class ScriptedProvider:
                 text = f"The calculator says {payload['result']}. You asked: {user}"
         else:
             text = f"You said: {user}"
+        async for delta in self._words(text):
+            yield delta
+        yield TurnEnd(usage=_usage(prompt_tokens, text))
+
+    async def _knowledge(
+        self, user: str, messages: Sequence[dict[str, Any]], tool_results: list[Any], prompt_tokens: int
+    ) -> AsyncIterator[Chunk]:
+        """Search the documents for a question about them; answer from the search's result."""
+        if not tool_results:
+            if "?" not in user or not _DOCS_QUESTION.search(user):
+                return
+            text = "Let me search the documents."
+            async for delta in self._words(text):
+                yield delta
+            call = ToolCall(id="call_1", name="knowledge_search", arguments=json.dumps({"query": user}))
+            yield TurnEnd(tool_calls=(call,), usage=_usage(prompt_tokens, text))
+            return
+        called = [c["function"]["name"] for m in messages for c in (m.get("tool_calls") or ())]
+        if not called or called[-1] != "knowledge_search":
+            return
+        payload = json.loads(tool_results[-1]["content"])
+        if "error" in payload:
+            text = f"I could not search the documents: {payload['error']}. You asked: {user}"
+        else:
+            found = payload["result"]
+            titles = ", ".join(d.get("title") or d.get("id", "") for d in found.get("documents", [])[:3])
+            text = f"According to the documents: {found.get('answer', '')} (sources: {titles}; job {found.get('job_id', '')})"
         async for delta in self._words(text):
             yield delta
         yield TurnEnd(usage=_usage(prompt_tokens, text))

@@ -29,8 +29,13 @@ def _v1_initial(conn: Connection) -> None:
     tables.metadata.create_all(conn)
 
 
+def _v2_service_calls(conn: Connection) -> None:
+    tables.service_calls.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial: tenants, keys, sessions, messages, tasks, idempotency, batches, deliveries, usage", _v1_initial),
+    (2, "service_calls: orchestration plans and delegated jobs", _v2_service_calls),
 ]
 
 

@@ -154,3 +154,23 @@ usage = Table(
     Column("ts", Float, nullable=False),
     Index("ix_usage_tenant_ts", "tenant_id", "ts"),
 )
+
+# Orchestration plans: the ordered service calls made on behalf of an execution (agent config,
+# history, delegated jobs, the execution itself). A delegated job's row holds the executor's
+# request id (unique: each request is delegated once) and how to reach the waiting tool call.
+service_calls = Table(
+    "service_calls",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("execution_id", String(64), nullable=False, index=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),  # agent_config | history_load | execution | job | late_completion
+    Column("target", String(128), nullable=False),  # agent, session, or service name
+    Column("job_id", String(64), index=True),
+    Column("request_id", String(255), unique=True),
+    Column("outcome", String(16), nullable=False),  # pending | running | ok | completed | failed | timed_out | cancelled | ignored
+    Column("detail", Text),
+    Column("meta", JSON),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+)

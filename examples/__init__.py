@@ -1,0 +1,1 @@
+"""Examples beside the platform: reference services for tests and the demo."""

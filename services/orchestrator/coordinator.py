@@ -1,0 +1,441 @@
+"""Service coordination: the orchestrator is the only door to the Query (LLM + RAG) and Embedding services.
+
+An executor's tool publishes ``job.requested`` (``jobs.requested``); the coordinator checks it
+against the execution it names (same tenant, still running), registers a job in the task registry
+(tenant, session, execution, agent, deadline) and an entry in the execution's plan, then delegates:
+``POST {service}/jobs`` with the job id it chose. The service answers at once; the job ends when it
+reports over ``/ws/task_updates`` or ``jobs.completed`` (``completions.apply_job_completed``), or
+when the sweeper finds it past its deadline. Every end goes through ``Lifecycle.finalize``; the
+coordinator's end hook then publishes ``job.updated`` on ``jobs.updates``, where the waiting
+executor picks it up.
+
+Errors of the service clients::
+
+    ServiceError (AgentstreamError)
+     ├── ServiceUnavailable   retriable: connect error, timeout, 408/425/429/5xx
+     ├── CircuitOpen          retriable: too many failures lately; not called until the breaker resets
+     ├── ServiceRejected      4xx: the service refused the job
+     └── BadServiceAnswer     the answer is not JSON or does not carry our job id
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from schemas.events import JobRequested, JobUpdated, Usage
+from services.common.dlq import send_to_dlq
+from services.common.errors import AgentstreamError
+from services.common.kafka import encode, event_headers
+from services.orchestrator.breaker import CircuitBreaker
+from services.orchestrator.completions import _Follower
+from services.orchestrator.lifecycle import Lifecycle, new_id
+from services.orchestrator.settings import OrchestratorSettings, ServiceEndpoint
+from services.orchestrator.store import plans, tasks
+from services.orchestrator.store.tables import service_calls
+from services.orchestrator.store.tasks import Task
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("query", "embedding")
+
+
+class ServiceError(AgentstreamError):
+    counts_against_service = True
+
+
+class ServiceUnavailable(ServiceError):
+    retriable = True
+
+
+class CircuitOpen(ServiceError):
+    retriable = True
+    counts_against_service = False
+
+
+class ServiceRejected(ServiceError):
+    counts_against_service = False  # our request was refused; the service itself is fine
+
+
+class BadServiceAnswer(ServiceError):
+    pass
+
+
+# -- what the services take and give -------------------------------------------------------------
+class QueryInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1, max_length=2000)
+    top_k: int = Field(default=3, ge=1, le=10)
+
+
+class EmbeddingInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(min_length=1, max_length=64)
+
+
+class Document(BaseModel):
+    id: str
+    text: str
+    title: str = ""
+    score: float = 0.0
+
+
+class QueryResult(BaseModel):
+    answer: str
+    documents: list[Document] = Field(max_length=50)
+
+
+class EmbeddingResult(BaseModel):
+    model: str
+    embeddings: list[list[float]] = Field(min_length=1)
+
+
+INPUTS: dict[str, type[BaseModel]] = {"query": QueryInput, "embedding": EmbeddingInput}
+
+
+def check_query_result(result: Any) -> str | None:
+    try:
+        QueryResult.model_validate(result)
+    except ValidationError as exc:
+        return f"the query service reported an invalid result: {_first_error(exc)}"
+    return None
+
+
+def check_embedding_result(result: Any) -> str | None:
+    try:
+        parsed = EmbeddingResult.model_validate(result)
+    except ValidationError as exc:
+        return f"the embedding service reported an invalid result: {_first_error(exc)}"
+    if len({len(v) for v in parsed.embeddings}) != 1 or not parsed.embeddings[0]:
+        return "the embedding service reported vectors of different or zero dimensions"
+    return None
+
+
+def _first_error(exc: ValidationError) -> str:
+    e = exc.errors(include_url=False, include_input=False)[0]
+    return f"{'.'.join(str(p) for p in e['loc']) or 'result'}: {e['msg']}"
+
+
+# -- one external service ---------------------------------------------------------------------------
+class ServiceClient:
+    """``POST {url}/jobs`` with ``{job_id, tenant_id, service, input, deadline}`` -> 2xx ``{job_id}``.
+
+    The job id is ours, so a retried POST names the same job (the service answers it again) and a
+    completion can never arrive for a job we have not registered yet.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: ServiceEndpoint,
+        *,
+        attempts: int,
+        backoff_s: float,
+        breaker: CircuitBreaker,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self.endpoint = endpoint
+        self.breaker = breaker
+        self._attempts = max(1, attempts)
+        self._backoff_s = backoff_s
+        headers = {"Authorization": f"Bearer {endpoint.token.get_secret_value()}"} if endpoint.token else {}
+        self._http = httpx.AsyncClient(base_url=endpoint.url, timeout=endpoint.timeout_s, headers=headers, transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def submit(self, *, job_id: str, tenant_id: str, payload: dict[str, Any], deadline: float) -> None:
+        if not self.breaker.allow():
+            raise CircuitOpen(
+                f"the {self.name} service is unavailable: circuit open after repeated failures "
+                f"(next try in {self.breaker.retry_after():.1f}s)"
+            )
+        body = {
+            "job_id": job_id,
+            "tenant_id": tenant_id,
+            "service": self.name,
+            "input": payload,
+            "deadline": datetime.fromtimestamp(deadline, UTC).isoformat(),
+        }
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(multiplier=self._backoff_s, max=max(self._backoff_s, 2.0)),
+            retry=retry_if_exception(lambda e: isinstance(e, ServiceError) and e.retriable),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._post(body, job_id)
+        except ServiceError as exc:
+            if exc.counts_against_service:
+                self.breaker.failure()
+            else:
+                self.breaker.success()
+            raise
+        self.breaker.success()
+
+    async def _post(self, body: dict[str, Any], job_id: str) -> None:
+        try:
+            response = await self._http.post("/jobs", json=body)
+        except httpx.TimeoutException as exc:
+            raise ServiceUnavailable(f"the {self.name} service did not answer within {self.endpoint.timeout_s:g}s") from exc
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(f"the {self.name} service is unreachable at {self.endpoint.url}: {type(exc).__name__}") from exc
+        status = response.status_code
+        if status in (408, 425, 429) or status >= 500:
+            raise ServiceUnavailable(f"the {self.name} service answered {status}")
+        if status >= 400:
+            raise ServiceRejected(f"the {self.name} service refused the job: {status} {response.text[:200]}")
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise BadServiceAnswer(f"the {self.name} service answered with something that is not JSON: {response.text[:80]!r}") from exc
+        if not isinstance(data, dict) or data.get("job_id") != job_id:
+            raise BadServiceAnswer(f"the {self.name} service answered without the job id {job_id!r}: {str(data)[:120]}")
+
+
+# -- the coordinator ----------------------------------------------------------------------------------
+class JobRequests(_Follower):
+    """``jobs.requested``, one consumer group for every orchestrator replica."""
+
+    name = "job-requests"
+
+    def __init__(self, lifecycle: Lifecycle, coordinator: ServiceCoordinator) -> None:
+        kafka = lifecycle.settings.kafka
+        super().__init__(lifecycle, kafka.topics.jobs_requested, f"{kafka.topic_prefix}orchestrator-delegate")
+        self._coordinator = coordinator
+
+    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            request = JobRequested.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            reason = f"invalid job.requested: {_first_error(exc)}"
+            log.warning("jobs.requested %s@%s: %s", record.partition, record.offset, reason)
+            await send_to_dlq(self._lifecycle.producer, self._lifecycle.settings.kafka.topics, record, reason)
+            return
+        await self._coordinator.accept(request)
+
+
+class ServiceCoordinator:
+    def __init__(self, settings: OrchestratorSettings, lifecycle: Lifecycle, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        self.lifecycle = lifecycle
+        self.clients: dict[str, ServiceClient] = {}
+        for name, endpoint in (("query", settings.query_service), ("embedding", settings.embedding_service)):
+            if endpoint is not None:
+                breaker = CircuitBreaker(failures=settings.breaker_failures, reset_s=settings.breaker_reset_s)
+                self.clients[name] = ServiceClient(
+                    name,
+                    endpoint,
+                    attempts=settings.service_attempts,
+                    backoff_s=settings.service_backoff_s,
+                    breaker=breaker,
+                    transport=transport,
+                )
+        self.requests = JobRequests(lifecycle, self)
+        self._background: set[asyncio.Task[None]] = set()
+        lifecycle.end_hooks.append(self._on_end)
+        lifecycle.late_hooks.append(self._on_late)
+        lifecycle.result_checks.update({"query": check_query_result, "embedding": check_embedding_result})
+
+    async def start(self) -> None:
+        await self.requests.start()
+
+    async def stop(self) -> None:
+        await self.requests.stop()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for client in self.clients.values():
+            await client.aclose()
+
+    # -- delegation -----------------------------------------------------------------------------
+    async def accept(self, request: JobRequested) -> None:
+        """Register and delegate one request (once: a redelivered one only repeats what became of it)."""
+        store = self.lifecycle.store
+        async with store.begin() as conn:
+            known = await plans.by_request(conn, request.request_id)
+            if known is not None:
+                job = await tasks.get(conn, known.job_id) if known.job_id else None
+            else:
+                execution = await tasks.get(conn, request.execution_id, tenant_id=request.tenant_id)
+                problem = self._problem(request, execution)
+                if problem is None:
+                    assert execution is not None
+                    job_id = "job_" + new_id()
+                    timeout_s = min(request.timeout_s or self.settings.delegated_job_timeout_s, self.settings.delegated_job_timeout_s)
+                    deadline = time.time() + timeout_s
+                    await tasks.create(
+                        conn,
+                        id=job_id,
+                        kind="job",
+                        origin="delegated",
+                        tenant_id=request.tenant_id,
+                        agent_id=execution.agent_id,
+                        service=request.service,
+                        session_id=execution.session_id,
+                        deadline=deadline,
+                    )
+                    await plans.add(
+                        conn,
+                        execution_id=request.execution_id,
+                        tenant_id=request.tenant_id,
+                        kind="job",
+                        target=request.service,
+                        job_id=job_id,
+                        request_id=request.request_id,
+                        outcome="pending",
+                        meta={"call_id": request.call_id, "attempt": request.attempt, "deadline": deadline},
+                    )
+        if known is not None:
+            if job is not None:
+                await self._publish(request, job.id, "accepted" if job.open else job.state, job=job)
+            return
+        if problem is not None:
+            log.warning("job request %s of execution %s refused: %s", request.request_id, request.execution_id, problem)
+            await self._publish(request, "", "failed", error=problem)
+            return
+        self._spawn(self._delegate(request, job_id, deadline))
+
+    def _problem(self, request: JobRequested, execution: Task | None) -> str | None:
+        if execution is None or execution.kind != "execution":
+            return f"execution {request.execution_id!r} is not known for tenant {request.tenant_id!r}"
+        if not execution.open:
+            return f"execution {request.execution_id!r} already ended ({execution.state})"
+        if request.service not in SERVICES:
+            return f"unknown service {request.service!r}; known: {list(SERVICES)}"
+        if request.service not in self.clients:
+            env = f"AGENTSTREAM_{request.service.upper()}_SERVICE"
+            return f"the {request.service} service is not configured on the orchestrator (set {env})"
+        try:
+            INPUTS[request.service].model_validate(request.payload)
+        except ValidationError as exc:
+            return f"invalid {request.service} input: {_first_error(exc)}"
+        return None
+
+    async def _delegate(self, request: JobRequested, job_id: str, deadline: float) -> None:
+        try:
+            client = self.clients[request.service]
+            await client.submit(job_id=job_id, tenant_id=request.tenant_id, payload=request.payload, deadline=deadline)
+            async with self.lifecycle.store.begin() as conn:
+                await tasks.mark_running(conn, job_id)
+                await plans.set_outcome(conn, job_id, "running", f"accepted by the {request.service} service")
+        except ServiceError as exc:
+            log.warning("delegating %s job %s failed: %s", request.service, job_id, exc)
+            await self.lifecycle.finalize(job_id, "failed", error=str(exc))  # the end hook tells the executor
+            return
+        except Exception as exc:
+            log.exception("delegating %s job %s failed", request.service, job_id)
+            await self.lifecycle.finalize(job_id, "failed", error=f"delegation failed: {type(exc).__name__}")
+            return
+        await self._publish(request, job_id, "accepted")
+
+    # -- ends -------------------------------------------------------------------------------------
+    async def _on_end(self, task: Task) -> None:
+        if task.kind == "execution":
+            await self._end_execution(task)
+        elif task.kind == "job" and task.origin == "delegated":
+            await self._end_job(task)
+
+    async def _end_execution(self, task: Task) -> None:
+        async with self.lifecycle.store.begin() as conn:
+            await plans.end(conn, execution_id=task.id, kind="execution", outcome=task.state, detail=task.error)
+            rows = await conn.execute(
+                service_calls.select().where(
+                    service_calls.c.execution_id == task.id, service_calls.c.kind == "job", service_calls.c.ended_at.is_(None)
+                )
+            )
+            open_jobs = [r.job_id for r in rows if r.job_id]
+        for job_id in open_jobs:  # nobody waits for them any more
+            await self.lifecycle.finalize(job_id, "cancelled", error=f"execution {task.id} ended ({task.state})")
+
+    async def _end_job(self, task: Task) -> None:
+        async with self.lifecycle.store.begin() as conn:
+            row = await plans.of_job(conn, task.id)
+            if row is None:
+                return
+            await plans.end(conn, execution_id=row.execution_id, kind="job", job_id=task.id, outcome=task.state, detail=task.error)
+        meta = row.meta or {}
+        update = JobUpdated(
+            tenant_id=task.tenant_id,
+            execution_id=row.execution_id,
+            session_id=task.session_id,
+            agent_id=task.agent_id,
+            attempt=int(meta.get("attempt", 1)),
+            request_id=row.request_id or "",
+            job_id=task.id,
+            service=task.service or "",
+            status=task.state,  # type: ignore[arg-type]
+            result=task.result if task.state == "completed" else None,
+            error=task.error,
+            usage=Usage.model_validate(task.usage) if task.usage else None,
+        )
+        await self._send(update)
+
+    async def _on_late(self, task: Task, message: dict[str, Any]) -> None:
+        log.warning("late completion of %s job %s ignored: the job already ended (%s)", task.service, task.id, task.state)
+        if task.origin != "delegated":
+            return
+        async with self.lifecycle.store.begin() as conn:
+            row = await plans.of_job(conn, task.id)
+            if row is None:
+                return
+            now = time.time()
+            await plans.add(
+                conn,
+                execution_id=row.execution_id,
+                tenant_id=task.tenant_id,
+                kind="late_completion",
+                target=task.service or "",
+                job_id=task.id,
+                outcome="ignored",
+                detail=f"completion arrived after the job ended ({task.state})",
+                started_at=now,
+                ended_at=now,
+                meta={"error": message.get("error")} if message.get("error") else None,
+            )
+
+    async def _publish(self, request: JobRequested, job_id: str, status: str, *, job: Task | None = None, error: str | None = None) -> None:
+        update = JobUpdated(
+            tenant_id=request.tenant_id,
+            execution_id=request.execution_id,
+            session_id=request.session_id,
+            agent_id=request.agent_id,
+            attempt=request.attempt,
+            request_id=request.request_id,
+            job_id=job_id,
+            service=request.service,
+            status=status,  # type: ignore[arg-type]
+            result=job.result if job is not None and status == "completed" else None,
+            error=error or (job.error if job is not None else None),
+        )
+        await self._send(update)
+
+    async def _send(self, update: JobUpdated) -> None:
+        try:
+            await self.lifecycle.producer.send_and_wait(
+                self.settings.kafka.topics.jobs_updates,
+                value=encode(update),
+                key=update.execution_id.encode(),
+                headers=event_headers(type_=update.type, tenant_id=update.tenant_id, attempt=update.attempt),
+            )
+        except KafkaError:
+            # The executor then ends the wait on its own timeout, with that reason.
+            log.exception("could not publish job.updated (%s) of job %s", update.status, update.job_id)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
