@@ -12,10 +12,15 @@ from services.common.observability.metrics import DLQ_RECORDS
 log = logging.getLogger(__name__)
 
 
-async def send_to_dlq(producer: AIOKafkaProducer, topics: Topics, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+async def send_to_dlq(
+    producer: AIOKafkaProducer, topics: Topics, record: ConsumerRecord[bytes, bytes], reason: str, *, consumer: str = ""
+) -> None:
+    """Park a record that could not be processed. ``consumer`` names the reader that gave up on it:
+    readers without a group (status views, bridge tails, control tails) each report their own copy."""
     headers = [
         *(record.headers or ()),
         ("dlq.reason", reason[:4000].encode()),
+        ("dlq.consumer", consumer.encode()),
         ("dlq.topic", record.topic.encode()),
         ("dlq.partition", str(record.partition).encode()),
         ("dlq.offset", str(record.offset).encode()),

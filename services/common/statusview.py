@@ -11,11 +11,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.status import ExecutionStatus
+from services.common.dlq import send_to_dlq
 from services.common.kafka import encode, partitions_of
 from services.common.settings import KafkaSettings
 
@@ -23,8 +24,10 @@ log = logging.getLogger(__name__)
 
 
 class StatusView:
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, *, dlq: AIOKafkaProducer | None = None, name: str = "status-view") -> None:
         self._settings = settings
+        self._dlq = dlq
+        self._name = name
         self._topic = settings.topics.status
         self._items: dict[str, ExecutionStatus] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -110,7 +113,7 @@ class StatusView:
                     try:
                         changed |= self.apply(ExecutionStatus.model_validate_json(record.value))
                     except ValidationError as exc:
-                        log.warning("status view: skipping malformed snapshot at %s:%s: %s", record.partition, record.offset, exc)
+                        await self._reject(record, f"invalid status snapshot: {exc}")
             if pending:
                 for tp in list(pending):
                     if await consumer.position(tp) >= end[tp]:
@@ -120,6 +123,15 @@ class StatusView:
             if changed:
                 async with self._changed:
                     self._changed.notify_all()
+
+    async def _reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        if self._dlq is None:
+            log.warning("status view: skipping malformed snapshot at %s:%s: %s", record.partition, record.offset, reason)
+            return
+        try:
+            await send_to_dlq(self._dlq, self._settings.topics, record, reason, consumer=self._name)
+        except KafkaError as exc:
+            log.warning("status view: could not park a malformed snapshot in the DLQ: %s", exc)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -109,9 +109,11 @@ class Executor:
             tool_retry_backoff_s=settings.tool_retry_backoff_s,
         )
         self.http = httpx.AsyncClient(timeout=settings.tool_timeout_s)
-        self.status = StatusView(settings.kafka)
-        self.control = ControlTail(settings.kafka, on_cancel=self.request_cancel, client_id=f"{settings.instance_id}-control")
         self.producer: AIOKafkaProducer = make_producer(settings.kafka, client_id=f"{settings.instance_id}-producer")
+        self.status = StatusView(settings.kafka, dlq=self.producer, name=f"{settings.instance_id}-status-view")
+        self.control = ControlTail(
+            settings.kafka, on_cancel=self.request_cancel, client_id=f"{settings.instance_id}-control", dlq=self.producer
+        )
         self.broker = KafkaBroker(settings.kafka.bootstrap, client_id=settings.instance_id, log_level=logging.DEBUG)
         # knowledge_search / embed: jobs delegated through the orchestrator (jobtools.py).
         self.jobs = JobClient(

@@ -12,19 +12,28 @@ import logging
 from collections.abc import Callable
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.events import ExecutionCancelRequested
+from services.common.dlq import send_to_dlq
 from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 
 class ControlTail:
-    def __init__(self, settings: KafkaSettings, *, on_cancel: Callable[[ExecutionCancelRequested], None], client_id: str) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        on_cancel: Callable[[ExecutionCancelRequested], None],
+        client_id: str,
+        dlq: AIOKafkaProducer | None = None,
+    ) -> None:
         self._settings = settings
+        self._dlq = dlq
         self._topic = settings.topics.control
         self._on_cancel = on_cancel
         self._client_id = client_id
@@ -65,9 +74,18 @@ class ControlTail:
                             continue  # other control messages are not ours
                         request = ExecutionCancelRequested.model_validate(raw)
                     except (orjson.JSONDecodeError, ValidationError) as exc:
-                        log.warning("control tail: skipping malformed record at offset %s: %s", record.offset, exc)
+                        await self._reject(record, f"invalid control record: {exc}")
                         continue
                     self._on_cancel(request)
+
+    async def _reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        if self._dlq is None:
+            log.warning("control tail: skipping malformed record at offset %s: %s", record.offset, reason)
+            return
+        try:
+            await send_to_dlq(self._dlq, self._settings.topics, record, reason, consumer=self._client_id)
+        except KafkaError as exc:
+            log.warning("control tail: could not park a malformed record in the DLQ: %s", exc)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -84,10 +84,11 @@ def create_app(settings: OrchestratorSettings | None = None) -> Starlette:
         await ensure_topics(settings.kafka, extra=reply_topics)
         producer = make_producer(settings.kafka, client_id="orchestrator")
         await start_client(producer, settings.kafka)
-        status = StatusView(settings.kafka)
+        status = StatusView(settings.kafka, dlq=producer, name="orchestrator-status-view")
         bridge = Bridge(
             settings.kafka,
             status,
+            dlq=producer,
             reply_topics=reply_topics,
             recent_ttl_s=settings.bridge_recent_ttl_s,
             recent_max_bytes=settings.bridge_recent_max_mb * 1024 * 1024,

@@ -22,12 +22,13 @@ from collections.abc import Coroutine, Iterable
 from typing import Any, TypeAlias
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.events import TERMINAL_TYPES, EventAdapter, ExecutionCancelled, ExecutionCompleted, ExecutionFailed
 from schemas.status import ExecutionStatus
+from services.common.dlq import send_to_dlq
 from services.common.kafka import header, partitions_of
 from services.common.observability import metrics
 from services.common.observability.tracing import delivery_spans
@@ -111,17 +112,34 @@ class RecentRecords:
             self._bytes -= len(record.value or b"")
 
 
+def _malformed(record: Record) -> str | None:
+    """What makes a record unfit to forward, checked without parsing its value (clients parse it)."""
+    if not record.key:
+        return "event record without a key (execution_id)"
+    if not header(record.headers, "type"):
+        return "event record without a `type` header"
+    attempt = header(record.headers, "attempt")
+    if attempt is not None and not attempt.isdigit():
+        return f"event record with a non-numeric `attempt` header {attempt!r}"
+    value = record.value or b""
+    if value[:1] != b"{" or value.rstrip()[-1:] != b"}":
+        return "event record whose value is not a JSON object"
+    return None
+
+
 class Bridge:
     def __init__(
         self,
         settings: KafkaSettings,
         status: StatusView,
         *,
+        dlq: AIOKafkaProducer | None = None,
         reply_topics: Iterable[str] = (),
         recent_ttl_s: float = 120.0,
         recent_max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self._settings = settings
+        self._dlq = dlq
         self._topics = sorted({settings.topics.events, *reply_topics})
         self.status = status
         self._subs: dict[str, set[Subscription]] = {}
@@ -193,14 +211,28 @@ class Bridge:
                 await asyncio.sleep(1)
                 continue
             for records in batches.values():
+                rejected: list[tuple[Record, str]] = []
                 with delivery_spans(records, self._subs):
                     for record in records:
-                        self._dispatch(record)
+                        problem = _malformed(record)
+                        if problem is None:
+                            self._dispatch(record)
+                        else:
+                            rejected.append((record, problem))
+                for record, problem in rejected:
+                    await self._reject(record, problem)
+
+    async def _reject(self, record: Record, reason: str) -> None:
+        if self._dlq is None:
+            log.warning("bridge tail: skipping malformed record %s:%s@%s: %s", record.topic, record.partition, record.offset, reason)
+            return
+        try:
+            await send_to_dlq(self._dlq, self._settings.topics, record, reason, consumer="bridge-tail")
+        except KafkaError as exc:
+            log.warning("bridge tail: could not park a malformed record in the DLQ: %s", exc)
 
     def _dispatch(self, record: Record) -> None:
-        if not record.key:
-            return
-        execution_id = record.key.decode()
+        execution_id = record.key.decode()  # a key is there: checked by _malformed
         terminal = header(record.headers, "type") in TERMINAL_TYPES
         self._recent.add(execution_id, record, terminal=terminal)
         if terminal:
