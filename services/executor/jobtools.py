@@ -17,11 +17,12 @@ import logging
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.events import JobRequested, JobUpdated, ToolCallProgress
+from services.common.dlq import send_to_dlq
 from services.common.kafka import encode, event_headers
 from services.common.settings import KafkaSettings
 from services.executor.providers.base import ToolSpec
@@ -82,25 +83,34 @@ class JobClient:
                 continue
             for records in batches.values():
                 for record in records:
-                    self._deliver(record.value or b"", record.offset)
+                    problem = self._deliver(record.value or b"")
+                    if problem is not None:
+                        await self._reject(record, problem)
 
-    def _deliver(self, value: bytes, offset: int) -> None:
+    async def _reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        try:
+            await send_to_dlq(self._producer, self._settings.topics, record, reason, consumer=self._client_id)
+        except KafkaError as exc:
+            log.warning("jobs.updates tail: could not park a malformed record in the DLQ (%s): %s", reason, exc)
+
+    def _deliver(self, value: bytes) -> str | None:
+        """Hand an update to its waiter; return why the record is malformed, if it is."""
         try:
             raw = orjson.loads(value)
             if not isinstance(raw, dict) or raw.get("type") != "job.updated":
-                return
+                return None if isinstance(raw, dict) else "jobs.updates record is not a JSON object"
             update = JobUpdated.model_validate(raw)
         except (orjson.JSONDecodeError, ValidationError) as exc:
-            log.warning("jobs.updates tail: skipping malformed record at offset %s: %s", offset, exc)
-            return
+            return f"invalid job.updated: {exc}"
         waiter = self._waiters.get(update.request_id)
         if waiter is None:
-            return  # another executor's, or a wait that already ended
+            return None  # another executor's, or a wait that already ended
         tenant_id, queue = waiter
         if update.tenant_id != tenant_id:
             log.warning("jobs.updates: update for request %s names tenant %r; ignored", update.request_id, update.tenant_id)
-            return
+            return None
         queue.put_nowait(update)
+        return None
 
     async def run(self, service: str, payload: dict[str, Any]) -> tuple[str, Any]:
         """Delegate one job for the current tool call; return (job_id, result) or raise ToolError."""
