@@ -52,6 +52,12 @@ async def _round_trip(bootstrap: str, rate: float, seconds: float) -> dict[str, 
     finally:
         await producer.stop()
         await consumer.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([topic])
+        finally:
+            await admin.close()
     return {"latencies_ms": latencies, "records": total, "rate": rate, "client_cpu_s": time.process_time() - cpu0}
 
 

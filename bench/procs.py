@@ -166,6 +166,8 @@ def services_env(*, prefix: str, port: int, work: Path, agents_file: Path, model
         "AGENTSTREAM_EXECUTOR_COMPATIBLE_BASE_URL": model_url,
         "AGENTSTREAM_EXECUTOR_MAX_CONCURRENCY": "2000",
         "AGENTSTREAM_EXECUTOR_INSTANCE_ID": f"{prefix}executor",
+        # The coalescing sweep restarts the executor: let the group settle fast (the broker's minimum).
+        "AGENTSTREAM_EXECUTOR_SESSION_TIMEOUT_MS": "6000",
         # A patched copy of schemas/ and services/ to measure a proposed fix against (before/after).
         **({"PYTHONPATH": os.environ[PATCHED]} if os.environ.get(PATCHED) else {}),
     }

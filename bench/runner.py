@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import multiprocessing
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 
 from bench import clients, kafkafloor, stats
@@ -48,6 +50,7 @@ class Run:
         self.ftd_s = scenario.first_token_delay_ms / 1000
         self.results: dict[str, Any] = {"scenario": scenario.name, "topic_prefix": self.prefix}
         self.watched: list[Proc] = []
+        self.kafka = _kafka_process(bootstrap)
         self.peak: dict[str, int] = {}
         ctx = multiprocessing.get_context("spawn")
         self.workers = scenario.client_processes
@@ -127,7 +130,15 @@ class Run:
 
     # -- measuring ------------------------------------------------------------------------
     def _cpu(self) -> dict[str, float]:
-        return {p.name: p.cpu() for p in self.watched}
+        cpu = {p.name: p.cpu() for p in self.watched}
+        if self.kafka is not None:
+            with contextlib.suppress(psutil.Error):
+                k = self.kafka.cpu_times()
+                cpu["kafka"] = k.user + k.system
+        # Every process on the machine: what is neither ours nor Kafka is other people's load.
+        t = psutil.cpu_times()
+        cpu["machine"] = t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+        return cpu
 
     def _spread(self, fn: Callable[..., dict[str, Any]], n: int, args: Callable[[int], tuple[Any, ...]]) -> list[dict[str, Any]]:
         pending = [self.pool.apply_async(fn, args(share)) for share in _shares(n, self.workers)]
@@ -148,7 +159,12 @@ class Run:
         out = stats.summarize(
             stats.merge(parts), expected_tokens=load.concurrency * load.tokens, first_token_delay_s=self.ftd_s, rate=load.rate
         )
-        out["service_cpu_s"] = {name: cpu1[name] - cpu0.get(name, cpu1[name]) for name in cpu1}
+        out["service_cpu_s"] = {name: cpu1[name] - cpu0.get(name, cpu1[name]) for name in cpu1 if name != "machine"}
+        machine = cpu1["machine"] - cpu0["machine"]
+        ours = sum(out["service_cpu_s"].values()) + out["client_cpu_s"]
+        # CPU seconds spent by processes that are not part of this benchmark (other work on the machine).
+        out["foreign_cpu_s"] = max(0.0, machine - ours)
+        out["machine_cpu_s"] = machine
         if out["tokens"]:
             out["cpu_ms_per_token"] = {name: 1000 * cpu / out["tokens"] for name, cpu in out["service_cpu_s"].items()}
         lat = out["latency_ms"]
@@ -156,7 +172,7 @@ class Run:
             f"{kind:11} {load.label:>14}: p50 {_f(lat['p50'])} p99 {_f(lat['p99'])} max {_f(lat['max'])} ms, "
             f"ttft+ p50 {_f(out['ttft_overhead_ms']['p50'])}, {_f(out['delivered_tps'])} tok/s, "
             f"{out['tokens']}/{out['expected_tokens']} tokens, errors {out['error_count']}, client cpu {out['client_cpu_s']:.2f}s, "
-            f"services cpu {', '.join(f'{k} {v:.2f}s' for k, v in out['service_cpu_s'].items())}"
+            f"services cpu {', '.join(f'{k} {v:.2f}s' for k, v in out['service_cpu_s'].items())}, foreign cpu {out['foreign_cpu_s']:.2f}s"
         )
         return out
 
@@ -231,7 +247,7 @@ class Run:
                 "errors": raw["errors"][:5],
                 "error_count": len(raw["errors"]),
                 "client_cpu_s": raw["client_cpu_s"],
-                "service_cpu_s": {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1},
+                "service_cpu_s": _delta(cpu0, cpu1),
                 "orchestrator_rss_mb": orch.rss() / 2**20,
             }
             d = row["delivery_ms"]
@@ -317,7 +333,7 @@ class Run:
             "latency_ms": {k: v for k, v in stats.latency(lat).items() if k != "cdf"},
             "errors": [e for o in outs for e in o["errors"]][:5],
             "client_cpu_s": sum(o["client_cpu_s"] for o in outs),
-            "service_cpu_s": {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1},
+            "service_cpu_s": _delta(cpu0, cpu1),
         }
         r = self.results["accept"]
         console.log(
@@ -327,6 +343,44 @@ class Run:
 
     def memory_idle(self) -> None:
         self.results["rss_idle_mb"] = {p.name: p.rss() / 2**20 for p in self.watched}
+
+
+def _delete_topics(bootstrap: str, prefix: str) -> None:
+    """Drop this run's topics: a shared broker should not carry every run's partitions (heap, start-up time)."""
+
+    async def delete() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
+            if topics:
+                await admin.delete_topics(topics)
+        finally:
+            await admin.close()
+
+    try:
+        asyncio.run(delete())
+    except Exception as exc:
+        console.log(f"could not delete the topics of {prefix}*: {exc}")
+
+
+def _delta(cpu0: dict[str, float], cpu1: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per process between two marks; ``other`` is the rest of the machine (not ours, not Kafka)."""
+    out = {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1 if k != "machine"}
+    out["other"] = max(0.0, cpu1["machine"] - cpu0["machine"] - sum(out.values()))
+    return out
+
+
+def _kafka_process(bootstrap: str) -> psutil.Process | None:
+    """The local broker's process (to count its CPU per token), if it listens on this machine."""
+    port = int(bootstrap.rsplit(":", 1)[-1])
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                return psutil.Process(conn.pid)
+    except psutil.Error:
+        pass
+    return None
 
 
 def _ready(id_file: Path) -> int:
@@ -407,6 +461,7 @@ def run(scenario: Scenario, *, bootstrap: str, out_dir: Path, phases: set[str] |
                     console.print(f"--- {name} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
             raise
         results = bench.results
+    _delete_topics(bootstrap, bench.prefix)
     results["rss_peak_mb"] = {k: v / 2**20 for k, v in bench.peak.items()}
     results["machine"] = facts
     results["settings"] = {
