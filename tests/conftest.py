@@ -6,11 +6,14 @@ engine answers; the local broker from deploy/kafka (started if needed, left runn
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from services.common.localkafka import LocalKafka
 from services.common.settings import KafkaSettings
@@ -44,5 +47,21 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 @pytest.fixture
-def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
-    return KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", partitions=3)
+def kafka_settings(kafka_bootstrap: str) -> Iterator[KafkaSettings]:
+    settings = KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", partitions=3)
+    yield settings
+    # Each test makes its own topics: delete them afterwards, so the broker stays small over a whole run.
+    asyncio.run(_delete_topics(settings))
+
+
+async def _delete_topics(settings: KafkaSettings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    try:
+        await admin.start()
+        mine = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+    except KafkaError:
+        pass  # best effort: a test that stopped the broker must not fail here
+    finally:
+        await admin.close()

@@ -30,7 +30,7 @@ class LocalKafkaError(Exception):
 class LocalKafka:
     port: int = 9092
     controller_port: int = 9093
-    heap: str = "512m"
+    heap: str = "1g"
     home: Path = DEPLOY_DIR
 
     @property

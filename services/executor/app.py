@@ -238,7 +238,9 @@ class Executor:
         try:
             request = ExecutionRequested.model_validate_json(record.value or b"")
         except ValidationError as exc:
-            await send_to_dlq(self.producer, self.topics, record, f"invalid execution.requested: {exc}")
+            await send_to_dlq(
+                self.producer, self.topics, record, f"invalid execution.requested: {exc}", consumer=self.settings.consumer_group
+            )
             await self._finish(tp, record.offset)
             return
         if request.execution_id in self._running:

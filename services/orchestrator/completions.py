@@ -20,6 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
+from services.common.dlq import send_to_dlq
 from services.common.kafka import header
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.store import tasks
@@ -100,6 +101,15 @@ class _Follower:
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         raise NotImplementedError
 
+    async def reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        """Park a record this follower cannot apply in the DLQ, with the reason; then go on."""
+        log.warning("%s: rejected %s:%s@%s: %s", self.name, record.topic, record.partition, record.offset, reason)
+        lifecycle = self._lifecycle
+        try:
+            await send_to_dlq(lifecycle.producer, lifecycle.settings.kafka.topics, record, reason, consumer=self.name)
+        except KafkaError as exc:
+            log.warning("%s: could not park the record in the DLQ: %s", self.name, exc)
+
 
 class EventsFollower(_Follower):
     name = "events-follower"
@@ -117,7 +127,7 @@ class EventsFollower(_Follower):
             execution_id = str(event["execution_id"])
             attempt = int(event.get("attempt", 1))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            log.warning("events follower: skipping malformed %s at %s@%s: %s", type_, record.partition, record.offset, exc)
+            await self.reject(record, f"malformed {type_}: {exc}")
             return
         store = self._lifecycle.store
         if type_ in _TERMINAL:
@@ -162,12 +172,12 @@ class JobsFollower(_Follower):
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
             message = orjson.loads(record.value or b"")
-        except orjson.JSONDecodeError:
-            log.warning("jobs.completed: rejected a malformed record at %s@%s", record.partition, record.offset)
+        except orjson.JSONDecodeError as exc:
+            await self.reject(record, f"not JSON: {exc}")
             return
         ok, reason = await apply_job_completed(self._lifecycle, message, service=None)
         if not ok:
-            log.warning("jobs.completed: rejected record at %s@%s: %s", record.partition, record.offset, reason)
+            await self.reject(record, reason)
 
 
 async def apply_job_completed(lifecycle: Lifecycle, message: Any, *, service: str | None) -> tuple[bool, str]:

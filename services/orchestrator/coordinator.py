@@ -223,7 +223,7 @@ class JobRequests(_Follower):
         except ValidationError as exc:
             reason = f"invalid job.requested: {_first_error(exc)}"
             log.warning("jobs.requested %s@%s: %s", record.partition, record.offset, reason)
-            await send_to_dlq(self._lifecycle.producer, self._lifecycle.settings.kafka.topics, record, reason)
+            await send_to_dlq(self._lifecycle.producer, self._lifecycle.settings.kafka.topics, record, reason, consumer="coordinator")
             return
         await self._coordinator.accept(request)
 

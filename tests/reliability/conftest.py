@@ -8,6 +8,7 @@ import pytest
 
 from services.common.localkafka import LocalKafka
 from services.common.settings import KafkaSettings
+from tests.e2e.conftest import stack  # noqa: F401  # the same executor + orchestrator fixture as e2e
 
 
 @pytest.fixture

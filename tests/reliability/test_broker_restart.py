@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from services.common.localkafka import LocalKafka
 from services.common.settings import KafkaSettings
@@ -23,7 +24,7 @@ AUTH = {"Authorization": "Bearer key-a"}
 
 async def test_broker_restart_under_load(own_broker: LocalKafka, own_kafka: KafkaSettings, tmp_path: Path) -> None:
     orch = OrchestratorSettings(
-        kafka=own_kafka, api_keys={"key-a": "tenant-a"}, database_url=f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
+        kafka=own_kafka, api_keys={"key-a": "tenant-a"}, database_url=SecretStr(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
     )
     accepted: list[str] = []
     codes: dict[int, int] = {}
