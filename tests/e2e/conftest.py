@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from services.common.settings import KafkaSettings
 from services.executor.app import Executor
@@ -36,8 +38,10 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(kafka_settings: KafkaSettings) -> AsyncIterator[Stack]:
-    orch = OrchestratorSettings(kafka=kafka_settings, api_keys=KEYS)
+async def stack(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterator[Stack]:
+    # A state store of this test's own; a second orchestrator made from these settings shares it, like a replica.
+    database_url = SecretStr(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+    orch = OrchestratorSettings(kafka=kafka_settings, api_keys=KEYS, database_url=database_url)
     async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=1)) as executor:
         async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url) as http:
             yield Stack(url=url, kafka=kafka_settings, executor=executor, http=http, orchestrator_settings=orch)
