@@ -7,10 +7,11 @@ objects that registered a source, never updated on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -51,6 +52,19 @@ class SourcedGauge(Collector):
 
 
 # -- both services ------------------------------------------------------------------------------
+class _AsyncioTasks(Collector):
+    """Tasks alive in the event loop that serves the scrape: a leak shows as steady growth (soak test)."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            count = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped outside a running loop
+            return
+        yield GaugeMetricFamily("agentstream_asyncio_tasks", "asyncio tasks alive in the service's event loop", value=count)
+
+
+COMMON.register(_AsyncioTasks())
+ProcessCollector(registry=COMMON)  # process_resident_memory_bytes, process_open_fds, CPU seconds
 DLQ_RECORDS = Counter("agentstream_dlq_records", "Records sent to the dead-letter topic", ["topic"], registry=COMMON)
 TOKENS = Counter(
     "agentstream_tokens", "Tokens used by model calls", ["tenant", "agent", "provider", "kind"], registry=COMMON
