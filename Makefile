@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 KAFKA_PORT ?= 9092
 
-.PHONY: install kafka-start kafka-stop services services-stop browser lint test demo bench clean
+.PHONY: install kafka-start kafka-stop services services-stop browser lint test reliability demo bench clean
 
 install: $(VENV)/.installed deploy/kafka/lib/.fetched
 
@@ -40,6 +40,10 @@ browser:
 
 test: kafka-start services browser lint
 	$(BIN)/pytest
+
+# Faults, load and soak (about 20 minutes): docs/reliability.md says what each test proves.
+reliability: kafka-start services
+	$(BIN)/pytest -m reliability tests/reliability -s -p no:logging
 
 demo: kafka-start
 	@# The embedding service's real model (no torch: examples/services/embedders.py runs it with numpy).
