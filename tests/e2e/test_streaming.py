@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from typing import Any
 
 import httpx
@@ -140,12 +141,17 @@ async def test_idle_socket_gets_heartbeats(stack: Stack) -> None:
 
 async def test_slow_client_is_cut_off_while_a_fast_one_gets_everything(stack: Stack) -> None:
     settings = stack.orchestrator_settings.model_copy(update={"stream_buffer_kb": 1024, "ws_send_timeout_s": 2.0})
-    big = "what is 4*4? " + ("x" * 200 + " ") * 600  # ~120 KB of text per execution
+    big = "what is 4*4? " + ("x" * 2000 + " ") * 95  # ~190 KB of text, ~400 KB of events per execution
     async with serve(create_app(settings)) as url:
         ws_url = f"{url.replace('http', 'ws', 1)}/v1/stream?api_key=key-a"
-        ids = [await stack.submit(input=big) for _ in range(16)]
-        # max_queue=1: the client library stops reading from the socket after one unread frame.
-        slow = await websockets.connect(ws_url, max_queue=1)
+        ids = [await stack.submit(input=big) for _ in range(24)]
+        # A tiny receive buffer, and max_queue=1: the client stops reading after one unread frame, so
+        # what the server sends piles up in its own socket buffer (a few MB on loopback) and then blocks.
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        slow = await websockets.connect(ws_url, max_queue=1, sock=raw)
         for execution_id in ids:
             await slow.send(orjson.dumps({"type": "subscribe", "execution_id": execution_id}).decode())
         fast = await asyncio.gather(*(collect_events(url.replace("http", "ws", 1), "key-a", i, timeout=60) for i in ids))
