@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
 
 from schemas.topics import Topics
 from services.common.observability.metrics import DLQ_RECORDS
@@ -28,3 +29,17 @@ async def send_to_dlq(
     await producer.send_and_wait(topics.dlq, value=record.value, key=record.key, headers=headers)
     DLQ_RECORDS.labels(topic=record.topic).inc()
     log.warning("record %s:%s@%s sent to the DLQ: %s", record.topic, record.partition, record.offset, reason)
+
+
+async def park(
+    producer: AIOKafkaProducer | None, topics: Topics, record: ConsumerRecord[bytes, bytes], reason: str, *, consumer: str
+) -> None:
+    """What every reader does with a record it cannot use: DLQ it (or, with no producer, log it) and go on.
+    Never raises for Kafka trouble: a reader must not stall on a record it is throwing away."""
+    if producer is None:
+        log.warning("%s: skipping %s:%s@%s: %s", consumer, record.topic, record.partition, record.offset, reason)
+        return
+    try:
+        await send_to_dlq(producer, topics, record, reason, consumer=consumer)
+    except KafkaError as exc:
+        log.warning("%s: could not park %s:%s@%s in the DLQ (%s): %s", consumer, record.topic, record.partition, record.offset, reason, exc)

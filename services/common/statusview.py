@@ -11,12 +11,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.status import ExecutionStatus
-from services.common.dlq import send_to_dlq
+from services.common.dlq import park
 from services.common.kafka import encode, partitions_of
 from services.common.settings import KafkaSettings
 
@@ -113,7 +113,7 @@ class StatusView:
                     try:
                         changed |= self.apply(ExecutionStatus.model_validate_json(record.value))
                     except ValidationError as exc:
-                        await self._reject(record, f"invalid status snapshot: {exc}")
+                        await park(self._dlq, self._settings.topics, record, f"invalid status snapshot: {exc}", consumer=self._name)
             if pending:
                 for tp in list(pending):
                     if await consumer.position(tp) >= end[tp]:
@@ -123,15 +123,6 @@ class StatusView:
             if changed:
                 async with self._changed:
                     self._changed.notify_all()
-
-    async def _reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        if self._dlq is None:
-            log.warning("status view: skipping malformed snapshot at %s:%s: %s", record.partition, record.offset, reason)
-            return
-        try:
-            await send_to_dlq(self._dlq, self._settings.topics, record, reason, consumer=self._name)
-        except KafkaError as exc:
-            log.warning("status view: could not park a malformed snapshot in the DLQ: %s", exc)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -12,12 +12,12 @@ import logging
 from collections.abc import Callable
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.events import ExecutionCancelRequested
-from services.common.dlq import send_to_dlq
+from services.common.dlq import park
 from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -74,18 +74,9 @@ class ControlTail:
                             continue  # other control messages are not ours
                         request = ExecutionCancelRequested.model_validate(raw)
                     except (orjson.JSONDecodeError, ValidationError) as exc:
-                        await self._reject(record, f"invalid control record: {exc}")
+                        await park(self._dlq, self._settings.topics, record, f"invalid control record: {exc}", consumer=self._client_id)
                         continue
                     self._on_cancel(request)
-
-    async def _reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        if self._dlq is None:
-            log.warning("control tail: skipping malformed record at offset %s: %s", record.offset, reason)
-            return
-        try:
-            await send_to_dlq(self._dlq, self._settings.topics, record, reason, consumer=self._client_id)
-        except KafkaError as exc:
-            log.warning("control tail: could not park a malformed record in the DLQ: %s", exc)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -17,12 +17,12 @@ import logging
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.events import JobRequested, JobUpdated, ToolCallProgress
-from services.common.dlq import send_to_dlq
+from services.common.dlq import park
 from services.common.kafka import encode, event_headers
 from services.common.settings import KafkaSettings
 from services.executor.providers.base import ToolSpec
@@ -85,13 +85,7 @@ class JobClient:
                 for record in records:
                     problem = self._deliver(record.value or b"")
                     if problem is not None:
-                        await self._reject(record, problem)
-
-    async def _reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        try:
-            await send_to_dlq(self._producer, self._settings.topics, record, reason, consumer=self._client_id)
-        except KafkaError as exc:
-            log.warning("jobs.updates tail: could not park a malformed record in the DLQ (%s): %s", reason, exc)
+                        await park(self._producer, self._settings.topics, record, problem, consumer=self._client_id)
 
     def _deliver(self, value: bytes) -> str | None:
         """Hand an update to its waiter; return why the record is malformed, if it is."""

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from schemas.events import TERMINAL_TYPES, EventAdapter, ExecutionCancelled, ExecutionCompleted, ExecutionFailed
 from schemas.status import ExecutionStatus
-from services.common.dlq import send_to_dlq
+from services.common.dlq import park
 from services.common.kafka import header, partitions_of
 from services.common.observability import metrics
 from services.common.observability.tracing import delivery_spans
@@ -220,16 +220,7 @@ class Bridge:
                         else:
                             rejected.append((record, problem))
                 for record, problem in rejected:
-                    await self._reject(record, problem)
-
-    async def _reject(self, record: Record, reason: str) -> None:
-        if self._dlq is None:
-            log.warning("bridge tail: skipping malformed record %s:%s@%s: %s", record.topic, record.partition, record.offset, reason)
-            return
-        try:
-            await send_to_dlq(self._dlq, self._settings.topics, record, reason, consumer="bridge-tail")
-        except KafkaError as exc:
-            log.warning("bridge tail: could not park a malformed record in the DLQ: %s", exc)
+                    await park(self._dlq, self._settings.topics, record, problem, consumer="bridge-tail")
 
     def _dispatch(self, record: Record) -> None:
         execution_id = record.key.decode()  # a key is there: checked by _malformed

@@ -20,7 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
-from services.common.dlq import send_to_dlq
+from services.common.dlq import park
 from services.common.kafka import header
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.store import tasks
@@ -104,11 +104,7 @@ class _Follower:
     async def reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         """Park a record this follower cannot apply in the DLQ, with the reason; then go on."""
         log.warning("%s: rejected %s:%s@%s: %s", self.name, record.topic, record.partition, record.offset, reason)
-        lifecycle = self._lifecycle
-        try:
-            await send_to_dlq(lifecycle.producer, lifecycle.settings.kafka.topics, record, reason, consumer=self.name)
-        except KafkaError as exc:
-            log.warning("%s: could not park the record in the DLQ: %s", self.name, exc)
+        await park(self._lifecycle.producer, self._lifecycle.settings.kafka.topics, record, reason, consumer=self.name)
 
 
 class EventsFollower(_Follower):
