@@ -26,7 +26,8 @@ kafka-stop:
 	@test -x $(BIN)/agentstream && $(BIN)/agentstream kafka stop --port $(KAFKA_PORT) || true
 
 lint: install
-	$(BIN)/ruff check schemas services tests
+	$(BIN)/ruff check schemas services tests bench examples
+	$(BIN)/ruff format --check schemas services tests bench examples
 	$(BIN)/mypy
 
 services:

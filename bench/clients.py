@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,9 +68,9 @@ def _merge(results: list[StreamResult], cpu_s: float, started: float) -> dict[st
     }
 
 
-def _run(work: Callable[[], Awaitable[list[StreamResult]]]) -> dict[str, Any]:
+def _run(work: Callable[[], Coroutine[Any, Any, list[StreamResult]]]) -> dict[str, Any]:
     cpu0, started = time.process_time(), time.time()
-    results = uvloop.run(work())
+    results: list[StreamResult] = uvloop.run(work())
     return _merge(results, time.process_time() - cpu0, started)
 
 
@@ -101,7 +101,7 @@ def run_sdk(base_url: str, model: str, n: int, start_at: float | None = None) ->
 
     async def work() -> list[StreamResult]:
         limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
-        client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0, http_client=httpx.AsyncClient(limits=limits))
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0, http_client=httpx.AsyncClient(limits=limits))  # type: ignore[arg-type]
         await _delay_until(start_at)
         try:
             return list(await asyncio.gather(*(one(client) for _ in range(n))))
@@ -217,7 +217,7 @@ def run_subscribers(id_file: str, n: int, ws_url: str, hold_until: float | None 
     stay (idle) until then, or until the file ``release`` exists."""
 
     def exists(path: str | None) -> bool:
-        return bool(path) and os.path.exists(path)
+        return path is not None and os.path.exists(path)
 
     async def execution_id() -> str:
         while not exists(id_file):

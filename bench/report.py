@@ -134,15 +134,15 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         fig.suptitle("Throughput and p99 vs concurrency")
         fig.tight_layout()
         made.append(_save(fig, out_dir / f"{name}-throughput.png"))
-    coalesce = results.get("coalesce", [])
+    coalesce: list[dict[str, Any]] = list(results.get("coalesce", []))
     if coalesce:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
         for label in sorted({r["label"] for r in coalesce}):
-            pts = [r for r in coalesce if r["label"] == label]
-            xs = [r["interval_ms"] for r in pts]
-            ax1.plot(xs, [r["records_per_token"] or 0 for r in pts], "o-", label=label)
-            ax2.plot(xs, [r["latency_ms"]["p50"] or 0 for r in pts], "o-", label=f"{label} p50")
-            ax2.plot(xs, [r["latency_ms"]["p99"] or 0 for r in pts], "s--", label=f"{label} p99")
+            rows = [r for r in coalesce if r["label"] == label]
+            xs = [r["interval_ms"] for r in rows]
+            ax1.plot(xs, [r["records_per_token"] or 0 for r in rows], "o-", label=label)
+            ax2.plot(xs, [r["latency_ms"]["p50"] or 0 for r in rows], "o-", label=f"{label} p50")
+            ax2.plot(xs, [r["latency_ms"]["p99"] or 0 for r in rows], "s--", label=f"{label} p99")
         ax1.set_ylabel("Kafka records per token")
         ax2.set_ylabel("per-token latency, ms")
         for ax in (ax1, ax2):

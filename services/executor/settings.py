@@ -34,7 +34,7 @@ class ExecutorSettings(BaseSettings):
     # How long the group waits for a silent (crashed) member before its requests move to another one.
     session_timeout_ms: int = 10_000
     # Token deltas are coalesced into one record per flush: whichever comes first.
-    coalesce_interval_ms: float = 20.0
+    coalesce_interval_ms: float = 10.0  # measured: docs/performance.md, token coalescing
     coalesce_max_chars: int = 256
     agents_file: Path | None = None
     scripted_token_delay_ms: float = 15.0

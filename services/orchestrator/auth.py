@@ -3,6 +3,7 @@ the admin token and internal services' tokens."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class Authenticator:
         self._store = store
         self._keys: dict[str, tuple[float, TenantContext | None]] = {}  # key digest -> (expires, context)
         self._tenants: dict[str, tuple[float, TenantContext]] = {}
+        self._loading: dict[str, asyncio.Future[TenantContext]] = {}
 
     async def bootstrap(self) -> None:
         """Give the tenants of settings-configured keys a row (limits, webhook secret) in the store."""
@@ -56,10 +58,19 @@ class Authenticator:
         cached = self._tenants.get(tenant_id)
         if cached and cached[0] > now:
             return cached[1]
+        # Single flight: a burst of requests after the entry expired waits for one lookup instead of
+        # each running its own transaction (1,000 WebSocket connects were 1,000 SQLite transactions).
+        pending = self._loading.get(tenant_id)
+        if pending is None:
+            pending = self._loading[tenant_id] = asyncio.ensure_future(self._load_tenant(tenant_id))
+            pending.add_done_callback(lambda _: self._loading.pop(tenant_id, None))
+        return await asyncio.shield(pending)
+
+    async def _load_tenant(self, tenant_id: str) -> TenantContext:
         async with self._store.begin() as conn:
             tenant = await tenant_repo.get_tenant(conn, tenant_id)
         context = self._context(tenant, tenant_id)
-        self._tenants[tenant_id] = (now + self._settings.auth_cache_s, context)
+        self._tenants[tenant_id] = (time.monotonic() + self._settings.auth_cache_s, context)
         return context
 
     async def context_for(self, key: str | None) -> TenantContext | None:

@@ -60,8 +60,10 @@ class Sink:
         """Everything queued (waiting up to ``timeout`` for something); [] on timeout."""
         if not self._items:
             self._ready.clear()
+            # asyncio.timeout, not wait_for: wait_for wraps the wait in a new Task, per frame per client.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
         items = list(self._items)
         self._items.clear()
         self._bytes = 0
@@ -120,7 +122,8 @@ class WebSocketSink(Sink):
             items = await self.take(self._heartbeat) or [_CONTROL + b'{"type":"heartbeat"}']
             try:
                 for frame in _ws_frames(items):
-                    await asyncio.wait_for(self.websocket.send_text(frame), self._send_timeout)
+                    async with asyncio.timeout(self._send_timeout):
+                        await self.websocket.send_text(frame)
             except TimeoutError:
                 self.kill(CLOSE_SLOW_CONSUMER, "slow consumer: send timed out")
                 return
@@ -175,6 +178,8 @@ class SSESink(Sink):
         while not self.closed.is_set():
             items = await self.take(self._heartbeat)
             if not items:
+                if until_done():
+                    return
                 yield b": heartbeat\n\n"
                 continue
             yield b"".join(i[1:] if i[:1] == _CONTROL else i for i in items)

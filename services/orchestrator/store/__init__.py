@@ -7,6 +7,7 @@ them in one transaction (``async with store.begin() as conn``): nothing is half-
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,10 @@ class Store:
         self._connect_args = dict(connect_args or {})
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
+        # SQLite only: this process's transactions queue here (FIFO, no sleeping) instead of in
+        # busy_timeout's backoff, which sleeps up to 100 ms per retry under contention (docs/performance.md).
+        self._sqlite_lock: asyncio.Lock | None = None
+        self._lock_owner: asyncio.Task[Any] | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -54,6 +59,7 @@ class Store:
                 Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(url, connect_args={"timeout": 30, **self._connect_args})
             _sqlite_immediate_transactions(engine)
+            self._sqlite_lock = asyncio.Lock()
         else:
             engine = create_async_engine(
                 url, connect_args=self._connect_args, pool_size=self._pool_size, max_overflow=self._pool_size, pool_pre_ping=True
@@ -80,8 +86,18 @@ class Store:
     @contextlib.asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """One transaction: committed when the block ends, rolled back when it raises."""
-        async with self.engine.begin() as conn:
-            yield conn
+        lock, me = self._sqlite_lock, asyncio.current_task()
+        if lock is None or self._lock_owner is me:  # PostgreSQL, or a transaction nested in this task's own
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with lock:
+            self._lock_owner = me
+            try:
+                async with self.engine.begin() as conn:
+                    yield conn
+            finally:
+                self._lock_owner = None
 
 
 def _sqlite_immediate_transactions(engine: AsyncEngine) -> None:
@@ -92,6 +108,7 @@ def _sqlite_immediate_transactions(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes, no fsync per commit
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
