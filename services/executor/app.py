@@ -47,6 +47,7 @@ from services.executor.metrics_server import MetricsServer, watch
 from services.executor.providers.base import Provider, ProviderError
 from services.executor.providers.registry import PROVIDER_NAMES, build_providers, close_providers, default_agent
 from services.executor.settings import ExecutorSettings
+from services.executor.slots import PrioritySlots
 from services.executor.tools import Tool, builtin_tools
 from services.executor.watermark import PartitionWatermark
 
@@ -121,7 +122,7 @@ class Executor:
         )
         if tools is None:
             self.tools |= job_tools(self.jobs)
-        self._slots = asyncio.Semaphore(settings.max_concurrency)
+        self._slots = PrioritySlots(settings.max_concurrency)
         self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
         self._running: dict[str, tuple[TopicPartition, asyncio.Task[None]]] = {}
         self._cancels: dict[str, asyncio.Event] = {}
@@ -132,17 +133,23 @@ class Executor:
         self._background: set[asyncio.Task[None]] = set()
         self.completed = 0
         self.cancelled = 0
-        self._subscriber = self.broker.subscriber(
-            *self.topics.lanes,
-            group_id=settings.consumer_group,
-            ack_policy=AckPolicy.MANUAL,
-            auto_offset_reset="earliest",
-            listener=_Rebalance(self),
-            max_poll_records=50,
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=max(500, settings.session_timeout_ms // 3),
-        )
-        self._subscriber(self._on_request)
+        # One consumer per lane, all in one group: a lane whose requests wait for a slot does not hold
+        # back the others, and PrioritySlots hands freed slots to critical first (batch last).
+        self._subscribers = {
+            lane: self.broker.subscriber(
+                lane,
+                group_id=settings.consumer_group,
+                ack_policy=AckPolicy.MANUAL,
+                auto_offset_reset="earliest",
+                listener=_Rebalance(self),
+                max_poll_records=50,
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=max(500, settings.session_timeout_ms // 3),
+            )
+            for lane in self.topics.lanes
+        }
+        for subscriber in self._subscribers.values():
+            subscriber(self._on_request)
         self.metrics_server = MetricsServer(host=settings.metrics_host, port=settings.metrics_port) if settings.metrics_port else None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -203,14 +210,15 @@ class Executor:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    @property
-    def consumer(self) -> AIOKafkaConsumer:
-        consumer = self._subscriber.consumer
-        assert consumer is not None
-        return consumer
+    def consumers(self) -> list[AIOKafkaConsumer]:
+        return [s.consumer for s in self._subscribers.values() if s.consumer is not None]
+
+    def _consumer_of(self, tp: TopicPartition) -> AIOKafkaConsumer | None:
+        subscriber = self._subscribers.get(tp.topic)
+        return subscriber.consumer if subscriber is not None else None
 
     def assigned(self) -> set[TopicPartition]:
-        return set(self.consumer.assignment())
+        return {tp for consumer in self.consumers() for tp in consumer.assignment()}
 
     # -- cancel ---------------------------------------------------------------------------
     def request_cancel(self, request: ExecutionCancelRequested) -> None:
@@ -250,7 +258,7 @@ class Executor:
         if current is not None and current.terminal:
             await self._finish(tp, record.offset)
             return
-        await self._slots.acquire()
+        await self._slots.acquire(request.priority)
         work = tracing.consumed(
             self._execute(request, current, tp, record.offset),
             headers=record.headers,
@@ -270,9 +278,10 @@ class Executor:
         if mark is None:
             return
         commit_at = mark.finish(offset)
-        if commit_at is not None and tp in self.consumer.assignment():
+        consumer = self._consumer_of(tp)
+        if commit_at is not None and consumer is not None and tp in consumer.assignment():
             try:
-                await self.consumer.commit({tp: OffsetAndMetadata(commit_at, "")})
+                await consumer.commit({tp: OffsetAndMetadata(commit_at, "")})
             except Exception as exc:  # a rebalance took the partition: the new owner redoes it
                 log.info("commit of %s@%s skipped: %s", tp, commit_at, exc)
 
@@ -397,7 +406,7 @@ class Executor:
             if current is not None and current.terminal:
                 await self._finish(tp, offset)
                 return
-            await self._slots.acquire()
+            await self._slots.acquire(request.priority)
             task = asyncio.create_task(self._execute(request, current, tp, offset), name=request.execution_id)
             self._running[request.execution_id] = (tp, task)
 

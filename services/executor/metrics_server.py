@@ -89,15 +89,13 @@ async def watch(executor: Any, *, stop: bool = False) -> None:
     group = executor.settings.consumer_group
 
     def lag() -> list[tuple[tuple[str, ...], float]]:
-        consumer = executor._subscriber.consumer
-        if consumer is None:
-            return []
         out: list[tuple[tuple[str, ...], float]] = []
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            mark = executor._watermarks.get(tp)
-            behind = 0 if high is None or mark is None else max(0, high - mark.committed)
-            out.append(((group, tp.topic, str(tp.partition)), float(behind)))
+        for consumer in executor.consumers():
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                mark = executor._watermarks.get(tp)
+                behind = 0 if high is None or mark is None else max(0, high - mark.committed)
+                out.append(((group, tp.topic, str(tp.partition)), float(behind)))
         return out
 
     metrics.CONSUMER_LAG.add(executor, lag)
