@@ -67,6 +67,8 @@ async def session_events(url: str, api_key: str, session_id: str, *, idle_s: flo
                 open_executions.update(frame.get("executions", ()))
             elif frame["type"] == "session.execution":
                 open_executions.add(frame["execution_id"])
+            elif frame["type"] == "end":  # ended without a terminal event to send (e.g. cancelled while queued)
+                open_executions.discard(frame["execution_id"])
             elif frame["type"] == "error":
                 raise ReplayError(frame["error"])
             for item in frame.get("events", ()):

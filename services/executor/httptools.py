@@ -27,15 +27,13 @@ import httpx
 import orjson
 import yaml
 
+from services.common.urlguard import internal_address
 from services.executor.providers.base import ToolSpec
 from services.executor.tools import Tool, ToolDefinitionError, ToolError, check_schema
 
 log = logging.getLogger(__name__)
 
-
-def _refused(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return not ip.is_global or ip.is_multicast
+MAX_RESPONSE_BYTES = 1 << 20  # a tool's answer goes to the model: more than this is refused, not read
 
 
 def check_url(url: str, *, allow_private: bool) -> str:
@@ -49,7 +47,7 @@ def check_url(url: str, *, allow_private: bool) -> str:
     if host == "localhost" or host.endswith(".localhost"):
         raise ToolDefinitionError(f"tool URL {url!r} points at loopback; allow it with AGENTSTREAM_EXECUTOR_ALLOW_PRIVATE_TOOL_URLS")
     try:
-        private = _refused(host)
+        private = internal_address(host)
     except ValueError:
         return url  # a name: resolved and checked per call
     if private:
@@ -71,12 +69,24 @@ async def _check_resolved(url: str) -> None:
         infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise ToolError(f"cannot resolve {host!r}: {exc}", retriable=True) from exc
-    if any(_refused(str(info[4][0])) for info in infos):
+    if any(internal_address(str(info[4][0])) for info in infos):
         raise ToolError(f"{host!r} resolves to a private or loopback address; refused")
 
 
 def sign(secret: bytes, body: bytes, timestamp: int) -> str:
     return "v1=" + hmac.new(secret, b"%d." % timestamp + body, hashlib.sha256).hexdigest()
+
+
+async def _read_bounded(response: httpx.Response, url: str) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        raise ToolError(f"{url} answered {declared} bytes; more than {MAX_RESPONSE_BYTES} is refused")
+    content = bytearray()
+    async for chunk in response.aiter_bytes():
+        content += chunk
+        if len(content) > MAX_RESPONSE_BYTES:
+            raise ToolError(f"{url} answered more than {MAX_RESPONSE_BYTES} bytes; refused")
+    return bytes(content)
 
 
 async def _post(client: httpx.AsyncClient, url: str, payload: dict[str, Any], secret: bytes | None) -> Any:
@@ -85,15 +95,23 @@ async def _post(client: httpx.AsyncClient, url: str, payload: dict[str, Any], se
     if secret is not None:
         timestamp = int(time.time())
         headers |= {"x-agentstream-timestamp": str(timestamp), "x-agentstream-signature": sign(secret, body, timestamp)}
+    # The whole exchange is bounded (httpx's timeouts are per read: a server dribbling bytes never trips them).
+    deadline = client.timeout.read or 10.0
     try:
-        response = await client.post(url, content=body, headers=headers)
+        async with asyncio.timeout(deadline), client.stream("POST", url, content=body, headers=headers) as response:
+            status = response.status_code
+            if response.is_redirect:  # never followed: the target would escape the address checks
+                raise ToolError(f"{url} answered a redirect (HTTP {status}); redirects are not followed")
+            content = await _read_bounded(response, url)
     except httpx.HTTPError as exc:
         raise ToolError(f"calling {url} failed: {type(exc).__name__}: {exc}", retriable=True) from exc
-    if response.status_code >= 400:
-        retriable = response.status_code in (408, 429) or response.status_code >= 500
-        raise ToolError(f"{url} answered HTTP {response.status_code}: {response.text[:500]}", retriable=retriable)
+    except TimeoutError as exc:
+        raise ToolError(f"{url} gave no complete answer within {deadline:g}s", retriable=True) from exc
+    if status >= 400:
+        retriable = status in (408, 429) or status >= 500
+        raise ToolError(f"{url} answered HTTP {status}: {content[:500].decode(errors='replace')}", retriable=retriable)
     try:
-        data = orjson.loads(response.content)
+        data = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
         raise ToolError(f"{url} answered with something that is not JSON") from exc
     if isinstance(data, dict) and data.get("error"):

@@ -65,7 +65,12 @@ class Subscription:
             self.deliver(record)
 
     def deliver(self, record: Record) -> None:
-        if self.done or record.offset <= self.last_offset:
+        if self.done:
+            return
+        if record.offset <= self.last_offset:
+            type_ = header(record.headers, "type") or ""
+            if type_ in TERMINAL_TYPES:
+                self.end(type_.removeprefix("execution."))  # the client's cursor is at or past the end: it has seen it all
             return
         self.last_offset = record.offset
         type_ = header(record.headers, "type") or ""
@@ -77,6 +82,13 @@ class Subscription:
         self.sink.push_event(self._id_json, record.offset, type_, record.value or b"null")
         if type_ in TERMINAL_TYPES:
             self.done = True
+
+    def end(self, state: str | None = None) -> None:
+        """Finish without a terminal event to deliver (the cursor is past it, or the execution has none,
+        like one cancelled while queued): tell the client, so an SSE response or a waiting client ends."""
+        if not self.done:
+            self.done = True
+            self.sink.push_control({"type": "end", "execution_id": self.execution_id, "status": state, "cursor": self.last_offset})
 
 
 class RecentRecords:
@@ -314,6 +326,8 @@ class Bridge:
 
     async def _catch_up(self, sub: Subscription) -> None:
         try:
+            # Terminal now: its end event (if it has one) is in the log already, acknowledged before the snapshot.
+            ended = self.status.get(sub.execution_id)
             start = await self._start_offset(sub)
             if start is not None:
                 status = self.status.get(sub.execution_id)
@@ -329,6 +343,8 @@ class Bridge:
                 sub.deliver(record)
             sub.buffer.clear()
             sub.catching_up = False
+            if ended is not None and ended.terminal:
+                sub.end(ended.state)  # nothing after the cursor: without this an SSE response would never end
             if sub.done:
                 self._unregister(sub)
         except asyncio.CancelledError:
@@ -349,6 +365,8 @@ class Bridge:
             status = self.status.get(sub.execution_id)
             if status is not None and status.events_start_offset is not None:
                 return status.events_start_offset
+            if status is not None and status.terminal:
+                return None  # ended before any event (cancelled while queued, timed out): nothing to read
             if any(header(r.headers, "type") == "execution.started" for r in sub.buffer):
                 return None
             await self.status.wait_until(sub.execution_id, lambda s: s.events_start_offset is not None or s.terminal, timeout=0.5)

@@ -13,7 +13,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import logging
 import socket
 import time
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from services.common.urlguard import internal_address
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store, records, tenants
 from services.orchestrator.store.records import Delivery
@@ -37,13 +37,6 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     key = base64.b64decode(secret.removeprefix("whsec_"))
     digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
-
-
-def _forbidden(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified
 
 
 def check_url_syntax(url: str) -> str:
@@ -64,7 +57,7 @@ async def check_url(url: str, *, allow_private: bool) -> None:
         infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise CallbackURLError(f"callback_url host {host!r} does not resolve") from exc
-    if any(_forbidden(str(info[4][0])) for info in infos):
+    if any(internal_address(str(info[4][0])) for info in infos):
         raise CallbackURLError(f"callback_url host {host!r} is a loopback, private or link-local address; refused")
 
 
@@ -137,8 +130,11 @@ class Dispatcher:
                 "webhook-signature": sign(tenant.webhook_secret, delivery.id, timestamp, body),
                 "user-agent": "agentstream-callbacks",
             }
-            response = await self._http.post(delivery.url, content=body, headers=headers)
-            status = response.status_code
+            # Bounded as a whole (a server dribbling bytes never trips httpx's per-read timeout), and the
+            # answer's body is never read: only the status counts, so a huge answer costs nothing.
+            async with asyncio.timeout(self._settings.callback_timeout_s):
+                async with self._http.stream("POST", delivery.url, content=body, headers=headers) as response:
+                    status = response.status_code
             if 200 <= status < 300:
                 async with self._store.begin() as conn:
                     await records.settle_delivery(conn, delivery.id, state="delivered", status=status, error=None)
@@ -149,6 +145,8 @@ class Dispatcher:
             attempt = self._settings.callback_max_attempts  # not going to get better by retrying
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
+        except TimeoutError:
+            error = f"no complete answer within {self._settings.callback_timeout_s:g}s"
         final = attempt >= self._settings.callback_max_attempts
         next_at = time.time() + self._settings.callback_backoff_s * 2 ** (attempt - 1)
         log.info("callback %s attempt %d to %s failed: %s%s", delivery.id, attempt, delivery.url, error, " (giving up)" if final else "")

@@ -254,6 +254,8 @@ class Lifecycle:
         """Cancel an execution of this tenant: (state now, whether a cancel was requested)."""
         async with self.store.begin() as conn:
             task = await tasks.get(conn, execution_id, tenant_id=tenant_id)
+        if task is not None and task.kind != "execution":
+            task = None  # a job's id is not an execution's: cancelling it would invent an execution status
         status = self.status.get(execution_id)
         if status is not None and status.tenant_id != tenant_id:
             status = None

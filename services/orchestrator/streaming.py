@@ -2,10 +2,13 @@
 
 WebSocket messages from the client:
   {"type": "subscribe", "execution_id": ID, "cursor": N?}   follow one execution (after cursor N)
-  {"type": "subscribe", "session_id": ID}                   follow every execution of a session
+  {"type": "subscribe", "session_id": ID}                   follow every execution of a session (one of the
+                                                            tenant's sessions, or a label its executions carry)
   {"type": "unsubscribe", "execution_id": ID}
 The server sends ``subscribed``, ``events`` frames, ``session.execution`` when a followed session
-starts a new execution, ``heartbeat`` when idle, and ``error`` (with ``code`` 404 or 410).
+starts a new execution, ``end`` (``execution_id``, ``status``) when a subscription finishes without a
+terminal event to send (the cursor is past it, or the execution ended before any event), ``heartbeat``
+when idle, and ``error`` (with ``code`` 404 or 410).
 Close codes: 4401 bad API key, 4008 slow consumer, 1001 server shutting down.
 """
 
@@ -24,6 +27,7 @@ from schemas.status import ExecutionStatus
 from services.common.observability.metrics import STREAM_CONNECTIONS
 from services.orchestrator.bridge import Bridge, Gone, Subscription
 from services.orchestrator.sinks import CLOSE_UNAUTHORIZED, SSESink, WebSocketSink
+from services.orchestrator.store import sessions
 
 
 async def _tenant(conn: HTTPConnection) -> str | None:
@@ -65,7 +69,7 @@ async def stream(websocket: WebSocket) -> None:
                 receive.cancel()
                 break
             closed.cancel()
-            await _handle_client_message(bridge, sink, receive.result())
+            await _handle_client_message(websocket, bridge, sink, receive.result())
     except WebSocketDisconnect:
         pass
     finally:
@@ -74,7 +78,17 @@ async def stream(websocket: WebSocket) -> None:
         await sink.aclose()
 
 
-async def _handle_client_message(bridge: Bridge, sink: WebSocketSink, text: str) -> None:
+async def _session_known(conn: HTTPConnection, tenant: str, session_id: str, bridge: Bridge) -> bool:
+    """The tenant's own session (in the store), or a label its executions carry; anything else is a 404."""
+    if bridge.status.for_session(tenant, session_id):
+        return True
+    if len(session_id) > 128:
+        return False
+    async with conn.app.state.agentstream.runtime.store.begin() as db:
+        return await sessions.get(db, session_id, tenant_id=tenant) is not None
+
+
+async def _handle_client_message(websocket: WebSocket, bridge: Bridge, sink: WebSocketSink, text: str) -> None:
     try:
         message: dict[str, Any] = orjson.loads(text)
         op = message.get("type")
@@ -87,6 +101,9 @@ async def _handle_client_message(bridge: Bridge, sink: WebSocketSink, text: str)
         sink.push_control({"type": "error", "error": f"malformed message: {exc}"})
         return
     if op == "subscribe" and session_id:
+        if not await _session_known(websocket, sink.tenant_id, session_id, bridge):
+            sink.push_control({"type": "error", "session_id": session_id, "code": 404, "error": "session not found"})
+            return
         executions = bridge.subscribe_session(sink, session_id)
         sink.push_control({"type": "subscribed", "session_id": session_id, "executions": [s.execution_id for s in executions]})
     elif op == "subscribe":

@@ -50,7 +50,7 @@ class ScriptedProvider:
             yield TurnEnd(tool_calls=(call,), usage=_usage(prompt_tokens, text))
             return
         if tool_results:
-            payload = json.loads(tool_results[-1]["content"])
+            payload = _tool_payload(tool_results[-1].get("content"))
             if "error" in payload:
                 text = f"The calculator could not help: {payload['error']}. You asked: {user}"
             else:
@@ -99,3 +99,12 @@ class ScriptedProvider:
 def _usage(prompt_tokens: int, text: str) -> Usage:
     completion = len(text.split())
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)
+
+
+def _tool_payload(content: Any) -> dict[str, Any]:
+    """A tool result as the calculator writes it; anything else (a caller's own history) is taken as text."""
+    try:
+        payload = json.loads(content)
+    except (TypeError, ValueError):
+        payload = content
+    return payload if isinstance(payload, dict) and ("error" in payload or "result" in payload) else {"result": payload}
