@@ -12,13 +12,13 @@ import logging
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.status import ExecutionStatus
 from services.common.dlq import park
-from services.common.kafka import encode, partitions_of
+from services.common.kafka import encode
 from services.common.settings import KafkaSettings
+from services.common.tail import Batches, open_tail, run_tail
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ class StatusView:
         self._items: dict[str, ExecutionStatus] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._end: dict[TopicPartition, int] = {}
+        self._pending: set[TopicPartition] = set()
         self._caught_up = asyncio.Event()
         self._changed = asyncio.Condition()
         # Called with the first snapshot of every execution this view learns of (e.g. session followers).
@@ -79,50 +81,34 @@ class StatusView:
         return self._items.get(execution_id)
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            client_id="status-view",
-        )
-        await consumer.start()
+        consumer, _ = await open_tail(self._settings, [self._topic], client_id=self._name, from_beginning=True)
         self._consumer = consumer
-        tps = await partitions_of(consumer, self._topic)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps) if tps else {}
-        self._task = asyncio.create_task(self._run(consumer, end), name="status-view")
+        self._end = await consumer.end_offsets(list(consumer.assignment())) if consumer.assignment() else {}
+        self._pending = {tp for tp, offset in self._end.items() if offset > 0}
+        if not self._pending:
+            self._caught_up.set()
+        self._task = asyncio.create_task(run_tail(consumer, self._handle, name="status view"), name="status-view")
         await asyncio.wait_for(self._caught_up.wait(), 60)
 
-    async def _run(self, consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> None:
-        pending = {tp for tp, off in end.items() if off > 0}
-        if not pending:
-            self._caught_up.set()
-        while True:
-            try:
-                batches = await consumer.getmany(timeout_ms=200, max_records=2000)
-            except KafkaError as exc:
-                log.warning("status view: %s; retrying", exc)
-                await asyncio.sleep(1)
-                continue
-            changed = False
-            for records in batches.values():
-                for record in records:
-                    if record.value is None:
-                        continue
-                    try:
-                        changed |= self.apply(ExecutionStatus.model_validate_json(record.value))
-                    except ValidationError as exc:
-                        await park(self._dlq, self._settings.topics, record, f"invalid status snapshot: {exc}", consumer=self._name)
-            if pending:
-                for tp in list(pending):
-                    if await consumer.position(tp) >= end[tp]:
-                        pending.discard(tp)
-                if not pending:
-                    self._caught_up.set()
-            if changed:
-                async with self._changed:
-                    self._changed.notify_all()
+    async def _handle(self, batches: Batches) -> None:
+        changed = False
+        for records in batches.values():
+            for record in records:
+                if record.value is None:
+                    continue
+                try:
+                    changed |= self.apply(ExecutionStatus.model_validate_json(record.value))
+                except ValidationError as exc:
+                    await park(self._dlq, self._settings.topics, record, f"invalid status snapshot: {exc}", consumer=self._name)
+        if self._pending and self._consumer is not None:
+            for tp in list(self._pending):
+                if await self._consumer.position(tp) >= self._end[tp]:
+                    self._pending.discard(tp)
+            if not self._pending:
+                self._caught_up.set()
+        if changed:
+            async with self._changed:
+                self._changed.notify_all()
 
     async def stop(self) -> None:
         if self._task is not None:

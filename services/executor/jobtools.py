@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
@@ -25,6 +25,7 @@ from schemas.events import JobRequested, JobUpdated, ToolCallProgress
 from services.common.dlq import park
 from services.common.kafka import encode, event_headers
 from services.common.settings import KafkaSettings
+from services.common.tail import Batches, open_tail, run_tail
 from services.executor.providers.base import ToolSpec
 from services.executor.tools import Tool, ToolContext, ToolError, current_tool_call
 
@@ -45,23 +46,11 @@ class JobClient:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        topic = self._settings.topics.jobs_updates
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._settings.bootstrap, enable_auto_commit=False, client_id=self._client_id)
-        await consumer.start()
-        self._consumer = consumer
-        partitions = consumer.partitions_for_topic(topic)
-        for _ in range(50):
-            if partitions:
-                break
-            await asyncio.sleep(0.1)
-            await consumer._client.force_metadata_update()  # the topic was just created
-            partitions = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions or ())]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the end now: an update for a request sent right after start is seen
-            await consumer.position(tp)
-        self._task = asyncio.create_task(self._run(consumer), name="jobs-updates-tail")
+        # From the end: an update for a request sent right after start is seen.
+        self._consumer, _ = await open_tail(self._settings, [self._settings.topics.jobs_updates], client_id=self._client_id)
+        self._task = asyncio.create_task(
+            run_tail(self._consumer, self._handle, name="jobs.updates tail", max_records=500), name="jobs-updates-tail"
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -73,19 +62,12 @@ class JobClient:
             consumer, self._consumer = self._consumer, None
             await consumer.stop()
 
-    async def _run(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            try:
-                batches = await consumer.getmany(timeout_ms=200, max_records=500)
-            except KafkaError as exc:
-                log.warning("jobs.updates tail: %s; retrying", exc)
-                await asyncio.sleep(1)
-                continue
-            for records in batches.values():
-                for record in records:
-                    problem = self._deliver(record.value or b"")
-                    if problem is not None:
-                        await park(self._producer, self._settings.topics, record, problem, consumer=self._client_id)
+    async def _handle(self, batches: Batches) -> None:
+        for records in batches.values():
+            for record in records:
+                problem = self._deliver(record.value or b"")
+                if problem is not None:
+                    await park(self._producer, self._settings.topics, record, problem, consumer=self._client_id)
 
     def _deliver(self, value: bytes) -> str | None:
         """Hand an update to its waiter; return why the record is malformed, if it is."""

@@ -23,17 +23,17 @@ from typing import Any, TypeAlias
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.events import TERMINAL_TYPES, EventAdapter, ExecutionCancelled, ExecutionCompleted, ExecutionFailed
 from schemas.status import ExecutionStatus
 from services.common.dlq import park
-from services.common.kafka import header, partitions_of
+from services.common.kafka import header
 from services.common.observability import metrics
 from services.common.observability.tracing import delivery_spans
 from services.common.settings import KafkaSettings
 from services.common.statusview import StatusView
+from services.common.tail import Batches, open_tail, run_tail
 from services.orchestrator.sinks import CLOSE_SHUTDOWN, Sink
 
 log = logging.getLogger(__name__)
@@ -169,15 +169,9 @@ class Bridge:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._settings.bootstrap, enable_auto_commit=False, client_id="bridge-tail")
-        await consumer.start()
-        tps = [tp for topic in self._topics for tp in await partitions_of(consumer, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            self._tail_start[tp] = await consumer.position(tp)
+        consumer, self._tail_start = await open_tail(self._settings, self._topics, client_id="bridge-tail")
         self._consumer = consumer
-        self._spawn(self._tail(consumer), "bridge-tail")
+        self._spawn(run_tail(consumer, self._handle, name="bridge tail", max_records=5000), "bridge-tail")
         metrics.STREAM_SUBSCRIPTIONS.add(self, lambda: [((), float(self.subscriber_count))])
         self._spawn(self._evict_loop(), "bridge-evict")
 
@@ -214,25 +208,18 @@ class Bridge:
         self._sinks.discard(sink)
 
     # -- the tail -------------------------------------------------------------------------
-    async def _tail(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            try:
-                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-            except KafkaError as exc:
-                log.warning("bridge tail: %s; retrying", exc)
-                await asyncio.sleep(1)
-                continue
-            for records in batches.values():
-                rejected: list[tuple[Record, str]] = []
-                with delivery_spans(records, self._subs):
-                    for record in records:
-                        problem = _malformed(record)
-                        if problem is None:
-                            self._dispatch(record)
-                        else:
-                            rejected.append((record, problem))
-                for record, problem in rejected:
-                    await park(self._dlq, self._settings.topics, record, problem, consumer="bridge-tail")
+    async def _handle(self, batches: Batches) -> None:
+        for records in batches.values():
+            rejected: list[tuple[Record, str]] = []
+            with delivery_spans(records, self._subs):
+                for record in records:
+                    problem = _malformed(record)
+                    if problem is None:
+                        self._dispatch(record)
+                    else:
+                        rejected.append((record, problem))
+            for record, problem in rejected:
+                await park(self._dlq, self._settings.topics, record, problem, consumer="bridge-tail")
 
     def _dispatch(self, record: Record) -> None:
         execution_id = record.key.decode()  # a key is there: checked by _malformed
