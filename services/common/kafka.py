@@ -5,10 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaConnectionError,
+    OutOfOrderSequenceNumber,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
+from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
 from pydantic import BaseModel
 
 from services.common.errors import KafkaUnavailable
@@ -51,8 +59,40 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str, *, wait_s: float
         await asyncio.sleep(0.05)
 
 
+class Producer(AIOKafkaProducer):  # type: ignore[misc]
+    """The idempotent producer, able to start a new idempotent session after a sequence error.
+
+    When a broker restarts while batches are in flight, some of them fail after their sequence
+    numbers were taken; from then on the broker answers every batch of that partition with
+    OutOfOrderSequenceNumber, and aiokafka (unlike the Java client) never recovers: the service would
+    refuse all work until restarted (seen in tests/reliability/test_broker_restart.py). On such an
+    error we drop the producer id and the sequence numbers; aiokafka's sender asks the broker for a
+    new id before its next request (Sender._maybe_wait_for_pid), and later sends go through. The send
+    that failed still fails, so its caller answers 503 or runs the execution again.
+    """
+
+    async def send(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = await super().send(*args, **kwargs)
+        future.add_done_callback(self._after_send)
+        return future
+
+    def _after_send(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or not isinstance(future.exception(), _SEQUENCE_ERRORS):
+            return
+        txn = self._txn_manager
+        if txn is None or txn.transactional_id is not None or not txn.has_pid():
+            return
+        log.warning("producer %s: %s; starting a new idempotent session", self.client._client_id, type(future.exception()).__name__)
+        txn._pid_and_epoch = PidAndEpoch(NO_PRODUCER_ID, NO_PRODUCER_EPOCH)
+        txn._pid_waiter = asyncio.get_running_loop().create_future()
+        txn._sequence_numbers.clear()
+
+
+_SEQUENCE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
+
+
 def make_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
+    return Producer(
         bootstrap_servers=settings.bootstrap,
         client_id=client_id,
         acks="all",

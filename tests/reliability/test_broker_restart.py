@@ -35,6 +35,7 @@ async def test_broker_restart_under_load(own_broker: LocalKafka, own_kafka: Kafk
     codes: dict[int, int] = {}
     outage = asyncio.Event()
     refused_during_outage = 0
+    reasons: dict[str, int] = {}  # 503s after Kafka came back, by reason
 
     async with Executor(ExecutorSettings(kafka=own_kafka, scripted_token_delay_ms=5)):
         async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -52,6 +53,8 @@ async def test_broker_restart_under_load(own_broker: LocalKafka, own_kafka: Kafk
                         accepted_after_restart += back.is_set()
                     elif r.status_code == 503 and outage.is_set():
                         refused_during_outage += 1
+                    elif r.status_code == 503 and back.is_set():
+                        reasons[r.json().get("error", "")] = reasons.get(r.json().get("error", ""), 0) + 1
                     i += 1
                     await asyncio.sleep(0.05)
 
@@ -67,7 +70,10 @@ async def test_broker_restart_under_load(own_broker: LocalKafka, own_kafka: Kafk
             outage.clear()
             back.set()
             print(f"Kafka is back; codes so far {codes}", flush=True)
-            await asyncio.sleep(10)  # the services reconnect by themselves and accept again
+            await asyncio.sleep(10)
+            print(
+                f"10 s after: codes {codes}; 503 reasons since {reasons}", flush=True
+            )  # the services reconnect by themselves and accept again
             stop_loading.set()
             await asyncio.gather(*loaders)
 
