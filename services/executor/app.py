@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -370,6 +371,10 @@ class Executor:
             finished = True
         except asyncio.CancelledError:
             raise
+        except KafkaError as exc:
+            # Kafka trouble is not the execution's fault: it is not failed but run again as the next
+            # attempt once the broker answers (finished stays False: see _schedule_retry below).
+            log.warning("execution %s: Kafka error %s; it will run again", request.execution_id, type(exc).__name__)
         except Exception as exc:  # never lose a request silently: record why, then commit
             log.exception("execution %s crashed", request.execution_id)
             with contextlib.suppress(Exception):

@@ -82,13 +82,17 @@ async def test_broker_restart_under_load(own_broker: LocalKafka, own_kafka: Kafk
                 return r.status_code == 200 and r.json()["status"] == "completed"
 
             pending = list(accepted)
-            async with asyncio.timeout(180):
-                while pending:
-                    done = await asyncio.gather(*(completed(e) for e in pending))
-                    pending = [e for e, ok in zip(pending, done, strict=True) if not ok]
-                    if pending:
-                        print(f"{len(pending)} of {len(accepted)} not completed yet; codes so far {codes}", flush=True)
-                        await asyncio.sleep(2)
+            try:
+                async with asyncio.timeout(180):
+                    while pending:
+                        done = await asyncio.gather(*(completed(e) for e in pending))
+                        pending = [e for e, ok in zip(pending, done, strict=True) if not ok]
+                        if pending:
+                            print(f"{len(pending)} of {len(accepted)} not completed yet; codes so far {codes}", flush=True)
+                            await asyncio.sleep(2)
+            except TimeoutError:
+                stuck = [(await http.get(f"/v1/executions/{e}", headers=AUTH)).json() for e in pending]
+                raise AssertionError(f"accepted but never completed: {stuck}") from None
 
     assert set(codes) <= {202, 503}, codes  # never a 500, never another failure
     assert refused_during_outage > 0
