@@ -18,7 +18,7 @@ from schemas.status import ExecutionStatus
 from services.common.dlq import park
 from services.common.kafka import encode
 from services.common.settings import KafkaSettings
-from services.common.tail import Batches, open_tail, run_tail
+from services.common.tail import Batches, close_tail, open_tail, run_tail
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +111,8 @@ class StatusView:
                 self._changed.notify_all()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        task, consumer, self._task, self._consumer = self._task, self._consumer, None, None
+        await close_tail(task, consumer)
 
 
 def status_record(status: ExecutionStatus) -> tuple[bytes, bytes]:

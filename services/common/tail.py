@@ -7,6 +7,7 @@ is the one place that opens such a reader and keeps it fetching through broker t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -52,3 +53,13 @@ async def run_tail(consumer: AIOKafkaConsumer, handle: Callable[[Batches], Await
             await asyncio.sleep(1)
             continue
         await handle(batches)
+
+
+async def close_tail(task: asyncio.Task[None] | None, consumer: AIOKafkaConsumer | None) -> None:
+    """Stop a reader: its fetch task first, then its consumer. Safe to call with either already gone."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if consumer is not None:
+        await consumer.stop()

@@ -7,7 +7,6 @@ remember the id for a while in case the request reaches them later (a redelivery
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -18,7 +17,7 @@ from pydantic import ValidationError
 from schemas.events import ExecutionCancelRequested
 from services.common.dlq import park
 from services.common.settings import KafkaSettings
-from services.common.tail import Batches, open_tail, run_tail
+from services.common.tail import Batches, close_tail, open_tail, run_tail
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +58,5 @@ class ControlTail:
                 self._on_cancel(request)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        task, consumer, self._task, self._consumer = self._task, self._consumer, None, None
+        await close_tail(task, consumer)

@@ -12,7 +12,6 @@ plus a grace, with that reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -25,7 +24,7 @@ from schemas.events import JobRequested, JobUpdated, ToolCallProgress
 from services.common.dlq import park
 from services.common.kafka import encode, event_headers
 from services.common.settings import KafkaSettings
-from services.common.tail import Batches, open_tail, run_tail
+from services.common.tail import Batches, close_tail, open_tail, run_tail
 from services.executor.providers.base import ToolSpec
 from services.executor.tools import Tool, ToolContext, ToolError, current_tool_call
 
@@ -53,14 +52,8 @@ class JobClient:
         )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._consumer is not None:
-            consumer, self._consumer = self._consumer, None
-            await consumer.stop()
+        task, consumer, self._task, self._consumer = self._task, self._consumer, None, None
+        await close_tail(task, consumer)
 
     async def _handle(self, batches: Batches) -> None:
         for records in batches.values():

@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 
 from services.common.dlq import park
 from services.common.kafka import header
+from services.common.tail import close_tail
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.store import tasks
 
@@ -60,14 +61,8 @@ class _Follower:
                 await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._consumer is not None:
-            consumer, self._consumer = self._consumer, None
-            await consumer.stop()
+        task, consumer, self._task, self._consumer = self._task, self._consumer, None, None
+        await close_tail(task, consumer)
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         while True:
