@@ -91,7 +91,7 @@ class Subscription:
             self.sink.push_control({"type": "end", "execution_id": self.execution_id, "status": state, "cursor": self.last_offset})
 
 
-_RECORD_OVERHEAD = 200  # bytes of a ConsumerRecord and its headers beyond key and value, roughly: the bound is approximate
+_RECORD_OVERHEAD = 350  # a ConsumerRecord with its four headers, beyond key and value (measured ~330 B with tracemalloc)
 
 
 def _footprint(record: Record) -> int:
@@ -370,7 +370,7 @@ class Bridge:
                 needed = max(start, sub.last_offset + 1)
                 held = self._recent.covering(sub.execution_id, tp, needed)
                 if held is not None:
-                    for record in held:  # all of it from `needed` on, as the tail saw it (deliver skips what is before)
+                    for record in held:  # all of it from `needed` on, as the tail saw it (deliver skips what the cursor passed)
                         sub.deliver(record)
                 else:  # older than this bridge, or dropped from memory (even in part): the log has it all
                     await self._read_range(sub, tp, needed)
