@@ -347,15 +347,17 @@ class Bridge:
         if sub.sink.subscriptions.get(sub.execution_id) is sub:
             del sub.sink.subscriptions[sub.execution_id]
 
-    async def check_retained(self, status: ExecutionStatus) -> None:
-        """Raise Gone if the execution's first event is no longer in the topic."""
+    async def check_retained(self, status: ExecutionStatus, *, cursor: int | None = None) -> None:
+        """Raise Gone if the first event a subscriber needs (the execution's first, or the one after
+        ``cursor``) is no longer in the topic."""
         if status.events_start_offset is None or status.events_partition is None or self._consumer is None:
             return
+        needed = max(status.events_start_offset, -1 if cursor is None else cursor + 1)
         tp = TopicPartition(status.events_topic or self._settings.topics.events, status.events_partition)
-        if tp in self._tail_start and status.events_start_offset >= self._tail_start[tp]:
+        if tp in self._tail_start and needed >= self._tail_start[tp]:
             return
         first = (await self._consumer.beginning_offsets([tp]))[tp]
-        if status.events_start_offset < first:
+        if needed < first:
             raise Gone(f"the events of execution {status.execution_id} are past the topic's retention")
 
     async def _catch_up(self, sub: Subscription) -> None:

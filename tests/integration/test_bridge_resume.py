@@ -13,14 +13,15 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from schemas.events import TERMINAL_TYPES
 from schemas.status import ExecutionStatus
 from services.common.kafka import ensure_topics
 from services.common.settings import KafkaSettings
 from services.common.statusview import StatusView
-from services.orchestrator.bridge import Bridge
+from services.orchestrator.bridge import Bridge, Gone
 from services.orchestrator.sinks import Sink
 
 pytestmark = pytest.mark.kafka
@@ -141,3 +142,49 @@ async def test_resume_at_random_cursors_with_a_tiny_memory_gets_every_event_once
     dropped = bridge._recent.dropped  # the memory bound was crossed while these ran, or this proves nothing
     assert dropped > 0
     print(f"\n{exact} resumes at random cursors over {EXECUTIONS} executions, each exact; {dropped} executions dropped from memory")
+
+
+async def test_a_cursor_past_the_retention_boundary_is_not_gone(kafka_settings: KafkaSettings) -> None:
+    """Only what the subscriber needs must still be in the topic: after cursor N, not from the first event."""
+    await ensure_topics(kafka_settings)
+    topic = kafka_settings.topics.events
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, acks="all")
+    await producer.start()
+    execution = Execution("exec-old")
+    try:
+        for n in range(10):
+            partition, offset = await _send(producer, topic, execution, "execution.completed" if n == 9 else "token.delta", n)
+            execution.offsets.append(offset)
+    finally:
+        await producer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap)
+    await admin.start()
+    try:  # retention, by hand: the first five records are gone
+        await admin.delete_records({TopicPartition(topic, partition): RecordsToDelete(execution.offsets[5])})
+    finally:
+        await admin.close()
+    status = StatusView(kafka_settings)
+    done = ExecutionStatus(
+        execution_id=execution.id,
+        tenant_id="tenant-a",
+        state="completed",
+        attempt=1,
+        events_topic=topic,
+        events_partition=partition,
+        events_start_offset=execution.offsets[0],
+    )
+    status.apply(done)
+    bridge = Bridge(kafka_settings, status)
+    await bridge.start()  # after the records: its tail cannot vouch for them
+    try:
+        with pytest.raises(Gone):
+            await bridge.check_retained(done)
+        await bridge.check_retained(done, cursor=execution.offsets[6])
+        sink = Recorder()
+        bridge.attach(sink)
+        bridge.subscribe(sink, done, cursor=execution.offsets[6])
+        async with asyncio.timeout(30):
+            await sink.finished.wait()
+    finally:
+        await bridge.stop()
+    assert sink.offsets == execution.offsets[7:]
