@@ -85,6 +85,16 @@ async def test_guarded_client_refuses_what_it_resolves_inside_and_connects_to_wh
         assert f"host: svc.test:{target.port}".encode() in target.requests[0].lower()  # the Host header keeps the name
 
 
+async def test_guarded_client_with_the_system_resolver() -> None:
+    async with target_server() as target:
+        async with guarded_client(timeout=2) as client:
+            with pytest.raises(RefusedAddress, match="localhost"):
+                await client.get(f"http://localhost:{target.port}/")
+        assert target.connections == 0
+        async with guarded_client(timeout=2, allow_private=True) as client:
+            assert (await client.get(f"http://localhost:{target.port}/")).json() == {"result": "inside"}
+
+
 async def test_guarded_client_mixed_answer_is_refused_whole_and_unresolvable_is_a_connect_error() -> None:
     async with target_server() as target:
         resolver = ScriptedResolver({"mixed.test": [[PUBLIC, "127.0.0.1"]]})
