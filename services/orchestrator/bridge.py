@@ -151,6 +151,14 @@ class RecentRecords:
             return None
         return held.records
 
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """The tail skipped records on these partitions (a restart from a new position, a seek): what
+        memory holds there is no longer known to be whole, so it is dropped."""
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        for execution_id, held in list(self._held.items()):
+            if (held.topic, held.partition) in lost:
+                self._drop(execution_id)
+
     def evict(self) -> None:
         cutoff = time.monotonic() - self._ttl
         for execution_id, ended in list(self._ended.items()):

@@ -91,3 +91,12 @@ def test_random_interleavings_never_cover_a_gap() -> None:
             if held is not None:
                 wanted = [o for o in seen[probe] if o >= start]
                 assert [o for o in held if o >= start] == wanted, (probe, start, held, wanted)
+
+
+def test_forgetting_a_partition_drops_what_is_held_there_only() -> None:
+    recent = RecentRecords(ttl_s=60, max_bytes=1 << 20)
+    recent.add("p0", record("p0", 0), terminal=False)
+    recent.add("p1", record("p1", 0, partition=1), terminal=False)
+    recent.forget([TP])  # e.g. the tail was restarted at the end of partition 0
+    assert recent.covering("p0", TP, 0) is None
+    assert offsets(recent.covering("p1", TopicPartition("events", 1), 0)) == [0]
