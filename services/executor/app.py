@@ -13,7 +13,6 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
@@ -39,6 +38,7 @@ from services.common.errors import AgentstreamError
 from services.common.kafka import encode, ensure_topics, make_producer, start_client
 from services.common.observability import metrics, tracing
 from services.common.statusview import StatusView
+from services.common.urlguard import guarded_client
 from services.executor.control import ControlTail
 from services.executor.emitter import EventEmitter
 from services.executor.httptools import ToolRegistry, load_http_tools
@@ -110,7 +110,7 @@ class Executor:
             tool_retries=settings.tool_retries,
             tool_retry_backoff_s=settings.tool_retry_backoff_s,
         )
-        self.http = httpx.AsyncClient(timeout=settings.tool_timeout_s)
+        self.http = guarded_client(timeout=settings.tool_timeout_s, allow_private=settings.allow_private_tool_urls)
         self.producer: AIOKafkaProducer = make_producer(settings.kafka, client_id=f"{settings.instance_id}-producer")
         self.status = StatusView(settings.kafka, dlq=self.producer, name=f"{settings.instance_id}-status-view")
         self.control = ControlTail(

@@ -4,7 +4,10 @@ An HTTP tool is a URL and a JSON Schema. A call is ``POST url`` with ``{"tool", 
 body is signed with HMAC-SHA256 over ``"{timestamp}.{body}"`` (headers ``X-Agentstream-Timestamp``
 and ``X-Agentstream-Signature: v1=<hex>``), so the receiver can check origin and freshness. URLs
 that point at loopback, private, link-local or otherwise non-global addresses are refused (at
-registration and, after DNS, at call time) unless ``allow_private`` is set.
+registration and, after DNS, at call time) unless ``allow_private`` is set. Those checks give early,
+clear answers; what holds is the client: built by ``services.common.urlguard.guarded_client``, it
+connects only to an address it checked itself, so a DNS answer that changes after the check (DNS
+rebinding) reaches nothing inside.
 
 The Tool Registry: ``GET {base}/tools`` -> ``[{name, description, parameters}]`` and
 ``POST {base}/tools/{name}/invoke`` with ``{"arguments"}`` -> ``{"result"}`` or ``{"error"}``.
@@ -15,19 +18,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import logging
-import socket
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
 import yaml
 
-from services.common.urlguard import internal_address
+from services.common.urlguard import RefusedAddress, Resolver, SystemResolver, UnresolvedHost, internal_address, public_addresses
 from services.executor.providers.base import ToolSpec
 from services.executor.tools import Tool, ToolDefinitionError, ToolError, check_schema
 
@@ -57,20 +58,15 @@ def check_url(url: str, *, allow_private: bool) -> str:
     return url
 
 
-async def _check_resolved(url: str) -> None:
+async def _check_resolved(url: str, resolver: Resolver) -> None:
     parts = urlsplit(url)
     host = parts.hostname or ""
     try:
-        ipaddress.ip_address(host)
-        return  # literal: checked at registration
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-    except OSError as exc:
+        await public_addresses(host, parts.port or 443, resolver, allow_private=False)
+    except UnresolvedHost as exc:
         raise ToolError(f"cannot resolve {host!r}: {exc}", retriable=True) from exc
-    if any(internal_address(str(info[4][0])) for info in infos):
-        raise ToolError(f"{host!r} resolves to a private or loopback address; refused")
+    except RefusedAddress as exc:
+        raise ToolError(f"{host!r} resolves to a private or loopback address; refused") from exc
 
 
 def sign(secret: bytes, body: bytes, timestamp: int) -> str:
@@ -105,6 +101,8 @@ async def _post(client: httpx.AsyncClient, url: str, payload: dict[str, Any], se
             content = await _read_bounded(response, url)
     except httpx.HTTPError as exc:
         raise ToolError(f"calling {url} failed: {type(exc).__name__}: {exc}", retriable=True) from exc
+    except RefusedAddress as exc:  # the guarded client's own check, at connect time (the name changed since)
+        raise ToolError(f"calling {url} refused: {exc}") from exc
     except TimeoutError as exc:
         raise ToolError(f"{url} gave no complete answer within {deadline:g}s", retriable=True) from exc
     if status >= 400:
@@ -121,7 +119,14 @@ async def _post(client: httpx.AsyncClient, url: str, payload: dict[str, Any], se
 
 class HttpTool:
     def __init__(
-        self, spec: ToolSpec, url: str, *, client: httpx.AsyncClient, secret: bytes | None = None, allow_private: bool = False
+        self,
+        spec: ToolSpec,
+        url: str,
+        *,
+        client: httpx.AsyncClient,
+        secret: bytes | None = None,
+        allow_private: bool = False,
+        resolver: Resolver | None = None,
     ) -> None:
         check_schema(spec.name, spec.parameters)
         self.spec = spec
@@ -129,14 +134,17 @@ class HttpTool:
         self._client = client
         self._secret = secret
         self._allow_private = allow_private
+        self._resolver = resolver or SystemResolver()
 
     async def __call__(self, arguments: dict[str, Any]) -> Any:
         if not self._allow_private:
-            await _check_resolved(self.url)
+            await _check_resolved(self.url, self._resolver)
         return await _post(self._client, self.url, {"tool": self.spec.name, "arguments": arguments}, self._secret)
 
 
-def load_http_tools(path: Path, *, client: httpx.AsyncClient, secret: bytes | None = None, allow_private: bool = False) -> dict[str, Tool]:
+def load_http_tools(
+    path: Path, *, client: httpx.AsyncClient, secret: bytes | None = None, allow_private: bool = False, resolver: Resolver | None = None
+) -> dict[str, Tool]:
     """A YAML file ``tools: {name: {url, description, parameters}}``; any bad entry fails the load."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -150,7 +158,7 @@ def load_http_tools(path: Path, *, client: httpx.AsyncClient, secret: bytes | No
         if not isinstance(body, dict) or "url" not in body:
             raise ToolDefinitionError(f"{path}: tool {name!r} needs at least a url")
         spec = ToolSpec(name=name, description=str(body.get("description", "")), parameters=body.get("parameters", {"type": "object"}))
-        tools[name] = HttpTool(spec, str(body["url"]), client=client, secret=secret, allow_private=allow_private)
+        tools[name] = HttpTool(spec, str(body["url"]), client=client, secret=secret, allow_private=allow_private, resolver=resolver)
     return tools
 
 
@@ -166,17 +174,29 @@ class RegistryTool:
 class ToolRegistry:
     """Client of an external Tool Registry service."""
 
-    def __init__(self, base_url: str, *, client: httpx.AsyncClient, secret: bytes | None = None, allow_private: bool = False) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        client: httpx.AsyncClient,
+        secret: bytes | None = None,
+        allow_private: bool = False,
+        resolver: Resolver | None = None,
+    ) -> None:
         self.base_url = check_url(base_url, allow_private=allow_private).rstrip("/")
         self._client = client
         self._secret = secret
+        self._allow_private = allow_private
+        self._resolver = resolver or SystemResolver()
 
     async def list(self) -> dict[str, Tool]:
         try:
+            if not self._allow_private:
+                await _check_resolved(self.base_url, self._resolver)
             response = await self._client.get(f"{self.base_url}/tools")
             response.raise_for_status()
             entries = orjson.loads(response.content)
-        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+        except (httpx.HTTPError, orjson.JSONDecodeError, ToolError, RefusedAddress) as exc:
             raise ToolDefinitionError(f"the tool registry at {self.base_url} cannot list tools: {exc}") from exc
         tools: dict[str, Tool] = {}
         for entry in entries if isinstance(entries, list) else []:
@@ -190,4 +210,6 @@ class ToolRegistry:
         return tools
 
     async def invoke(self, name: str, arguments: dict[str, Any]) -> Any:
-        return await _post(self._client, f"{self.base_url}/tools/{name}/invoke", {"arguments": arguments}, self._secret)
+        if not self._allow_private:
+            await _check_resolved(self.base_url, self._resolver)
+        return await _post(self._client, f"{self.base_url}/tools/{quote(name, safe='')}/invoke", {"arguments": arguments}, self._secret)

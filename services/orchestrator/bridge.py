@@ -91,37 +91,92 @@ class Subscription:
             self.sink.push_control({"type": "end", "execution_id": self.execution_id, "status": state, "cursor": self.last_offset})
 
 
+_RECORD_OVERHEAD = 350  # a ConsumerRecord with its four headers, beyond key and value (measured ~330 B with tracemalloc)
+
+
+def _footprint(record: Record) -> int:
+    return len(record.value or b"") + len(record.key or b"") + _RECORD_OVERHEAD
+
+
+class _Held:
+    """What memory holds of one execution: every record of it on one partition from ``records[0]`` on."""
+
+    __slots__ = ("bytes", "partition", "records", "topic")
+
+    def __init__(self, record: Record) -> None:
+        self.topic, self.partition = record.topic, record.partition
+        self.records: list[Record] = []
+        self.bytes = 0
+
+
 class RecentRecords:
-    """Records of recent executions as the tail saw them, dropped a while after they end."""
+    """Records of recent executions as the tail saw them, so a late subscriber is served from memory.
+
+    Bounded by time (dropped ``ttl_s`` after their terminal event) and by bytes (checked on every add:
+    executions that ended go first, earliest ended first, then the oldest running ones). An execution is
+    only ever dropped whole, and one dropped while still running starts over from its next record, so
+    what memory holds of an execution is complete from its first held offset on; ``covering`` answers
+    only when that reaches back to where a reader must start, and the reader goes to Kafka otherwise.
+    """
 
     def __init__(self, *, ttl_s: float, max_bytes: int) -> None:
         self._ttl = ttl_s
         self._max_bytes = max_bytes
-        self._records: dict[str, list[Record]] = {}
-        self._ended: dict[str, float] = {}
-        self._bytes = 0
+        self._held: dict[str, _Held] = {}  # insertion order: oldest first
+        self._ended: dict[str, float] = {}  # insertion order: earliest ended first
+        self.bytes = 0
+        self.dropped = 0  # executions dropped by the byte bound, for tests and metrics
 
     def add(self, execution_id: str, record: Record, *, terminal: bool) -> None:
-        self._records.setdefault(execution_id, []).append(record)
-        self._bytes += len(record.value or b"")
+        held = self._held.get(execution_id)
+        if held is not None and (held.topic, held.partition) != (record.topic, record.partition):
+            self._drop(execution_id)  # one key is one partition; a second reply topic starts over rather than mixing
+            held = None
+        if held is None:
+            held = self._held[execution_id] = _Held(record)
+        size = _footprint(record)
+        held.records.append(record)
+        held.bytes += size
+        self.bytes += size
         if terminal:
+            self._ended.pop(execution_id, None)
             self._ended[execution_id] = time.monotonic()
+        if self.bytes > self._max_bytes:
+            self._shrink()
 
-    def get(self, execution_id: str) -> list[Record] | None:
-        return self._records.get(execution_id)
+    def covering(self, execution_id: str, tp: TopicPartition, start: int) -> list[Record] | None:
+        """Every held record of the execution if memory holds all of them on ``tp`` from ``start`` on, else None."""
+        held = self._held.get(execution_id)
+        if held is None or (held.topic, held.partition) != (tp.topic, tp.partition) or held.records[0].offset > start:
+            return None
+        return held.records
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """The tail skipped records on these partitions (a restart from a new position, a seek): what
+        memory holds there is no longer known to be whole, so it is dropped."""
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        for execution_id, held in list(self._held.items()):
+            if (held.topic, held.partition) in lost:
+                self._drop(execution_id)
 
     def evict(self) -> None:
         cutoff = time.monotonic() - self._ttl
         for execution_id, ended in list(self._ended.items()):
-            if ended < cutoff or self._bytes > self._max_bytes:
-                self._drop(execution_id)
-        while self._bytes > self._max_bytes and self._records:
-            self._drop(next(iter(self._records)))  # oldest first (dicts keep insertion order)
+            if ended >= cutoff:
+                break
+            self._drop(execution_id)
+        self._shrink()
+
+    def _shrink(self) -> None:
+        while self.bytes > self._max_bytes and self._held:
+            self._drop(next(iter(self._ended)) if self._ended else next(iter(self._held)))
+            self.dropped += 1
 
     def _drop(self, execution_id: str) -> None:
         self._ended.pop(execution_id, None)
-        for record in self._records.pop(execution_id, ()):
-            self._bytes -= len(record.value or b"")
+        held = self._held.pop(execution_id, None)
+        if held is not None:
+            self.bytes -= held.bytes
 
 
 def _malformed(record: Record) -> str | None:
@@ -300,15 +355,17 @@ class Bridge:
         if sub.sink.subscriptions.get(sub.execution_id) is sub:
             del sub.sink.subscriptions[sub.execution_id]
 
-    async def check_retained(self, status: ExecutionStatus) -> None:
-        """Raise Gone if the execution's first event is no longer in the topic."""
+    async def check_retained(self, status: ExecutionStatus, *, cursor: int | None = None) -> None:
+        """Raise Gone if the first event a subscriber needs (the execution's first, or the one after
+        ``cursor``) is no longer in the topic."""
         if status.events_start_offset is None or status.events_partition is None or self._consumer is None:
             return
+        needed = max(status.events_start_offset, -1 if cursor is None else cursor + 1)
         tp = TopicPartition(status.events_topic or self._settings.topics.events, status.events_partition)
-        if tp in self._tail_start and status.events_start_offset >= self._tail_start[tp]:
+        if tp in self._tail_start and needed >= self._tail_start[tp]:
             return
         first = (await self._consumer.beginning_offsets([tp]))[tp]
-        if status.events_start_offset < first:
+        if needed < first:
             raise Gone(f"the events of execution {status.execution_id} are past the topic's retention")
 
     async def _catch_up(self, sub: Subscription) -> None:
@@ -320,12 +377,13 @@ class Bridge:
                 status = self.status.get(sub.execution_id)
                 assert status is not None and status.events_partition is not None
                 tp = TopicPartition(status.events_topic or self._settings.topics.events, status.events_partition)
-                recent = self._recent.get(sub.execution_id)
-                if recent is not None and start >= self._tail_start.get(tp, 1 << 62):
-                    for record in recent:  # everything since its first event, as the tail saw it
+                needed = max(start, sub.last_offset + 1)
+                held = self._recent.covering(sub.execution_id, tp, needed)
+                if held is not None:
+                    for record in held:  # all of it from `needed` on, as the tail saw it (deliver skips what the cursor passed)
                         sub.deliver(record)
-                else:
-                    await self._read_range(sub, tp, max(start, sub.last_offset + 1))
+                else:  # older than this bridge, or dropped from memory (even in part): the log has it all
+                    await self._read_range(sub, tp, needed)
             for record in sorted(sub.buffer, key=lambda r: r.offset):
                 sub.deliver(record)
             sub.buffer.clear()
@@ -376,7 +434,7 @@ class Bridge:
                 for record in batch.get(tp, ()):
                     if record.offset >= end:
                         return
-                    if record.key == key:
+                    if record.key == key and _malformed(record) is None:  # the tail parked those: clients never see them
                         sub.deliver(record)
                 if await reader.position(tp) >= end:
                     return

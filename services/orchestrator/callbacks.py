@@ -14,14 +14,13 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import socket
 import time
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
-from services.common.urlguard import internal_address
+from services.common.urlguard import RefusedAddress, Resolver, SystemResolver, UnresolvedHost, guarded_client, public_addresses
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store, records, tenants
 from services.orchestrator.store.records import Delivery
@@ -48,31 +47,35 @@ def check_url_syntax(url: str) -> str:
     return parts.hostname
 
 
-async def check_url(url: str, *, allow_private: bool) -> None:
-    """Refuse URLs whose host is (or resolves to) loopback/private/link-local, unless allowed."""
+async def check_url(url: str, *, allow_private: bool, resolver: Resolver | None = None) -> None:
+    """Refuse URLs whose host is (or resolves to) loopback/private/link-local, unless allowed: an early,
+    clear answer. What holds at delivery is the guarded client, which checks the address it connects to."""
     host = check_url_syntax(url)
     if allow_private:
         return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+        await public_addresses(host, urlsplit(url).port or 443, resolver or SystemResolver(), allow_private=False)
+    except UnresolvedHost as exc:
         raise CallbackURLError(f"callback_url host {host!r} does not resolve") from exc
-    if any(internal_address(str(info[4][0])) for info in infos):
-        raise CallbackURLError(f"callback_url host {host!r} is a loopback, private or link-local address; refused")
+    except RefusedAddress as exc:
+        raise CallbackURLError(f"callback_url host {host!r} is a loopback, private or link-local address; refused") from exc
 
 
 class Dispatcher:
     """Sends due deliveries; one attempt per lease; backoff base * 2**attempt, up to max attempts."""
 
-    def __init__(self, settings: OrchestratorSettings, store: Store) -> None:
+    def __init__(self, settings: OrchestratorSettings, store: Store, *, resolver: Resolver | None = None) -> None:
         self._settings = settings
         self._store = store
+        self._resolver = resolver or SystemResolver()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        self._http = httpx.AsyncClient(timeout=self._settings.callback_timeout_s, follow_redirects=False)
+        self._http = guarded_client(
+            timeout=self._settings.callback_timeout_s, allow_private=self._settings.callbacks_allow_private, resolver=self._resolver
+        )
         self._task = asyncio.create_task(self._run(), name="callbacks")
 
     async def stop(self) -> None:
@@ -116,7 +119,7 @@ class Dispatcher:
         status: int | None = None
         error: str | None = None
         try:
-            await check_url(delivery.url, allow_private=self._settings.callbacks_allow_private)  # DNS may have changed
+            await check_url(delivery.url, allow_private=self._settings.callbacks_allow_private, resolver=self._resolver)
             async with self._store.begin() as conn:
                 tenant = await tenants.get_tenant(conn, delivery.tenant_id)
             if tenant is None:
@@ -143,6 +146,9 @@ class Dispatcher:
         except CallbackURLError as exc:
             error = str(exc)
             attempt = self._settings.callback_max_attempts  # not going to get better by retrying
+        except RefusedAddress as exc:  # the name resolved inside between the check and the connect (DNS rebinding)
+            error = f"callback_url host {exc}"
+            attempt = self._settings.callback_max_attempts
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         except TimeoutError:

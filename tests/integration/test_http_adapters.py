@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,6 +39,7 @@ class Backend:
     agent_hits: int = 0
     tool_calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     failures_left: int = 0
+    invocations: int = 0
 
     def app(self) -> Starlette:
         return Starlette(
@@ -83,6 +86,7 @@ class Backend:
         )
 
     async def invoke(self, request: Request) -> Response:
+        self.invocations += 1
         payload = orjson.loads(await request.body())
         if request.path_params["name"] != "weather":
             return JSONResponse({"error": "unknown tool"})
@@ -183,3 +187,29 @@ async def test_tool_registry_on_loopback_is_refused_unless_allowed(client: httpx
 
     with pytest.raises(ToolDefinitionError, match="loopback"):
         ToolRegistry("http://127.0.0.1:1", client=client)
+
+
+def _name_resolving_to_loopback() -> str | None:
+    """A name (not ``localhost``, which registration refuses) that this machine resolves to loopback."""
+    for name in ("localhost.", socket.gethostname(), "ip6-localhost"):
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        if infos and all(ipaddress.ip_address(str(info[4][0])).is_loopback for info in infos):
+            return name
+    return None
+
+
+async def test_tool_registry_invoke_refuses_a_name_that_resolves_to_loopback(
+    backend: tuple[Backend, str], client: httpx.AsyncClient
+) -> None:
+    """A name passes registration (checked per call); ``invoke`` must check what it resolves to."""
+    server, url = backend
+    name = _name_resolving_to_loopback()
+    if name is None:
+        pytest.skip("no name other than localhost resolves to loopback here")
+    registry = ToolRegistry(f"http://{name}:{url.rsplit(':', 1)[1]}", client=client)
+    with pytest.raises(ToolError, match="private or loopback"):
+        await registry.invoke("weather", {"city": "Oslo"})
+    assert server.invocations == 0
