@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
@@ -27,6 +28,14 @@ MAX_REASON_BYTES = 4000
 SEND_TIMEOUT_S = 10.0  # a reader parks and moves on: it must not wait on a broker that is down
 
 Headers = list[tuple[str, bytes]]
+
+
+class Publisher(Protocol):
+    """What park() needs of a producer: ``AIOKafkaProducer``, or ``sources.MemoryProducer`` in tests."""
+
+    async def send_and_wait(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, *, headers: Headers | None = None
+    ) -> Any: ...
 
 
 def dlq_copy(record: ConsumerRecord[bytes, bytes], reason: str, *, consumer: str) -> tuple[bytes | None, bytes | None, Headers]:
@@ -52,9 +61,7 @@ def dlq_copy(record: ConsumerRecord[bytes, bytes], reason: str, *, consumer: str
     return key, value, headers
 
 
-async def park(
-    producer: AIOKafkaProducer | None, topics: Topics, record: ConsumerRecord[bytes, bytes], reason: str, *, consumer: str
-) -> bool:
+async def park(producer: Publisher | None, topics: Topics, record: ConsumerRecord[bytes, bytes], reason: str, *, consumer: str) -> bool:
     """What every reader does with a record it cannot use: DLQ a bounded copy (or, with no producer,
     log it) and go on. ``consumer`` names the reader that gave up on it: readers without a group
     (status views, bridge tails, control tails) each report their own copy. Never raises (short of

@@ -29,11 +29,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from schemas.topics import Topics
-from services.common.dlq import park
+from services.common.dlq import Publisher, park
 from services.common.errors import AgentstreamError, PoisonRecord
 from services.common.observability import metrics
 from services.common.sources import Batches, Record, RecordSource
@@ -86,7 +86,7 @@ class Reader:
         handle: Handler,
         *,
         topics: Topics,
-        dlq: AIOKafkaProducer | None,
+        dlq: Publisher | None,
         transient: Callable[[BaseException], bool] = transient,
         retry: Retry = Retry(),
         restart: Restart = Restart(),
@@ -179,6 +179,7 @@ class Reader:
                 continue
             self.state = "running"
             for tp, records in batches.items():
+                self._next.setdefault(tp, records[0].offset)  # so a restart reads this batch again if it dies before any
                 if self._around is None:
                     await self._handle_all(tp, records)
                 else:

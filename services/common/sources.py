@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -189,3 +189,19 @@ class MemorySource:
 
     async def close(self) -> None:
         self.closed = True
+
+
+class MemoryProducer:
+    """The DLQ end of the in-memory seam: keeps what is sent; ``error`` makes every send raise it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+        self.error: BaseException | None = None
+
+    async def send_and_wait(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, *, headers: list[tuple[str, bytes]] | None = None
+    ) -> Any:
+        if self.error is not None:
+            raise self.error
+        self.sent.append((topic, key, value, list(headers or ())))
+        return None
