@@ -13,7 +13,8 @@ and then goes on with the next record. No record stops a reader or holds back th
 for longer than the retry cap. Group readers commit what they handled after each batch.
 
 The fetch loop runs in a task under a supervisor: when it dies (a bug, a broken client) it is
-restarted with backoff, from the first record it had not handled, counted in
+restarted with backoff (on a new source when ``reopen`` is given: the old client may be what
+broke), from the first record it had not handled, counted in
 ``agentstream_reader_restarts_total{reader}``; ``agentstream_reader_up{reader}`` and ``state`` show
 it, and the services' ``/health/ready`` answer 503 naming a reader that is not running.
 """
@@ -94,6 +95,8 @@ class Reader:
         fetch_timeout_ms: int = 200,
         around_batch: Callable[[list[Record]], AbstractContextManager[None]] | None = None,
         after_batch: Callable[[Batches], Awaitable[None]] | None = None,
+        positions: dict[TopicPartition, int] | None = None,
+        reopen: Callable[[], Awaitable[RecordSource]] | None = None,
     ) -> None:
         self.name = name
         self.source = source
@@ -111,7 +114,9 @@ class Reader:
         self.restarts = 0
         self.last_error: str | None = None
         self.parked = 0
-        self._next: dict[TopicPartition, int] = {}  # first offset not handled yet, per partition
+        # First offset not handled yet, per partition (a tail's start positions until it reads).
+        self._next: dict[TopicPartition, int] = dict(positions or {})
+        self._reopen = reopen
         self._supervisor: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None  # the fetch loop now running
 
@@ -166,8 +171,26 @@ class Reader:
             log.error("reader %s died (%s); restarting in %.1fs", self.name, self.last_error, delay, exc_info=error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._restart.max_s)
+            while self._reopen is not None and not await self._reopened():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._restart.max_s)
             for tp, offset in self._next.items():  # records fetched but not handled are read again
                 self.source.seek(tp, offset)
+
+    async def _reopened(self) -> bool:
+        """Replace the source with a new one (the old client may be what broke); False if that failed."""
+        assert self._reopen is not None
+        with contextlib.suppress(Exception):
+            await self.source.close()
+        try:
+            self.source = await self._reopen()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.last_error = f"reopening failed: {_reason(exc)}"
+            log.error("reader %s: %s", self.name, self.last_error)
+            return False
+        return True
 
     async def _run(self) -> None:
         while True:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -87,6 +87,18 @@ async def open_tail(
         raise
 
 
+def reopen_tail(
+    settings: KafkaSettings, topics: Sequence[str], *, client_id: str, from_beginning: bool = False
+) -> Callable[[], Awaitable[KafkaSource]]:
+    """How a reader gets a new tail consumer after its loop died (it then seeks to where it was)."""
+
+    async def reopen() -> KafkaSource:
+        source, _ = await open_tail(settings, topics, client_id=client_id, from_beginning=from_beginning)
+        return source
+
+    return reopen
+
+
 async def open_group(settings: KafkaSettings, topic: str, *, group: str, client_id: str, assigned_within_s: float = 30.0) -> KafkaSource:
     """A started member of ``group`` on ``topic``, returned once it has partitions. A new group starts
     at the beginning: what happened while no member ran is not lost."""
@@ -116,9 +128,9 @@ class MemorySource:
     reader that dies); ``fetch`` waits up to its timeout for new records, like ``getmany``.
     """
 
-    def __init__(self) -> None:
-        self.log: dict[TopicPartition, list[Record]] = {}
-        self.positions: dict[TopicPartition, int] = {}
+    def __init__(self, log: dict[TopicPartition, list[Record]] | None = None) -> None:
+        self.log: dict[TopicPartition, list[Record]] = log if log is not None else {}
+        self.positions: dict[TopicPartition, int] = dict.fromkeys(self.log, 0)
         self.committed: dict[TopicPartition, int] = {}
         self.closed = False
         self._failures: list[BaseException] = []
@@ -150,7 +162,13 @@ class MemorySource:
     def fail_fetch(self, *errors: BaseException) -> None:
         self._failures.extend(errors)
 
+    def reopened(self) -> MemorySource:
+        """A new consumer of the same log, at its beginning (like a new client)."""
+        return MemorySource(self.log)
+
     async def fetch(self, *, max_records: int, timeout_ms: int) -> Batches:
+        if self.closed:
+            raise RuntimeError("fetch on a closed source")  # as aiokafka's ConsumerStoppedError
         if self._failures:
             raise self._failures.pop(0)
         batches = self._take(max_records)
@@ -167,7 +185,7 @@ class MemorySource:
         batches: Batches = {}
         left = max_records
         for tp, records in self.log.items():
-            start = self.positions[tp]
+            start = self.positions.setdefault(tp, 0)
             chunk = records[start : start + left]
             if chunk:
                 batches[tp] = chunk

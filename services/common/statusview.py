@@ -19,7 +19,7 @@ from services.common.errors import PoisonRecord
 from services.common.kafka import encode
 from services.common.reader import Reader
 from services.common.settings import KafkaSettings
-from services.common.sources import Batches, Record, open_tail
+from services.common.sources import Batches, Record, open_tail, reopen_tail
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,15 @@ class StatusView:
         if not self._pending:
             self._caught_up.set()
         self.reader = Reader(
-            self._name, source, self._handle, topics=self._settings.topics, dlq=self._dlq, max_records=2000, after_batch=self._after_batch
+            self._name,
+            source,
+            self._handle,
+            topics=self._settings.topics,
+            dlq=self._dlq,
+            max_records=2000,
+            after_batch=self._after_batch,
+            positions=start,
+            reopen=reopen_tail(self._settings, [self._topic], client_id=self._name, from_beginning=True),
         )
         self.reader.start()
         await asyncio.wait_for(self._caught_up.wait(), 60)

@@ -25,7 +25,7 @@ from services.common.errors import PoisonRecord
 from services.common.kafka import encode, event_headers
 from services.common.reader import Reader
 from services.common.settings import KafkaSettings
-from services.common.sources import Record, open_tail
+from services.common.sources import Record, open_tail, reopen_tail
 from services.executor.providers.base import ToolSpec
 from services.executor.tools import Tool, ToolContext, ToolError, current_tool_call
 
@@ -46,8 +46,12 @@ class JobClient:
 
     async def start(self) -> None:
         # From the end: an update for a request sent right after start is seen.
-        source, _ = await open_tail(self._settings, [self._settings.topics.jobs_updates], client_id=self._client_id)
-        self.reader = Reader(self._client_id, source, self._handle, topics=self._settings.topics, dlq=self._producer)
+        topics = [self._settings.topics.jobs_updates]
+        source, start = await open_tail(self._settings, topics, client_id=self._client_id)
+        reopen = reopen_tail(self._settings, topics, client_id=self._client_id)
+        self.reader = Reader(
+            self._client_id, source, self._handle, topics=self._settings.topics, dlq=self._producer, positions=start, reopen=reopen
+        )
         self.reader.start()
 
     async def stop(self) -> None:

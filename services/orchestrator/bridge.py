@@ -33,7 +33,7 @@ from services.common.observability import metrics
 from services.common.observability.tracing import delivery_spans
 from services.common.reader import Reader
 from services.common.settings import KafkaSettings
-from services.common.sources import open_tail
+from services.common.sources import KafkaSource, open_tail
 from services.common.statusview import StatusView
 from services.orchestrator.sinks import CLOSE_SHUTDOWN, Sink
 
@@ -173,6 +173,12 @@ class Bridge:
     async def start(self) -> None:
         source, self._tail_start = await open_tail(self._settings, self._topics, client_id="bridge-tail")
         self._consumer = source.consumer
+
+        async def reopen() -> KafkaSource:  # after the tail died: a new consumer, positioned by the reader
+            new, _ = await open_tail(self._settings, self._topics, client_id="bridge-tail")
+            self._consumer = new.consumer
+            return new
+
         self.reader = Reader(
             "bridge-tail",
             source,
@@ -181,6 +187,8 @@ class Bridge:
             dlq=self._dlq,
             max_records=5000,
             around_batch=lambda records: delivery_spans(records, self._subs),
+            positions=self._tail_start,
+            reopen=reopen,
         )
         self.reader.start()
         metrics.STREAM_SUBSCRIPTIONS.add(self, lambda: [((), float(self.subscriber_count))])

@@ -46,9 +46,17 @@ class _Follower:
 
     async def start(self) -> None:
         kafka = self._lifecycle.settings.kafka
-        source = await open_group(kafka, self._topic, group=self._group, client_id=f"orchestrator-{self.name}")
+        client_id = f"orchestrator-{self.name}"
+        source = await open_group(kafka, self._topic, group=self._group, client_id=client_id)
         self.reader = Reader(
-            self.name, source, self.handle, topics=kafka.topics, dlq=self._lifecycle.producer, transient=transient, max_records=500
+            self.name,
+            source,
+            self.handle,
+            topics=kafka.topics,
+            dlq=self._lifecycle.producer,
+            transient=transient,
+            max_records=500,
+            reopen=lambda: open_group(kafka, self._topic, group=self._group, client_id=client_id),
         )
         self.reader.start()
 

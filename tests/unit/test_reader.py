@@ -229,3 +229,22 @@ async def test_park_never_raises() -> None:
     producer.error = None
     assert await dlq.park(producer, TOPICS, _record(b"{}"), "why", consumer="c") is True
     assert producer.sent[0][0] == TOPICS.dlq
+
+
+async def test_a_reader_whose_client_broke_gets_a_new_one_and_goes_on_where_it_was(running: Callable[..., Reader]) -> None:
+    first = MemorySource()
+    handled: list[bytes] = []
+    opened: list[MemorySource] = []
+
+    async def reopen() -> MemorySource:
+        opened.append(first.reopened())
+        return opened[-1]
+
+    first.append(TOPIC, b"1")
+    reader = running(first, lambda r: handled.append(r.value or b""), reopen=reopen)
+    await _until(lambda: handled == [b"1"])
+    await first.close()  # the consumer stopped under the reader: every fetch now raises
+    await _until(lambda: reader.restarts == 1 and reader.running)
+    assert reader.source is opened[0] and first.closed
+    first.append(TOPIC, b"2")
+    await _until(lambda: handled == [b"1", b"2"])  # from where it was, not from the new client's beginning
