@@ -4,15 +4,15 @@ such a record for ever, so every later end stayed unapplied)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from services.common.kafka import event_headers, header
+from services.common.kafka import event_headers
 from services.common.settings import KafkaSettings
+from tests.dlq import parked
 from tests.e2e.orchestrator.conftest import Launcher, Orch
 
 pytestmark = pytest.mark.kafka
@@ -29,23 +29,6 @@ async def _produce(kafka: KafkaSettings, topic: str, records: list[tuple[str, di
             await producer.send_and_wait(topic, key=key.encode(), value=orjson.dumps(value), headers=headers)
     finally:
         await producer.stop()
-
-
-async def parked(kafka: KafkaSettings, consumer: str, count: int, *, timeout: float = 20) -> dict[str, str]:
-    """The first ``count`` DLQ records of ``consumer``: key -> reason."""
-    found: dict[str, str] = {}
-    reader = AIOKafkaConsumer(kafka.topics.dlq, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest")
-    await reader.start()
-    try:
-        async with asyncio.timeout(timeout):
-            while len(found) < count:
-                for records in (await reader.getmany(timeout_ms=500)).values():
-                    for record in records:
-                        if header(record.headers, "dlq.consumer") == consumer:
-                            found[(record.key or b"").decode()] = header(record.headers, "dlq.reason") or ""
-    finally:
-        await reader.stop()
-    return found
 
 
 async def _execution(orch: Orch) -> str:
