@@ -1,7 +1,7 @@
 """Cost per record of consuming the lanes: FastStream used idiomatically vs our ``Reader``.
 
 ``python -m bench.readers [--records 20000] [--bootstrap 127.0.0.1:9092]``: writes ``records``
-``execution.requested`` values (~400 bytes) to a fresh 3-partition topic once, then reads all of
+``execution.requested`` values (~500 bytes) to a fresh 3-partition topic once, then reads all of
 them in a new consumer group each way, and prints CPU and wall time per record, counted from the
 first record handled to the last (group joins excluded):
 
@@ -14,7 +14,11 @@ first record handled to the last (group joins excluded):
   (what ``services/executor/app.py`` does today, there with manual watermark commits);
 * ``reader``: ``services.common.reader.Reader`` over ``open_group``, validating with
   ``ExecutionRequested.model_validate_json``, committing after each batch;
-* ``aiokafka-floor``: a bare ``getmany`` loop that only counts, for the floor.
+* ``aiokafka-floor``: a bare ``getmany`` loop that only counts, for the floor;
+* ``validate-only``: ``ExecutionRequested.model_validate_json`` over the same values, no Kafka.
+
+``faststream-model-ack`` reads the first ``ACK_RECORDS`` only: a commit round trip per message
+makes it ~100x slower, and the per-record figure is the same.
 
 Bounded: one topic, ``records`` records, at most ``--timeout`` seconds a way; the topic is deleted after.
 """
@@ -42,6 +46,8 @@ from services.common.kafka import encode
 from services.common.reader import Reader
 from services.common.settings import KafkaSettings
 from services.common.sources import KafkaSource, Record, open_group
+
+ACK_RECORDS = 2000
 
 
 class Meter:
@@ -77,9 +83,7 @@ async def _fill(bootstrap: str, topic: str, records: int) -> None:
     try:
         futures = []
         for i in range(records):
-            request = ExecutionRequested(
-                tenant_id=f"tenant-{i % 7}", execution_id=uuid.uuid4().hex, input="what is 6*7? " * 8, variables={"n": i}
-            )
+            request = _request(i)
             futures.append(await producer.send(topic, encode(request), key=request.tenant_id.encode()))
         await asyncio.gather(*futures)
     finally:
@@ -156,20 +160,32 @@ async def main(bootstrap: str, records: int, timeout: float) -> dict[str, Any]:
     await _fill(bootstrap, topic, records)
     ways: dict[str, Callable[[Meter], Awaitable[None]]] = {
         "aiokafka-floor": lambda m: _floor(bootstrap, topic, m),
+        "faststream-model": lambda m: _faststream(bootstrap, topic, m, model=True),
         "reader": lambda m: _reader(bootstrap, topic, m),
         "faststream-raw": lambda m: _faststream(bootstrap, topic, m, model=False),
-        "faststream-model": lambda m: _faststream(bootstrap, topic, m, model=True),
         "faststream-model-ack": lambda m: _faststream(bootstrap, topic, m, model=True, ack=AckPolicy.ACK),
     }
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"validate-only": _validate_only(records)}
     try:
         for name, way in ways.items():
-            meter = Meter(records)
+            meter = Meter(min(records, ACK_RECORDS) if name.endswith("-ack") else records)
             await asyncio.wait_for(way(meter), timeout)
             results[name] = meter.result()
     finally:
         await _drop(bootstrap, topic)
     return results
+
+
+def _validate_only(records: int) -> dict[str, float]:
+    values = [encode(_request(i)) for i in range(records)]
+    cpu0 = time.process_time()
+    for value in values:
+        ExecutionRequested.model_validate_json(value)
+    return {"records": records, "cpu_us_per_record": (time.process_time() - cpu0) / records * 1e6}
+
+
+def _request(i: int) -> ExecutionRequested:
+    return ExecutionRequested(tenant_id=f"tenant-{i % 7}", execution_id=uuid.uuid4().hex, input="what is 6*7? " * 8, variables={"n": i})
 
 
 if __name__ == "__main__":

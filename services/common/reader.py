@@ -97,6 +97,7 @@ class Reader:
         after_batch: Callable[[Batches], Awaitable[None]] | None = None,
         positions: dict[TopicPartition, int] | None = None,
         reopen: Callable[[], Awaitable[RecordSource]] | None = None,
+        commit_after_batch: bool = True,
     ) -> None:
         self.name = name
         self.source = source
@@ -117,6 +118,7 @@ class Reader:
         # First offset not handled yet, per partition (a tail's start positions until it reads).
         self._next: dict[TopicPartition, int] = dict(positions or {})
         self._reopen = reopen
+        self._commits = commit_after_batch  # False: the handler commits (e.g. a watermark of finished work)
         self._supervisor: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None  # the fetch loop now running
 
@@ -209,7 +211,8 @@ class Reader:
                     with self._around(records):
                         await self._handle_all(tp, records)
             if batches:
-                await self._commit(batches)
+                if self._commits:
+                    await self._commit(batches)
                 if self._after is not None:
                     await self._after(batches)
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import OffsetAndMetadata
 
 from services.common.kafka import partitions_of
@@ -99,17 +100,27 @@ def reopen_tail(
     return reopen
 
 
-async def open_group(settings: KafkaSettings, topic: str, *, group: str, client_id: str, assigned_within_s: float = 30.0) -> KafkaSource:
+async def open_group(
+    settings: KafkaSettings,
+    topic: str,
+    *,
+    group: str,
+    client_id: str,
+    assigned_within_s: float = 30.0,
+    listener: ConsumerRebalanceListener | None = None,
+    **options: Any,
+) -> KafkaSource:
     """A started member of ``group`` on ``topic``, returned once it has partitions. A new group starts
-    at the beginning: what happened while no member ran is not lost."""
+    at the beginning: what happened while no member ran is not lost. ``options`` go to the consumer."""
     consumer = AIOKafkaConsumer(
-        topic,
         bootstrap_servers=settings.bootstrap,
         group_id=group,
         client_id=client_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **options,
     )
+    consumer.subscribe([topic], listener=listener)
     await consumer.start()
     try:
         async with asyncio.timeout(assigned_within_s):
