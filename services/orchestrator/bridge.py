@@ -16,6 +16,7 @@ the newest ``execution.started`` seen are dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine, Iterable
@@ -230,6 +231,9 @@ class Bridge:
     def _handle(self, record: Record) -> None:
         """One record of the tail (the reader parks it if this raises, and goes on)."""
         problem = _malformed(record)
+        attempt = header(record.headers, "attempt")
+        if problem is None and attempt is not None and not attempt.isascii():
+            problem = f"event record with a non-numeric `attempt` header {attempt!r}"  # "²".isdigit(), yet int() refuses it
         if problem is not None:
             raise PoisonRecord(problem)
         self._dispatch(record)
@@ -247,7 +251,14 @@ class Bridge:
         subs = self._subs.get(execution_id)
         if subs:
             for sub in tuple(subs):
-                sub.offer(record)
+                try:
+                    sub.offer(record)
+                except Exception:
+                    # One subscription's failure ends it; the record is fine for the others (and not parked).
+                    log.exception("subscription to %s failed on %s@%s; ending it", execution_id, record.partition, record.offset)
+                    sub.done = True
+                    with contextlib.suppress(Exception):
+                        sub.sink.push_control({"type": "error", "execution_id": execution_id, "error": "internal error; subscribe again"})
                 if sub.done:
                     self._unregister(sub)
 
