@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiokafka import TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.topics import Topics
 from services.common import dlq
@@ -248,3 +250,43 @@ async def test_a_reader_whose_client_broke_gets_a_new_one_and_goes_on_where_it_w
     assert reader.source is opened[0] and first.closed
     first.append(TOPIC, b"2")
     await _until(lambda: handled == [b"1", b"2"])  # from where it was, not from the new client's beginning
+
+
+Outcome = str  # "ok" | "data" | "blip" (transient once) | "down" (transient every try) | "poison"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["ok", "data", "blip", "down", "poison"]), min_size=1, max_size=30), st.integers(1, 7))
+def test_every_record_is_handled_or_parked_once_in_order_whatever_the_handler_does(outcomes: list[Outcome], batch: int) -> None:
+    async def run() -> tuple[list[int], list[int], int]:
+        source, producer = MemorySource(), MemoryProducer()
+        tries: dict[int, int] = {}
+        handled: list[int] = []
+
+        def handle(record: Record) -> None:
+            i = record.offset
+            tries[i] = tries.get(i, 0) + 1
+            outcome = outcomes[i]
+            if outcome == "data":
+                raise TypeError("int() argument must be a string, not 'dict'")
+            if outcome == "poison":
+                raise PoisonRecord("bad")
+            if outcome == "down" or (outcome == "blip" and tries[i] == 1):
+                raise StoreDown("locked")
+            handled.append(i)
+
+        for i in range(len(outcomes)):
+            source.append(TOPIC, str(i).encode())
+        retry = Retry(attempts=2, first_s=0.0, max_s=0.0)
+        reader = Reader(_name(), source, handle, topics=TOPICS, dlq=producer, retry=retry, max_records=batch, fetch_timeout_ms=5)
+        reader.start()
+        try:
+            await _until(lambda: len(handled) + len(producer.sent) == len(outcomes))
+        finally:
+            await reader.stop()
+        return handled, [int(value or b"") for _, _, value, _ in producer.sent], reader.restarts
+
+    handled, parked, restarts = asyncio.run(run())
+    assert handled == [i for i, o in enumerate(outcomes) if o in ("ok", "blip")]
+    assert parked == [i for i, o in enumerate(outcomes) if o in ("data", "down", "poison")]
+    assert restarts == 0
