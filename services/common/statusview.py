@@ -11,14 +11,15 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from schemas.status import ExecutionStatus
-from services.common.dlq import park
+from services.common.errors import PoisonRecord
 from services.common.kafka import encode
+from services.common.reader import Reader
 from services.common.settings import KafkaSettings
-from services.common.tail import Batches, close_tail, open_tail, run_tail
+from services.common.sources import Batches, Record, open_tail, reopen_tail
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ class StatusView:
         self._name = name
         self._topic = settings.topics.status
         self._items: dict[str, ExecutionStatus] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.reader: Reader | None = None
+        self._changed_in_batch = False
         self._end: dict[TopicPartition, int] = {}
         self._pending: set[TopicPartition] = set()
         self._caught_up = asyncio.Event()
@@ -81,38 +82,54 @@ class StatusView:
         return self._items.get(execution_id)
 
     async def start(self) -> None:
-        consumer, _ = await open_tail(self._settings, [self._topic], client_id=self._name, from_beginning=True)
-        self._consumer = consumer
-        self._end = await consumer.end_offsets(list(consumer.assignment())) if consumer.assignment() else {}
-        self._pending = {tp for tp, offset in self._end.items() if offset > 0}
+        source, start = await open_tail(self._settings, [self._topic], client_id=self._name, from_beginning=True)
+        try:
+            self._end = await source.consumer.end_offsets(list(start)) if start else {}
+        except BaseException:
+            await source.close()
+            raise
+        self._pending = {tp for tp, offset in self._end.items() if offset > start.get(tp, 0)}
         if not self._pending:
             self._caught_up.set()
-        self._task = asyncio.create_task(run_tail(consumer, self._handle, name="status view"), name="status-view")
+        self.reader = Reader(
+            self._name,
+            source,
+            self._handle,
+            topics=self._settings.topics,
+            dlq=self._dlq,
+            max_records=2000,
+            after_batch=self._after_batch,
+            positions=start,
+            reopen=reopen_tail(self._settings, [self._topic], client_id=self._name, from_beginning=True),
+        )
+        self.reader.start()
         await asyncio.wait_for(self._caught_up.wait(), 60)
 
-    async def _handle(self, batches: Batches) -> None:
-        changed = False
-        for records in batches.values():
-            for record in records:
-                if record.value is None:
-                    continue
-                try:
-                    changed |= self.apply(ExecutionStatus.model_validate_json(record.value))
-                except ValidationError as exc:
-                    await park(self._dlq, self._settings.topics, record, f"invalid status snapshot: {exc}", consumer=self._name)
-        if self._pending and self._consumer is not None:
+    def _handle(self, record: Record) -> None:
+        if record.value is None:
+            return  # a tombstone: compaction's, nothing to apply
+        try:
+            status = ExecutionStatus.model_validate_json(record.value)
+        except ValidationError as exc:
+            raise PoisonRecord(f"invalid status snapshot: {exc}") from exc
+        self._changed_in_batch |= self.apply(status)
+
+    async def _after_batch(self, batches: Batches) -> None:
+        if self._pending and self.reader is not None:
             for tp in list(self._pending):
-                if await self._consumer.position(tp) >= self._end[tp]:
+                if await self.reader.position(tp) >= self._end[tp]:
                     self._pending.discard(tp)
             if not self._pending:
                 self._caught_up.set()
-        if changed:
+        if self._changed_in_batch:
+            self._changed_in_batch = False
             async with self._changed:
                 self._changed.notify_all()
 
     async def stop(self) -> None:
-        task, consumer, self._task, self._consumer = self._task, self._consumer, None, None
-        await close_tail(task, consumer)
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            await reader.stop()
 
 
 def status_record(status: ExecutionStatus) -> tuple[bytes, bytes]:

@@ -6,18 +6,18 @@ remember the id for a while in case the request reaches them later (a redelivery
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from schemas.events import ExecutionCancelRequested
-from services.common.dlq import park
+from services.common.errors import PoisonRecord
+from services.common.reader import Reader
 from services.common.settings import KafkaSettings
-from services.common.tail import Batches, close_tail, open_tail, run_tail
+from services.common.sources import Record, open_tail, reopen_tail
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +36,28 @@ class ControlTail:
         self._topic = settings.topics.control
         self._on_cancel = on_cancel
         self._client_id = client_id
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.reader: Reader | None = None
 
     async def start(self) -> None:
         # From the end: a cancel sent right after start is seen, older ones are not ours to act on.
-        self._consumer, _ = await open_tail(self._settings, [self._topic], client_id=self._client_id)
-        self._task = asyncio.create_task(run_tail(self._consumer, self._handle, name="control tail", max_records=500), name="control-tail")
+        source, start = await open_tail(self._settings, [self._topic], client_id=self._client_id)
+        reopen = reopen_tail(self._settings, [self._topic], client_id=self._client_id)
+        self.reader = Reader(
+            self._client_id, source, self._handle, topics=self._settings.topics, dlq=self._dlq, positions=start, reopen=reopen
+        )
+        self.reader.start()
 
-    async def _handle(self, batches: Batches) -> None:
-        for records in batches.values():
-            for record in records:
-                try:
-                    raw = orjson.loads(record.value or b"null")
-                    if not isinstance(raw, dict) or raw.get("type") != "execution.cancel_requested":
-                        continue  # other control messages are not ours
-                    request = ExecutionCancelRequested.model_validate(raw)
-                except (orjson.JSONDecodeError, ValidationError) as exc:
-                    await park(self._dlq, self._settings.topics, record, f"invalid control record: {exc}", consumer=self._client_id)
-                    continue
-                self._on_cancel(request)
+    def _handle(self, record: Record) -> None:
+        try:
+            raw = orjson.loads(record.value or b"null")
+            if not isinstance(raw, dict) or raw.get("type") != "execution.cancel_requested":
+                return  # other control messages are not ours
+            request = ExecutionCancelRequested.model_validate(raw)
+        except (orjson.JSONDecodeError, ValidationError) as exc:
+            raise PoisonRecord(f"invalid control record: {exc}") from exc
+        self._on_cancel(request)
 
     async def stop(self) -> None:
-        task, consumer, self._task, self._consumer = self._task, self._consumer, None, None
-        await close_tail(task, consumer)
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            await reader.stop()

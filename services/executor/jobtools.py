@@ -16,15 +16,16 @@ import logging
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.events import JobRequested, JobUpdated, ToolCallProgress
-from services.common.dlq import park
+from services.common.errors import PoisonRecord
 from services.common.kafka import encode, event_headers
+from services.common.reader import Reader
 from services.common.settings import KafkaSettings
-from services.common.tail import Batches, close_tail, open_tail, run_tail
+from services.common.sources import Record, open_tail, reopen_tail
 from services.executor.providers.base import ToolSpec
 from services.executor.tools import Tool, ToolContext, ToolError, current_tool_call
 
@@ -41,26 +42,27 @@ class JobClient:
         self.timeout_s = timeout_s
         self.grace_s = grace_s
         self._waiters: dict[str, tuple[str, asyncio.Queue[JobUpdated]]] = {}  # request_id -> (tenant, updates)
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.reader: Reader | None = None
 
     async def start(self) -> None:
         # From the end: an update for a request sent right after start is seen.
-        self._consumer, _ = await open_tail(self._settings, [self._settings.topics.jobs_updates], client_id=self._client_id)
-        self._task = asyncio.create_task(
-            run_tail(self._consumer, self._handle, name="jobs.updates tail", max_records=500), name="jobs-updates-tail"
+        topics = [self._settings.topics.jobs_updates]
+        source, start = await open_tail(self._settings, topics, client_id=self._client_id)
+        reopen = reopen_tail(self._settings, topics, client_id=self._client_id)
+        self.reader = Reader(
+            self._client_id, source, self._handle, topics=self._settings.topics, dlq=self._producer, positions=start, reopen=reopen
         )
+        self.reader.start()
 
     async def stop(self) -> None:
-        task, consumer, self._task, self._consumer = self._task, self._consumer, None, None
-        await close_tail(task, consumer)
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            await reader.stop()
 
-    async def _handle(self, batches: Batches) -> None:
-        for records in batches.values():
-            for record in records:
-                problem = self._deliver(record.value or b"")
-                if problem is not None:
-                    await park(self._producer, self._settings.topics, record, problem, consumer=self._client_id)
+    def _handle(self, record: Record) -> None:
+        problem = self._deliver(record.value or b"")
+        if problem is not None:
+            raise PoisonRecord(problem)
 
     def _deliver(self, value: bytes) -> str | None:
         """Hand an update to its waiter; return why the record is malformed, if it is."""

@@ -1,4 +1,5 @@
-"""The executor's small HTTP server: ``GET /metrics`` (Prometheus) and ``GET /health/live``.
+"""The executor's small HTTP server: ``GET /metrics`` (Prometheus), ``GET /health/live`` and
+``GET /health/ready`` (503 naming a reader, status view or control or jobs tail, that is not running).
 
 The executor has no web framework; this is a few lines of ``asyncio.start_server`` answering one
 request per connection, so a scrape never competes with the agent loops for more than a moment.
@@ -9,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from services.common.observability import metrics
+from services.common.reader import Reader, readers_health
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +25,7 @@ class MetricsServer:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host, self.port = host, port
         self._server: asyncio.Server | None = None
+        self.readers: Callable[[], list[Reader]] = list
 
     @property
     def url(self) -> str:
@@ -57,6 +63,10 @@ class MetricsServer:
                 status = b"200 OK"
             elif path == b"/health/live":
                 status, body, content_type = b"200 OK", b'{"status":"ok"}', "application/json"
+            elif path == b"/health/ready":
+                ok, states = readers_health(self.readers())
+                status = b"200 OK" if ok else b"503 Service Unavailable"
+                body, content_type = orjson.dumps({"status": "ready" if ok else "not ready", "readers": states}), "application/json"
             else:
                 status, body, content_type = b"404 Not Found", b"not found\n", "text/plain"
             writer.write(
@@ -101,4 +111,11 @@ async def watch(executor: Any, *, stop: bool = False) -> None:
     metrics.CONSUMER_LAG.add(executor, lag)
     metrics.IN_FLIGHT.add(executor, lambda: [((), float(len(executor._running)))])
     if executor.metrics_server is not None:
+        executor.metrics_server.readers = lambda: executor_readers(executor)
         await executor.metrics_server.start()
+
+
+def executor_readers(executor: Any) -> list[Reader]:
+    """The executor's group-less readers: its status view, control tail and jobs.updates tail."""
+    parts = (executor.status, executor.control, executor.jobs)
+    return [part.reader for part in parts if part.reader is not None]

@@ -78,7 +78,7 @@ class ExecutorSettings(BaseSettings):
 
     # -- observability -------------------------------------------------------------------------
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 0  # GET /metrics (Prometheus) and /health/live on this port; 0 = off
+    metrics_port: int = 0  # GET /metrics (Prometheus), /health/live and /health/ready on this port; 0 = off
 
     @property
     def consumer_group(self) -> str:

@@ -22,6 +22,7 @@ from services.common.kafka import ensure_topics, make_producer, start_client
 from services.common.localkafka import answers_metadata
 from services.common.observability import metrics
 from services.common.observability.asgi import TelemetryMiddleware, metrics_endpoint
+from services.common.reader import readers_health
 from services.common.statusview import StatusView
 from services.orchestrator import docs, streaming
 from services.orchestrator import routes as api
@@ -61,10 +62,21 @@ async def live(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    bootstrap = _state(request).settings.kafka.bootstrap
-    if await answers_metadata(bootstrap, timeout=2.0):
-        return JSONResponse({"status": "ready", "kafka": bootstrap})
-    return JSONResponse({"status": "not ready", "kafka": f"Kafka is not reachable at {bootstrap}"}, status_code=503)
+    """Ready when Kafka answers and every reader is fetching; 503 names what is not."""
+    state = _state(request)
+    bootstrap = state.settings.kafka.bootstrap
+    readers = [r for r in (state.status.reader, state.bridge.reader) if r is not None] + state.runtime.readers()
+    readers_ok, states = readers_health(readers)
+    kafka_ok = await answers_metadata(bootstrap, timeout=2.0)
+    body: dict[str, Any] = {"status": "ready", "kafka": bootstrap, "readers": states}
+    if kafka_ok and readers_ok:
+        return JSONResponse(body)
+    body["status"] = "not ready"
+    if not kafka_ok:
+        body["kafka"] = f"Kafka is not reachable at {bootstrap}"
+    if not readers_ok:
+        body["not_running"] = sorted(name for name, s in states.items() if s != "running")
+    return JSONResponse(body, status_code=503)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

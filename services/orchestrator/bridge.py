@@ -16,6 +16,7 @@ the newest ``execution.started`` seen are dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine, Iterable
@@ -27,13 +28,14 @@ from pydantic import ValidationError
 
 from schemas.events import TERMINAL_TYPES, EventAdapter, ExecutionCancelled, ExecutionCompleted, ExecutionFailed
 from schemas.status import ExecutionStatus
-from services.common.dlq import park
+from services.common.errors import PoisonRecord
 from services.common.kafka import header
 from services.common.observability import metrics
 from services.common.observability.tracing import delivery_spans
+from services.common.reader import Reader
 from services.common.settings import KafkaSettings
+from services.common.sources import KafkaSource, open_tail
 from services.common.statusview import StatusView
-from services.common.tail import Batches, open_tail, run_tail
 from services.orchestrator.sinks import CLOSE_SHUTDOWN, Sink
 
 log = logging.getLogger(__name__)
@@ -215,6 +217,7 @@ class Bridge:
         self._recent = RecentRecords(ttl_s=recent_ttl_s, max_bytes=recent_max_bytes)
         self._tail_start: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        self.reader: Reader | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         status.on_new.append(self._on_new_execution)
 
@@ -224,9 +227,26 @@ class Bridge:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        consumer, self._tail_start = await open_tail(self._settings, self._topics, client_id="bridge-tail")
-        self._consumer = consumer
-        self._spawn(run_tail(consumer, self._handle, name="bridge tail", max_records=5000), "bridge-tail")
+        source, self._tail_start = await open_tail(self._settings, self._topics, client_id="bridge-tail")
+        self._consumer = source.consumer
+
+        async def reopen() -> KafkaSource:  # after the tail died: a new consumer, positioned by the reader
+            new, _ = await open_tail(self._settings, self._topics, client_id="bridge-tail")
+            self._consumer = new.consumer
+            return new
+
+        self.reader = Reader(
+            "bridge-tail",
+            source,
+            self._handle,
+            topics=self._settings.topics,
+            dlq=self._dlq,
+            max_records=5000,
+            around_batch=lambda records: delivery_spans(records, self._subs),
+            positions=self._tail_start,
+            reopen=reopen,
+        )
+        self.reader.start()
         metrics.STREAM_SUBSCRIPTIONS.add(self, lambda: [((), float(self.subscriber_count))])
         self._spawn(self._evict_loop(), "bridge-evict")
 
@@ -238,9 +258,9 @@ class Bridge:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        reader, self.reader, self._consumer = self.reader, None, None
+        if reader is not None:
+            await reader.stop()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -263,21 +283,22 @@ class Bridge:
         self._sinks.discard(sink)
 
     # -- the tail -------------------------------------------------------------------------
-    async def _handle(self, batches: Batches) -> None:
-        for records in batches.values():
-            rejected: list[tuple[Record, str]] = []
-            with delivery_spans(records, self._subs):
-                for record in records:
-                    problem = _malformed(record)
-                    if problem is None:
-                        self._dispatch(record)
-                    else:
-                        rejected.append((record, problem))
-            for record, problem in rejected:
-                await park(self._dlq, self._settings.topics, record, problem, consumer="bridge-tail")
+    def _handle(self, record: Record) -> None:
+        """One record of the tail (the reader parks it if this raises, and goes on)."""
+        problem = _malformed(record)
+        attempt = header(record.headers, "attempt")
+        if problem is None and attempt is not None and not attempt.isascii():
+            problem = f"event record with a non-numeric `attempt` header {attempt!r}"  # "²".isdigit(), yet int() refuses it
+        if problem is not None:
+            raise PoisonRecord(problem)
+        self._dispatch(record)
 
     def _dispatch(self, record: Record) -> None:
-        execution_id = record.key.decode()  # a key is there: checked by _malformed
+        assert record.key is not None  # checked by _malformed
+        try:
+            execution_id = record.key.decode()
+        except UnicodeDecodeError:
+            raise PoisonRecord("event record whose key (execution_id) is not UTF-8") from None
         terminal = header(record.headers, "type") in TERMINAL_TYPES
         self._recent.add(execution_id, record, terminal=terminal)
         if terminal:
@@ -285,7 +306,14 @@ class Bridge:
         subs = self._subs.get(execution_id)
         if subs:
             for sub in tuple(subs):
-                sub.offer(record)
+                try:
+                    sub.offer(record)
+                except Exception:
+                    # One subscription's failure ends it; the record is fine for the others (and not parked).
+                    log.exception("subscription to %s failed on %s@%s; ending it", execution_id, record.partition, record.offset)
+                    sub.done = True
+                    with contextlib.suppress(Exception):
+                        sub.sink.push_control({"type": "error", "execution_id": execution_id, "error": "internal error; subscribe again"})
                 if sub.done:
                     self._unregister(sub)
 

@@ -11,20 +11,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.errors import KafkaError
+from aiokafka import ConsumerRecord
 
-from services.common.dlq import park
+from services.common.errors import PoisonRecord
 from services.common.kafka import header
-from services.common.tail import close_tail
+from services.common.reader import Reader
+from services.common.sources import open_group
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.store import tasks
+from services.orchestrator.transient import transient
 
 log = logging.getLogger(__name__)
 
@@ -33,73 +32,41 @@ _WANTED = {"execution.started", "tool.call.started", "tool.call.completed", *_TE
 
 
 class _Follower:
+    """A group reader (``services/common/reader.py``) whose ``handle`` applies one record to the store.
+    A record it cannot apply (``PoisonRecord``, a data error) is parked; a store that is down or
+    locked is retried with backoff up to the reader's cap; offsets are committed after handling."""
+
     name = "follower"
 
     def __init__(self, lifecycle: Lifecycle, topic: str, group: str) -> None:
         self._lifecycle = lifecycle
         self._topic = topic
         self._group = group
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.reader: Reader | None = None
 
     async def start(self) -> None:
         kafka = self._lifecycle.settings.kafka
-        consumer = AIOKafkaConsumer(
-            self._topic,
-            bootstrap_servers=kafka.bootstrap,
-            group_id=self._group,
-            client_id=f"orchestrator-{self.name}",
-            enable_auto_commit=False,
-            # A new group starts at the beginning: an end that happened while no replica ran is not lost.
-            auto_offset_reset="earliest",
+        client_id = f"orchestrator-{self.name}"
+        source = await open_group(kafka, self._topic, group=self._group, client_id=client_id)
+        self.reader = Reader(
+            self.name,
+            source,
+            self.handle,
+            topics=kafka.topics,
+            dlq=self._lifecycle.producer,
+            transient=transient,
+            max_records=500,
+            reopen=lambda: open_group(kafka, self._topic, group=self._group, client_id=client_id),
         )
-        await consumer.start()
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._run(consumer), name=f"orchestrator-{self.name}")
-        async with asyncio.timeout(30):
-            while not consumer.assignment():
-                await asyncio.sleep(0.05)
+        self.reader.start()
 
     async def stop(self) -> None:
-        task, consumer, self._task, self._consumer = self._task, self._consumer, None, None
-        await close_tail(task, consumer)
-
-    async def _run(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            try:
-                batches = await consumer.getmany(timeout_ms=200, max_records=500)
-            except KafkaError as exc:
-                log.warning("%s: %s; retrying", self.name, exc)
-                await asyncio.sleep(1)
-                continue
-            for records in batches.values():
-                for record in records:
-                    await self._handle_until_done(record)
-            if batches:
-                with contextlib.suppress(KafkaError):
-                    await consumer.commit()
-
-    async def _handle_until_done(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await self.handle(record)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The store is down or locked: retry the same record (effects are idempotent).
-                log.exception("%s: handling %s:%s@%s failed; retrying", self.name, record.topic, record.partition, record.offset)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            await reader.stop()
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         raise NotImplementedError
-
-    async def reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        """Park a record this follower cannot apply in the DLQ, with the reason; then go on."""
-        log.warning("%s: rejected %s:%s@%s: %s", self.name, record.topic, record.partition, record.offset, reason)
-        await park(self._lifecycle.producer, self._lifecycle.settings.kafka.topics, record, reason, consumer=self.name)
 
 
 class EventsFollower(_Follower):
@@ -118,8 +85,7 @@ class EventsFollower(_Follower):
             execution_id = str(event["execution_id"])
             attempt = int(event.get("attempt", 1))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            await self.reject(record, f"malformed {type_}: {exc}")
-            return
+            raise PoisonRecord(f"malformed {type_}: {exc}") from exc
         store = self._lifecycle.store
         if type_ in _TERMINAL:
             await self._lifecycle.finalize(
@@ -164,11 +130,10 @@ class JobsFollower(_Follower):
         try:
             message = orjson.loads(record.value or b"")
         except orjson.JSONDecodeError as exc:
-            await self.reject(record, f"not JSON: {exc}")
-            return
+            raise PoisonRecord(f"not JSON: {exc}") from exc
         ok, reason = await apply_job_completed(self._lifecycle, message, service=None)
         if not ok:
-            await self.reject(record, reason)
+            raise PoisonRecord(reason)
 
 
 async def apply_job_completed(lifecycle: Lifecycle, message: Any, *, service: str | None) -> tuple[bool, str]:

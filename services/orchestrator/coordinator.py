@@ -34,8 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from schemas.events import JobRequested, JobUpdated, Usage
-from services.common.dlq import send_to_dlq
-from services.common.errors import AgentstreamError
+from services.common.errors import AgentstreamError, PoisonRecord
 from services.common.kafka import encode, event_headers
 from services.orchestrator.breaker import CircuitBreaker
 from services.orchestrator.completions import _Follower
@@ -210,7 +209,7 @@ class ServiceClient:
 class JobRequests(_Follower):
     """``jobs.requested``, one consumer group for every orchestrator replica."""
 
-    name = "job-requests"
+    name = "coordinator"
 
     def __init__(self, lifecycle: Lifecycle, coordinator: ServiceCoordinator) -> None:
         kafka = lifecycle.settings.kafka
@@ -221,10 +220,7 @@ class JobRequests(_Follower):
         try:
             request = JobRequested.model_validate_json(record.value or b"")
         except ValidationError as exc:
-            reason = f"invalid job.requested: {_first_error(exc)}"
-            log.warning("jobs.requested %s@%s: %s", record.partition, record.offset, reason)
-            await send_to_dlq(self._lifecycle.producer, self._lifecycle.settings.kafka.topics, record, reason, consumer="coordinator")
-            return
+            raise PoisonRecord(f"invalid job.requested: {_first_error(exc)}") from exc
         await self._coordinator.accept(request)
 
 

@@ -107,7 +107,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/admin/tenants/{tenant_id}/keys"): Op("List a tenant's keys", "admin", None, {200: None}, auth="admin"),
     ("DELETE", "/v1/admin/keys/{key_id}"): Op("Revoke a key", "admin", None, {200: None}, auth="admin"),
     ("GET", "/health/live"): Op("Liveness", "operations", None, {200: None}, auth="none"),
-    ("GET", "/health/ready"): Op("Readiness (Kafka answers)", "operations", None, {200: None, 503: None}, auth="none"),
+    ("GET", "/health/ready"): Op("Readiness (Kafka, every reader)", "operations", None, {200: None, 503: None}, auth="none"),
     ("GET", "/metrics"): Op("Prometheus metrics", "operations", None, {200: None}, auth="none"),
 }
 

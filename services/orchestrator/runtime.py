@@ -14,6 +14,7 @@ from types import TracebackType
 from aiokafka import AIOKafkaProducer
 
 from schemas.agents import AgentSpec
+from services.common.reader import Reader
 from services.common.statusview import StatusView
 from services.orchestrator.auth import Authenticator
 from services.orchestrator.callbacks import Dispatcher
@@ -76,6 +77,11 @@ class Runtime:
         await self.dispatcher.stop()
         await self.limiter.stop()
         await self.store.stop()
+
+    def readers(self) -> list[Reader]:
+        """The readers this runtime runs (for ``/health/ready``)."""
+        followers = (self.events, self.jobs, self.coordinator.requests)
+        return [f.reader for f in followers if f.reader is not None]
 
     async def __aenter__(self) -> Runtime:
         try:

@@ -66,6 +66,13 @@ class _AsyncioTasks(Collector):
 COMMON.register(_AsyncioTasks())
 ProcessCollector(registry=COMMON)  # process_resident_memory_bytes, process_open_fds, CPU seconds
 DLQ_RECORDS = Counter("agentstream_dlq_records", "Records sent to the dead-letter topic", ["topic"], registry=COMMON)
+DLQ_FAILURES = Counter(
+    "agentstream_dlq_failures", "Records a reader gave up on whose DLQ copy could not be sent (logged)", ["topic"], registry=COMMON
+)
+READER_RESTARTS = Counter("agentstream_reader_restarts", "Reader tasks that died and were restarted", ["reader"], registry=COMMON)
+READER_UP = SourcedGauge(
+    "agentstream_reader_up", "1 while a reader is fetching, 0 while it is starting, restarting or stopped", ("reader",), COMMON
+)
 TOKENS = Counter(
     "agentstream_tokens", "Tokens used by model calls", ["tenant", "agent", "provider", "kind"], registry=COMMON
 )  # counted where the call ends (executor)

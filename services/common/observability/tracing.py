@@ -169,7 +169,7 @@ def delivery_spans(records: Sequence[Any], subscribed: dict[str, Any]) -> Iterat
     counts: dict[bytes, int] = {}
     for record in records:
         key = record.key
-        if key is None or key.decode() not in subscribed:
+        if key is None or key.decode(errors="replace") not in subscribed:
             continue
         firsts.setdefault(key, record)
         counts[key] = counts.get(key, 0) + 1
@@ -184,8 +184,8 @@ def delivery_spans(records: Sequence[Any], subscribed: dict[str, Any]) -> Iterat
                     "messaging.system": "kafka",
                     "messaging.destination.name": record.topic,
                     "messaging.batch.message_count": counts[key],
-                    "agentstream.execution_id": key.decode(),
-                    "agentstream.subscribers": len(subscribed.get(key.decode(), ())),
+                    "agentstream.execution_id": key.decode(errors="replace"),
+                    "agentstream.subscribers": len(subscribed.get(key.decode(errors="replace"), ())),
                 },
             )
         )
