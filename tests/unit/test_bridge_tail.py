@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from aiokafka import TopicPartition
+
 from services.common.kafka import event_headers, header
 from services.common.reader import Reader
 from services.common.settings import KafkaSettings
@@ -26,11 +28,11 @@ async def test_poison_on_the_tail_is_parked_and_the_records_after_it_are_dispatc
     reader.start()
     try:
         async with asyncio.timeout(3):
-            while len(producer.sent) < 2 or len(bridge._recent.get("ex-1") or ()) < 2:
+            while len(producer.sent) < 2 or len(bridge._recent.covering("ex-1", TopicPartition(topic, 0), 0) or ()) < 2:
                 await asyncio.sleep(0.005)
     finally:
         await reader.stop()
-    assert [r.value for r in bridge._recent.get("ex-1") or ()] == [b'{"n": 1}', b'{"n": 4}']
+    assert [r.value for r in bridge._recent.covering("ex-1", TopicPartition(topic, 0), 0) or ()] == [b'{"n": 1}', b'{"n": 4}']
     assert [header(h, "dlq.reason") for _, _, _, h in producer.sent] == [
         "event record whose key (execution_id) is not UTF-8",
         "event record with a non-numeric `attempt` header '²'",
