@@ -296,7 +296,7 @@ class ResponseMapper:
 def _usage(usage: dict[str, Any]) -> dict[str, Any]:
     return {
         "input_tokens": int(usage.get("prompt_tokens", 0)),
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": int(usage.get("completion_tokens", 0)),
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": int(usage.get("total_tokens", 0)),

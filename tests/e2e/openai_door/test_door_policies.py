@@ -1,0 +1,85 @@
+"""What applies on /v1/executions applies on the OpenAI door: limits (429 + Retry-After), idempotency,
+priority, tracing; and the output schema field on /v1/executions itself."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import openai
+import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+from services.common.kafka import header
+from services.orchestrator.app import create_app
+from tests.e2e.conftest import Stack
+from tests.e2e.openai_door.test_chat_completions import clients
+from tests.support import serve
+
+pytestmark = pytest.mark.kafka
+AUTH = {"Authorization": "Bearer key-a"}
+USER: list[Any] = [{"role": "user", "content": "what is 6*7?"}]
+
+
+async def test_rate_limit_is_an_openai_429_with_retry_after(stack: Stack) -> None:
+    limited = stack.orchestrator_settings.model_copy(update={"requests_per_minute": 1})
+    async with serve(create_app(limited)) as url:
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="key-3", max_retries=0)
+        await client.chat.completions.create(model="default", messages=USER)
+        with pytest.raises(openai.RateLimitError) as limited_error:
+            await client.responses.create(model="default", input="again")
+    assert limited_error.value.code == "rate_limit_exceeded" and int(limited_error.value.response.headers["retry-after"]) >= 1
+
+
+async def test_idempotency_key_replays_the_same_execution(stack: Stack) -> None:
+    _, client = clients(stack)
+    headers = {"Idempotency-Key": "door-1"}
+    first = await client.chat.completions.create(model="default", messages=USER, extra_headers=headers)
+    again = await client.chat.completions.create(model="default", messages=USER, extra_headers=headers)
+    assert again.id == first.id and again.choices[0].message.content == first.choices[0].message.content
+    with pytest.raises(openai.ConflictError):
+        await client.chat.completions.create(model="default", messages=[{"role": "user", "content": "other"}], extra_headers=headers)
+    streamed = await client.responses.create(model="default", input="hi", stream=True, extra_headers={"Idempotency-Key": "door-2"})
+    first_id = [e async for e in streamed][-1].response.id  # type: ignore[union-attr]
+    replayed = await client.responses.create(model="default", input="hi", stream=True, extra_headers={"Idempotency-Key": "door-2"})
+    assert [e async for e in replayed][-1].response.id == first_id  # type: ignore[union-attr]
+
+
+async def test_priority_header_or_metadata_and_traceparent_apply(stack: Stack) -> None:
+    _, client = clients(stack)
+    critical = await client.chat.completions.create(model="default", messages=USER, extra_headers={"X-Agentstream-Priority": "critical"})
+    batch = await client.responses.create(model="default", input="hi", metadata={"priority": "batch"})
+    for execution_id, priority in ((critical.id.removeprefix("chatcmpl-"), "critical"), (batch.id.removeprefix("resp_"), "batch")):
+        view = (await stack.http.get(f"/v1/executions/{execution_id}", headers=AUTH)).json()
+        assert view["priority"] == priority
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.responses.create(model="default", input="hi", metadata={"priority": "urgent"})
+    assert bad.value.param == "metadata.priority"
+    trace = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    traced = await client.chat.completions.create(model="default", messages=USER, extra_headers={"traceparent": trace})
+    key = traced.id.removeprefix("chatcmpl-").encode()
+    consumer = AIOKafkaConsumer(stack.kafka.topics.events, bootstrap_servers=stack.kafka.bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        async with asyncio.timeout(10):
+            while not records or header(records[-1].headers, "type") != "execution.completed":
+                batch = await consumer.getmany(timeout_ms=500)
+                records += [r for rs in batch.values() for r in rs if r.key == key]
+    finally:
+        await consumer.stop()
+    # every event of the execution belongs to the caller's trace
+    assert {(header(r.headers, "traceparent") or "").split("-")[1] for r in records} == {"ab" * 16}
+
+
+async def test_output_schema_on_v1_executions(stack: Stack) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    execution_id = await stack.submit(input="what is 6*7?", output_schema=schema)
+    for _ in range(200):
+        view = (await stack.http.get(f"/v1/executions/{execution_id}", headers=AUTH)).json()
+        if view["status"] not in ("queued", "running"):
+            break
+        await asyncio.sleep(0.05)
+    assert view["status"] == "completed" and view["output"].startswith('{"answer": "The calculator says 42')
+    r = await stack.http.post("/v1/executions", json={"input": "x", "output_schema": {"type": "nonsense"}}, headers=AUTH)
+    assert r.status_code == 422 and "not a valid JSON Schema" in r.text
