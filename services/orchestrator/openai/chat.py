@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from schemas.events import Message
+from schemas.openai_door import ChatCompletionRequest
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.http import HTTPError, require_tenant, state_of
 from services.orchestrator.idempotency import run_idempotently
@@ -27,7 +28,7 @@ from services.orchestrator.openai.mapping import ChatMapper
 from services.orchestrator.openai.models import resolve
 
 PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "presence_penalty", "frequency_penalty")
-ACCEPTED = (*PARAMS, "model", "messages", "stream", "stream_options", "response_format", "tool_choice", "metadata", "user", "n", "store")
+ACCEPTED = tuple(ChatCompletionRequest.model_fields)
 REFUSED = {
     "tools": "the agent's own tools run server-side; client-side tools are not supported",
     "functions": "the agent's own tools run server-side; client-side tools are not supported",

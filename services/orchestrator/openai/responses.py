@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from schemas.api import ChatRequest
 from schemas.events import Message
+from schemas.openai_door import ResponseCreateRequest
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.http import HTTPError, require_tenant, state_of
 from services.orchestrator.idempotency import run_idempotently
@@ -34,7 +35,7 @@ from services.orchestrator.store import sessions, tasks
 from services.orchestrator.store.tasks import Task
 
 ECHOED = ("instructions", "metadata", "background", "previous_response_id", "temperature", "top_p", "max_output_tokens", "text", "user")
-ACCEPTED = (*ECHOED, "model", "input", "stream", "store", "tool_choice", "truncation", "parallel_tool_calls")
+ACCEPTED = tuple(ResponseCreateRequest.model_fields)
 REFUSED = {
     "tools": "the agent's own tools run server-side; client-side tools are not supported",
     "include": "no includable extras (logprobs, sources) are recorded",
