@@ -85,6 +85,7 @@ class ExecutionStarted(Envelope):
     type: Literal["execution.started"] = "execution.started"
     provider: str = ""
     model: str = ""
+    structured: bool = False  # the final answer must match an output schema (the OpenAI door sends it whole)
 
 
 class TokenDelta(Envelope):

@@ -149,6 +149,17 @@ async def run_agent(
 _RETRY_PROMPT = "Your answer is not valid: {problem}. Answer again with only a JSON document that matches the required schema."
 
 
+def started_fields(request: ExecutionRequested, spec: AgentSpec | None) -> dict[str, Any]:
+    """What ``execution.started`` says: the provider and model that run, whether the answer is structured."""
+    if spec is None:
+        return {"provider": "", "model": ""}
+    return {
+        "provider": spec.provider,
+        "model": request.model or spec.model,
+        "structured": bool(request.output_schema or spec.output_schema),
+    }
+
+
 def _with_model(spec: AgentSpec, model: str | None) -> AgentSpec:
     """The agent with one of its allowed ``models`` (a request's ``agent:model``); others are refused."""
     if model is None or model == spec.model:

@@ -74,3 +74,13 @@ def test_structured_chat_sends_the_final_answer_whole() -> None:
     chunks = [c for _, e in run() for c in mapper.feed(e)]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "It is 42"
     assert mapper.completion()["choices"][0]["message"]["content"] == "It is 42"
+
+
+def test_structured_is_known_from_the_started_event_so_a_resumed_fold_matches() -> None:
+    live = ResponseMapper(execution_id="e1", model="default", created_at=1.0, structured=True, request={})
+    resumed = ResponseMapper(execution_id="e1", model="default", created_at=1.0, structured=False, request={})  # GET knows no request
+    events = [(c, dict(e, structured=True) if e["type"] == "execution.started" else e) for c, e in run()]
+    first = [o for c, e in events for o in live.feed(c, e)]
+    again = [o for c, e in events for o in resumed.feed(c, e)]
+    assert [o["type"] for o in again] == [o["type"] for o in first]
+    assert resumed.snapshot()["output"] == live.snapshot()["output"]

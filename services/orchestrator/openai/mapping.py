@@ -55,6 +55,7 @@ class ChatMapper:
         kind = event.get("type")
         if kind == "execution.started":
             first = self._attempt == 0
+            self._structured = bool(event.get("structured", self._structured))
             if event.get("attempt", 1) > self._attempt and not first:
                 self._steps.clear()  # a newer attempt starts over
             self._attempt = max(self._attempt, int(event.get("attempt", 1)))
@@ -166,6 +167,8 @@ class ResponseMapper:
                 self._close(emit, incomplete=True)
                 self._void.update(range(len(self.items)))  # everything of the older attempt is void
             first = self._attempt == 0
+            # From the event, not the request: a resumed stream folds the same events the same way.
+            self._structured = bool(event.get("structured", self._structured))
             self._attempt = max(self._attempt, attempt)
             if first:
                 self.status = "in_progress"

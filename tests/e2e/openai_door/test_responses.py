@@ -4,6 +4,7 @@ previous_response_id, delete."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -142,7 +143,20 @@ async def test_text_format_json_schema_and_refused_fields(stack: Stack) -> None:
         model="default", input="what is 6*7?", text={"format": {"type": "json_schema", "name": "a", "schema": schema}}
     )
     assert [i.type for i in response.output if i.type == "message"] == ["message"]  # only the final answer
-    assert "42" in __import__("json").loads(response.output_text)["answer"]
+    assert "42" in json.loads(response.output_text)["answer"]
+    # a stream of it, resumed from the start later, is the same stream: the fold knows from the events
+    live = [
+        e
+        async for e in await client.responses.create(
+            model="default", input="what is 6*7?", stream=True, text={"format": {"type": "json_schema", "name": "a", "schema": schema}}
+        )
+    ]
+    replay = [e async for e in await client.responses.retrieve(live[0].response.id, stream=True)]  # type: ignore[union-attr]
+    assert [e.type for e in replay] == [e.type for e in live]
+    assert [e.delta for e in replay if e.type == "response.output_text.delta"] == [
+        e.delta for e in live if e.type == "response.output_text.delta"
+    ]
+    assert len([e for e in live if e.type == "response.output_text.delta"]) == 1
     with pytest.raises(openai.BadRequestError) as refused:
         await client.responses.create(model="default", input="hi", tools=[{"type": "web_search"}])
     assert refused.value.param == "tools"
