@@ -40,6 +40,7 @@ def test_response_events_are_valid_openai_events_numbered_by_cursor() -> None:
     final = Response.model_validate(sent[-1][1]["response"])
     assert [i.type for i in final.output] == ["message", "function_call", "function_call_output", "message"]
     assert final.output_text == "Let meIt is 42"  # the voided "lost" is not in the final output
+    assert [i.phase for i in final.output if i.type == "message"] == ["commentary", "final_answer"]
     assert final.usage is not None and final.usage.total_tokens == 7
     voided = [o["item"] for _, o in sent if o["type"] == "response.output_item.done" and o["item"].get("status") == "incomplete"]
     assert [v["content"][0]["text"] for v in voided] == ["lost"]

@@ -196,7 +196,7 @@ class ResponseMapper:
                 self._void.add(self._open)
                 self._close(emit, incomplete=True)
         elif kind == "tool.call.started":
-            self._close(emit)
+            self._close(emit, phase="commentary")  # text before a tool call is not the answer
             item = {
                 "type": "function_call",
                 "id": f"fc_{self.execution_id}_{len(self.items)}",
@@ -254,7 +254,7 @@ class ResponseMapper:
                     delta=self.output_text,
                     logprobs=[],
                 )
-            self._close(emit)
+            self._close(emit, phase="final_answer")
             self.status = "completed"
             self.usage = _usage(event.get("usage") or {})
             self.completed_at = time.time()
@@ -284,12 +284,14 @@ class ResponseMapper:
         emit("response.output_item.added", output_index=self._open, item=dict(item, content=[]))
         emit("response.content_part.added", item_id=item["id"], output_index=self._open, content_index=0, part=dict(item["content"][0]))
 
-    def _close(self, emit: Any, *, incomplete: bool = False) -> None:
+    def _close(self, emit: Any, *, incomplete: bool = False, phase: str | None = None) -> None:
         if self._open is None:
             return
         index, self._open, self._open_step = self._open, None, None
         item = self.items[index]
         item["status"] = "incomplete" if incomplete else "completed"
+        if phase is not None:
+            item["phase"] = phase
         part = item["content"][0]
         emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0, text=part["text"], logprobs=[])
         emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part)

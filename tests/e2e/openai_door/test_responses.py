@@ -124,6 +124,10 @@ async def test_previous_response_id_continues_the_conversation(stack: Stack) -> 
 async def test_delete_forgets_a_finished_response(stack: Stack) -> None:
     _, client = clients(stack)
     response = await client.responses.create(model="default", input="hello")
+    running = await client.responses.create(model="default", input="what is 5*5? " + "word " * 3000, background=True)
+    with pytest.raises(openai.ConflictError):
+        await client.responses.delete(running.id)  # still in progress: cancel it first
+    await client.responses.cancel(running.id)
     await client.responses.delete(response.id)
     with pytest.raises(openai.NotFoundError):
         await client.responses.retrieve(response.id)
