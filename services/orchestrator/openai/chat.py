@@ -66,6 +66,7 @@ def _messages(raw: Any) -> tuple[tuple[Message, ...], str]:
 async def _submit(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:
     raw = common.parse_body(body)
     common.refuse_unknown(raw, ACCEPTED, REFUSED)
+    common.validated(ChatCompletionRequest, raw)
     target = resolve(state_of(request).agents, raw.get("model"))
     history, text = _messages(raw.get("messages"))
     if raw.get("n") not in (None, 1):

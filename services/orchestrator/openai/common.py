@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any, get_args
 
 import orjson
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from schemas.outputs import check_schema
@@ -17,6 +18,7 @@ from services.orchestrator.lifecycle import Submission
 from services.orchestrator.openai.errors import invalid
 
 PRIORITY_HEADER = "x-agentstream-priority"
+MAX_TEXT = 200_000  # what /v1/executions takes as input
 MAX_METADATA_KEYS = 16  # OpenAI's own bounds: 16 pairs, keys up to 64 and values up to 512 characters
 
 
@@ -30,10 +32,20 @@ def refuse_unknown(body: dict[str, Any], accepted: Iterable[str], why: dict[str,
         raise invalid(f"Unsupported parameter: '{name}': {reason}", param=name, code="unsupported_parameter")
 
 
+def validated(model: type[BaseModel], raw: dict[str, Any]) -> None:
+    """Types and bounds of every field (the documented request model): a 400 naming the first bad one."""
+    try:
+        model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        param = ".".join(str(p) for p in first["loc"])
+        raise invalid(f"Invalid value for '{param}': {first['msg']}", param=param, code="invalid_value") from None
+
+
 def text_of(content: Any, param: str) -> str:
     """A message's text: a string, or a list of text parts."""
     if isinstance(content, str):
-        return content
+        return _bounded(content, param)
     if isinstance(content, list):
         pieces = []
         for i, part in enumerate(content):
@@ -44,8 +56,14 @@ def text_of(content: Any, param: str) -> str:
             ):
                 raise invalid("only text content parts are supported (text, input_text, output_text)", param=f"{param}[{i}]")
             pieces.append(part["text"])
-        return "".join(pieces)
+        return _bounded("".join(pieces), param)
     raise invalid("message content must be a string or a list of text parts", param=param)
+
+
+def _bounded(text: str, param: str) -> str:
+    if len(text) > MAX_TEXT:
+        raise invalid(f"a message is at most {MAX_TEXT} characters, as on /v1/executions", param=param)
+    return text
 
 
 def metadata_of(raw: Any) -> dict[str, str]:

@@ -110,6 +110,7 @@ async def _new_session(request: Request, ctx: TenantContext, agent: str, earlier
 async def _submit(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:
     raw = common.parse_body(body)
     common.refuse_unknown(raw, ACCEPTED, REFUSED)
+    common.validated(ResponseCreateRequest, raw)
     target = resolve(state_of(request).agents, raw.get("model"))
     inputs = _inputs(raw.get("input"))
     if raw.get("tool_choice") not in (None, "auto", "none"):

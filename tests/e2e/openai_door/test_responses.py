@@ -169,3 +169,28 @@ async def test_text_format_json_schema_and_refused_fields(stack: Stack) -> None:
             model="default", input="hi", text={"format": {"type": "json_schema", "name": "x", "schema": {"type": 7}}}
         )
     assert bad_schema.value.param == "text.format.schema"
+
+
+async def test_types_and_bounds_are_a_400_naming_the_field(stack: Stack) -> None:
+    _, client = clients(stack)
+    with pytest.raises(openai.BadRequestError) as hot:
+        await client.responses.create(model="default", input="hi", temperature=5)
+    assert hot.value.param == "temperature"
+    # beyond what an execution.requested holds: refused at the door, not a 500 when it is built
+    with pytest.raises(openai.BadRequestError) as long:
+        await client.responses.create(model="default", input="hi", store=False, instructions="x" * 200_001)
+    assert long.value.param == "instructions"
+    with pytest.raises(openai.BadRequestError) as big:
+        await client.chat.completions.create(model="default", messages=[{"role": "user", "content": "x" * 200_001}])
+    assert big.value.param == "messages[0].content"
+    first = await client.responses.create(model="default", input="hi")
+    with pytest.raises(openai.BadRequestError) as cursor:
+        await client.responses.retrieve(first.id, stream=True, starting_after=-5)
+    assert cursor.value.param == "starting_after"
+    _, other = clients(stack, key="key-b")
+    with pytest.raises(openai.NotFoundError):
+        await other.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError):
+        await other.responses.retrieve(first.id, stream=True)
+    with pytest.raises(openai.NotFoundError):
+        await other.responses.cancel(first.id)
