@@ -52,6 +52,13 @@ async def test_chat_completion_streams_chunks_that_add_up_to_the_answer(stack: S
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
     full = await client.chat.completions.create(model="default", messages=messages)
     assert full.choices[0].message.content == text
+    sync, _ = clients(stack)
+
+    def sync_stream() -> str:
+        with sync.chat.completions.create(model="default", messages=messages, stream=True) as chunks:
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    assert await asyncio.to_thread(sync_stream) == text
 
 
 async def test_chat_completion_errors_are_openai_shaped(stack: Stack) -> None:

@@ -47,6 +47,15 @@ async def test_stream_events_map_ours_with_sequence_numbers_as_cursors(stack: St
         t for i in final.response.output if i.type == "message" for t in [c.text for c in i.content if c.type == "output_text"]
     )
     # the cursors are the events' own: the same numbers as /v1/executions/{id}/events
+    sync, _ = clients(stack)
+
+    def sync_stream() -> tuple[list[str], str]:
+        with sync.responses.create(model="default", input="what is 2*4?", stream=True) as events:
+            seen = list(events)
+        return [e.type for e in seen], "".join(e.delta for e in seen if e.type == "response.output_text.delta")
+
+    sync_types, sync_text = await asyncio.to_thread(sync_stream)  # another execution: its deltas are coalesced differently
+    assert sync_types[:2] == types[:2] and sync_types[-1] == types[-1] and sync_text == text
     r = await stack.http.get(f"/v1/executions/{final.response.id.removeprefix('resp_')}/events", headers={"Authorization": "Bearer key-a"})
     cursors = {int(line[4:]) for line in r.text.splitlines() if line.startswith("id: ")}
     assert set(numbers) <= cursors
