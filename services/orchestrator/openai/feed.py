@@ -8,6 +8,8 @@ a cursor), deduplicated by offset, older attempts fenced, then the live tail.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +48,25 @@ class Feed(Sink):
     def push_event(self, execution_id_json: bytes, offset: int, type_: str, value: bytes) -> None:
         self.push(b"%d\n" % offset + value)
 
+    async def so_far(self, execution_id: str, *, timeout: float) -> list[Item | Ended]:
+        """What the execution has emitted until now, without waiting for more (a poll of a running one).
+
+        The bridge queues every caught-up record before it turns the subscription live, so once it
+        is live (or done) the queue holds everything so far."""
+        with contextlib.suppress(TimeoutError):  # a catch-up that takes longer: what it has so far
+            async with asyncio.timeout(timeout):
+                while True:
+                    sub = self.subscriptions.get(execution_id)
+                    if sub is None or not sub.catching_up:
+                        break
+                    await asyncio.sleep(0.01)
+        out: list[Item | Ended] = []
+        for raw in await self.take(0):
+            parsed = _parse(raw)
+            if parsed is not None:
+                out.append(parsed)
+        return out
+
     async def items(self) -> AsyncIterator[Item | Ended | None]:
         """Events in order until the terminal one (or an end); None when idle for a heartbeat."""
         while not self.closed.is_set():
@@ -54,18 +75,23 @@ class Feed(Sink):
                 yield None
                 continue
             for raw in batch:
-                if raw[:1] == _CONTROL:
-                    message = orjson.loads(raw[1:])
-                    if message.get("type") in ("end", "error"):
-                        yield Ended(message.get("status"), message.get("error") if message.get("type") == "error" else None)
-                        return
+                item = _parse(raw)
+                if item is None:
                     continue
-                head, _, value = raw.partition(b"\n")
-                item = Item(int(head), orjson.loads(value))
                 yield item
-                if item.event.get("type") in TERMINAL_TYPES:
+                if isinstance(item, Ended) or item.event.get("type") in TERMINAL_TYPES:
                     return
         yield Ended(None, self.close_reason or "the stream was closed")
+
+
+def _parse(raw: bytes) -> Item | Ended | None:
+    if raw[:1] == _CONTROL:
+        message = orjson.loads(raw[1:])
+        if message.get("type") in ("end", "error"):
+            return Ended(message.get("status"), message.get("error") if message.get("type") == "error" else None)
+        return None
+    head, _, value = raw.partition(b"\n")
+    return Item(int(head), orjson.loads(value))
 
 
 async def follow(bridge: Bridge, tenant_id: str, execution_id: str, *, max_bytes: int, heartbeat_s: float) -> Feed:

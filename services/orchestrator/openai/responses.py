@@ -286,12 +286,28 @@ async def get_response(request: Request) -> Response:
         mapper = _mapper(request, task.id, task.agent_id or "default", structured=False, echo={})
         return _streaming(_stream(request, feed, mapper, after=after))
     status = state.status.get(task.id)
-    if task.open and (status is None or not status.terminal):
-        return JSONResponse(_task_snapshot(request, task))
     if status is None or status.tenant_id != ctx.id:
         return JSONResponse(_task_snapshot(request, task))
     mapper = _mapper(request, task.id, task.agent_id or "default", structured=False, echo={})
+    if task.open and not status.terminal:
+        return JSONResponse(await _fold_so_far(request, ctx, mapper, task))
     return JSONResponse(await _fold(request, ctx, mapper))
+
+
+async def _fold_so_far(request: Request, ctx: TenantContext, mapper: ResponseMapper, task: Task) -> dict[str, Any]:
+    """A running response as it is now: its status, and the output of the events so far."""
+    feed = await follow(state_of(request).bridge, ctx.id, task.id, **common.stream_settings(request))
+    try:
+        items = await feed.so_far(task.id, timeout=5.0)
+    finally:
+        feed.close()
+    for item in items:
+        if isinstance(item, Item):
+            mapper.feed(item.cursor, item.event)
+    if mapper.status in ("completed", "failed", "cancelled"):
+        return mapper.snapshot()
+    running = _task_snapshot(request, task)  # the status the view has (queued / in_progress)
+    return mapper.snapshot() | {"status": running["status"]}
 
 
 @openai_errors

@@ -98,6 +98,17 @@ async def test_background_then_polling(stack: Stack) -> None:
     assert polled.status == "completed" and "The calculator says 9" in polled.output_text
 
 
+async def test_polling_a_running_response_shows_its_output_so_far(stack: Stack) -> None:
+    _, client = clients(stack)
+    created = await client.responses.create(model="default", input="what is 5*5? " + "word " * 3000, background=True)
+    async for event in await client.responses.retrieve(created.id, stream=True):
+        if event.type == "response.output_text.delta":
+            break
+    polled = await client.responses.retrieve(created.id)
+    assert polled.status == "in_progress" and polled.output_text.startswith("Let me")
+    await client.responses.cancel(created.id)
+
+
 async def test_cancel_a_background_response(stack: Stack) -> None:
     _, client = clients(stack)
     # A long answer, streamed slowly enough to be cancelled half-way.
