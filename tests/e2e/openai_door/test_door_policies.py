@@ -83,3 +83,18 @@ async def test_output_schema_on_v1_executions(stack: Stack) -> None:
     assert view["status"] == "completed" and view["output"].startswith('{"answer": "The calculator says 42')
     r = await stack.http.post("/v1/executions", json={"input": "x", "output_schema": {"type": "nonsense"}}, headers=AUTH)
     assert r.status_code == 422 and "not a valid JSON Schema" in r.text
+
+
+async def test_session_chat_takes_the_same_new_fields(stack: Stack) -> None:
+    session = (await stack.http.post("/v1/sessions", json={"agent": "default"}, headers=AUTH)).json()["session_id"]
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    body = {"content": "what is 6*7?", "output_schema": schema, "instructions": "Be brief.", "params": {"temperature": 0}}
+    chat = (await stack.http.post(f"/v1/sessions/{session}/chat", json=body, headers=AUTH)).json()
+    for _ in range(200):
+        view = (await stack.http.get(f"/v1/executions/{chat['execution_id']}", headers=AUTH)).json()
+        if view["status"] not in ("queued", "running"):
+            break
+        await asyncio.sleep(0.05)
+    assert view["status"] == "completed" and view["output"].startswith('{"answer": "The calculator says 42')
+    bad = await stack.http.post(f"/v1/sessions/{session}/chat", json={"content": "x", "output_schema": {"type": 1}}, headers=AUTH)
+    assert bad.status_code == 422
