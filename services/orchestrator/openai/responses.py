@@ -154,6 +154,7 @@ async def _submit(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
     else:
         if mode == "completion":
             raise invalid("tool_choice=none (one model turn) needs store=false", param="tool_choice")
+        fresh = previous is None
         if previous is not None:
             session_id = await _continue(request, ctx, str(previous), target.agent, inputs)
         else:
@@ -166,7 +167,15 @@ async def _submit(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
             params=params,
             model=target.model,
         )
-        _, chat = await send_message(request, ctx, message, session_id)
+        try:
+            _, chat = await send_message(request, ctx, message, session_id)
+        except HTTPError:
+            # Refused (limits, Kafka; nothing was accepted): the conversation it was to start goes too.
+            # Only then: after a cancellation the execution may be running and will write to the session.
+            if fresh:
+                async with state_of(request).runtime.store.begin() as conn:
+                    await sessions.delete(conn, session_id)
+            raise
         execution_id = chat["execution_id"]
     echo = {k: raw[k] for k in ECHOED if raw.get(k) is not None} | {"metadata": metadata}
     return 202, {

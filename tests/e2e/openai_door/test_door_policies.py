@@ -9,9 +9,11 @@ from typing import Any
 import openai
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from sqlalchemy import func, select
 
 from services.common.kafka import header
 from services.orchestrator.app import create_app
+from services.orchestrator.store.tables import sessions
 from tests.e2e.conftest import Stack
 from tests.e2e.openai_door.test_chat_completions import clients
 from tests.support import serve
@@ -23,11 +25,16 @@ USER: list[Any] = [{"role": "user", "content": "what is 6*7?"}]
 
 async def test_rate_limit_is_an_openai_429_with_retry_after(stack: Stack) -> None:
     limited = stack.orchestrator_settings.model_copy(update={"requests_per_minute": 1})
-    async with serve(create_app(limited)) as url:
+    app = create_app(limited)
+    async with serve(app) as url:
         client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="key-3", max_retries=0)
         await client.chat.completions.create(model="default", messages=USER)
         with pytest.raises(openai.RateLimitError) as limited_error:
             await client.responses.create(model="default", input="again")
+        # the refused response left no session behind (it was made for the conversation it would start)
+        async with app.state.agentstream.runtime.store.begin() as conn:
+            count = (await conn.execute(select(func.count()).select_from(sessions).where(sessions.c.tenant_id == "tenant-3"))).scalar_one()
+        assert count == 0
     assert limited_error.value.code == "rate_limit_exceeded" and int(limited_error.value.response.headers["retry-after"]) >= 1
 
 
