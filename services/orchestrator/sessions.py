@@ -131,6 +131,8 @@ async def send_message(request: Request, ctx: TenantContext, req: ChatRequest, s
     if active is not None and session.policy == "reject":
         raise HTTPError(409, "the session has an execution running; wait for it, or cancel it", detail={"active_execution_id": active})
     if active is not None and session.policy == "enqueue":
+        if req.output_schema is not None or req.instructions is not None or req.params or req.model is not None:
+            raise HTTPError(409, "only plain messages are enqueued (not output_schema, instructions, params, model); wait or cancel")
         await lifecycle.admit(ctx, [], slots=False)
         async with state.runtime.store.begin() as conn:
             message = await sessions.append(conn, session.id, role="user", content=req.content, status="pending")

@@ -105,3 +105,12 @@ async def test_session_chat_takes_the_same_new_fields(stack: Stack) -> None:
     assert view["status"] == "completed" and view["output"].startswith('{"answer": "The calculator says 42')
     bad = await stack.http.post(f"/v1/sessions/{session}/chat", json={"content": "x", "output_schema": {"type": 1}}, headers=AUTH)
     assert bad.status_code == 422
+    # An enqueued message keeps only its content (it starts later, from the stored history): the new
+    # fields are refused there rather than dropped.
+    queue = (await stack.http.post("/v1/sessions", json={"agent": "default", "policy": "enqueue"}, headers=AUTH)).json()["session_id"]
+    running = await stack.http.post(f"/v1/sessions/{queue}/chat", json={"content": "what is 1+1? " + "word " * 3000}, headers=AUTH)
+    assert running.status_code == 202
+    refused = await stack.http.post(f"/v1/sessions/{queue}/chat", json={"content": "next", "output_schema": schema}, headers=AUTH)
+    assert refused.status_code == 409 and "only plain messages are enqueued" in refused.text
+    plain = await stack.http.post(f"/v1/sessions/{queue}/chat", json={"content": "next"}, headers=AUTH)
+    assert plain.status_code == 202 and plain.json()["status"] == "enqueued"
