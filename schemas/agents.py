@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.outputs import OutputSchema
+
 
 class AgentSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -22,3 +24,7 @@ class AgentSpec(BaseModel):
     tool_timeout_s: float | None = Field(default=None, gt=0)  # per tool call; None: executor setting
     # Providers to try, in order, when the agent's own fails: "groq" or "groq:llama-3.1-8b-instant".
     fallback: tuple[str, ...] = ()
+    # Other models of the same provider a request may pick (``model: "agent:model"`` on the OpenAI door).
+    models: tuple[str, ...] = ()
+    # A JSON Schema every final answer must match (a request's own schema takes precedence).
+    output_schema: OutputSchema | None = None

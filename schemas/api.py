@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.events import Message, Usage
+from schemas.outputs import OutputSchema
 from schemas.status import State
 from schemas.topics import Priority
 
@@ -22,6 +23,7 @@ class ExecutionRequest(BaseModel):
     session_id: str | None = Field(default=None, max_length=128)
     callback_url: str | None = Field(default=None, max_length=2048)
     reply_to: str | None = Field(default=None, max_length=249, description="A reply topic from the tenant's allowlist")
+    output_schema: OutputSchema | None = Field(default=None, description="A JSON Schema the final answer must match")
 
 
 class ExecutionAccepted(BaseModel):
@@ -102,6 +104,10 @@ class ChatRequest(BaseModel):
     variables: dict[str, Any] = Field(default_factory=dict)
     priority: Priority = "standard"
     callback_url: str | None = Field(default=None, max_length=2048)
+    instructions: str | None = Field(default=None, max_length=200_000, description="System instructions after the agent's prompt")
+    output_schema: OutputSchema | None = Field(default=None, description="A JSON Schema the final answer must match")
+    params: dict[str, Any] = Field(default_factory=dict, max_length=32, description="Model parameters over the agent's")
+    model: str | None = Field(default=None, max_length=128, description="One of the agent's `models` instead of its own")
 
 
 class ChatResponse(BaseModel):

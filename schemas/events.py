@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from schemas.outputs import OutputSchema
 from schemas.topics import Priority
 
 SCHEMA_VERSION = 1
@@ -73,12 +74,18 @@ class ExecutionRequested(Envelope):
     # "completion": one model turn over history + input, no agent system prompt, no tools.
     mode: Literal["agent", "completion"] = "agent"
     params: dict[str, Any] = Field(default_factory=dict)  # model parameters over the agent's (completion mode)
+    # The OpenAI door (issue 17): one of the agent's ``models`` instead of its own, extra system
+    # instructions after the agent's prompt, and a JSON Schema the final answer must match.
+    model: str | None = Field(default=None, max_length=128)
+    instructions: str | None = Field(default=None, max_length=200_000)
+    output_schema: OutputSchema | None = None
 
 
 class ExecutionStarted(Envelope):
     type: Literal["execution.started"] = "execution.started"
     provider: str = ""
     model: str = ""
+    structured: bool = False  # the final answer must match an output schema (the OpenAI door sends it whole)
 
 
 class TokenDelta(Envelope):

@@ -43,7 +43,7 @@ from services.executor.control import ControlTail
 from services.executor.emitter import EventEmitter
 from services.executor.httptools import ToolRegistry, load_http_tools
 from services.executor.jobtools import JobClient, job_tools
-from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent
+from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent, started_fields
 from services.executor.metrics_server import MetricsServer, watch
 from services.executor.providers.base import Provider, ProviderError
 from services.executor.providers.registry import PROVIDER_NAMES, build_providers, close_providers, default_agent
@@ -342,7 +342,7 @@ class Executor:
                 finished = True
                 return
             spec, lookup_error = await self._lookup(request.agent_id)
-            started = await emitter.emit(ExecutionStarted, provider=spec.provider if spec else "", model=spec.model if spec else "")
+            started = await emitter.emit(ExecutionStarted, **started_fields(request, spec))
             meta = await started
             await self._publish_status(
                 base.model_copy(update={"state": "running", "events_partition": meta.partition, "events_start_offset": meta.offset})

@@ -14,6 +14,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from schemas.agents import AgentSpec
 from schemas.events import ExecutionRequested, ExecutionRestarted, ToolCallCompleted, ToolCallStarted, Usage
+from schemas.outputs import output_mismatch
 from services.common.observability.tracing import traced_tool_call
 from services.executor.emitter import EventEmitter
 from services.executor.providers.base import ModelRequest, Provider, TextDelta, ToolCall, TurnEnd
@@ -70,19 +71,27 @@ async def run_agent(
     settings: LoopSettings,
 ) -> Outcome:
     completion = request.mode == "completion"
+    spec = _with_model(spec, request.model)
     messages: list[dict[str, Any]] = [] if completion else [{"role": "system", "content": render_system_prompt(spec, request)}]
+    if request.instructions:
+        messages.append({"role": "system", "content": request.instructions})
     messages += [m.model_dump(exclude_none=True) for m in request.history]
     messages.append({"role": "user", "content": request.input})
     allowed = {} if completion else {name: tools[name] for name in spec.tools if name in tools}
     specs = tuple(t.spec for t in allowed.values())
     params = {**spec.params, **request.params}
+    schema = request.output_schema or spec.output_schema
+    if schema is not None and "response_format" not in params:
+        params["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
     routes = routes_of(spec, providers)
     timeouts = settings.timeouts
     if spec.first_token_timeout_s is not None:
         timeouts = timeouts.model_copy(update={"first_token_s": spec.first_token_timeout_s})
     tool_timeout_s = spec.tool_timeout_s or settings.tool_timeout_s
     usage = Usage()
-    for step in range(1 if completion else spec.max_steps):
+    steps = 1 if completion else spec.max_steps
+    step, retried = 0, False
+    while step < steps:
         parts: list[str] = []
         end = TurnEnd()
         model_request = ModelRequest(model=spec.model, messages=tuple(messages), tools=specs, params=params)
@@ -100,7 +109,18 @@ async def run_agent(
         usage = usage + end.usage
         text = "".join(parts)
         if not end.tool_calls:
-            return Outcome(output=text, usage=usage)
+            problem = None if schema is None else output_mismatch(schema, text)
+            if problem is None:
+                return Outcome(output=text, usage=usage)
+            if retried:
+                raise ExecutionError(f"the answer did not match the output schema, also when asked again: {problem}")
+            # Once more, with the validation error: the same step, its text void (as after a restart).
+            retried = True
+            again = Restart(f"output schema: {problem}", spec.provider, spec.model, spec.provider, spec.model, True, 0.0)
+            await _announce_restart(emitter, again, step)
+            messages.append({"role": "assistant", "content": text})
+            messages.append({"role": "user", "content": _RETRY_PROMPT.format(problem=problem)})
+            continue
         messages.append(
             {
                 "role": "assistant",
@@ -122,7 +142,31 @@ async def run_agent(
         )
         for call, content in zip(end.tool_calls, results, strict=True):
             messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
+        step += 1
     raise ExecutionError(f"agent {spec.name!r} did not finish within max_steps={spec.max_steps}")
+
+
+_RETRY_PROMPT = "Your answer is not valid: {problem}. Answer again with only a JSON document that matches the required schema."
+
+
+def started_fields(request: ExecutionRequested, spec: AgentSpec | None) -> dict[str, Any]:
+    """What ``execution.started`` says: the provider and model that run, whether the answer is structured."""
+    if spec is None:
+        return {"provider": "", "model": ""}
+    return {
+        "provider": spec.provider,
+        "model": request.model or spec.model,
+        "structured": bool(request.output_schema or spec.output_schema),
+    }
+
+
+def _with_model(spec: AgentSpec, model: str | None) -> AgentSpec:
+    """The agent with one of its allowed ``models`` (a request's ``agent:model``); others are refused."""
+    if model is None or model == spec.model:
+        return spec
+    if model not in spec.models:
+        raise ExecutionError(f"agent {spec.name!r} does not allow model {model!r}; allowed: {[spec.model, *spec.models]}")
+    return spec.model_copy(update={"model": model})
 
 
 async def _announce_restart(emitter: EventEmitter, restart: Restart, step: int) -> None:

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from schemas import api
-from schemas.completions import CompletionRequest
+from schemas import openai_door as door
 from schemas.plans import OrchestrationPlan
 
 CONSOLE_DIR = Path(__file__).parent / "console"
@@ -66,9 +66,32 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         {200: None},
         query=(("cursor", "integer", "resume after this cursor (same as Last-Event-ID)"),),
     ),
-    ("POST", "/v1/completions"): Op(
-        "One model turn over messages, streamed like an execution", "executions", CompletionRequest, {202: None}
+    # The OpenAI-compatible door (services/orchestrator/openai/, docs/openai.md).
+    ("POST", "/v1/chat/completions"): Op(
+        "Chat Completions: run an agent over messages (`stream: true`: chat.completion.chunk events)",
+        "openai",
+        door.ChatCompletionRequest,
+        {200: door.ChatCompletionObject},
+        idempotent=True,
     ),
+    ("POST", "/v1/responses"): Op(
+        "Responses: run an agent; stream, background, previous_response_id",
+        "openai",
+        door.ResponseCreateRequest,
+        {200: door.ResponseObject},
+        idempotent=True,
+    ),
+    ("GET", "/v1/responses/{response_id}"): Op(
+        "A response; with stream=true its events after starting_after (resume)",
+        "openai",
+        None,
+        {200: door.ResponseObject},
+        query=(("stream", "boolean", "stream the events (SSE)"), ("starting_after", "integer", "resume after this sequence number")),
+    ),
+    ("DELETE", "/v1/responses/{response_id}"): Op("Forget a finished response", "openai", None, {200: door.ResponseDeleted}),
+    ("POST", "/v1/responses/{response_id}/cancel"): Op("Cancel a response", "openai", None, {200: door.ResponseObject}),
+    ("GET", "/v1/models"): Op("The agents, as OpenAI models", "openai", None, {200: door.ModelList}),
+    ("GET", "/v1/models/{model}"): Op("One agent as an OpenAI model", "openai", None, {200: door.ModelObject}),
     ("POST", "/v1/sessions"): Op("Create a chat session", "sessions", api.SessionCreate, {201: api.SessionState}, idempotent=True),
     ("GET", "/v1/sessions/{session_id}"): Op("A session's state", "sessions", None, {200: api.SessionState}),
     ("GET", "/v1/sessions/{session_id}/messages"): Op(

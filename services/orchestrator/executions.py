@@ -62,6 +62,7 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
         traceparent=traceparent_of(request),
         reply_to=req.reply_to,
         plan=plan,
+        output_schema=req.output_schema,
     )
     lifecycle = state.runtime.lifecycle
     await lifecycle.admit(ctx, [sub.execution_id])

@@ -34,39 +34,47 @@ def _fingerprint(request: Request, body: bytes) -> str:
 
 def idempotent(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        state = state_of(request)
-        context = await require_tenant(request)
-        body = await read_body(request, state.settings.max_body_bytes)
-        key = request.headers.get("idempotency-key")
-        if key is None:
-            status, payload = await handler(request, context, body)
-            return JSONResponse(payload, status_code=status)
-        if not 1 <= len(key) <= 255 or not key.isprintable():
-            raise HTTPError(400, "Idempotency-Key must be 1 to 255 printable characters")
-        store = state.runtime.store
-        fingerprint = _fingerprint(request, body)
-        async with store.begin() as conn:
-            held = await records.claim_idempotency_key(conn, context.id, key, fingerprint)
-        if held is not None and held.status_code is None and held.created_at < time.time() - state.settings.idempotency_stale_s:
-            async with store.begin() as conn:  # the request that reserved it never finished
-                await records.release_idempotency_key(
-                    conn, context.id, key, only_older_than=time.time() - state.settings.idempotency_stale_s
-                )
-                held = await records.claim_idempotency_key(conn, context.id, key, fingerprint)
-        if held is not None:
-            if held.request_hash != fingerprint:
-                raise HTTPError(409, "Idempotency-Key was already used with a different request", detail={"idempotency_key": key})
-            if held.status_code is None:
-                raise HTTPError(409, "a request with this Idempotency-Key is still in progress; retry later", headers={"Retry-After": "1"})
-            return JSONResponse(held.response, status_code=held.status_code, headers={"Idempotent-Replayed": "true"})
-        try:
-            status, payload = await handler(request, context, body)
-        except BaseException:
-            async with store.begin() as conn:
-                await records.release_idempotency_key(conn, context.id, key)
-            raise
-        async with store.begin() as conn:
-            await records.complete_idempotency_key(conn, context.id, key, status, payload)
-        return JSONResponse(payload, status_code=status)
+        status, payload, replayed = await run_idempotently(request, handler)
+        return JSONResponse(payload, status_code=status, headers={"Idempotent-Replayed": "true"} if replayed else None)
 
     return endpoint
+
+
+async def run_idempotently(request: Request, handler: Handler) -> tuple[int, Any, bool]:
+    """(status, payload, replayed): the handler's answer, or the one stored with the request's key.
+
+    Endpoints that answer with more than the stored JSON (the OpenAI door streams the execution the
+    payload names) call this directly.
+    """
+    state = state_of(request)
+    context = await require_tenant(request)
+    body = await read_body(request, state.settings.max_body_bytes)
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        status, payload = await handler(request, context, body)
+        return status, payload, False
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise HTTPError(400, "Idempotency-Key must be 1 to 255 printable characters")
+    store = state.runtime.store
+    fingerprint = _fingerprint(request, body)
+    async with store.begin() as conn:
+        held = await records.claim_idempotency_key(conn, context.id, key, fingerprint)
+    if held is not None and held.status_code is None and held.created_at < time.time() - state.settings.idempotency_stale_s:
+        async with store.begin() as conn:  # the request that reserved it never finished
+            await records.release_idempotency_key(conn, context.id, key, only_older_than=time.time() - state.settings.idempotency_stale_s)
+            held = await records.claim_idempotency_key(conn, context.id, key, fingerprint)
+    if held is not None:
+        if held.request_hash != fingerprint:
+            raise HTTPError(409, "Idempotency-Key was already used with a different request", detail={"idempotency_key": key})
+        if held.status_code is None:
+            raise HTTPError(409, "a request with this Idempotency-Key is still in progress; retry later", headers={"Retry-After": "1"})
+        return held.status_code, held.response, True
+    try:
+        status, payload = await handler(request, context, body)
+    except BaseException:
+        async with store.begin() as conn:
+            await records.release_idempotency_key(conn, context.id, key)
+        raise
+    async with store.begin() as conn:
+        await records.complete_idempotency_key(conn, context.id, key, status, payload)
+    return status, payload, False

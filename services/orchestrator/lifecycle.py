@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -71,6 +71,12 @@ class Submission:
     reply_to: str | None = None  # an allowlisted topic of the tenant's; None: the shared events topic
     execution_id: str = field(default_factory=new_id)
     plan: list[PlannedCall] = field(default_factory=list)  # service calls made before submission (plans.py)
+    # What the OpenAI door adds (openai/): see ExecutionRequested.
+    mode: Literal["agent", "completion"] = "agent"
+    params: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    instructions: str | None = None
+    output_schema: dict[str, Any] | None = None
 
 
 class Lifecycle:
@@ -186,6 +192,11 @@ class Lifecycle:
             history=sub.history,
             reply_to=sub.reply_to,
             deadline=datetime.fromtimestamp(deadline, UTC),
+            mode=sub.mode,
+            params=sub.params,
+            model=sub.model,
+            instructions=sub.instructions,
+            output_schema=sub.output_schema,
         )
         status = ExecutionStatus(
             execution_id=sub.execution_id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from services.orchestrator import admin, batches, executions, plans, sessions, tasks, usage
+from services.orchestrator import admin, batches, executions, openai, plans, sessions, tasks, usage
 
 
 def routes() -> list[BaseRoute]:
@@ -30,4 +30,5 @@ def routes() -> list[BaseRoute]:
         Route("/v1/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         WebSocketRoute("/ws/task_updates", tasks.task_updates),
         WebSocketRoute("/v1/tasks/stream", tasks.task_stream),
+        *openai.routes(),  # the OpenAI-compatible door (services/orchestrator/openai/)
     ]

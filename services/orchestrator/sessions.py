@@ -69,8 +69,8 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
     return 201, session_view(session).model_dump(mode="json")
 
 
-async def _session(request: Request, ctx: TenantContext) -> Session:
-    session_id = path_id(request, "session_id", "session")
+async def _session(request: Request, ctx: TenantContext, session_id: str | None = None) -> Session:
+    session_id = session_id or path_id(request, "session_id", "session")
     async with state_of(request).runtime.store.begin() as conn:
         session = await sessions.get(conn, session_id, tenant_id=ctx.id)
     if session is None:
@@ -99,12 +99,16 @@ async def get_messages(request: Request) -> Response:
 
 
 async def _chat(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:
+    return await send_message(request, ctx, validate(ChatRequest, parse_json(body), "chat message"))
+
+
+async def send_message(request: Request, ctx: TenantContext, req: ChatRequest, session_id: str | None = None) -> tuple[int, Any]:
+    """A chat message to the session of the path (or ``session_id``): the OpenAI door's Responses use it too."""
     state = state_of(request)
     lifecycle = state.runtime.lifecycle
-    req = validate(ChatRequest, parse_json(body), "chat message")
     plan: list[PlannedCall] = []
     with timed("agent_config", "session", plan):
-        session = await _session(request, ctx)
+        session = await _session(request, ctx, session_id)
         known_agent(state.agents, session.agent_id)
     callback = await checked_callback(state.settings, req.callback_url)
     sub = Submission(
@@ -118,11 +122,17 @@ async def _chat(request: Request, ctx: TenantContext, body: bytes) -> tuple[int,
         traceparent=traceparent_of(request),
         origin="chat",
         plan=plan,
+        instructions=req.instructions,
+        output_schema=req.output_schema,
+        params=req.params,
+        model=req.model,
     )
     active = session.active_execution_id
     if active is not None and session.policy == "reject":
         raise HTTPError(409, "the session has an execution running; wait for it, or cancel it", detail={"active_execution_id": active})
     if active is not None and session.policy == "enqueue":
+        if req.output_schema is not None or req.instructions is not None or req.params or req.model is not None:
+            raise HTTPError(409, "only plain messages are enqueued (not output_schema, instructions, params, model); wait or cancel")
         await lifecycle.admit(ctx, [], slots=False)
         async with state.runtime.store.begin() as conn:
             message = await sessions.append(conn, session.id, role="user", content=req.content, status="pending")

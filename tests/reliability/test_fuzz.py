@@ -149,6 +149,8 @@ async def real_resources(http: httpx.AsyncClient) -> dict[str, str]:
         "task_id": job,
         "tenant_id": "tenant-fuzz",
         "key_id": key,
+        "response_id": "resp_" + execution["execution_id"],  # the OpenAI door: a response is an execution
+        "model": "default",
     }
 
 

@@ -1,5 +1,7 @@
 """The offline ``scripted`` model: deterministic, streams word by word, calls the calculator once.
 
+With a ``response_format`` of JSON (structured outputs) the answer is ``{"answer": "..."}``.
+
 Turn 1 streams a short preface and asks the calculator to evaluate the first arithmetic expression
 in the user's input (or ``6*7``). Turn 2, after the tool result, streams the answer.
 
@@ -57,6 +59,8 @@ class ScriptedProvider:
                 text = f"The calculator says {payload['result']}. You asked: {user}"
         else:
             text = f"You said: {user}"
+        if _wants_json(request.params):
+            text = json.dumps({"answer": text})  # a structured output: the same answer as one JSON field
         async for delta in self._words(text):
             yield delta
         yield TurnEnd(usage=_usage(prompt_tokens, text))
@@ -108,3 +112,8 @@ def _tool_payload(content: Any) -> dict[str, Any]:
     except (TypeError, ValueError):
         payload = content
     return payload if isinstance(payload, dict) and ("error" in payload or "result" in payload) else {"result": payload}
+
+
+def _wants_json(params: dict[str, Any]) -> bool:
+    response_format = params.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") in ("json_schema", "json_object")

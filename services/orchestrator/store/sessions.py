@@ -144,3 +144,9 @@ async def promote(conn: AsyncConnection, message: StoredMessage, execution_id: s
 
 async def delete_message(conn: AsyncConnection, message_id: int) -> None:
     await conn.execute(messages.delete().where(messages.c.id == message_id))
+
+
+async def delete(conn: AsyncConnection, session_id: str) -> None:
+    """A session and its messages (one made for a request that was then refused)."""
+    await conn.execute(messages.delete().where(messages.c.session_id == session_id))
+    await conn.execute(sessions.delete().where(sessions.c.id == session_id))
