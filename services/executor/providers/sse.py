@@ -14,6 +14,7 @@ import orjson
 
 from schemas.events import Usage
 from services.executor.providers.base import ProviderError, ToolCall, TurnEnd
+from services.executor.providers.usage import reported_usage
 
 DONE = object()
 
@@ -43,13 +44,10 @@ class TurnAssembler:
             error = event["error"]
             message = error.get("message", error) if isinstance(error, dict) else error
             raise ProviderError(f"the model stream reported an error: {message}", retriable=True)
-        usage = event.get("usage") or (event.get("x_groq") or {}).get("usage")
+        groq = event.get("x_groq")
+        usage = event.get("usage") or (groq.get("usage") if isinstance(groq, dict) else None)
         if usage:
-            self.usage = Usage(
-                prompt_tokens=usage.get("prompt_tokens") or 0,
-                completion_tokens=usage.get("completion_tokens") or 0,
-                total_tokens=usage.get("total_tokens") or 0,
-            )
+            self.usage = reported_usage(usage)  # bounded: an odd number never fails the execution
         choices = event.get("choices")
         if not choices:
             return None

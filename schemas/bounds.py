@@ -1,0 +1,113 @@
+"""Bounds on every value that enters from outside: the one validation both services apply.
+
+The orchestrator's API models (``schemas/api.py``) and the Kafka records the executor and the
+orchestrator validate (``schemas/events.py``, ``schemas/jobs.py``) use these same types, so an HTTP
+request that passes its model yields a record that passes the executor's, and a value that a store,
+a serializer or a Kafka client cannot take is refused where it enters, with the field named.
+
+Why these numbers:
+
+* Token counts: integers in ``[0, 2**31 - 1]``. No model call uses two billion tokens; a tenant's
+  sum over 2**32 such records still fits a signed 64-bit column (SQLite, PostgreSQL ``BIGINT``) and
+  a JavaScript number.
+* Cursors (Kafka offsets): ``-1 <= n < 2**63``; -1 is "before the first event" (offsets start at 0).
+  Kafka offsets are signed 64-bit, and so are the JSON integers ``orjson`` writes.
+* Free-form JSON (variables, params, metadata, tool arguments, job results): at most 32 levels of
+  nesting, 200,000 values and 2,000,000 characters of strings; integers signed 64-bit, floats
+  finite, keys strings. pydantic's JSON parser stops at 200 levels for a whole record (the executor
+  would refuse it) and its serializer at 255 (a 500); 32 leaves the envelope plenty of room.
+* Ids (tenant, execution, session, agent, job) and Kafka keys: 1 to 128 characters of
+  ``[A-Za-z0-9_.:@-]``: printable, no separators a log line, a header or a URL would need to escape.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field, StrictInt, StringConstraints
+
+MAX_TOKENS = 2**31 - 1
+MAX_CURSOR = 2**63 - 1
+MAX_INT64 = 2**63 - 1
+MIN_INT64 = -(2**63)
+
+MAX_JSON_DEPTH = 32
+MAX_JSON_VALUES = 200_000
+MAX_JSON_CHARS = 2_000_000
+
+ID_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
+MAX_ID_LENGTH = 128
+TOPIC_PATTERN = r"^[A-Za-z0-9._\-]+$"  # Kafka's own rule for topic names, at most 249 characters
+
+_DECIMAL = re.compile(r"-?[0-9]{1,20}")
+
+TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
+Cursor = Annotated[StrictInt, Field(ge=-1, le=MAX_CURSOR)]
+Attempt = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
+Seq = Annotated[StrictInt, Field(ge=0, le=MAX_INT64)]
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
+TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=TOPIC_PATTERN)]
+
+
+def json_problem(value: Any) -> str | None:
+    """Why ``value`` is not a bounded JSON value, or None. Iterative: a deep value cannot blow the stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    values = chars = 0
+    while stack:
+        item, depth = stack.pop()
+        values += 1
+        if values > MAX_JSON_VALUES:
+            return f"more than {MAX_JSON_VALUES} values"
+        if isinstance(item, dict):
+            if depth > MAX_JSON_DEPTH:
+                return f"nested deeper than {MAX_JSON_DEPTH} levels"
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return f"object key {key!r} is not a string"
+                chars += len(key)
+                stack.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            if depth > MAX_JSON_DEPTH:
+                return f"nested deeper than {MAX_JSON_DEPTH} levels"
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, bool) or item is None:
+            pass
+        elif isinstance(item, int):
+            if not MIN_INT64 <= item <= MAX_INT64:
+                return f"integer {item} is outside the signed 64-bit range"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"number {item} is not finite"
+        else:
+            return f"{type(item).__name__} is not a JSON value"
+        if chars > MAX_JSON_CHARS:
+            return f"more than {MAX_JSON_CHARS} characters of strings"
+    return None
+
+
+def _bounded(value: Any) -> Any:
+    problem = json_problem(value)
+    if problem is not None:
+        raise ValueError(f"JSON value {problem}")
+    return value
+
+
+JsonValue = Annotated[Any, AfterValidator(_bounded)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_bounded)]
+
+
+def parse_cursor(raw: object) -> int:
+    """A client's cursor (an integer, or its decimal text): ``-1 <= n < 2**63``, else ValueError with the reason."""
+    if isinstance(raw, str):
+        if _DECIMAL.fullmatch(raw.strip()) is None:
+            raise ValueError(f"cursor must be an integer from -1 to {MAX_CURSOR}")
+        raw = int(raw)
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        raise ValueError("cursor must be an integer")
+    if not -1 <= raw <= MAX_CURSOR:
+        raise ValueError(f"cursor must be an integer from -1 to {MAX_CURSOR}")
+    return raw
