@@ -1,0 +1,149 @@
+"""One validation, shared (property-based, on the real app and broker): for odd ``variables``, ids and
+usage, the HTTP or WebSocket edge either answers 4xx / ``rejected`` on a connection that stays open,
+or what it publishes passes the executor's own parse of the record (``model_validate_json`` of the
+lane record's bytes). Never a 5xx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+import websockets
+from aiokafka import AIOKafkaConsumer
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from schemas.bounds import MAX_TOKENS
+from schemas.events import ExecutionRequested
+from services.common.tail import open_tail
+from tests.e2e.orchestrator.conftest import SERVICE_TOKEN, Launcher, Orch
+
+pytestmark = [
+    pytest.mark.kafka,
+    # Hypothesis and the app share one event loop here; the Kafka clients use `random` for jitter.
+    pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies:hypothesis.errors.HypothesisDeprecationWarning"),
+]
+
+EXAMPLES = 60
+PROPERTY = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@dataclass
+class Edge:
+    orch: Orch
+    lanes: AIOKafkaConsumer
+    service: Any  # the /ws/task_updates connection, open for the whole test
+
+
+@pytest.fixture
+async def edge(launch: Launcher, sqlite_url: str) -> AsyncIterator[Edge]:
+    async with launch(sqlite_url, executor=False, requests_per_minute=0, concurrent_executions=0) as orch:
+        lanes, _ = await open_tail(orch.kafka, orch.kafka.topics.lanes, client_id="property-lanes")
+        headers = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+        try:
+            async with websockets.connect(f"{orch.ws_url}/ws/task_updates", additional_headers=headers) as service:
+                yield Edge(orch, lanes, service)
+        finally:
+            await lanes.stop()
+
+
+async def published(edge: Edge, execution_ids: set[str]) -> dict[str, bytes]:
+    """The lane records of these executions, as the executor receives them."""
+    found: dict[str, bytes] = {}
+    async with asyncio.timeout(15):
+        while len(found) < len(execution_ids):
+            for records in (await edge.lanes.getmany(timeout_ms=200)).values():
+                for record in records:
+                    execution_id = str(orjson.loads(record.value or b"{}").get("execution_id"))
+                    if execution_id in execution_ids:
+                        found[execution_id] = record.value or b""
+    return found
+
+
+leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**66), max_value=2**66),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+)
+values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3))
+
+
+@st.composite
+def deep(draw: st.DrawFn) -> Any:
+    value: Any = draw(leaves)
+    for _ in range(draw(st.integers(min_value=1, max_value=300))):
+        value = {"a": value}
+    return value
+
+
+odd_ids = st.one_of(st.text(max_size=140), st.from_regex(r"[A-Za-z0-9_.:@\-]{1,140}", fullmatch=True))
+
+
+@st.composite
+def items(draw: st.DrawFn) -> dict[str, Any]:
+    """Mostly valid-shaped items (so many are accepted) whose values are odd; now and then a wrong shape."""
+    mostly = draw(st.integers(min_value=0, max_value=9)) < 8
+    variables = draw(st.dictionaries(st.text(max_size=6), values | deep(), max_size=3) if mostly else st.lists(leaves, max_size=2) | leaves)
+    agent = "default" if draw(st.integers(min_value=0, max_value=9)) < 8 else draw(st.sampled_from(["nope", "bad agent!", "x" * 200]))
+    return {"input": "what is 6*7?", "variables": variables, "agent": agent}
+
+
+@PROPERTY
+@given(item=items(), other=items(), session_id=st.none() | odd_ids, batch=st.booleans())
+async def test_accepted_work_is_work_the_executor_accepts(
+    edge: Edge, item: dict[str, Any], other: dict[str, Any], session_id: str | None, batch: bool
+) -> None:
+    if batch:
+        r = await edge.orch.http.post("/v1/batches", content=json.dumps({"items": [item, other]}), headers=_auth())
+    else:
+        r = await edge.orch.http.post("/v1/executions", content=json.dumps(item | {"session_id": session_id}), headers=_auth())
+    assert r.status_code < 500, r.text[:500]
+    event(f"HTTP {r.status_code}")
+    if r.status_code >= 400:
+        assert r.json()["error"]  # a reason
+        return
+    assert r.status_code == 202
+    ids = set(r.json()["execution_ids"]) if batch else {r.json()["execution_id"]}
+    for value in (await published(edge, ids)).values():
+        ExecutionRequested.model_validate_json(value)  # exactly what the executor does with the record
+
+
+counts = st.one_of(
+    st.integers(min_value=0, max_value=1000),
+    st.integers(min_value=-5, max_value=MAX_TOKENS + 5),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.booleans(),
+    st.none(),
+)
+
+
+@PROPERTY
+@given(usage=st.dictionaries(st.sampled_from(["prompt_tokens", "completion_tokens", "total_tokens"]), counts, max_size=3))
+async def test_job_usage_is_refused_or_recorded_within_bounds(edge: Edge, usage: dict[str, Any]) -> None:
+    r = await edge.orch.http.post("/v1/jobs", json={"service": "query"}, headers=_auth())
+    job_id = r.json()["task_id"]
+    message = {"event": "job_completed", "service": "query", "job_id": job_id, "tenant_id": "tenant-a", "result": {}, "usage": usage}
+    text = json.dumps(message, allow_nan=True)  # infinities too: a service may send anything
+    await edge.service.send(text)
+    reply = orjson.loads(await asyncio.wait_for(edge.service.recv(), 10))  # answered, on the same connection
+    assert reply["type"] in ("accepted", "rejected"), reply
+    event(reply["type"])
+    if reply["type"] == "rejected":
+        assert reply["error"]
+        return
+    assert all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_TOKENS for v in usage.values()), usage
+    rows = (await edge.orch.get("/v1/usage")).json()["rows"]
+    assert all(0 <= row[k] for row in rows for k in ("prompt_tokens", "completion_tokens", "total_tokens")), rows
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": "Bearer key-a", "Content-Type": "application/json"}
