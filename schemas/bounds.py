@@ -65,7 +65,7 @@ def json_problem(value: Any) -> str | None:
                 return f"nested deeper than {MAX_JSON_DEPTH} levels"
             for key, child in item.items():
                 if not isinstance(key, str):
-                    return f"object key {key!r} is not a string"
+                    return f"an object key is a {type(key).__name__}, not a string"
                 chars += len(key)
                 stack.append((child, depth + 1))
         elif isinstance(item, list | tuple):
@@ -78,7 +78,7 @@ def json_problem(value: Any) -> str | None:
             pass
         elif isinstance(item, int):
             if not MIN_INT64 <= item <= MAX_INT64:
-                return f"integer {item} is outside the signed 64-bit range"
+                return "an integer is outside the signed 64-bit range"  # not the value: str() of a huge int raises
         elif isinstance(item, float):
             if not math.isfinite(item):
                 return f"number {item} is not finite"

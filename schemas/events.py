@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -104,7 +104,7 @@ class ToolCallCompleted(Envelope):
     type: Literal["tool.call.completed"] = "tool.call.completed"
     call_id: str
     tool: str
-    result: Any = None
+    result: JsonValue = None
     error: str | None = None
     duration_ms: float = 0.0
     step: int = 0

@@ -59,6 +59,7 @@ def test_variables_at_the_depth_bound_pass_the_api_model_and_the_executors_parse
         ({"f": float("inf")}, "not finite"),
         ({"f": float("nan")}, "not finite"),
         ({1: "non-string key"}, "not a string"),
+        ({10**5000: "huge key"}, "not a string"),
         ({"b": b"bytes"}, "not a JSON value"),
     ],
 )
