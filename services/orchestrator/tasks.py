@@ -158,7 +158,7 @@ async def task_stream(websocket: WebSocket) -> None:
             if getter not in done:
                 getter.cancel()
                 break
-            await asyncio.wait_for(websocket.send_text(orjson.dumps(getter.result()).decode()), state.settings.ws_send_timeout_s)
+            await asyncio.wait_for(websocket.send_text(_encoded(getter.result())), state.settings.ws_send_timeout_s)
         if revoked.is_set():
             await asyncio.wait_for(websocket.close(code=CLOSE_UNAUTHORIZED, reason="API key revoked"), state.settings.ws_send_timeout_s)
     except (WebSocketDisconnect, TimeoutError, RuntimeError, OSError):
@@ -170,6 +170,14 @@ async def task_stream(websocket: WebSocket) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _encoded(update: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(update).decode()
+    except orjson.JSONEncodeError as exc:  # values are bounded where they enter; should one slip through, say so
+        log.error("task update of %r cannot be encoded: %s", update.get("task_id"), exc)
+        return orjson.dumps({"type": "error", "task_id": str(update.get("task_id")), "error": "this update cannot be encoded"}).decode()
 
 
 async def _drain(websocket: WebSocket) -> None:

@@ -21,6 +21,7 @@ from schemas.events import ExecutionCompleted, ExecutionRequested, Usage
 from schemas.jobs import JobCompletion
 from services.common.kafka import encode
 from services.orchestrator.sinks import CLOSE_INTERNAL_ERROR, SSESink
+from services.orchestrator.tasks import _encoded
 
 
 def nested(depth: int, leaf: Any = 1) -> Any:
@@ -177,3 +178,8 @@ def test_a_control_frame_that_cannot_be_encoded_closes_only_its_own_client() -> 
     sink = SSESink(max_bytes=1 << 20, heartbeat_s=15)
     sink.push_control({"type": "end", "cursor": 10**20})
     assert sink.closed.is_set() and sink.close_code == CLOSE_INTERNAL_ERROR
+
+
+def test_a_task_update_that_cannot_be_encoded_becomes_an_error_frame() -> None:
+    frame = orjson.loads(_encoded({"task_id": "job-1", "status": "completed", "result": 10**30}))
+    assert frame == {"type": "error", "task_id": "job-1", "error": "this update cannot be encoded"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -147,3 +148,45 @@ async def test_job_usage_is_refused_or_recorded_within_bounds(edge: Edge, usage:
 
 def _auth() -> dict[str, str]:
     return {"Authorization": "Bearer key-a", "Content-Type": "application/json"}
+
+
+query_values = st.one_of(
+    st.text(max_size=30),
+    st.integers(min_value=-(2**80), max_value=2**80).map(str),
+    st.floats().map(str),
+    st.sampled_from(["1e20", "inf", "-inf", "nan", "9223372036854775808", "-1", "0", "", " 5", "١٢", "2025-01-01T00:00:00Z"]),
+)
+path_ids = st.one_of(st.text(min_size=1, max_size=200).filter(lambda s: "/" not in s and "?" not in s and "#" not in s), st.just("x" * 129))
+
+
+@PROPERTY
+@given(
+    params=st.dictionaries(
+        st.sampled_from(["since", "until", "group_by", "agent", "session_id", "after", "limit", "cursor"]), query_values
+    ),
+    some_id=path_ids,
+    last_event_id=st.none() | query_values,
+)
+async def test_odd_query_parameters_paths_and_cursors_are_never_a_5xx(
+    edge: Edge, params: dict[str, str], some_id: str, last_event_id: str | None
+) -> None:
+    session_id = (await edge.orch.post("/v1/sessions", {})).json()["session_id"]
+    execution_id = (await edge.orch.post("/v1/executions", {"input": "hi"})).json()["execution_id"]
+    headers = {"Authorization": "Bearer key-a"}
+    if last_event_id is not None and last_event_id.isprintable() and last_event_id.isascii():
+        headers["Last-Event-ID"] = last_event_id
+    quoted = urllib.parse.quote(some_id, safe="")
+    for path in (
+        "/v1/usage",
+        f"/v1/sessions/{session_id}/messages",
+        f"/v1/sessions/{quoted}/messages",
+        f"/v1/executions/{quoted}",
+        f"/v1/tasks/{quoted}",
+        f"/v1/batches/{quoted}",
+        f"/v1/executions/{quoted}/plan",
+    ):
+        r = await edge.orch.http.get(path, params=params, headers=headers)
+        assert r.status_code < 500, (path, params, r.status_code, r.text[:300])
+    async with edge.orch.http.stream("GET", f"/v1/executions/{execution_id}/events", params=params, headers=headers) as r:
+        assert r.status_code in (400, 200), (params, headers, r.status_code)  # the stream itself is not read
+    event(f"events {r.status_code}")
