@@ -190,3 +190,27 @@ async def test_odd_query_parameters_paths_and_cursors_are_never_a_5xx(
     async with edge.orch.http.stream("GET", f"/v1/executions/{execution_id}/events", params=params, headers=headers) as r:
         assert r.status_code in (400, 200), (params, headers, r.status_code)  # the stream itself is not read
     event(f"events {r.status_code}")
+
+
+command_values = st.one_of(leaves, st.lists(leaves, max_size=2), st.dictionaries(st.text(max_size=4), leaves, max_size=2), odd_ids)
+frames = st.one_of(
+    st.binary(max_size=64),
+    st.text(max_size=64),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["subscribe", "unsubscribe", "ping"]) | command_values},
+        optional={"execution_id": command_values, "session_id": command_values, "cursor": command_values},
+    ).map(lambda d: json.dumps(d)),
+)
+
+
+@PROPERTY
+@given(sent=st.lists(frames, min_size=1, max_size=4))
+async def test_the_stream_websocket_answers_any_frame_and_stays_open(edge: Edge, sent: list[str | bytes]) -> None:
+    async with websockets.connect(f"{edge.orch.ws_url}/v1/stream?api_key=key-a") as ws:
+        for frame in sent:
+            await ws.send(frame)
+        await ws.send(json.dumps({"type": "subscribe", "execution_id": "probe"}))
+        async with asyncio.timeout(10):  # the probe's answer comes after one for each frame: the connection lived
+            while (reply := orjson.loads(await ws.recv())).get("execution_id") != "probe":
+                assert reply["type"] in ("error", "subscribed", "events", "end", "heartbeat"), reply
+        assert reply == {"type": "error", "execution_id": "probe", "code": 404, "error": "execution not found"}
