@@ -173,7 +173,7 @@ async def test_odd_query_parameters_paths_and_cursors_are_never_a_5xx(
     session_id = (await edge.orch.post("/v1/sessions", {})).json()["session_id"]
     execution_id = (await edge.orch.post("/v1/executions", {"input": "hi"})).json()["execution_id"]
     headers = {"Authorization": "Bearer key-a"}
-    if last_event_id is not None and last_event_id.isprintable() and last_event_id.isascii():
+    if last_event_id and last_event_id.isprintable() and last_event_id.isascii() and last_event_id == last_event_id.strip():
         headers["Last-Event-ID"] = last_event_id
     quoted = urllib.parse.quote(some_id, safe="")
     for path in (
@@ -214,3 +214,21 @@ async def test_the_stream_websocket_answers_any_frame_and_stays_open(edge: Edge,
             while (reply := orjson.loads(await ws.recv())).get("execution_id") != "probe":
                 assert reply["type"] in ("error", "subscribed", "events", "end", "heartbeat"), reply
         assert reply == {"type": "error", "execution_id": "probe", "code": 404, "error": "execution not found"}
+
+
+completion_frames = st.one_of(
+    st.binary(max_size=64),
+    st.text(max_size=64),
+    st.fixed_dictionaries(
+        {"event": st.sampled_from(["job_completed", "job.completed"]) | command_values},
+        optional={k: command_values | deep() for k in ("job_id", "tenant_id", "service", "agent_id", "result", "error", "usage")},
+    ).map(lambda d: json.dumps(d)),
+)
+
+
+@PROPERTY
+@given(frame=completion_frames)
+async def test_task_updates_answer_any_frame_on_the_same_connection(edge: Edge, frame: str | bytes) -> None:
+    await edge.service.send(frame)
+    reply = orjson.loads(await asyncio.wait_for(edge.service.recv(), 10))
+    assert reply["type"] in ("accepted", "rejected") and (reply["type"] == "accepted" or reply["error"]), reply
