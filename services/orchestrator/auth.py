@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hmac
 import logging
 import re
@@ -146,7 +147,7 @@ class KeyWatch:
 
     def __init__(self, auth: Authenticator, *, period_s: float) -> None:
         self._auth = auth
-        self._period = period_s
+        self._period = max(period_s, 0.25)  # a cache of 0 s (none) must not mean a loop without pause
         self._watched: dict[str, tuple[str, set[Callable[[], None]]]] = {}  # digest -> (key, on_revoked callbacks)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -158,7 +159,8 @@ class KeyWatch:
         digest = hash_key(key)
         self._watched.setdefault(digest, (key, set()))[1].add(on_revoked)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="key-watch")
+            # Its own context: not the log fields (tenant, trace) of the request that happened to start it.
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="key-watch", context=contextvars.Context())
 
         def unwatch() -> None:
             entry = self._watched.get(digest)
