@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import HTTPConnection, Request
 
-from schemas.bounds import ID_PATTERN, MAX_ID_LENGTH, parse_cursor
+from schemas.bounds import ID_PATTERN, MAX_ID_LENGTH, json_problem, parse_cursor
 from services.common.observability.logs import bind
 
 if TYPE_CHECKING:
@@ -165,6 +165,13 @@ async def require_tenant(conn: HTTPConnection) -> TenantContext:
         raise HTTPError(401, "missing or invalid API key: send `Authorization: Bearer <key>`", headers={"WWW-Authenticate": "Bearer"})
     bind(tenant_id=context.id)  # every later log line of this request carries the tenant
     return context
+
+
+def shown(value: Any) -> Any:
+    """A stored free-form value as the API shows it. New values are bounded where they enter; one stored
+    before (or written by a foreign producer) may not serialize: a placeholder then, not a 500 for ever."""
+    problem = json_problem(value)
+    return value if problem is None else {"error": f"the stored value cannot be shown: JSON value {problem}"}
 
 
 def iso(ts: float | None) -> str | None:

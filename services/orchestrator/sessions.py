@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.api import ChatRequest, ChatResponse, SessionCreate, SessionMessage, SessionState
-from schemas.bounds import MAX_INT64
+from schemas.bounds import MAX_INT64, json_problem
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import checked_callback, known_agent, traceparent_of
-from services.orchestrator.http import HTTPError, iso, parse_json, path_id, query_int, require_tenant, state_of, validate
+from services.orchestrator.http import HTTPError, iso, parse_json, path_id, query_int, require_tenant, shown, state_of, validate
 from services.orchestrator.idempotency import idempotent
 from services.orchestrator.lifecycle import Submission, history_messages, new_id
 from services.orchestrator.plans import PlannedCall, timed
@@ -33,7 +33,7 @@ def session_view(s: Session) -> SessionState:
         policy=s.policy,  # type: ignore[arg-type]
         state=s.state,  # type: ignore[arg-type]
         active_execution_id=s.active_execution_id,
-        metadata=s.metadata,
+        metadata=shown(s.metadata),
         created_at=iso(s.created_at) or "",
         updated_at=iso(s.updated_at) or "",
     )
@@ -48,7 +48,8 @@ def message_view(m: StoredMessage) -> SessionMessage:
             "name": m.name,
             "execution_id": m.execution_id,
             "status": m.status,
-            "tool_calls": m.tool_calls,
+            # Stored from the events topic: one that cannot be shown is left out rather than failing the page.
+            "tool_calls": m.tool_calls if json_problem(m.tool_calls) is None else None,
             "created_at": iso(m.created_at),
         }
     )

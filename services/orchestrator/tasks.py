@@ -18,10 +18,9 @@ from starlette.requests import Request
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from schemas.api import JobCreate, TaskView
-from schemas.bounds import json_problem
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.completions import apply_job_completed
-from services.orchestrator.http import HTTPError, api_key, iso, parse_json, path_id, require_tenant, state_of, validate
+from services.orchestrator.http import HTTPError, api_key, iso, parse_json, path_id, require_tenant, shown, state_of, validate
 from services.orchestrator.idempotency import idempotent
 from services.orchestrator.lifecycle import Lifecycle, new_id
 from services.orchestrator.store import sessions, tasks
@@ -42,18 +41,12 @@ def task_view(t: Task) -> TaskView:
         batch_id=t.batch_id,
         status=t.state,
         deadline=iso(t.deadline) or "",
-        result=_shown(t.result),
+        result=shown(t.result),
         output=t.output,
         error=t.error,
         created_at=iso(t.created_at) or "",
         updated_at=iso(t.updated_at) or "",
     )
-
-
-def _shown(result: Any) -> Any:
-    """A stored result as the API shows it; one stored before results were bounded may be out of bounds."""
-    problem = json_problem(result)
-    return result if problem is None else {"error": f"the stored result cannot be shown: JSON value {problem}"}
 
 
 async def _create_job(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:

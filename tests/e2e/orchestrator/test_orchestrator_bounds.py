@@ -13,6 +13,9 @@ import pytest
 import websockets
 
 from services.orchestrator.store import Store, tenants
+from services.orchestrator.store import sessions as sessions_repo
+from services.orchestrator.store import tasks as tasks_repo
+from services.orchestrator.store.tables import sessions as sessions_table
 from tests.e2e.orchestrator.conftest import ADMIN, SERVICE_TOKEN, Launcher, Orch
 
 pytestmark = pytest.mark.kafka
@@ -229,3 +232,28 @@ async def test_admin_token_is_accepted_only_in_a_header(launch: Launcher, sqlite
         assert (await orch.http.get("/v1/admin/tenants", params={"api_key": ADMIN})).status_code == 401
         assert (await orch.http.get("/v1/admin/tenants", headers={"X-API-Key": ADMIN})).status_code == 200
         assert (await orch.get("/v1/admin/tenants", key=ADMIN)).status_code == 200
+
+
+async def test_values_stored_before_the_bounds_are_shown_not_a_500(launch: Launcher, sqlite_url: str) -> None:
+    # Today a job result, a session's metadata or a message's tool calls stored 300 levels deep make their
+    # GET a 500 for as long as the row exists (pydantic's serializer stops at 255 levels).
+    async with launch(sqlite_url, executor=False) as orch:
+        job_id = await _job(orch)
+        session_id = (await orch.post("/v1/sessions", {})).json()["session_id"]
+        store = Store(orch.settings.database_url.get_secret_value())
+        await store.start()
+        try:
+            async with store.begin() as conn:
+                await tasks_repo.finish(conn, job_id, "completed", result=nested(300))
+                await sessions_repo.append(
+                    conn, session_id, role="assistant", content="done", tool_calls=[{"call_id": "c", "tool": "t", "arguments": nested(300)}]
+                )
+                await conn.execute(sessions_table.update().where(sessions_table.c.id == session_id).values(metadata={"m": nested(300)}))
+        finally:
+            await store.stop()
+        task = await orch.get(f"/v1/tasks/{job_id}")
+        assert task.status_code == 200 and "cannot be shown" in task.json()["result"]["error"], task.text[:300]
+        messages = await orch.get(f"/v1/sessions/{session_id}/messages")
+        assert messages.status_code == 200 and messages.json()["messages"][0]["tool_calls"] is None
+        session = await orch.get(f"/v1/sessions/{session_id}")
+        assert session.status_code == 200 and "cannot be shown" in session.json()["metadata"]["error"]
