@@ -52,41 +52,61 @@ TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, patte
 
 
 def json_problem(value: Any) -> str | None:
-    """Why ``value`` is not a bounded JSON value, or None. Iterative: a deep value cannot blow the stack."""
+    """Why ``value`` is not a bounded JSON value, or None.
+
+    Iterative (a deep value cannot blow the stack), stops at the first problem, and checks scalars
+    where their container is walked: a flat list of 200,000 numbers costs ~20 ms, small variables ~1 us.
+    """
+    if not isinstance(value, dict | list | tuple):
+        return _scalar_problem(value)
     stack: list[tuple[Any, int]] = [(value, 1)]
     values = chars = 0
     while stack:
         item, depth = stack.pop()
-        values += 1
+        if depth > MAX_JSON_DEPTH:
+            return f"nested deeper than {MAX_JSON_DEPTH} levels"
+        values += len(item)
         if values > MAX_JSON_VALUES:
             return f"more than {MAX_JSON_VALUES} values"
         if isinstance(item, dict):
-            if depth > MAX_JSON_DEPTH:
-                return f"nested deeper than {MAX_JSON_DEPTH} levels"
-            for key, child in item.items():
-                if not isinstance(key, str):
+            for key in item:
+                if type(key) is not str:
                     return f"an object key is a {type(key).__name__}, not a string"
                 chars += len(key)
-                stack.append((child, depth + 1))
-        elif isinstance(item, list | tuple):
-            if depth > MAX_JSON_DEPTH:
-                return f"nested deeper than {MAX_JSON_DEPTH} levels"
-            stack.extend((child, depth + 1) for child in item)
-        elif isinstance(item, str):
-            chars += len(item)
-        elif isinstance(item, bool) or item is None:
-            pass
-        elif isinstance(item, int):
-            if not MIN_INT64 <= item <= MAX_INT64:
-                return "an integer is outside the signed 64-bit range"  # not the value: str() of a huge int raises
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return f"number {item} is not finite"
+            children: Any = item.values()
         else:
-            return f"{type(item).__name__} is not a JSON value"
+            children = item
+        for child in children:
+            kind = type(child)
+            if kind is str:
+                chars += len(child)
+            elif kind is int:
+                if not MIN_INT64 <= child <= MAX_INT64:
+                    return "an integer is outside the signed 64-bit range"  # not the value: str() of a huge int raises
+            elif kind is float:
+                if child - child != 0.0:  # inf - inf and nan - nan are nan; a finite number minus itself is 0
+                    return f"number {child} is not finite"
+            elif kind is dict or kind is list or kind is tuple or isinstance(child, dict | list | tuple):
+                stack.append((child, depth + 1))
+            elif child is not None and kind is not bool:
+                problem = _scalar_problem(child)
+                if problem is not None:
+                    return problem
         if chars > MAX_JSON_CHARS:
             return f"more than {MAX_JSON_CHARS} characters of strings"
     return None
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return f"more than {MAX_JSON_CHARS} characters of strings" if len(value) > MAX_JSON_CHARS else None
+    if isinstance(value, int):
+        return None if MIN_INT64 <= value <= MAX_INT64 else "an integer is outside the signed 64-bit range"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"number {value} is not finite"
+    return f"{type(value).__name__} is not a JSON value"
 
 
 def _bounded(value: Any) -> Any:
