@@ -91,6 +91,7 @@ class Sink:
             return
         self.close_code, self.close_reason = code, reason
         self.closed.set()
+        self._ready.set()  # a writer waiting for items (an SSE body until its next heartbeat) ends now
         self._on_kill()
 
     def _on_kill(self) -> None:

@@ -198,6 +198,17 @@ async def test_open_websockets_close_4401_within_the_auth_cache_lifetime_after_r
         assert (await orch.http.post("/v1/admin/tenants", json={"tenant_id": "acme"}, headers=admin)).status_code == 201
         keys = [(await orch.http.post("/v1/admin/tenants/acme/keys", json={}, headers=admin)).json() for _ in range(2)]
         # Key 0 is revoked by another replica (straight in the shared store): this one learns it from the store.
+        key0 = {"Authorization": f"Bearer {keys[0]['api_key']}"}
+        queued = (await orch.http.post("/v1/executions", json={"input": "hi"}, headers=key0)).json()["execution_id"]
+        sse_lines: list[str] = []
+
+        async def follow_sse() -> None:  # queued with no executor: the response stays open until something ends it
+            async with orch.http.stream("GET", f"/v1/executions/{queued}/events", headers=key0) as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    sse_lines.append(line)
+
+        sse = asyncio.create_task(follow_sse())
         async with (
             websockets.connect(f"{orch.ws_url}/v1/stream?api_key={keys[0]['api_key']}") as stream,
             websockets.connect(f"{orch.ws_url}/v1/tasks/stream?api_key={keys[0]['api_key']}") as tasks_ws,
@@ -216,6 +227,8 @@ async def test_open_websockets_close_4401_within_the_auth_cache_lifetime_after_r
             codes = await asyncio.gather(_close_code(stream, cache_s + 1.5), _close_code(tasks_ws, cache_s + 1.5))
             elapsed = time.monotonic() - revoked_at
         assert list(codes) == [4401, 4401] and elapsed <= cache_s + 0.5, (codes, elapsed)
+        await asyncio.wait_for(sse, 2)  # the SSE response ended too, saying why
+        assert "event: error" in sse_lines and any("API key revoked" in line for line in sse_lines), sse_lines
         # Key 1 is revoked through this replica's admin API: its streams close at once.
         async with websockets.connect(f"{orch.ws_url}/v1/stream?api_key={keys[1]['api_key']}") as stream:
             await stream.send(orjson.dumps({"type": "subscribe", "execution_id": "nope"}).decode())
