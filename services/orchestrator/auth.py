@@ -110,7 +110,7 @@ class Authenticator:
 
     def revocable(self, key: str) -> bool:
         """Settings (bootstrap) keys live as long as the process; stored keys can be revoked."""
-        return self._settings.tenant_for(key) is None
+        return bool(key) and self._settings.tenant_for(key) is None
 
     async def tenant_for(self, key: str | None) -> str | None:
         context = await self.context_for(key)
