@@ -28,9 +28,10 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, StrictInt, StringConstraints
 
-MAX_TOKENS = 2**31 - 1
+MAX_TOKENS = 2**31 - 1  # also what a PostgreSQL INTEGER column holds
 MAX_CURSOR = 2**63 - 1
 MAX_INT64 = 2**63 - 1
+MAX_INT32 = 2**31 - 1  # the state store's INTEGER columns (PostgreSQL: 32-bit): attempts, seqs, message seqs
 MIN_INT64 = -(2**63)
 
 MAX_JSON_DEPTH = 32
@@ -45,8 +46,8 @@ _DECIMAL = re.compile(r"-?[0-9]{1,20}")
 
 TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
 Cursor = Annotated[StrictInt, Field(ge=-1, le=MAX_CURSOR)]
-Attempt = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
-Seq = Annotated[StrictInt, Field(ge=0, le=MAX_INT64)]
+Attempt = Annotated[StrictInt, Field(ge=0, le=MAX_INT32)]
+Seq = Annotated[StrictInt, Field(ge=0, le=MAX_INT32)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=TOPIC_PATTERN)]
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.api import ChatRequest, ChatResponse, SessionCreate, SessionMessage, SessionState
-from schemas.bounds import MAX_INT64, json_problem
+from schemas.bounds import MAX_INT32, json_problem
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import checked_callback, known_agent, traceparent_of
 from services.orchestrator.http import HTTPError, iso, parse_json, path_id, query_int, require_tenant, shown, state_of, validate
@@ -88,7 +88,7 @@ async def get_session(request: Request) -> Response:
 async def get_messages(request: Request) -> Response:
     ctx = await require_tenant(request)
     session = await _session(request, ctx)
-    after = query_int(request, "after", 0, low=0, high=MAX_INT64)  # a message seq: the store's 64-bit integer
+    after = query_int(request, "after", 0, low=0, high=MAX_INT32)  # a message seq: the store's INTEGER (32-bit on PostgreSQL)
     limit = query_int(request, "limit", 200, low=1, high=1000)
     async with state_of(request).runtime.store.begin() as conn:
         items = await sessions.history(conn, session.id, after=after, limit=limit)

@@ -68,8 +68,8 @@ async def test_deep_variables_are_a_422_on_executions_sessions_chat_and_batches(
         assert (await orch.post("/v1/executions", {"input": "hi", "variables": {"x": nested(30)}})).status_code == 202
 
 
-async def test_out_of_range_query_parameters_are_a_400_with_the_reason(launch: Launcher, sqlite_url: str) -> None:
-    async with launch(sqlite_url, executor=False) as orch:
+async def test_out_of_range_query_parameters_are_a_400_with_the_reason(launch: Launcher, database_url: str) -> None:
+    async with launch(database_url, executor=False) as orch:
         for since in ("1e20", "inf", "nan", "-inf", "-1e20", "1e309"):
             r = await orch.get("/v1/usage", since=since)
             assert r.status_code == 400 and "since" in r.json()["error"], (since, r.status_code, r.text)
@@ -77,11 +77,11 @@ async def test_out_of_range_query_parameters_are_a_400_with_the_reason(launch: L
         assert (await orch.get("/v1/usage", since="0", until="1700000000")).status_code == 200
         session_id = (await orch.post("/v1/sessions", {})).json()["session_id"]
         path = f"/v1/sessions/{session_id}/messages"
-        for after in ("9223372036854775808", "99999999999999999999999", "-1"):
+        for after in ("9223372036854775808", "2147483648", "99999999999999999999999", "-1"):
             r = await orch.get(path, after=after)
             assert r.status_code == 400 and "after" in r.json()["error"], (after, r.status_code, r.text)
         assert (await orch.get(path, limit="0")).status_code == 400
-        assert (await orch.get(path, after="9223372036854775807")).json()["messages"] == []
+        assert (await orch.get(path, after="2147483647")).json()["messages"] == []
 
 
 async def test_huge_cursors_are_a_400_and_the_bridge_keeps_streaming(launch: Launcher, sqlite_url: str) -> None:
@@ -147,10 +147,10 @@ async def _job(orch: Orch) -> str:
     return str(r.json()["task_id"])
 
 
-async def test_task_updates_refuse_out_of_bounds_completions_and_keep_the_connection(launch: Launcher, sqlite_url: str) -> None:
+async def test_task_updates_refuse_out_of_bounds_completions_and_keep_the_connection(launch: Launcher, database_url: str) -> None:
     # Today usage 1e19 overflows SQLite inside the handler: the connection drops unanswered; negative usage
     # is recorded; a result nested 256 deep is stored and GET /v1/tasks/{id} is a 500 from then on.
-    async with launch(sqlite_url, executor=False) as orch:
+    async with launch(database_url, executor=False) as orch:
         job_id, deep_job = await _job(orch), await _job(orch)
         base = {"event": "job_completed", "service": "query", "job_id": job_id, "tenant_id": "tenant-a"}
         headers = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
