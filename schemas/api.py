@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.bounds import MAX_TOKENS, Cursor, Id, JsonObject, TopicName
+from schemas.bounds import MAX_TOKENS, Id, JsonObject, TopicName
 from schemas.events import MAX_INPUT_CHARS, Message, Usage
 from schemas.status import State
 from schemas.topics import Priority
@@ -54,14 +54,18 @@ class ErrorBody(BaseModel):
 
 class StreamCommand(BaseModel):
     """A client's message on the ``/v1/stream`` WebSocket: subscribe to an execution (after ``cursor``)
-    or a session, or unsubscribe."""
+    or a session, or unsubscribe.
+
+    Ids are any strings here: one that no id could be (``schemas.bounds.Id``) is simply not found, as
+    in a URL path. The cursor is checked (``Cursor``) once the execution is known to be the caller's,
+    so an error never says more about an id than "not found"."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     type: Literal["subscribe", "unsubscribe"]
-    execution_id: Id | None = None
-    session_id: Id | None = None
-    cursor: Cursor | None = None
+    execution_id: str | None = Field(default=None, max_length=100_000)
+    session_id: str | None = Field(default=None, max_length=100_000)
+    cursor: Any = None
 
 
 # -- sessions and chat ------------------------------------------------------------------------

@@ -92,7 +92,7 @@ _ID = re.compile(ID_PATTERN)
 def path_id(request: Request, name: str, what: str) -> str:
     """An id from the path; one that no id could be (schemas/bounds.py) is simply not found."""
     value = str(request.path_params[name])
-    if len(value) > MAX_ID_LENGTH or _ID.match(value) is None:
+    if len(value) > MAX_ID_LENGTH or _ID.fullmatch(value) is None:
         raise HTTPError(404, f"{what} not found")
     return value
 

@@ -16,17 +16,19 @@ server shutting down.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from schemas.api import StreamCommand
+from schemas.bounds import ID_PATTERN, MAX_ID_LENGTH, Cursor
 from schemas.status import ExecutionStatus
 from services.common.observability.metrics import STREAM_CONNECTIONS
 from services.orchestrator.bridge import Bridge, Gone, Subscription
@@ -108,6 +110,14 @@ async def _session_known(conn: HTTPConnection, tenant: str, session_id: str, bri
         return await sessions.get(db, session_id, tenant_id=tenant) is not None
 
 
+_ID = re.compile(ID_PATTERN)
+_CURSOR: TypeAdapter[int | None] = TypeAdapter(Cursor | None)
+
+
+def _possible_id(value: str) -> bool:
+    return len(value) <= MAX_ID_LENGTH and _ID.fullmatch(value) is not None
+
+
 def _command(text: str) -> StreamCommand | str:
     """The client's message, or why it cannot be used (the error frame's text)."""
     try:
@@ -132,18 +142,23 @@ async def _handle_client_message(websocket: WebSocket, bridge: Bridge, sink: Web
         return
     execution_id, session_id = command.execution_id or "", command.session_id or ""
     if command.type == "subscribe" and session_id:
-        if not await _session_known(websocket, sink.tenant_id, session_id, bridge):
+        if not _possible_id(session_id) or not await _session_known(websocket, sink.tenant_id, session_id, bridge):
             sink.push_control({"type": "error", "session_id": session_id, "code": 404, "error": "session not found"})
             return
         executions = bridge.subscribe_session(sink, session_id)
         sink.push_control({"type": "subscribed", "session_id": session_id, "executions": [s.execution_id for s in executions]})
     elif command.type == "subscribe":
-        status = _owned(bridge, sink.tenant_id, execution_id)
+        status = _owned(bridge, sink.tenant_id, execution_id) if _possible_id(execution_id) else None
         if status is None:
-            sink.push_control({"type": "error", "execution_id": execution_id, "code": 404, "error": "execution not found"})
+            sink.push_control({"type": "error", "execution_id": execution_id[:MAX_ID_LENGTH], "code": 404, "error": "execution not found"})
+            return
+        try:
+            cursor = _CURSOR.validate_python(command.cursor)
+        except ValidationError as exc:
+            sink.push_control({"type": "error", "execution_id": execution_id, "code": 400, "error": f"cursor: {exc.errors()[0]['msg']}"})
             return
         sink.push_control({"type": "subscribed", "execution_id": execution_id, "status": status.state})
-        bridge.subscribe(sink, status, cursor=command.cursor)
+        bridge.subscribe(sink, status, cursor=cursor)
     else:
         bridge.unsubscribe(sink, execution_id)
 
