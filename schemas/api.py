@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import Message, Usage
+from schemas.bounds import MAX_TOKENS, Id, JsonObject, TopicName
+from schemas.events import MAX_INPUT_CHARS, Message, Usage
 from schemas.outputs import OutputSchema
 from schemas.status import State
 from schemas.topics import Priority
@@ -15,14 +16,14 @@ from schemas.topics import Priority
 class ExecutionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: str = Field(min_length=1, max_length=200_000)
+    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
     agent: str = Field(default="default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
     priority: Priority = "standard"
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: JsonObject = Field(default_factory=dict)
     history: list[Message] = Field(default_factory=list, max_length=1000)
-    session_id: str | None = Field(default=None, max_length=128)
+    session_id: Id | None = None
     callback_url: str | None = Field(default=None, max_length=2048)
-    reply_to: str | None = Field(default=None, max_length=249, description="A reply topic from the tenant's allowlist")
+    reply_to: TopicName | None = Field(default=None, description="A reply topic from the tenant's allowlist")
     output_schema: OutputSchema | None = Field(default=None, description="A JSON Schema the final answer must match")
 
 
@@ -53,6 +54,22 @@ class ErrorBody(BaseModel):
     detail: Any = None
 
 
+class StreamCommand(BaseModel):
+    """A client's message on the ``/v1/stream`` WebSocket: subscribe to an execution (after ``cursor``)
+    or a session, or unsubscribe.
+
+    Ids are any strings here: one that no id could be (``schemas.bounds.Id``) is simply not found, as
+    in a URL path. The cursor is checked (``Cursor``) once the execution is known to be the caller's,
+    so an error never says more about an id than "not found"."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    type: Literal["subscribe", "unsubscribe"]
+    execution_id: str | None = Field(default=None, max_length=100_000)
+    session_id: str | None = Field(default=None, max_length=100_000)
+    cursor: Any = None
+
+
 # -- sessions and chat ------------------------------------------------------------------------
 
 SessionPolicy = Literal["reject", "enqueue", "interrupt"]
@@ -64,7 +81,7 @@ class SessionCreate(BaseModel):
     agent: str = Field(default="default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
     # What a chat message does while the session's previous one still runs (default: the server's).
     policy: SessionPolicy | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
 
 
 class SessionState(BaseModel):
@@ -100,8 +117,8 @@ class SessionMessage(BaseModel):
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    content: str = Field(min_length=1, max_length=200_000)
-    variables: dict[str, Any] = Field(default_factory=dict)
+    content: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
+    variables: JsonObject = Field(default_factory=dict)
     priority: Priority = "standard"
     callback_url: str | None = Field(default=None, max_length=2048)
     instructions: str | None = Field(default=None, max_length=200_000, description="System instructions after the agent's prompt")
@@ -133,9 +150,9 @@ class CancelResponse(BaseModel):
 class BatchItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: str = Field(min_length=1, max_length=200_000)
+    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
     agent: str = Field(default="default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: JsonObject = Field(default_factory=dict)
     custom_id: str | None = Field(default=None, max_length=128)
 
 
@@ -189,8 +206,8 @@ class JobCreate(BaseModel):
 
     service: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
     job_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
-    agent: str = Field(default="default", min_length=1, max_length=128)
-    session_id: str | None = Field(default=None, max_length=64)
+    agent: str = Field(default="default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    session_id: Id | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
 
 
@@ -233,9 +250,9 @@ class UsageReport(BaseModel):
 class TenantLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    requests_per_minute: int | None = Field(default=None, ge=0)
-    tokens_per_minute: int | None = Field(default=None, ge=0)
-    concurrent: int | None = Field(default=None, ge=0)
+    requests_per_minute: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    tokens_per_minute: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    concurrent: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
 
 
 class TenantCreate(BaseModel):

@@ -7,21 +7,20 @@ fallback included) and ends with ``execution.completed``, from which :class:`Com
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import ExecutionCompleted, ExecutionRequested, Message, Usage
+from schemas.bounds import JsonObject
+from schemas.events import MAX_INPUT_CHARS, ExecutionCompleted, ExecutionRequested, Message, Usage
 from schemas.topics import Priority
 
 
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: str = Field(min_length=1, max_length=200_000)
+    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
     agent: str = Field(default="default", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")  # provider, model, fallback
     messages: list[Message] = Field(default_factory=list, max_length=1000)  # earlier turns, system prompt included
-    params: dict[str, Any] = Field(default_factory=dict)  # temperature, max_tokens, ... over the agent's
+    params: JsonObject = Field(default_factory=dict)  # temperature, max_tokens, ... over the agent's
     priority: Priority = "standard"
 
     def to_requested(self, *, tenant_id: str, execution_id: str, session_id: str | None = None) -> ExecutionRequested:

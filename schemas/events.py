@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from schemas.bounds import MAX_TOKENS, Attempt, Id, JsonObject, JsonValue, Seq, TokenCount, TopicName
 from schemas.outputs import OutputSchema
 from schemas.topics import Priority
 
 SCHEMA_VERSION = 1
+MAX_INPUT_CHARS = 200_000
 
 
 def _now() -> datetime:
@@ -22,17 +24,20 @@ def _now() -> datetime:
 
 
 class Usage(BaseModel):
+    """Token counts: integers from 0 to ``MAX_TOKENS`` (schemas/bounds.py); anything else is refused."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+    prompt_tokens: TokenCount = 0
+    completion_tokens: TokenCount = 0
+    total_tokens: TokenCount = 0
 
     def __add__(self, other: Usage) -> Usage:
+        # Saturating: the sum of many turns' valid counts stays a valid count.
         return Usage(
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-            total_tokens=self.total_tokens + other.total_tokens,
+            prompt_tokens=min(self.prompt_tokens + other.prompt_tokens, MAX_TOKENS),
+            completion_tokens=min(self.completion_tokens + other.completion_tokens, MAX_TOKENS),
+            total_tokens=min(self.total_tokens + other.total_tokens, MAX_TOKENS),
         )
 
 
@@ -43,12 +48,12 @@ class Envelope(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
-    tenant_id: str
-    execution_id: str
-    session_id: str | None = None
-    agent_id: str = "default"
-    attempt: int = 1
-    seq: int = 0
+    tenant_id: Id
+    execution_id: Id
+    session_id: Id | None = None
+    agent_id: Id = "default"
+    attempt: Attempt = 1
+    seq: Seq = 0
     ts: datetime = Field(default_factory=_now)
 
 
@@ -65,15 +70,15 @@ class Message(BaseModel):
 
 class ExecutionRequested(Envelope):
     type: Literal["execution.requested"] = "execution.requested"
-    input: str
+    input: str = Field(max_length=MAX_INPUT_CHARS)
     priority: Priority = "standard"
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: JsonObject = Field(default_factory=dict)
     history: tuple[Message, ...] = ()
-    reply_to: str | None = None
+    reply_to: TopicName | None = None
     deadline: datetime | None = None
     # "completion": one model turn over history + input, no agent system prompt, no tools.
     mode: Literal["agent", "completion"] = "agent"
-    params: dict[str, Any] = Field(default_factory=dict)  # model parameters over the agent's (completion mode)
+    params: JsonObject = Field(default_factory=dict)  # model parameters over the agent's (completion mode)
     # The OpenAI door (issue 17): one of the agent's ``models`` instead of its own, extra system
     # instructions after the agent's prompt, and a JSON Schema the final answer must match.
     model: str | None = Field(default=None, max_length=128)
@@ -98,7 +103,7 @@ class ToolCallStarted(Envelope):
     type: Literal["tool.call.started"] = "tool.call.started"
     call_id: str
     tool: str
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments: JsonObject = Field(default_factory=dict)
     step: int = 0
 
 
@@ -106,7 +111,7 @@ class ToolCallCompleted(Envelope):
     type: Literal["tool.call.completed"] = "tool.call.completed"
     call_id: str
     tool: str
-    result: Any = None
+    result: JsonValue = None
     error: str | None = None
     duration_ms: float = 0.0
     step: int = 0
@@ -154,9 +159,9 @@ class ExecutionCancelRequested(Envelope):
 
 class JobCompleted(Envelope):
     type: Literal["job.completed"] = "job.completed"
-    job_id: str
+    job_id: Id
     service: str
-    result: Any = None
+    result: JsonValue = None
 
 
 class ToolCallProgress(Envelope):
@@ -180,7 +185,7 @@ class JobRequested(Envelope):
     type: Literal["job.requested"] = "job.requested"
     request_id: str
     service: str  # query | embedding
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: JsonObject = Field(default_factory=dict)
     call_id: str = ""
     timeout_s: float | None = None
 
@@ -193,7 +198,7 @@ class JobUpdated(Envelope):
     job_id: str = ""
     service: str = ""
     status: Literal["accepted", "completed", "failed", "timed_out", "cancelled"]
-    result: Any = None
+    result: JsonValue = None
     error: str | None = None
     usage: Usage | None = None
 

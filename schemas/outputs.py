@@ -12,6 +12,8 @@ import jsonschema
 import orjson
 from pydantic import AfterValidator
 
+from schemas.bounds import JsonObject
+
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_SCHEMA_DEPTH = 32
 
@@ -39,7 +41,8 @@ def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-OutputSchema = Annotated[dict[str, Any], AfterValidator(check_schema)]
+# Bounded like every free-form JSON (depth, size) before jsonschema walks it.
+OutputSchema = Annotated[JsonObject, AfterValidator(check_schema)]
 
 
 def output_mismatch(schema: dict[str, Any], text: str) -> str | None:

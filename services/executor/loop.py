@@ -13,6 +13,7 @@ from jinja2 import StrictUndefined, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
 from schemas.agents import AgentSpec
+from schemas.bounds import json_problem
 from schemas.events import ExecutionRequested, ExecutionRestarted, ToolCallCompleted, ToolCallStarted, Usage
 from schemas.outputs import output_mismatch
 from services.common.observability.tracing import traced_tool_call
@@ -198,6 +199,15 @@ async def _invoke(tool: Tool, args: dict[str, Any], *, timeout_s: float, setting
     raise AssertionError("unreachable")
 
 
+def _bounded(what: str, tool: str, value: Any) -> Any:
+    """Tool arguments (the model's) and results (a service's) within the bounds every event has
+    (schemas/bounds.py): out of them, the call fails with the reason, as a result for the model."""
+    problem = json_problem(value)
+    if problem is not None:
+        raise ToolError(f"tool {tool!r} {what} out of bounds: JSON value {problem}")
+    return value
+
+
 async def _call_tool(
     call: ToolCall, tools: dict[str, Tool], emitter: EventEmitter, *, step: int, timeout_s: float, settings: LoopSettings
 ) -> str:
@@ -212,11 +222,11 @@ async def _call_tool(
         if tool is None:
             raise ToolError(f"unknown tool {call.name!r}; available: {sorted(tools)}")
         timeout_s = getattr(tool, "timeout_s", None) or timeout_s  # tools that wait for a job bring their own
-        args = parse_arguments(tool, call.arguments)
+        args = _bounded("arguments", call.name, parse_arguments(tool, call.arguments))
         await emitter.emit(ToolCallStarted, call_id=call.id, tool=call.name, arguments=args, step=step)
         announced = True
         current_tool_call.set(ToolContext(emitter=emitter, call_id=call.id, tool=call.name, step=step))
-        result = await _invoke(tool, args, timeout_s=timeout_s, settings=settings)
+        result = _bounded("result", call.name, await _invoke(tool, args, timeout_s=timeout_s, settings=settings))
     except ToolError as exc:
         error = str(exc)
     except TimeoutError:

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.api import KeyCreate, TenantCreate
-from services.orchestrator.http import HTTPError, api_key, iso, json_body, path_id, state_of, validate
+from services.orchestrator.http import HTTPError, header_credential, iso, json_body, path_id, state_of, validate
 from services.orchestrator.store import tenants
 from services.orchestrator.store.tenants import ApiKey, Tenant
 
@@ -17,7 +17,8 @@ def _require_admin(request: Request) -> None:
     auth = state_of(request).runtime.auth
     if state_of(request).settings.admin_token is None:
         raise HTTPError(404, "not found")
-    if not auth.is_admin(api_key(request)):
+    # Only a header: a token in the URL ends up in access logs, proxies and browser history.
+    if not auth.is_admin(header_credential(request)):
         raise HTTPError(401, "missing or invalid admin token", headers={"WWW-Authenticate": "Bearer"})
 
 

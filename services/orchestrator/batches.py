@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -57,6 +58,14 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
     return 202, BatchAccepted(batch_id=batch_id, execution_ids=[s.execution_id for s in subs]).model_dump()
 
 
+def _usage_view(stored: dict[str, Any] | None) -> Usage | None:
+    # A row written before token counts were bounded may hold one out of range: show none rather than fail.
+    try:
+        return Usage.model_validate(stored) if stored else None
+    except ValidationError:
+        return None
+
+
 async def get_batch(request: Request) -> Response:
     ctx = await require_tenant(request)
     batch_id = path_id(request, "batch_id", "batch")
@@ -82,7 +91,7 @@ async def get_batch(request: Request) -> Response:
                 status=t.state,
                 output=t.output,
                 error=t.error,
-                usage=Usage.model_validate(t.usage) if t.usage else None,
+                usage=_usage_view(t.usage),
             )
             for t in members
         ],

@@ -16,7 +16,10 @@ from typing import Any
 
 import orjson
 from aiokafka import ConsumerRecord
+from pydantic import ValidationError
 
+from schemas.events import Usage
+from schemas.jobs import JobCompletion
 from services.common.errors import PoisonRecord
 from services.common.kafka import header
 from services.common.reader import Reader
@@ -138,16 +141,24 @@ class JobsFollower(_Follower):
 
 async def apply_job_completed(lifecycle: Lifecycle, message: Any, *, service: str | None) -> tuple[bool, str]:
     """Apply ``{event: "job_completed", service, job_id, tenant_id, agent_id, result}`` (or a
-    ``job.completed`` envelope). ``service`` is the authenticated caller, None on the topic."""
+    ``job.completed`` envelope). ``service`` is the authenticated caller, None on the topic.
+
+    The message is validated first (``schemas.jobs.JobCompletion``, with the bounds of
+    ``schemas/bounds.py``): a refusal names the field, and nothing out of range reaches the store."""
     if not isinstance(message, dict):
         return False, "message must be a JSON object"
     kind = message.get("event") or message.get("type")
     if kind not in ("job_completed", "job.completed"):
-        return False, f"unknown event {kind!r}; expected job_completed"
-    job_id, tenant_id, sender = message.get("job_id"), message.get("tenant_id"), message.get("service")
-    if not all(isinstance(v, str) and v for v in (job_id, tenant_id, sender)):
-        return False, "job_id, tenant_id and service are required strings"
-    assert isinstance(job_id, str) and isinstance(tenant_id, str)
+        return False, f"unknown event {str(kind)[:100]!r}; expected job_completed"
+    try:
+        completion = JobCompletion.model_validate(message)
+    except ValidationError as exc:
+        return False, _invalid("job_completed", exc)
+    try:
+        usage = completion.reported_usage()
+    except ValidationError as exc:
+        return False, _invalid("job_completed", exc, prefix="result.usage")
+    job_id, tenant_id, sender = completion.job_id, completion.tenant_id, completion.service
     if service is not None and sender != service:
         return False, f"service {sender!r} does not match the token's service {service!r}"
     async with lifecycle.store.begin() as conn:
@@ -159,20 +170,34 @@ async def apply_job_completed(lifecycle: Lifecycle, message: Any, *, service: st
         for hook in lifecycle.late_hooks:  # recorded (orchestration plan) and ignored
             await hook(task, message)
         return False, f"job is not in flight (it is {task.state})"
-    error = message.get("error")
-    result = message.get("result")
-    check = lifecycle.result_checks.get(str(sender)) if task.origin == "delegated" else None
+    error: str | None = completion.error
+    result = completion.result
+    check = lifecycle.result_checks.get(sender) if task.origin == "delegated" else None
     if not error and check is not None:
         error = check(result)
     state = "failed" if error else "completed"
-    usage = _usage(message.get("usage") or (result.get("usage") if isinstance(result, dict) else None))
-    finished = await lifecycle.finalize(job_id, state, result=result, error=str(error) if error else None, usage=usage)
+    finished = await lifecycle.finalize(
+        job_id, state, result=result, error=error or None, usage=usage.model_dump() if usage is not None else None
+    )
     if finished is None:
         return False, "job is not in flight"
     return True, state
 
 
+def _invalid(what: str, exc: ValidationError, *, prefix: str = "") -> str:
+    """``invalid job_completed: usage.prompt_tokens: Input should be less than or equal to 2147483647``."""
+    problems = []
+    for e in exc.errors(include_url=False, include_input=False)[:5]:
+        loc = ".".join(str(p) for p in (*([prefix] if prefix else []), *e["loc"]))
+        problems.append(f"{loc}: {e['msg']}" if loc else e["msg"])
+    return f"invalid {what}: " + "; ".join(problems)
+
+
 def _usage(value: Any) -> dict[str, int] | None:
-    if not isinstance(value, dict):
+    """An event's ``usage``, bounded like every token count (schemas/bounds.py); PoisonRecord if out of range."""
+    if value is None:
         return None
-    return {k: int(value.get(k, 0) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    try:
+        return Usage.model_validate(value).model_dump()
+    except ValidationError as exc:
+        raise PoisonRecord(_invalid("usage", exc, prefix="usage")) from exc

@@ -27,7 +27,7 @@ Handler = Callable[[Request, TenantContext, bytes], Awaitable[tuple[int, Any]]]
 def _fingerprint(request: Request, body: bytes) -> str:
     try:
         canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS) if body else b""
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # not JSON, or deeper than orjson writes: the bytes themselves
         canonical = body
     return hashlib.sha256(f"{request.method} {request.url.path}\n".encode() + canonical).hexdigest()
 

@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.api import ChatRequest, ChatResponse, SessionCreate, SessionMessage, SessionState
+from schemas.bounds import MAX_INT32, json_problem
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import checked_callback, known_agent, traceparent_of
-from services.orchestrator.http import HTTPError, iso, parse_json, path_id, require_tenant, state_of, validate
+from services.orchestrator.http import HTTPError, iso, parse_json, path_id, query_int, require_tenant, shown, state_of, validate
 from services.orchestrator.idempotency import idempotent
 from services.orchestrator.lifecycle import Submission, history_messages, new_id
 from services.orchestrator.plans import PlannedCall, timed
@@ -32,7 +33,7 @@ def session_view(s: Session) -> SessionState:
         policy=s.policy,  # type: ignore[arg-type]
         state=s.state,  # type: ignore[arg-type]
         active_execution_id=s.active_execution_id,
-        metadata=s.metadata,
+        metadata=shown(s.metadata),
         created_at=iso(s.created_at) or "",
         updated_at=iso(s.updated_at) or "",
     )
@@ -47,7 +48,8 @@ def message_view(m: StoredMessage) -> SessionMessage:
             "name": m.name,
             "execution_id": m.execution_id,
             "status": m.status,
-            "tool_calls": m.tool_calls,
+            # Stored from the events topic: one that cannot be shown is left out rather than failing the page.
+            "tool_calls": m.tool_calls if json_problem(m.tool_calls) is None else None,
             "created_at": iso(m.created_at),
         }
     )
@@ -86,13 +88,8 @@ async def get_session(request: Request) -> Response:
 async def get_messages(request: Request) -> Response:
     ctx = await require_tenant(request)
     session = await _session(request, ctx)
-    try:
-        after = int(request.query_params.get("after", "0"))
-        limit = int(request.query_params.get("limit", "200"))
-    except ValueError as exc:
-        raise HTTPError(422, "after and limit must be integers") from exc
-    if after < 0 or not 1 <= limit <= 1000:
-        raise HTTPError(422, "after must be >= 0 and limit between 1 and 1000")
+    after = query_int(request, "after", 0, low=0, high=MAX_INT32)  # a message seq: the store's INTEGER (32-bit on PostgreSQL)
+    limit = query_int(request, "limit", 200, low=1, high=1000)
     async with state_of(request).runtime.store.begin() as conn:
         items = await sessions.history(conn, session.id, after=after, limit=limit)
     return JSONResponse({"session_id": session.id, "messages": [message_view(m).model_dump(mode="json") for m in items]})

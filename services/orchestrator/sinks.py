@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_SHUTDOWN = 1001
+CLOSE_INTERNAL_ERROR = 1011
 
 _CONTROL = b"\x00"
 
@@ -73,13 +74,24 @@ class Sink:
         raise NotImplementedError
 
     def push_control(self, message: dict[str, Any]) -> None:
-        self.push(_CONTROL + orjson.dumps(message))
+        self.push(_CONTROL + self._encode(message))
+
+    def _encode(self, message: dict[str, Any]) -> bytes:
+        """A control frame's JSON. Its values are bounded where they enter (a cursor past 64 bits once
+        killed the bridge's tail right here, in orjson); should one still not encode, only this client pays."""
+        try:
+            return orjson.dumps(message)
+        except orjson.JSONEncodeError as exc:
+            log.error("control frame %r for a client cannot be encoded: %s", message.get("type"), exc)
+            self.kill(CLOSE_INTERNAL_ERROR, "internal error")
+            return b"{}"
 
     def kill(self, code: int, reason: str) -> None:
         if self.closed.is_set():
             return
         self.close_code, self.close_reason = code, reason
         self.closed.set()
+        self._ready.set()  # a writer waiting for items (an SSE body until its next heartbeat) ends now
         self._on_kill()
 
     def _on_kill(self) -> None:
@@ -171,7 +183,7 @@ class SSESink(Sink):
         self.push(b"id: " + str(offset).encode() + b"\nevent: " + type_.encode() + b"\ndata: " + value + b"\n\n")
 
     def push_control(self, message: dict[str, Any]) -> None:
-        self.push(_CONTROL + b"event: " + str(message.get("type", "message")).encode() + b"\ndata: " + orjson.dumps(message) + b"\n\n")
+        self.push(_CONTROL + b"event: " + str(message.get("type", "message")).encode() + b"\ndata: " + self._encode(message) + b"\n\n")
 
     async def body(self, *, until_done: Any) -> AsyncIterator[bytes]:
         """The response body: batches of queued items, comments as heartbeats, until ``until_done()``."""

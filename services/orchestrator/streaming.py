@@ -8,25 +8,32 @@ WebSocket messages from the client:
 The server sends ``subscribed``, ``events`` frames, ``session.execution`` when a followed session
 starts a new execution, ``end`` (``execution_id``, ``status``) when a subscription finishes without a
 terminal event to send (the cursor is past it, or the execution ended before any event), ``heartbeat``
-when idle, and ``error`` (with ``code`` 404 or 410).
-Close codes: 4401 bad API key, 4008 slow consumer, 1001 server shutting down.
+when idle, and ``error`` (with ``code`` 400 for a message it cannot use, 404 or 410); a bad message
+never closes the connection. Close codes: 4401 bad or revoked API key, 4008 slow consumer, 1001
+server shutting down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+from pydantic import TypeAdapter, ValidationError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from schemas.api import StreamCommand
+from schemas.bounds import ID_PATTERN, MAX_ID_LENGTH, Cursor
 from schemas.status import ExecutionStatus
 from services.common.observability.metrics import STREAM_CONNECTIONS
 from services.orchestrator.bridge import Bridge, Gone, Subscription
-from services.orchestrator.sinks import CLOSE_UNAUTHORIZED, SSESink, WebSocketSink
+from services.orchestrator.http import HTTPError, api_key, cursor_of, state_of, validation_errors
+from services.orchestrator.sinks import CLOSE_UNAUTHORIZED, Sink, SSESink, WebSocketSink
 from services.orchestrator.store import sessions
 
 
@@ -45,6 +52,12 @@ def _owned(bridge: Bridge, tenant: str, execution_id: str) -> ExecutionStatus | 
     return status if status is not None and status.tenant_id == tenant else None
 
 
+def _close_when_revoked(conn: HTTPConnection, sink: Sink) -> Callable[[], None]:
+    """Close this stream (4401) once its API key stops resolving; returns the function that stops watching."""
+    key = api_key(conn) or ""
+    return state_of(conn).runtime.auth.connections.watch(key, lambda: sink.kill(CLOSE_UNAUTHORIZED, "API key revoked"))
+
+
 async def stream(websocket: WebSocket) -> None:
     await websocket.accept()
     tenant = await _tenant(websocket)
@@ -59,20 +72,29 @@ async def stream(websocket: WebSocket) -> None:
     sink.tenant_id = tenant
     bridge.attach(sink)
     sink.start()
+    unwatch = _close_when_revoked(websocket, sink)
     STREAM_CONNECTIONS.labels(transport="websocket").inc()
     try:
         while not sink.closed.is_set():
-            receive = asyncio.ensure_future(websocket.receive_text())
+            receive = asyncio.ensure_future(websocket.receive())
             closed = asyncio.ensure_future(sink.closed.wait())
             done, _ = await asyncio.wait({receive, closed}, return_when=asyncio.FIRST_COMPLETED)
             if receive not in done:
                 receive.cancel()
                 break
             closed.cancel()
-            await _handle_client_message(websocket, bridge, sink, receive.result())
+            message = receive.result()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text is None:
+                sink.push_control({"type": "error", "code": 400, "error": "binary frames are not understood: send JSON text frames"})
+                continue
+            await _handle_client_message(websocket, bridge, sink, text)
     except WebSocketDisconnect:
         pass
     finally:
+        unwatch()
         STREAM_CONNECTIONS.labels(transport="websocket").dec()
         bridge.detach(sink)
         await sink.aclose()
@@ -88,35 +110,57 @@ async def _session_known(conn: HTTPConnection, tenant: str, session_id: str, bri
         return await sessions.get(db, session_id, tenant_id=tenant) is not None
 
 
-async def _handle_client_message(websocket: WebSocket, bridge: Bridge, sink: WebSocketSink, text: str) -> None:
+_ID = re.compile(ID_PATTERN)
+_CURSOR: TypeAdapter[int | None] = TypeAdapter(Cursor | None)
+
+
+def _possible_id(value: str) -> bool:
+    return len(value) <= MAX_ID_LENGTH and _ID.fullmatch(value) is not None
+
+
+def _command(text: str) -> StreamCommand | str:
+    """The client's message, or why it cannot be used (the error frame's text)."""
     try:
-        message: dict[str, Any] = orjson.loads(text)
-        op = message.get("type")
-        execution_id = str(message.get("execution_id") or "")
-        session_id = str(message.get("session_id") or "")
-        cursor = message.get("cursor")
-        if cursor is not None and (not isinstance(cursor, int) or isinstance(cursor, bool)):
-            raise ValueError("cursor must be an integer")
-    except (orjson.JSONDecodeError, AttributeError, ValueError) as exc:
-        sink.push_control({"type": "error", "error": f"malformed message: {exc}"})
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return f"malformed message: {exc}"
+    if not isinstance(message, dict):
+        return "malformed message: send a JSON object"
+    if message.get("type") not in ("subscribe", "unsubscribe"):
+        return f"unknown message type {str(message.get('type'))[:100]!r}; use subscribe or unsubscribe"
+    try:
+        return StreamCommand.model_validate(message)
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in validation_errors(exc))
+        return f"invalid message: {fields}"
+
+
+async def _handle_client_message(websocket: WebSocket, bridge: Bridge, sink: WebSocketSink, text: str) -> None:
+    command = _command(text)
+    if isinstance(command, str):
+        sink.push_control({"type": "error", "code": 400, "error": command})
         return
-    if op == "subscribe" and session_id:
-        if not await _session_known(websocket, sink.tenant_id, session_id, bridge):
+    execution_id, session_id = command.execution_id or "", command.session_id or ""
+    if command.type == "subscribe" and session_id:
+        if not _possible_id(session_id) or not await _session_known(websocket, sink.tenant_id, session_id, bridge):
             sink.push_control({"type": "error", "session_id": session_id, "code": 404, "error": "session not found"})
             return
         executions = bridge.subscribe_session(sink, session_id)
         sink.push_control({"type": "subscribed", "session_id": session_id, "executions": [s.execution_id for s in executions]})
-    elif op == "subscribe":
-        status = _owned(bridge, sink.tenant_id, execution_id)
+    elif command.type == "subscribe":
+        status = _owned(bridge, sink.tenant_id, execution_id) if _possible_id(execution_id) else None
         if status is None:
-            sink.push_control({"type": "error", "execution_id": execution_id, "code": 404, "error": "execution not found"})
+            sink.push_control({"type": "error", "execution_id": execution_id[:MAX_ID_LENGTH], "code": 404, "error": "execution not found"})
+            return
+        try:
+            cursor = _CURSOR.validate_python(command.cursor)
+        except ValidationError as exc:
+            sink.push_control({"type": "error", "execution_id": execution_id, "code": 400, "error": f"cursor: {exc.errors()[0]['msg']}"})
             return
         sink.push_control({"type": "subscribed", "execution_id": execution_id, "status": status.state})
         bridge.subscribe(sink, status, cursor=cursor)
-    elif op == "unsubscribe":
-        bridge.unsubscribe(sink, execution_id)
     else:
-        sink.push_control({"type": "error", "error": f"unknown message type {op!r}; use subscribe or unsubscribe"})
+        bridge.unsubscribe(sink, execution_id)
 
 
 async def events(request: Request) -> Response:
@@ -128,11 +172,10 @@ async def events(request: Request) -> Response:
     status = _owned(bridge, tenant, request.path_params["execution_id"])
     if status is None:
         return JSONResponse({"error": "execution not found"}, status_code=404)
-    raw_cursor = request.headers.get("last-event-id") or request.query_params.get("cursor")
     try:
-        cursor = int(raw_cursor) if raw_cursor else None
-    except ValueError:
-        return JSONResponse({"error": "Last-Event-ID / cursor must be an integer cursor"}, status_code=400)
+        cursor = cursor_of(request.headers.get("last-event-id") or request.query_params.get("cursor"))
+    except HTTPError as exc:
+        return JSONResponse({"error": f"Last-Event-ID / cursor: {exc.error}"}, status_code=400)
     try:
         await bridge.check_retained(status)
     except Gone as exc:
@@ -142,6 +185,7 @@ async def events(request: Request) -> Response:
     sink.tenant_id = tenant
     bridge.attach(sink)
     subscription: Subscription = bridge.subscribe(sink, status, cursor=cursor)
+    unwatch = _close_when_revoked(request, sink)
 
     async def body() -> Any:
         STREAM_CONNECTIONS.labels(transport="sse").inc()
@@ -149,6 +193,7 @@ async def events(request: Request) -> Response:
             async for chunk in sink.body(until_done=lambda: subscription.done):
                 yield chunk
         finally:
+            unwatch()
             STREAM_CONNECTIONS.labels(transport="sse").dec()
             bridge.detach(sink)
 

@@ -20,9 +20,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from schemas.api import JobCreate, TaskView
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.completions import apply_job_completed
-from services.orchestrator.http import HTTPError, api_key, iso, parse_json, path_id, require_tenant, state_of, validate
+from services.orchestrator.http import HTTPError, api_key, iso, parse_json, path_id, require_tenant, shown, state_of, validate
 from services.orchestrator.idempotency import idempotent
-from services.orchestrator.lifecycle import new_id
+from services.orchestrator.lifecycle import Lifecycle, new_id
 from services.orchestrator.store import sessions, tasks
 from services.orchestrator.store.tasks import Task
 
@@ -41,7 +41,7 @@ def task_view(t: Task) -> TaskView:
         batch_id=t.batch_id,
         status=t.state,
         deadline=iso(t.deadline) or "",
-        result=t.result,
+        result=shown(t.result),
         output=t.output,
         error=t.error,
         created_at=iso(t.created_at) or "",
@@ -87,7 +87,10 @@ async def get_task(request: Request) -> Any:
 
 
 async def task_updates(websocket: WebSocket) -> None:
-    """Internal services: ``{event: "job_completed", service, job_id, tenant_id, agent_id, result}``."""
+    """Internal services: ``{event: "job_completed", service, job_id, tenant_id, agent_id, result}``.
+
+    Every text frame gets one answer, ``accepted`` or ``rejected`` (with the reason, naming the field
+    for a message out of bounds); nothing a service sends closes the connection."""
     state = state_of(websocket)
     await websocket.accept()
     token = api_key(websocket) or websocket.query_params.get("token")
@@ -95,23 +98,35 @@ async def task_updates(websocket: WebSocket) -> None:
     if service is None:
         await websocket.close(code=CLOSE_UNAUTHORIZED, reason="missing or invalid service token")
         return
+    while True:
+        frame = await websocket.receive()
+        if frame["type"] == "websocket.disconnect":
+            return
+        reply = await _job_update_reply(state.runtime.lifecycle, frame.get("text"), service)
+        try:
+            await websocket.send_json(reply)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return
+
+
+async def _job_update_reply(lifecycle: Lifecycle, text: str | None, service: str) -> dict[str, Any]:
+    if text is None:
+        return {"type": "rejected", "error": "binary frames are not understood: send JSON text frames"}
     try:
-        while True:
-            text = await websocket.receive_text()
-            try:
-                message = orjson.loads(text)
-            except orjson.JSONDecodeError as exc:
-                await websocket.send_json({"type": "rejected", "error": f"malformed message: {exc}"})
-                continue
-            ok, reason = await apply_job_completed(state.runtime.lifecycle, message, service=service)
-            job_id = message.get("job_id") if isinstance(message, dict) else None
-            if ok:
-                await websocket.send_json({"type": "accepted", "job_id": job_id, "status": reason})
-            else:
-                log.warning("task_updates from %s rejected (job %r): %s", service, job_id, reason)
-                await websocket.send_json({"type": "rejected", "job_id": job_id, "error": reason})
-    except WebSocketDisconnect:
-        pass
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return {"type": "rejected", "error": f"malformed message: {exc}"}
+    job_id = message.get("job_id") if isinstance(message, dict) else None
+    job_id = job_id if isinstance(job_id, str) and len(job_id) <= 128 else None
+    try:
+        ok, reason = await apply_job_completed(lifecycle, message, service=service)
+    except Exception as exc:  # the store did not answer (or a bug): say so, keep the connection; the service may retry
+        log.exception("task_updates from %s (job %r) not applied", service, job_id)
+        return {"type": "rejected", "job_id": job_id, "error": f"not applied ({type(exc).__name__}); retry later", "retriable": True}
+    if ok:
+        return {"type": "accepted", "job_id": job_id, "status": reason}
+    log.warning("task_updates from %s rejected (job %r): %s", service, job_id, reason)
+    return {"type": "rejected", "job_id": job_id, "error": reason}
 
 
 async def task_stream(websocket: WebSocket) -> None:
@@ -124,29 +139,44 @@ async def task_stream(websocket: WebSocket) -> None:
         return
     hub = state.runtime.hub
     queue = hub.subscribe(context.id)
+    revoked = asyncio.Event()
+    unwatch = state.runtime.auth.connections.watch(api_key(websocket) or "", revoked.set)
     receiver = asyncio.ensure_future(_drain(websocket))
+    ended = asyncio.ensure_future(revoked.wait())
     try:
         await websocket.send_json({"type": "subscribed"})
         while not receiver.done():
             getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({getter, receiver, ended}, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
                 getter.cancel()
                 break
-            await asyncio.wait_for(websocket.send_text(orjson.dumps(getter.result()).decode()), state.settings.ws_send_timeout_s)
-    except (WebSocketDisconnect, TimeoutError, RuntimeError):
+            await asyncio.wait_for(websocket.send_text(_encoded(getter.result())), state.settings.ws_send_timeout_s)
+        if revoked.is_set():
+            await asyncio.wait_for(websocket.close(code=CLOSE_UNAUTHORIZED, reason="API key revoked"), state.settings.ws_send_timeout_s)
+    except (WebSocketDisconnect, TimeoutError, RuntimeError, OSError):
         pass
     finally:
+        unwatch()
         hub.unsubscribe(context.id, queue)
-        receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await receiver
+        for task in (receiver, ended):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _encoded(update: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(update).decode()
+    except orjson.JSONEncodeError as exc:  # values are bounded where they enter; should one slip through, say so
+        log.error("task update of %r cannot be encoded: %s", update.get("task_id"), exc)
+        return orjson.dumps({"type": "error", "task_id": str(update.get("task_id")), "error": "this update cannot be encoded"}).decode()
 
 
 async def _drain(websocket: WebSocket) -> None:
-    with contextlib.suppress(WebSocketDisconnect):
-        while True:
-            await websocket.receive_text()
+    """Read and drop what a client sends (text or binary) until it disconnects."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
 
 
 create_job = idempotent(_create_job)

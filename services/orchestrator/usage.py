@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.api import UsageReport, UsageRow
-from services.orchestrator.http import HTTPError, iso, require_tenant, state_of
+from services.orchestrator.http import HTTPError, iso, query_time, require_tenant, state_of
 from services.orchestrator.store import records
-
-
-def _time(value: str | None, name: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise HTTPError(422, f"{name} must be an ISO 8601 time or unix seconds") from exc
-    if parsed.tzinfo is None:
-        raise HTTPError(422, f"{name} needs a time zone (e.g. 2025-01-01T00:00:00Z)")
-    return parsed.timestamp()
 
 
 async def get_usage(request: Request) -> Response:
@@ -37,7 +19,10 @@ async def get_usage(request: Request) -> Response:
     group_by = q.get("group_by", "tenant")
     if group_by not in records.USAGE_GROUPS:
         raise HTTPError(422, f"group_by must be one of {list(records.USAGE_GROUPS)}")
-    since, until = _time(q.get("since"), "since"), _time(q.get("until"), "until")
+    since, until = query_time(request, "since"), query_time(request, "until")
+    for name in ("agent", "session_id"):
+        if len(q.get(name, "")) > 128:
+            raise HTTPError(400, f"query parameter {name!r} is longer than 128 characters")
     async with state_of(request).runtime.store.begin() as conn:
         rows = await records.usage_report(
             conn, ctx.id, group_by=group_by, since=since, until=until, agent_id=q.get("agent"), session_id=q.get("session_id")

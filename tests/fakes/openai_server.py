@@ -39,6 +39,7 @@ class Reply:
     tool_calls: tuple[FakeToolCall, ...] | list[FakeToolCall] = ()
     usage: tuple[int, int] | None = (10, 5)  # prompt, completion; None: no usage chunk
     usage_in_x_groq: bool = False
+    raw_usage: dict[str, Any] | None = None  # sent as given instead of ``usage`` (odd values on purpose)
     token_delay_s: float = 0.0
     first_token_delay_s: float = 0.0
     disconnect_after: int | None = None  # close the connection after this many content chunks
@@ -209,7 +210,9 @@ def _stamp(chunk: dict[str, Any], delta: dict[str, Any]) -> None:
         chunk["choices"][0]["delta"] = delta | {"content": content.replace("{sent_at}", f"{sent_at:.6f}")}
 
 
-def _usage(reply: Reply) -> dict[str, int] | None:
+def _usage(reply: Reply) -> dict[str, Any] | None:
+    if reply.raw_usage is not None:
+        return reply.raw_usage
     if reply.usage is None:
         return None
     prompt, completion = reply.usage

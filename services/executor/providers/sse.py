@@ -14,6 +14,7 @@ import orjson
 
 from schemas.events import Usage
 from services.executor.providers.base import ProviderError, ToolCall, TurnEnd
+from services.executor.providers.usage import reported_usage
 
 DONE = object()
 
@@ -36,20 +37,25 @@ class TurnAssembler:
         if data == "[DONE]":
             return DONE
         try:
-            event: dict[str, Any] = orjson.loads(data)
+            event: Any = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise ProviderError(f"the model stream sent a line that is not JSON: {data[:200]!r}", retriable=True) from exc
+        if not isinstance(event, dict):
+            raise ProviderError(f"the model stream sent a line that is not a JSON object: {data[:200]!r}", retriable=True)
+        try:
+            return self._take(event)
+        except (AttributeError, TypeError, KeyError, IndexError) as exc:  # a field of another type than the API's
+            raise ProviderError(f"the model stream sent a chunk of an unexpected shape: {data[:200]!r}", retriable=True) from exc
+
+    def _take(self, event: dict[str, Any]) -> str | None:
         if "error" in event:
             error = event["error"]
             message = error.get("message", error) if isinstance(error, dict) else error
             raise ProviderError(f"the model stream reported an error: {message}", retriable=True)
-        usage = event.get("usage") or (event.get("x_groq") or {}).get("usage")
+        groq = event.get("x_groq")
+        usage = event.get("usage") or (groq.get("usage") if isinstance(groq, dict) else None)
         if usage:
-            self.usage = Usage(
-                prompt_tokens=usage.get("prompt_tokens") or 0,
-                completion_tokens=usage.get("completion_tokens") or 0,
-                total_tokens=usage.get("total_tokens") or 0,
-            )
+            self.usage = reported_usage(usage)  # bounded: an odd number never fails the execution
         choices = event.get("choices")
         if not choices:
             return None
@@ -61,18 +67,23 @@ class TurnAssembler:
         if calls:
             self._add_calls(calls)
         text = delta.get("content")
+        if text is not None and not isinstance(text, str):
+            raise TypeError("content is not a string")
         return text or None
 
     def _add_calls(self, calls: list[dict[str, Any]]) -> None:
         for call in calls:
-            parts = self._calls.setdefault(call.get("index", 0), ["", ""])
+            index = call.get("index", 0)
+            if type(index) is not int:
+                raise TypeError("tool call index is not an integer")
+            parts = self._calls.setdefault(index, ["", ""])
             if call.get("id"):
-                parts[0] = call["id"]
+                parts[0] = _text(call["id"])
             function = call.get("function") or {}
             if function.get("name"):
-                parts[1] += function["name"]
+                parts[1] += _text(function["name"])
             if function.get("arguments"):
-                parts.append(function["arguments"])
+                parts.append(_text(function["arguments"]))
 
     def end(self) -> TurnEnd:
         calls = tuple(
@@ -80,3 +91,9 @@ class TurnAssembler:
             for index, parts in sorted(self._calls.items())
         )
         return TurnEnd(tool_calls=calls, usage=self.usage)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{type(value).__name__} where the API has a string")
+    return value
