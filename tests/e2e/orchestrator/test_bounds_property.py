@@ -18,10 +18,10 @@ import websockets
 from aiokafka import AIOKafkaConsumer
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from services.common.tail import open_tail
 
 from schemas.bounds import MAX_TOKENS
 from schemas.events import ExecutionRequested
+from services.common.sources import open_tail
 from tests.e2e.orchestrator.conftest import SERVICE_TOKEN, Launcher, Orch
 
 pytestmark = [
@@ -44,7 +44,8 @@ class Edge:
 @pytest.fixture
 async def edge(launch: Launcher, sqlite_url: str) -> AsyncIterator[Edge]:
     async with launch(sqlite_url, executor=False, requests_per_minute=0, concurrent_executions=0) as orch:
-        lanes, _ = await open_tail(orch.kafka, orch.kafka.topics.lanes, client_id="property-lanes")
+        source, _ = await open_tail(orch.kafka, orch.kafka.topics.lanes, client_id="property-lanes")
+        lanes = source.consumer
         headers = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
         try:
             async with websockets.connect(f"{orch.ws_url}/ws/task_updates", additional_headers=headers) as service:
