@@ -45,6 +45,9 @@ test: kafka-start services browser lint
 # Faults, load and soak (about 20 minutes): docs/reliability.md says what each test proves.
 reliability: kafka-start services
 	$(BIN)/pytest -m reliability tests/reliability -s -p no:logging
+	@# The fuzzers of make test, with many more examples.
+	AGENTSTREAM_READER_FUZZ_EXAMPLES=200 AGENTSTREAM_EDGE_FUZZ_EXAMPLES=2000 \
+		$(BIN)/pytest tests/e2e/test_reader_fuzz.py tests/e2e/test_edge_fuzz.py -s -p no:logging
 
 demo: kafka-start
 	@# The embedding service's real model (no torch: examples/services/embedders.py runs it with numpy).
