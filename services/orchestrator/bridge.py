@@ -46,14 +46,23 @@ class Gone(Exception):
 
 
 class Subscription:
-    def __init__(self, sink: Sink, execution_id: str, *, cursor: int | None) -> None:
+    """One client's view of one execution: catch-up, then live; deduplicated by offset; fenced by attempt.
+
+    ``attempt`` is the newest attempt known to have started: from the status view when the client
+    subscribes (an executor writes ``running`` of attempt N only after N's ``execution.started`` is in
+    the log), then from every ``execution.started`` seen, including those at or before the client's
+    cursor. Nothing of an older attempt is delivered once a newer one started: not its tokens, not the
+    terminal event a paused executor writes after waking, and not to a client resuming past the start.
+    """
+
+    def __init__(self, sink: Sink, execution_id: str, *, cursor: int | None, attempt: int = 0) -> None:
         self.sink = sink
         self.execution_id = execution_id
         self._id_json = orjson.dumps(execution_id)
         self.last_offset = cursor if cursor is not None else -1
         self.catching_up = True
         self.buffer: list[Record] = []
-        self.attempt = 0
+        self.attempt = attempt
         self.done = False
 
     def offer(self, record: Record) -> None:
@@ -67,18 +76,18 @@ class Subscription:
     def deliver(self, record: Record) -> None:
         if self.done:
             return
+        type_ = header(record.headers, "type") or ""
+        attempt = _attempt(record)
+        if type_ == "execution.started":
+            self.attempt = max(self.attempt, attempt)
+        fenced = attempt < self.attempt  # an older attempt's event, written after a newer one started
         if record.offset <= self.last_offset:
-            type_ = header(record.headers, "type") or ""
-            if type_ in TERMINAL_TYPES:
+            if type_ in TERMINAL_TYPES and not fenced:
                 self.end(type_.removeprefix("execution."))  # the client's cursor is at or past the end: it has seen it all
             return
         self.last_offset = record.offset
-        type_ = header(record.headers, "type") or ""
-        attempt = int(header(record.headers, "attempt") or 1)
-        if type_ == "execution.started":
-            self.attempt = max(self.attempt, attempt)
-        if attempt < self.attempt:
-            return  # fenced: an older attempt's late event
+        if fenced:
+            return
         self.sink.push_event(self._id_json, record.offset, type_, record.value or b"null")
         if type_ in TERMINAL_TYPES:
             self.done = True
@@ -122,6 +131,12 @@ class RecentRecords:
         self._ended.pop(execution_id, None)
         for record in self._records.pop(execution_id, ()):
             self._bytes -= len(record.value or b"")
+
+
+def _attempt(record: Record) -> int:
+    """The attempt that wrote a record (header; checked numeric by ``_malformed``); 1 if absent."""
+    value = header(record.headers, "attempt")
+    return int(value) if value is not None and value.isdigit() else 1
 
 
 def _malformed(record: Record) -> str | None:
@@ -240,7 +255,11 @@ class Bridge:
             self._recent.evict()
 
     def _record_terminal(self, record: Record) -> None:
-        """Apply a terminal event to the status view at once, so GET agrees with what clients just saw."""
+        """Apply a terminal event to the status view at once, so GET agrees with what clients just saw.
+
+        Not an older attempt's: the end a paused executor writes after a newer attempt started is
+        not the execution's end (the tail saw that start in the same partition, before this record).
+        """
         try:
             event = EventAdapter.validate_json(record.value or b"")
         except ValidationError:
@@ -248,7 +267,9 @@ class Bridge:
         current = self.status.get(event.execution_id)
         if current is None or current.terminal:
             return
-        update: dict[str, object] = {"attempt": max(current.attempt, event.attempt), "updated_at": event.ts}
+        if event.attempt < max(current.attempt, self._newest_started(event.execution_id)):
+            return
+        update: dict[str, object] = {"attempt": event.attempt, "updated_at": event.ts}
         if isinstance(event, ExecutionCompleted):
             update |= {"state": "completed", "output": event.output, "usage": event.usage}
         elif isinstance(event, ExecutionFailed):
@@ -259,12 +280,17 @@ class Bridge:
             return
         self.status.apply(current.model_copy(update=update))
 
+    def _newest_started(self, execution_id: str) -> int:
+        """The newest attempt whose ``execution.started`` the tail has seen (of what it still remembers)."""
+        records = self._recent.get(execution_id) or ()
+        return max((_attempt(r) for r in records if header(r.headers, "type") == "execution.started"), default=0)
+
     # -- subscriptions --------------------------------------------------------------------
     def subscribe(self, sink: Sink, status: ExecutionStatus, *, cursor: int | None) -> Subscription:
         existing = sink.subscriptions.get(status.execution_id)
         if isinstance(existing, Subscription):
             return existing
-        sub = Subscription(sink, status.execution_id, cursor=cursor)
+        sub = Subscription(sink, status.execution_id, cursor=cursor, attempt=status.attempt)
         self._subs.setdefault(status.execution_id, set()).add(sub)
         sink.subscriptions[status.execution_id] = sub
         self._spawn(self._catch_up(sub), f"catch-up-{status.execution_id}")
