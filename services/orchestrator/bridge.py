@@ -48,11 +48,12 @@ class Gone(Exception):
 class Subscription:
     """One client's view of one execution: catch-up, then live; deduplicated by offset; fenced by attempt.
 
-    ``attempt`` is the newest attempt known to have started: from the status view when the client
-    subscribes (an executor writes ``running`` of attempt N only after N's ``execution.started`` is in
-    the log), then from every ``execution.started`` seen, including those at or before the client's
-    cursor. Nothing of an older attempt is delivered once a newer one started: not its tokens, not the
-    terminal event a paused executor writes after waking, and not to a client resuming past the start.
+    ``attempt`` is the newest attempt known to have started: for a client resuming past the newest
+    attempt's start, from the status view (``resumed_attempt``), then from every ``execution.started``
+    seen, including those at or before the client's cursor. Nothing of an older attempt is delivered
+    once a newer one started: not its tokens, not the terminal event a paused executor writes after
+    waking, and not to a client resuming past the start. A client reading from the first event sees
+    the older attempt up to the newer one's start, as a live client did, so a replay is the same stream.
     """
 
     def __init__(self, sink: Sink, execution_id: str, *, cursor: int | None, attempt: int = 0) -> None:
@@ -64,6 +65,14 @@ class Subscription:
         self.buffer: list[Record] = []
         self.attempt = attempt
         self.done = False
+
+    @staticmethod
+    def resumed_attempt(status: ExecutionStatus, cursor: int | None) -> int:
+        """The attempt a client resuming after ``cursor`` already saw start: the status view's, if the
+        cursor is at or past where it started (its ``running`` snapshot is written after that start
+        is in the log, and holds its offset); else 0, and the records themselves tell."""
+        start = status.events_start_offset
+        return status.attempt if cursor is not None and start is not None and cursor >= start else 0
 
     def offer(self, record: Record) -> None:
         if self.catching_up:
@@ -290,7 +299,7 @@ class Bridge:
         existing = sink.subscriptions.get(status.execution_id)
         if isinstance(existing, Subscription):
             return existing
-        sub = Subscription(sink, status.execution_id, cursor=cursor, attempt=status.attempt)
+        sub = Subscription(sink, status.execution_id, cursor=cursor, attempt=Subscription.resumed_attempt(status, cursor))
         self._subs.setdefault(status.execution_id, set()).add(sub)
         sink.subscriptions[status.execution_id] = sub
         self._spawn(self._catch_up(sub), f"catch-up-{status.execution_id}")

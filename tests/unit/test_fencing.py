@@ -116,8 +116,12 @@ def test_a_live_client_gets_nothing_of_attempt_1_after_attempt_2_started() -> No
 
 
 def test_a_client_resuming_past_the_new_start_gets_no_older_attempt() -> None:
-    """Resumed after cursor 3 (past attempt 2's start): the status view says attempt 2 runs."""
-    sub, sink = live_subscription(cursor=3, attempt=2)
+    """Resumed after cursor 3 (past attempt 2's start at 2): the status view says attempt 2 runs from there."""
+    running_2 = ExecutionStatus(execution_id="e1", tenant_id="t", state="running", attempt=2, events_partition=0, events_start_offset=2)
+    assert Subscription.resumed_attempt(running_2, 3) == 2
+    assert Subscription.resumed_attempt(running_2, 1) == 0  # before that start: the records tell, as they told a live client
+    assert Subscription.resumed_attempt(running_2, None) == 0
+    sub, sink = live_subscription(cursor=3, attempt=Subscription.resumed_attempt(running_2, 3))
     for r in zombie_log()[4:]:
         sub.deliver(r)
     assert delivered(sink) == [(4, 2), (6, 2)]
