@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -41,6 +42,7 @@ from services.common.observability import metrics, tracing
 from services.common.statusview import StatusView
 from services.executor.control import ControlTail
 from services.executor.emitter import EventEmitter
+from services.executor.fence import Claim, Fenced, Tenure
 from services.executor.httptools import ToolRegistry, load_http_tools
 from services.executor.jobtools import JobClient, job_tools
 from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent
@@ -56,17 +58,24 @@ log = logging.getLogger(__name__)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, claim: Claim) -> None:
         self._executor = executor
+        self._claim = claim
         self._revoked: set[TopicPartition] = set()
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self._revoked = set(revoked)
+        if self._claim.revoked():
+            # We were stalled past our lease: the group may have given these partitions to another member
+            # meanwhile, which ran their executions as a newer attempt. Ours are fenced, even where we get
+            # the partition back: its records come again and run as the next attempt.
+            self._executor.drop_partitions({tp for tp, _ in self._executor.running() if tp.topic == self._claim.name} | self._revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         # Executions of partitions we lost will be redelivered to their new owner: stop ours.
         self._executor.drop_partitions(self._revoked - set(assigned))
         self._revoked = set()
+        self._claim.assigned()
 
 
 _RECENT_CANCELS = 10_000
@@ -136,13 +145,17 @@ class Executor:
         self.cancelled = 0
         # One consumer per lane, all in one group: a lane whose requests wait for a slot does not hold
         # back the others, and PrioritySlots hands freed slots to critical first (batch last).
+        # Each lane consumer's claim on its partitions: a run writes only while it holds (fence.py).
+        ttl_s = settings.session_timeout_ms / 2000
+        self._claims = {lane: Claim(lane, ttl_s=ttl_s, confirm_s=settings.fence_confirm_s) for lane in self.topics.lanes}
+        self._ticker: asyncio.Task[None] | None = None
         self._subscribers = {
             lane: self.broker.subscriber(
                 lane,
                 group_id=settings.consumer_group,
                 ack_policy=AckPolicy.MANUAL,
                 auto_offset_reset="earliest",
-                listener=_Rebalance(self),
+                listener=_Rebalance(self, self._claims[lane]),
                 max_poll_records=50,
                 session_timeout_ms=settings.session_timeout_ms,
                 # Short: a rebalance (three lane consumers join per executor) completes once every member
@@ -163,9 +176,16 @@ class Executor:
         await self.status.start()
         await self.control.start()
         await self.jobs.start()
+        self._ticker = asyncio.create_task(self._tick_claims(), name=f"{self.settings.instance_id}-claims")
         await self.broker.start()
         self._started = True
         await watch(self)
+
+    async def _tick_claims(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            for claim in self._claims.values():
+                claim.tick()
 
     async def _load_tools(self) -> None:
         secret = self.settings.tool_secret.get_secret_value().encode() if self.settings.tool_secret else None
@@ -186,6 +206,9 @@ class Executor:
         await self.broker.stop()
         await self.control.stop()
         tasks = [task for _, task in self._running.values()] + list(self._background)
+        if self._ticker is not None:
+            tasks.append(self._ticker)
+            self._ticker = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -288,6 +311,10 @@ class Executor:
             except Exception as exc:  # a rebalance took the partition: the new owner redoes it
                 log.info("commit of %s@%s skipped: %s", tp, commit_at, exc)
 
+    def running(self) -> list[tuple[TopicPartition, str]]:
+        """(partition, execution id) of every execution this member runs now."""
+        return [(tp, execution_id) for execution_id, (tp, _) in self._running.items()]
+
     def drop_partitions(self, lost: set[TopicPartition]) -> None:
         for execution_id, (tp, task) in list(self._running.items()):
             if tp in lost:
@@ -307,6 +334,7 @@ class Executor:
             "attempt": attempt,
         }
         topic = request.reply_to or self.topics.events
+        tenure = Tenure(self._claims[tp.topic]) if tp.topic in self._claims else None
         emitter = EventEmitter(
             self.producer,
             topic=topic,
@@ -314,7 +342,9 @@ class Executor:
             interval_s=self.settings.coalesce_interval_ms / 1000,
             max_chars=self.settings.coalesce_max_chars,
             traceparent=tracing.current_traceparent(),
+            tenure=tenure,
         )
+        publish = functools.partial(self._publish_status, tenure=tenure)
         base = ExecutionStatus(
             execution_id=request.execution_id,
             tenant_id=request.tenant_id,
@@ -328,11 +358,11 @@ class Executor:
         cancel = self._cancels[request.execution_id] = asyncio.Event()
         if self._cancel_requested(request):
             cancel.set()
-        finished = False
+        finished = fenced = False
         try:
             if cancel.is_set():  # cancelled before it started: no execution.started, just the end
                 meta = await (await emitter.emit(ExecutionCancelled, reason="cancelled before start"))
-                await self._publish_status(
+                await publish(
                     base.model_copy(
                         update={"state": "cancelled", "error": "cancelled before start"}
                         | {"events_partition": meta.partition, "events_start_offset": meta.offset}
@@ -344,7 +374,7 @@ class Executor:
             spec, lookup_error = await self._lookup(request.agent_id)
             started = await emitter.emit(ExecutionStarted, provider=spec.provider if spec else "", model=spec.model if spec else "")
             meta = await started
-            await self._publish_status(
+            await publish(
                 base.model_copy(update={"state": "running", "events_partition": meta.partition, "events_start_offset": meta.offset})
             )
             try:
@@ -354,23 +384,26 @@ class Executor:
             except (ExecutionError, ProviderError) as exc:
                 await emitter.emit(ExecutionFailed, reason=str(exc), retriable=exc.retriable)
                 await emitter.drain()
-                await self._publish_status(base.model_copy(update={"state": "failed", "error": str(exc)}))
+                await publish(base.model_copy(update={"state": "failed", "error": str(exc)}))
             else:
                 if outcome is None:
                     await emitter.emit(ExecutionCancelled, reason="cancelled by request")
                     await emitter.drain()
-                    await self._publish_status(base.model_copy(update={"state": "cancelled", "error": "cancelled by request"}))
+                    await publish(base.model_copy(update={"state": "cancelled", "error": "cancelled by request"}))
                     self.cancelled += 1
                 else:
                     await emitter.emit(ExecutionCompleted, output=outcome.output, usage=outcome.usage)
                     await emitter.drain()
-                    await self._publish_status(
-                        base.model_copy(update={"state": "completed", "output": outcome.output, "usage": outcome.usage})
-                    )
+                    await publish(base.model_copy(update={"state": "completed", "output": outcome.output, "usage": outcome.usage}))
                     self.completed += 1
             finished = True
         except asyncio.CancelledError:
             raise
+        except Fenced as exc:
+            # Nothing more is written for this attempt, and it is not run again here: the partition's new
+            # owner runs it (or, if it is us again, its record comes again and runs as the next attempt).
+            fenced = True
+            log.warning("execution %s (attempt %s): %s", request.execution_id, attempt, exc)
         except KafkaError as exc:
             # Kafka trouble is not the execution's fault: it is not failed but run again as the next
             # attempt once the broker answers (finished stays False: see _schedule_retry below).
@@ -380,7 +413,7 @@ class Executor:
             with contextlib.suppress(Exception):
                 await emitter.emit(ExecutionFailed, reason=f"internal error: {type(exc).__name__}: {exc}")
                 await emitter.drain()
-                await self._publish_status(base.model_copy(update={"state": "failed", "error": str(exc)}))
+                await publish(base.model_copy(update={"state": "failed", "error": str(exc)}))
                 finished = True
         finally:
             emitter.close()
@@ -392,7 +425,7 @@ class Executor:
             if finished:
                 self._retries.pop(request.execution_id, None)
                 await self._finish(tp, offset)
-            elif not self._stopping:
+            elif not self._stopping and not fenced:
                 # No terminal event reached the broker (e.g. Kafka was down): the request is not
                 # committed, and nothing would deliver it again while we keep the partition. Run it
                 # again, as the next attempt, once the broker may be back.
@@ -451,7 +484,9 @@ class Executor:
             return None
         raise ExecutionError(f"execution exceeded its timeout of {spec.timeout_s:g}s", retriable=True)
 
-    async def _publish_status(self, status: ExecutionStatus) -> None:
+    async def _publish_status(self, status: ExecutionStatus, *, tenure: Tenure | None = None) -> None:
+        if tenure is not None and not tenure.ok():
+            await tenure.check()
         self.status.apply(status)
         metrics.EXECUTOR_EXECUTIONS.labels(state=status.state, lane=status.priority).inc()
         await self.producer.send_and_wait(self.topics.status, key=status.execution_id.encode(), value=encode(status))

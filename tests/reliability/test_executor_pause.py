@@ -20,8 +20,10 @@ import httpx
 import orjson
 import pytest
 import websockets
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from services.common.kafka import partitions_of
 from services.common.settings import KafkaSettings
 from services.orchestrator.app import create_app
 from services.orchestrator.settings import OrchestratorSettings
@@ -48,6 +50,36 @@ async def _group_members(kafka: KafkaSettings) -> int:
         return 0
     finally:
         await admin.close()
+
+
+async def _late_writes(kafka: KafkaSettings) -> tuple[int, int]:
+    """Records on the events topic of an attempt older than one whose start precedes them in the log:
+    (all of them, those created after that start). The first kind includes what the paused producer
+    had buffered before the pause (sent when it woke); the second is what a woken executor wrote
+    after its partitions moved on."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await partitions_of(consumer, kafka.topics.events)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        newest: dict[bytes, tuple[int, int]] = {}  # execution -> (attempt, timestamp of its start)
+        late = created_late = 0
+        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    headers = dict(r.headers)
+                    attempt, key = int(headers.get("attempt", b"1")), r.key or b""
+                    started = newest.get(key, (0, 0))
+                    if headers.get("type") == b"execution.started":
+                        newest[key] = max(started, (attempt, r.timestamp))
+                    elif attempt < started[0]:
+                        late += 1
+                        created_late += r.timestamp > started[1]
+        return late, created_late
+    finally:
+        await consumer.stop()
 
 
 async def _follow(ws_url: str, key: str, execution_id: str, items: list[dict[str, Any]], *, cursor: int | None = None) -> None:
@@ -144,6 +176,7 @@ async def test_paused_executor_wakes_fenced(kafka_settings: KafkaSettings) -> No
             task_rows = {
                 eid: (await http.get(f"/v1/tasks/{eid}", headers={"Authorization": f"Bearer {key}"})).json() for eid, key in keys.items()
             }
+            late, created_late = await _late_writes(kafka_settings)
     finally:
         with contextlib.suppress(ProcessLookupError):
             victim.send_signal(signal.SIGCONT)
@@ -181,8 +214,11 @@ async def test_paused_executor_wakes_fenced(kafka_settings: KafkaSettings) -> No
     print(
         f"\n{EXECUTIONS} executions, paused {PAUSE_S:g}s (session timeout {SESSION_TIMEOUT_MS / 1000:g}s): "
         f"{retried} ran again, {no_terminal} live clients without a terminal event, "
-        f"{resumed_bad}/{len(resumed)} resumed clients wrong, {len(problems)} problems; "
+        f"{resumed_bad}/{len(resumed)} resumed clients wrong; {late} records of an older attempt after a newer one's start in the log, "
+        f"{created_late} of them created after it; "
+        f"{len(problems)} problems; "
         f"all ended {ended - woke:.1f}s after SIGCONT, {ended - t0:.1f}s in all"
     )
     assert retried > 0, "the pause moved no execution: the test proved nothing"
     assert not problems, "\n".join(problems[:40])
+    assert created_late == 0, f"the woken executor wrote {created_late} records after its partitions moved on"
