@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 from collections import OrderedDict
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -35,11 +36,12 @@ from schemas.events import (
 )
 from schemas.status import ExecutionStatus
 from services.common.agents import AgentCatalog, AgentSource, HttpAgents, StaticAgents, load_agents
-from services.common.dlq import send_to_dlq
+from services.common.dlq import park
 from services.common.errors import AgentstreamError
 from services.common.kafka import encode, ensure_topics, make_producer, start_client
 from services.common.observability import metrics, tracing
 from services.common.statusview import StatusView
+from services.executor.admission import Refusal, check_key, check_request
 from services.executor.control import ControlTail
 from services.executor.emitter import EventEmitter
 from services.executor.fence import Claim, Fenced, Tenure
@@ -51,6 +53,7 @@ from services.executor.providers.base import Provider, ProviderError
 from services.executor.providers.registry import PROVIDER_NAMES, build_providers, close_providers, default_agent
 from services.executor.settings import ExecutorSettings
 from services.executor.slots import PrioritySlots
+from services.executor.tenants import TenantsView
 from services.executor.tools import Tool, builtin_tools
 from services.executor.watermark import PartitionWatermark
 
@@ -122,6 +125,7 @@ class Executor:
         self.http = httpx.AsyncClient(timeout=settings.tool_timeout_s)
         self.producer: AIOKafkaProducer = make_producer(settings.kafka, client_id=f"{settings.instance_id}-producer")
         self.status = StatusView(settings.kafka, dlq=self.producer, name=f"{settings.instance_id}-status-view")
+        self.tenants = TenantsView(settings.kafka, dlq=self.producer, name=f"{settings.instance_id}-tenants-view")
         self.control = ControlTail(
             settings.kafka, on_cancel=self.request_cancel, client_id=f"{settings.instance_id}-control", dlq=self.producer
         )
@@ -174,6 +178,7 @@ class Executor:
         await ensure_topics(self.settings.kafka)
         await start_client(self.producer, self.settings.kafka)
         await self.status.start()
+        await self.tenants.start()
         await self.control.start()
         await self.jobs.start()
         self._ticker = asyncio.create_task(self._tick_claims(), name=f"{self.settings.instance_id}-claims")
@@ -213,6 +218,7 @@ class Executor:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.jobs.stop()
+        await self.tenants.stop()
         await self.status.stop()
         await self.producer.stop()
         await self._close_adapters()
@@ -269,12 +275,9 @@ class Executor:
         if record.offset in mark.inflight:
             return  # redelivered after a rebalance while we still run it
         mark.begin(record.offset)
-        try:
-            request = ExecutionRequested.model_validate_json(record.value or b"")
-        except ValidationError as exc:
-            await send_to_dlq(
-                self.producer, self.topics, record, f"invalid execution.requested: {exc}", consumer=self.settings.consumer_group
-            )
+        request, refusal = await self._admit(record)
+        if request is None or refusal is not None:
+            await self._refuse(record, request, refusal)
             await self._finish(tp, record.offset)
             return
         if request.execution_id in self._running:
@@ -298,6 +301,56 @@ class Executor:
         )
         task = asyncio.create_task(work, name=request.execution_id)
         self._running[request.execution_id] = (tp, task)
+
+    async def _admit(self, record: ConsumerRecord[bytes, bytes]) -> tuple[ExecutionRequested | None, Refusal | None]:
+        """The request, and why it must not run (admission.py); (None, reason) if it is not one."""
+        refusal = check_key(record.key)
+        try:
+            request = ExecutionRequested.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            return None, Refusal(f"invalid execution.requested: {exc}")
+        if refusal is not None or record.key is None:
+            return request, refusal
+        tenant = await self.tenants.lookup(request.tenant_id) if request.tenant_id else None
+        current = self.status.get(request.execution_id)
+        return request, check_request(record.key, request, tenant=tenant, current=current, events_topic=self.topics.events)
+
+    async def _refuse(self, record: ConsumerRecord[bytes, bytes], request: ExecutionRequested | None, refusal: Refusal | None) -> None:
+        reason = refusal.reason if refusal is not None else "refused"
+        await park(self.producer, self.topics, record, reason, consumer=self.settings.consumer_group)
+        if request is None or refusal is None or not refusal.fail_execution:
+            return
+        current = self.status.get(request.execution_id)
+        if current is None or current.state != "queued" or current.tenant_id != request.tenant_id or request.execution_id in self._running:
+            return
+        # The tenant's execution ends here, visibly: an execution.failed on the shared events topic (never on
+        # the refused reply_to) and a failed snapshot, so its client, GET and the task registry see why.
+        envelope = {
+            "tenant_id": request.tenant_id,
+            "execution_id": request.execution_id,
+            "session_id": request.session_id,
+            "agent_id": request.agent_id,
+            "attempt": current.attempt,
+        }
+        emitter = EventEmitter(self.producer, topic=self.topics.events, envelope=envelope, interval_s=0.01, max_chars=1)
+        try:
+            meta = await (await emitter.emit(ExecutionFailed, reason=reason, retriable=False))
+            await self._publish_status(
+                current.model_copy(
+                    update={
+                        "state": "failed",
+                        "error": reason,
+                        "events_topic": self.topics.events,
+                        "events_partition": meta.partition,
+                        "events_start_offset": meta.offset if current.events_start_offset is None else current.events_start_offset,
+                        "updated_at": datetime.now(UTC),
+                    }
+                )
+            )
+        except KafkaError as exc:  # the DLQ has the record and its reason; the sweeper ends the task at its deadline
+            log.warning("could not fail refused execution %s: %s", request.execution_id, exc)
+        finally:
+            emitter.close()
 
     async def _finish(self, tp: TopicPartition, offset: int) -> None:
         mark = self._watermarks.get(tp)

@@ -1,0 +1,104 @@
+"""The executor's view of the compacted ``tenants`` topic: who may run, and where their events may go.
+
+Read from the beginning at start (and tailed), like the status view. A request of a tenant the view
+does not know yet may be one created a moment ago: ``lookup`` then reads up to the topic's current
+end before answering (concurrent lookups share one catch-up; a record naming an unknown tenant
+costs one end-offsets request, the tail is live and already there in the common case).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
+
+from schemas.tenants import TenantRecord
+from services.common.dlq import park
+from services.common.settings import KafkaSettings
+from services.common.tail import Batches, close_tail, open_tail, run_tail
+
+log = logging.getLogger(__name__)
+
+
+class TenantsView:
+    def __init__(self, settings: KafkaSettings, *, dlq: AIOKafkaProducer | None = None, name: str = "tenants-view") -> None:
+        self._settings = settings
+        self._dlq = dlq
+        self._name = name
+        self._items: dict[str, TenantRecord] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._read = asyncio.Condition()
+        self._sync: asyncio.Task[None] | None = None
+
+    def get(self, tenant_id: str) -> TenantRecord | None:
+        return self._items.get(tenant_id)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def apply(self, tenant_id: str, record: TenantRecord | None) -> None:
+        """A tenant record (None: its tombstone)."""
+        if record is None:
+            self._items.pop(tenant_id, None)
+        else:
+            self._items[tenant_id] = record
+
+    async def lookup(self, tenant_id: str, *, timeout: float = 5.0) -> TenantRecord | None:
+        """The tenant's record; if unknown, after reading the topic up to its end as of now."""
+        found = self._items.get(tenant_id)
+        if found is not None or self._consumer is None:
+            return found
+        if self._sync is None or self._sync.done():
+            self._sync = asyncio.create_task(self._read_to_end(timeout))
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._sync)
+        return self._items.get(tenant_id)
+
+    async def start(self) -> None:
+        consumer, _ = await open_tail(self._settings, [self._settings.topics.tenants], client_id=self._name, from_beginning=True)
+        self._consumer = consumer
+        self._task = asyncio.create_task(run_tail(consumer, self._handle, name=self._name), name=self._name)
+        await self._read_to_end(60)
+
+    async def _read_to_end(self, timeout: float) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        tps = list(consumer.assignment())
+        end: dict[TopicPartition, int] = await consumer.end_offsets(tps) if tps else {}
+        deadline = time.monotonic() + timeout
+        while [tp for tp, offset in end.items() if await consumer.position(tp) < offset]:
+            if time.monotonic() > deadline:
+                log.warning("%s: not caught up with the tenants topic after %gs", self._name, timeout)
+                return
+            async with self._read:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._read.wait(), 0.2)
+
+    async def _handle(self, batches: Batches) -> None:
+        for records in batches.values():
+            for record in records:
+                try:
+                    tenant_id = (record.key or b"").decode()
+                    if not tenant_id:
+                        raise ValueError("a tenant record without a key (tenant_id)")
+                    value = None if record.value is None else TenantRecord.model_validate_json(record.value)
+                    if value is not None and value.tenant_id != tenant_id:
+                        raise ValueError(f"a tenant record for {value.tenant_id!r} under the key {tenant_id!r}")
+                except (UnicodeDecodeError, ValueError, ValidationError) as exc:
+                    await park(self._dlq, self._settings.topics, record, f"invalid tenant record: {exc}", consumer=self._name)
+                    continue
+                self.apply(tenant_id, value)
+        async with self._read:
+            self._read.notify_all()
+
+    async def stop(self) -> None:
+        task, consumer, self._task, self._consumer = self._task, self._consumer, None, None
+        if self._sync is not None:
+            self._sync.cancel()
+        await close_tail(task, consumer)
