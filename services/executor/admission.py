@@ -19,8 +19,8 @@ from schemas.tenants import TenantRecord
 @dataclass(frozen=True)
 class Refusal:
     reason: str
-    # The tenant's own execution ends as failed (status + execution.failed) so its client sees why;
-    # never for a record that may not speak for the execution's tenant.
+    # The request speaks for its tenant (key, tenant, ownership checked) but cannot run: if that tenant's
+    # execution is queued, it ends as failed (status + execution.failed) so its client sees why.
     fail_execution: bool = False
 
 
@@ -54,9 +54,6 @@ def check_request(
     if current is not None and current.tenant_id != request.tenant_id:
         return Refusal(f"execution {request.execution_id!r} belongs to another tenant")
     if not tenant.allows_reply_to(request.reply_to, events_topic=events_topic):
-        return Refusal(
-            f"reply_to topic {request.reply_to!r} is not in tenant {request.tenant_id!r}'s allowlist",
-            # Only one that has not started: a running one (the same request delivered again) goes on.
-            fail_execution=current is not None and current.state == "queued",
-        )
+        reason = f"reply_to topic {request.reply_to!r} is not in tenant {request.tenant_id!r}'s allowlist"
+        return Refusal(reason, fail_execution=True)
     return None

@@ -320,7 +320,9 @@ class Executor:
         await park(self.producer, self.topics, record, reason, consumer=self.settings.consumer_group)
         if request is None or refusal is None or not refusal.fail_execution:
             return
-        current = self.status.get(request.execution_id)
+        # The orchestrator writes the queued snapshot next to the lane record: our view may not have it yet.
+        current = await self.status.wait_until(request.execution_id, lambda s: True, timeout=2.0)
+        # Only one that has not started: a running one (the same request delivered again) goes on.
         if current is None or current.state != "queued" or current.tenant_id != request.tenant_id or request.execution_id in self._running:
             return
         # The tenant's execution ends here, visibly: an execution.failed on the shared events topic (never on
