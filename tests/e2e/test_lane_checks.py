@@ -34,6 +34,7 @@ from tests.support import collect_events, serve
 
 pytestmark = pytest.mark.kafka
 KEYS = {"key-a": "tenant-a", "key-b": "tenant-b", "key-c": "tenant-c"}
+ADMIN = "admin-secret"
 
 
 @dataclass
@@ -64,6 +65,7 @@ async def start_lanes(kafka: KafkaSettings, tmp_path: Path, **executor: Any) -> 
         api_keys=KEYS,
         database_url=SecretStr(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"),
         reply_topics={"tenant-a": [f"{kafka.topic_prefix}replies.a"]},
+        admin_token=SecretStr(ADMIN),
     )
     async with Executor(ExecutorSettings(kafka=kafka, **({"scripted_token_delay_ms": 1} | executor))) as ex:
         async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -170,3 +172,15 @@ async def test_records_without_a_proper_key_tenant_or_ids_are_refused(lanes: Lan
         assert expected in by_value[encode(r)], (expected, by_value[encode(r)])
     assert lanes.executor.completed == 1
     assert all(lanes.executor.status.get(r.execution_id) is None for r, _, _ in bad if r.execution_id)
+
+
+async def test_a_tenant_created_through_the_admin_api_runs_at_once(lanes: Lanes) -> None:
+    """The orchestrator announces a new tenant on the tenants topic before answering 201."""
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    assert (await lanes.http.post("/v1/admin/tenants", json={"tenant_id": "acme"}, headers=admin)).status_code == 201
+    secret = (await lanes.http.post("/v1/admin/tenants/acme/keys", json={}, headers=admin)).json()["api_key"]
+    execution_id = await lanes.submit(secret, input="what is 6+6?")
+    events = await collect_events(lanes.url.replace("http", "ws", 1), secret, execution_id, timeout=30)
+    assert events[-1]["event"]["type"] == "execution.completed"
+    known = lanes.executor.tenants.get("acme")
+    assert known is not None and not known.disabled
