@@ -141,6 +141,7 @@ class Executor:
         self._running: dict[str, tuple[TopicPartition, asyncio.Task[None]]] = {}
         self._cancels: dict[str, asyncio.Event] = {}
         self._recent_cancels: OrderedDict[str, str] = OrderedDict()  # execution_id -> tenant_id
+        self._dropped: OrderedDict[str, int] = OrderedDict()  # execution_id -> attempt it ran when its partition was lost
         self._started = False
         self._stopping = False
         self._retries: dict[str, int] = {}
@@ -375,12 +376,29 @@ class Executor:
             if tp in lost:
                 task.cancel()
                 self._running.pop(execution_id, None)
+                current = self.status.get(execution_id)
+                self._remember_dropped(execution_id, current.attempt if current is not None else 0)
         for tp in lost:
             self._watermarks.pop(tp, None)
 
+    def _remember_dropped(self, execution_id: str, attempt: int) -> None:
+        self._dropped[execution_id] = max(attempt, self._dropped.get(execution_id, 0))
+        self._dropped.move_to_end(execution_id)
+        while len(self._dropped) > _RECENT_CANCELS:
+            self._dropped.popitem(last=False)
+
+    def _next_attempt(self, execution_id: str, previous: ExecutionStatus | None) -> int:
+        """One more than the newest attempt known. For an execution we dropped at attempt N (our partition
+        went to another member), at least N + 2: the new owner may have started N + 1 without our status
+        view knowing yet (or without its ``running`` snapshot ever being written), and two runs must never
+        share an attempt number, or clients could not tell their events apart. Numbers may skip; they never repeat."""
+        known = previous.attempt if previous is not None else 0
+        dropped = self._dropped.pop(execution_id, None)
+        return max(known, dropped + 1 if dropped is not None else 0) + 1
+
     # -- running one execution --------------------------------------------------------------
     async def _execute(self, request: ExecutionRequested, previous: ExecutionStatus | None, tp: TopicPartition, offset: int) -> None:
-        attempt = (previous.attempt if previous is not None else 0) + 1
+        attempt = self._next_attempt(request.execution_id, previous)
         envelope: dict[str, Any] = {
             "tenant_id": request.tenant_id,
             "execution_id": request.execution_id,

@@ -14,6 +14,7 @@ import contextlib
 import signal
 import subprocess
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -188,10 +189,12 @@ async def test_paused_executor_wakes_fenced(kafka_settings: KafkaSettings) -> No
     problems: list[str] = []
     no_terminal = 0
     retried = 0
+    final_attempts: Counter[int] = Counter()
     for eid, items in live.items():
         terminals = [i for i in items if i["event"]["type"] in TERMINAL]
         newest = max((i["event"]["attempt"] for i in items if i["event"]["type"] == "execution.started"), default=0)
         retried += newest > 1
+        final_attempts[newest] += 1
         if len(terminals) != 1:
             no_terminal += not terminals
             problems.append(f"{eid}: {len(terminals)} terminal events")
@@ -213,7 +216,8 @@ async def test_paused_executor_wakes_fenced(kafka_settings: KafkaSettings) -> No
         problems += [f"{eid} (resumed): {p}" for p in bad]
     print(
         f"\n{EXECUTIONS} executions, paused {PAUSE_S:g}s (session timeout {SESSION_TIMEOUT_MS / 1000:g}s): "
-        f"{retried} ran again, {no_terminal} live clients without a terminal event, "
+        f"{retried} ran again (newest attempts {dict(sorted(final_attempts.items()))}), "
+        f"{no_terminal} live clients without a terminal event, "
         f"{resumed_bad}/{len(resumed)} resumed clients wrong; {late} records of an older attempt after a newer one's start in the log, "
         f"{created_late} of them created after it; "
         f"{len(problems)} problems; "
