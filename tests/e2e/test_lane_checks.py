@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import SecretStr
 
 from schemas.events import ExecutionRequested
@@ -184,3 +184,23 @@ async def test_a_tenant_created_through_the_admin_api_runs_at_once(lanes: Lanes)
     assert events[-1]["event"]["type"] == "execution.completed"
     known = lanes.executor.tenants.get("acme")
     assert known is not None and not known.disabled
+
+
+async def test_a_refusal_the_dlq_cannot_take_does_not_hold_the_partitions_commits(lanes: Lanes) -> None:
+    """A ~1 MB invalid record: its DLQ copy (reason and origin headers added) is larger than a request
+    may be, so parking it fails; the record is still finished, and the partition's commits move on."""
+    big = b'{"type": "execution.requested", "tenant_id": "tenant-a", "input": "' + b"x" * 1_048_300 + b'"}'
+    producer = AIOKafkaProducer(bootstrap_servers=lanes.kafka.bootstrap, acks="all", max_request_size=1_100_000)
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(lanes.kafka.topics.lane("standard"), key=b"tenant-a", value=big)
+    finally:
+        await producer.stop()
+    good = await lanes.submit("key-a", input="what is 7+7?")  # same key: same partition, behind the big one
+    events = await collect_events(lanes.url.replace("http", "ws", 1), "key-a", good, timeout=30)
+    assert events[-1]["event"]["type"] == "execution.completed"
+    tp = TopicPartition(meta.topic, meta.partition)
+    (consumer,) = [c for c in lanes.executor.consumers() if tp in c.assignment()]
+    async with asyncio.timeout(10):
+        while ((await consumer.committed(tp)) or 0) <= meta.offset + 1:
+            await asyncio.sleep(0.1)

@@ -1,0 +1,50 @@
+"""The executor's checks of a lane record (admission.py), in memory."""
+
+from __future__ import annotations
+
+from schemas.events import ExecutionRequested
+from schemas.status import ExecutionStatus
+from schemas.tenants import TenantRecord
+from services.executor.admission import check_key, check_request
+
+EVENTS = "p.executions.events"
+A = TenantRecord(tenant_id="tenant-a", reply_topics=("p.replies.a",))
+
+
+def request(**fields: object) -> ExecutionRequested:
+    values: dict[str, object] = {"tenant_id": "tenant-a", "execution_id": "e1", "input": "hi"} | fields
+    return ExecutionRequested.model_validate(values)
+
+
+def reason(key: bytes, r: ExecutionRequested, *, tenant: TenantRecord | None = A, current: ExecutionStatus | None = None) -> str:
+    refusal = check_request(key, r, tenant=tenant, current=current, events_topic=EVENTS)
+    return refusal.reason if refusal is not None else ""
+
+
+def test_a_request_of_a_known_tenant_with_its_own_key_and_reply_topics_runs() -> None:
+    assert reason(b"tenant-a", request()) == ""
+    assert reason(b"tenant-a", request(reply_to=EVENTS)) == ""
+    assert reason(b"tenant-a", request(reply_to="p.replies.a")) == ""
+    own = ExecutionStatus(execution_id="e1", tenant_id="tenant-a", state="running", attempt=1)
+    assert reason(b"tenant-a", request(), current=own) == ""
+
+
+def test_keys_tenants_and_ids_are_checked() -> None:
+    assert check_key(None) is not None and check_key(b"") is not None and check_key(b"\xff") is not None
+    assert check_key(b"tenant-a") is None
+    assert "the key must be the tenant_id" in reason(b"tenant-b", request())
+    assert "unknown tenant" in reason(b"tenant-a", request(), tenant=None)
+    assert "disabled" in reason(b"tenant-a", request(), tenant=A.model_copy(update={"disabled": True}))
+    assert "empty" in reason(b"tenant-a", request(execution_id=""))
+    assert "empty" in reason(b"", request(tenant_id=""))
+
+
+def test_another_tenants_execution_is_refused_without_failing_it() -> None:
+    theirs = ExecutionStatus(execution_id="e1", tenant_id="tenant-b", state="queued")
+    refusal = check_request(b"tenant-a", request(), tenant=A, current=theirs, events_topic=EVENTS)
+    assert refusal is not None and "belongs to another tenant" in refusal.reason and not refusal.fail_execution
+
+
+def test_a_reply_to_outside_the_allowlist_fails_the_tenants_execution() -> None:
+    refusal = check_request(b"tenant-a", request(reply_to="p.replies.b"), tenant=A, current=None, events_topic=EVENTS)
+    assert refusal is not None and "'p.replies.b' is not in tenant 'tenant-a'" in refusal.reason and refusal.fail_execution
