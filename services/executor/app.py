@@ -278,8 +278,10 @@ class Executor:
         mark.begin(record.offset)
         request, refusal = await self._admit(record)
         if request is None or refusal is not None:
-            await self._refuse(record, request, refusal)
-            await self._finish(tp, record.offset)
+            try:
+                await self._refuse(record, request, refusal)
+            finally:  # whatever happened, a refused record never holds its partition's commits
+                await self._finish(tp, record.offset)
             return
         if request.execution_id in self._running:
             await self._finish(tp, record.offset)
@@ -328,12 +330,14 @@ class Executor:
             return
         # The tenant's execution ends here, visibly: an execution.failed on the shared events topic (never on
         # the refused reply_to) and a failed snapshot, so its client, GET and the task registry see why.
+        # Attempt 1 (it never started): newer than the queued snapshot, not fenced by any reader.
+        attempt = max(current.attempt, 1)
         envelope = {
             "tenant_id": request.tenant_id,
             "execution_id": request.execution_id,
             "session_id": request.session_id,
             "agent_id": request.agent_id,
-            "attempt": current.attempt,
+            "attempt": attempt,
         }
         emitter = EventEmitter(self.producer, topic=self.topics.events, envelope=envelope, interval_s=0.01, max_chars=1)
         try:
@@ -342,6 +346,7 @@ class Executor:
                 current.model_copy(
                     update={
                         "state": "failed",
+                        "attempt": attempt,
                         "error": reason,
                         "events_topic": self.topics.events,
                         "events_partition": meta.partition,
@@ -350,8 +355,8 @@ class Executor:
                     }
                 )
             )
-        except KafkaError as exc:  # the DLQ has the record and its reason; the sweeper ends the task at its deadline
-            log.warning("could not fail refused execution %s: %s", request.execution_id, exc)
+        except Exception:  # the DLQ has the record and its reason; the sweeper ends the task at its deadline
+            log.exception("could not fail refused execution %s", request.execution_id)
         finally:
             emitter.close()
 
