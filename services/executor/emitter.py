@@ -56,6 +56,12 @@ class EventEmitter:
         """The execution attempt's envelope fields (tenant, execution, session, agent, attempt)."""
         return dict(self._envelope)
 
+    async def check_tenure(self) -> None:
+        """For a record of this attempt sent elsewhere (a job request): wait while the claim is in doubt,
+        raise ``Fenced`` if this member lost the execution's partition."""
+        if self._tenure is not None and not self._tenure.ok():
+            await self._tenure.check()
+
     async def emit(self, cls: type[Envelope], **fields: Any) -> asyncio.Future[RecordMetadata]:
         async with self._lock:
             await self._flush_locked()
