@@ -142,6 +142,7 @@ class Executor:
         self._cancels: dict[str, asyncio.Event] = {}
         self._recent_cancels: OrderedDict[str, str] = OrderedDict()  # execution_id -> tenant_id
         self._dropped: OrderedDict[str, int] = OrderedDict()  # execution_id -> attempt it ran when its partition was lost
+        self._attempts: dict[str, int] = {}  # execution_id -> the attempt running here
         self._started = False
         self._stopping = False
         self._retries: dict[str, int] = {}
@@ -381,8 +382,7 @@ class Executor:
             if tp in lost:
                 task.cancel()
                 self._running.pop(execution_id, None)
-                current = self.status.get(execution_id)
-                self._remember_dropped(execution_id, current.attempt if current is not None else 0)
+                self._remember_dropped(execution_id, self._attempts.get(execution_id, 0))
         for tp in lost:
             self._watermarks.pop(tp, None)
 
@@ -403,7 +403,7 @@ class Executor:
 
     # -- running one execution --------------------------------------------------------------
     async def _execute(self, request: ExecutionRequested, previous: ExecutionStatus | None, tp: TopicPartition, offset: int) -> None:
-        attempt = self._next_attempt(request.execution_id, previous)
+        attempt = self._attempts[request.execution_id] = self._next_attempt(request.execution_id, previous)
         envelope: dict[str, Any] = {
             "tenant_id": request.tenant_id,
             "execution_id": request.execution_id,
@@ -500,6 +500,8 @@ class Executor:
                 del self._cancels[request.execution_id]
             if self._running.get(request.execution_id, (None, None))[1] is asyncio.current_task():
                 self._running.pop(request.execution_id, None)
+            if self._attempts.get(request.execution_id) == attempt:
+                del self._attempts[request.execution_id]
             if finished:
                 self._retries.pop(request.execution_id, None)
                 await self._finish(tp, offset)
