@@ -174,9 +174,18 @@ async def test_paused_executor_wakes_fenced(kafka_settings: KafkaSettings) -> No
                 eid: (await http.get(f"/v1/executions/{eid}", headers={"Authorization": f"Bearer {key}"})).json()
                 for eid, key in keys.items()
             }
-            task_rows = {
-                eid: (await http.get(f"/v1/tasks/{eid}", headers={"Authorization": f"Bearer {key}"})).json() for eid, key in keys.items()
-            }
+            # The task registry is a projection the events follower writes behind the stream: give it a moment.
+            task_rows: dict[str, dict[str, Any]] = {}
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                task_rows = {
+                    eid: (await http.get(f"/v1/tasks/{eid}", headers={"Authorization": f"Bearer {key}"})).json()
+                    for eid, key in keys.items()
+                }
+                if all(row.get("status") not in ("queued", "running") for row in task_rows.values()):
+                    break
+                await asyncio.sleep(0.5)
+            projected = time.monotonic()
             late, created_late = await _late_writes(kafka_settings)
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -221,7 +230,7 @@ async def test_paused_executor_wakes_fenced(kafka_settings: KafkaSettings) -> No
         f"{resumed_bad}/{len(resumed)} resumed clients wrong; {late} records of an older attempt after a newer one's start in the log, "
         f"{created_late} of them created after it; "
         f"{len(problems)} problems; "
-        f"all ended {ended - woke:.1f}s after SIGCONT, {ended - t0:.1f}s in all"
+        f"all ended {ended - woke:.1f}s after SIGCONT (task rows {projected - ended:.1f}s later), {ended - t0:.1f}s in all"
     )
     assert retried > 0, "the pause moved no execution: the test proved nothing"
     assert not problems, "\n".join(problems[:40])
