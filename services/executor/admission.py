@@ -19,8 +19,9 @@ from schemas.tenants import TenantRecord
 @dataclass(frozen=True)
 class Refusal:
     reason: str
-    # The request speaks for its tenant (key, tenant, ownership checked) but cannot run: if that tenant's
-    # execution is queued, it ends as failed (status + execution.failed) so its client sees why.
+    # The record speaks for its tenant (its key is the tenant) but cannot run: if that tenant's execution
+    # is queued, it ends as failed (status + execution.failed) so its client sees why. Never for a record
+    # without a proper key, or naming another tenant's execution: those may not speak for anyone.
     fail_execution: bool = False
 
 
@@ -47,10 +48,12 @@ def check_request(
         return Refusal("execution.requested with an empty tenant_id or execution_id")
     if key.decode() != request.tenant_id:
         return Refusal(f"lane record keyed {key.decode()!r} names tenant {request.tenant_id!r}: the key must be the tenant_id")
+    # From here on the record speaks for its tenant (the key says so): a queued execution of that tenant
+    # fails visibly, e.g. when the orchestrator accepted work of a tenant whose record executors lack.
     if tenant is None:
-        return Refusal(f"unknown tenant {request.tenant_id!r}")
+        return Refusal(f"unknown tenant {request.tenant_id!r}", fail_execution=True)
     if tenant.disabled:
-        return Refusal(f"tenant {request.tenant_id!r} is disabled")
+        return Refusal(f"tenant {request.tenant_id!r} is disabled", fail_execution=True)
     if current is not None and current.tenant_id != request.tenant_id:
         return Refusal(f"execution {request.execution_id!r} belongs to another tenant")
     if not tenant.allows_reply_to(request.reply_to, events_topic=events_topic):

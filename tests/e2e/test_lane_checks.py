@@ -204,3 +204,18 @@ async def test_a_refusal_the_dlq_cannot_take_does_not_hold_the_partitions_commit
     async with asyncio.timeout(10):
         while ((await consumer.committed(tp)) or 0) <= meta.offset + 1:
             await asyncio.sleep(0.1)
+
+
+async def test_work_of_a_tenant_the_executors_do_not_know_fails_visibly(lanes: Lanes) -> None:
+    """The orchestrator accepts tenant-b's work, but the executors' tenants topic lost tenant-b (a
+    tombstone): refused as an unknown tenant, and its client sees why instead of waiting for the sweeper."""
+    await lanes.producer.send_and_wait(lanes.kafka.topics.tenants, key=b"tenant-b", value=None)
+    async with asyncio.timeout(10):
+        while lanes.executor.tenants.get("tenant-b") is not None:
+            await asyncio.sleep(0.02)
+    execution_id = await lanes.submit("key-b", input="what is 8+8?")
+    events = await collect_events(lanes.url.replace("http", "ws", 1), "key-b", execution_id, timeout=30)
+    (key, reason, _), *_ = await dlq_reasons(lanes.kafka, 1)
+    assert key == b"tenant-b" and "unknown tenant 'tenant-b'" in reason
+    assert [e["event"]["type"] for e in events] == ["execution.failed"]
+    assert (await lanes.get("key-b", f"/v1/executions/{execution_id}"))["status"] == "failed"

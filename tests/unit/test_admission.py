@@ -48,3 +48,15 @@ def test_another_tenants_execution_is_refused_without_failing_it() -> None:
 def test_a_reply_to_outside_the_allowlist_fails_the_tenants_execution() -> None:
     refusal = check_request(b"tenant-a", request(reply_to="p.replies.b"), tenant=A, current=None, events_topic=EVENTS)
     assert refusal is not None and "'p.replies.b' is not in tenant 'tenant-a'" in refusal.reason and refusal.fail_execution
+
+
+def test_only_a_record_that_speaks_for_its_tenant_fails_that_tenants_execution() -> None:
+    def fails(key: bytes, r: ExecutionRequested, tenant: TenantRecord | None = A) -> bool:
+        refusal = check_request(key, r, tenant=tenant, current=None, events_topic=EVENTS)
+        assert refusal is not None
+        return refusal.fail_execution
+
+    assert not fails(b"tenant-b", request())  # the key is another tenant's
+    assert not fails(b"tenant-a", request(execution_id=""))
+    assert fails(b"tenant-a", request(), tenant=None)  # the orchestrator accepted it; executors do not know the tenant
+    assert fails(b"tenant-a", request(), tenant=A.model_copy(update={"disabled": True}))
