@@ -11,7 +11,8 @@ before) puts the claim in doubt, and every write waits, before its record, until
   may have been), the claim's term ends, every run of it is fenced (``Fenced``) and dropped, and the
   records are delivered again to whoever owns them now, as the next attempt;
 * no revocation within ``confirm_s`` (a heartbeat after waking would have been refused by then):
-  the member is still in the group, the runs go on.
+  the member is still in the group, the runs go on; a revocation that still comes within a session
+  timeout after the stall ends the term all the same (the refusal was only slow).
 
 The check on the token path is one clock read and two comparisons per record. Kafka's own
 producer fencing (a transactional producer per input partition, whose ``init_transactions`` by
@@ -51,6 +52,7 @@ class Claim:
         self.term = 0
         self.renewed = clock()
         self.in_doubt = False
+        self.stalled_at = float("-inf")  # when the last doubt began
         self._changed = asyncio.Event()
         self._confirm: asyncio.TimerHandle | None = None
 
@@ -82,7 +84,11 @@ class Claim:
     def revoked(self) -> bool:
         """The consumer's partitions are revoked (a rebalance). True if the claim was in doubt (or its lease
         had run out): its term ends, as another member may have run its executions meanwhile."""
-        stale = self.in_doubt or self._clock() - self.renewed > self.ttl_s
+        now = self._clock()
+        # Also shortly after a doubt that the confirm window cleared: a heartbeat refused late (a slow
+        # coordinator) still means we were evicted. The window: a session timeout plus the confirm time.
+        recent_stall = now - self.stalled_at < 2 * self.ttl_s + self.confirm_s
+        stale = self.in_doubt or now - self.renewed > self.ttl_s or recent_stall
         if stale:
             self.term += 1
             log.warning("%s: partitions revoked after a stall of the event loop: runs of the old term are fenced", self.name)
@@ -95,6 +101,7 @@ class Claim:
 
     def _doubt(self, now: float) -> None:
         self.in_doubt = True
+        self.stalled_at = now
         stalled = now - self.renewed
         log.warning("%s: the event loop stalled for %.1fs; writes wait until the group membership is confirmed", self.name, stalled)
         if self._confirm is not None:

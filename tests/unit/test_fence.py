@@ -96,3 +96,20 @@ def test_a_rebalance_on_time_does_not_end_the_term() -> None:
     assert not claim.revoked()  # the loop kept time: a plain rebalance, decided per partition
     claim.assigned()
     assert tenure.ok()
+
+
+async def test_a_rebalance_soon_after_a_cleared_stall_still_ends_the_term() -> None:
+    """The confirm window passed without a rebalance, then the refused heartbeat's rebalance came late."""
+    clock = Clock()
+    claim = Claim("lane", ttl_s=3.0, confirm_s=0.05, clock=clock)
+    tenure = Tenure(claim)
+    clock.now += 12.0
+    claim.tick()
+    await asyncio.wait_for(tenure.check(), 1.0)  # cleared: writes went on
+    clock.now += 1.0
+    assert claim.revoked()  # yet the member had been evicted: its runs are fenced
+    with pytest.raises(Fenced):
+        await tenure.check()
+    clock.now += 60.0
+    claim.assigned()
+    assert not claim.revoked()  # a rebalance long after the stall is a plain one
