@@ -205,6 +205,10 @@ class Executor:
 
     async def stop(self) -> None:
         if not self._started:
+            if self._ticker is not None:  # start() failed after it began ticking
+                self._ticker.cancel()
+                await asyncio.gather(self._ticker, return_exceptions=True)
+                self._ticker = None
             await self._close_adapters()
             return
         self._started = False
