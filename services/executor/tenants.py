@@ -14,6 +14,7 @@ import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.tenants import TenantRecord
@@ -69,9 +70,17 @@ class TenantsView:
         consumer = self._consumer
         if consumer is None:
             return
-        tps = list(consumer.assignment())
-        end: dict[TopicPartition, int] = await consumer.end_offsets(tps) if tps else {}
         deadline = time.monotonic() + timeout
+        tps = list(consumer.assignment())
+        while True:
+            try:
+                end: dict[TopicPartition, int] = await consumer.end_offsets(tps) if tps else {}
+                break
+            except KafkaError as exc:  # transient: an unknown tenant is a verdict, not a guess during an outage
+                if time.monotonic() > deadline:
+                    log.warning("%s: could not read the tenants topic's end: %s", self._name, exc)
+                    return
+                await asyncio.sleep(0.2)
         while [tp for tp, offset in end.items() if await consumer.position(tp) < offset]:
             if time.monotonic() > deadline:
                 log.warning("%s: not caught up with the tenants topic after %gs", self._name, timeout)
