@@ -46,12 +46,19 @@ class ExecutionStatus(BaseModel):
         return self.state in TERMINAL_STATES
 
     def supersedes(self, other: ExecutionStatus) -> bool:
-        """True if this snapshot should replace ``other`` in a view."""
+        """True if this snapshot should replace ``other`` in a view.
+
+        An end is final. Otherwise the newer attempt wins, and within one attempt the later state: a
+        snapshot of an older attempt never replaces a newer one, terminal or not, so the end an older
+        attempt writes after a newer one started (a paused executor that woke up) is not the
+        execution's end. Orchestrator verdicts (timed out, cancelled while queued) copy the newest
+        attempt they know.
+        """
         if other.terminal:
             return False
-        if self.terminal:
-            return True
-        return (self.attempt, _RANK[self.state]) >= (other.attempt, _RANK[other.state])
+        if self.attempt != other.attempt:
+            return self.attempt > other.attempt
+        return self.terminal or _RANK[self.state] >= _RANK[other.state]
 
     def merged_over(self, other: ExecutionStatus) -> ExecutionStatus:
         """Keep fields the newer snapshot does not know (where the events start, creation time)."""

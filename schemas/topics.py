@@ -50,5 +50,20 @@ class Topics:
     def dlq(self) -> str:
         return f"{self.prefix}dlq"
 
+    @property
+    def tenants(self) -> str:
+        """Orchestrator -> executors: ``TenantRecord`` per tenant (key tenant_id), compacted; a tombstone removes one."""
+        return f"{self.prefix}tenants"
+
     def all(self) -> tuple[str, ...]:
-        return (*self.lanes, self.events, self.control, self.status, self.jobs_completed, self.dlq, self.jobs_requested, self.jobs_updates)
+        return (
+            *self.lanes,
+            self.events,
+            self.control,
+            self.status,
+            self.jobs_completed,
+            self.dlq,
+            self.jobs_requested,
+            self.jobs_updates,
+            self.tenants,
+        )

@@ -30,6 +30,7 @@ from schemas.events import (
     ToolCallStarted,
 )
 from schemas.status import ExecutionStatus
+from schemas.tenants import TenantRecord
 from schemas.topics import PRIORITIES, Topics
 
 ExecutionEvent = (
@@ -108,6 +109,14 @@ def build_broker(topics: Topics, *, bootstrap: str) -> KafkaBroker:
         description="What became of delegated jobs; key: execution_id. Every executor tails it.",
     )
     async def on_job_updated(message: JobUpdated) -> None: ...
+
+    broker.publisher(
+        topics.tenants,
+        title="tenants",
+        description="What executors know of each tenant (compacted); key: tenant_id. Written by the orchestrator at start "
+        "and when a tenant is created; executors refuse work of tenants they do not know, and reply topics outside the list.",
+        schema=TenantRecord,
+    )
 
     broker.publisher(
         topics.dlq,

@@ -126,6 +126,7 @@ async def ensure_topics(settings: KafkaSettings, *, extra: Sequence[str] = ()) -
         NewTopic(topics.dlq, num_partitions=3, replication_factor=1),
         NewTopic(topics.jobs_requested, num_partitions=3, replication_factor=1),
         NewTopic(topics.jobs_updates, num_partitions=3, replication_factor=1),
+        NewTopic(topics.tenants, num_partitions=1, replication_factor=1, topic_configs={"cleanup.policy": "compact"}),
     ]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=settings.request_timeout_ms)
     try:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import OrderedDict
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -33,14 +35,16 @@ from schemas.events import (
 )
 from schemas.status import ExecutionStatus
 from services.common.agents import AgentCatalog, AgentSource, HttpAgents, StaticAgents, load_agents
-from services.common.dlq import send_to_dlq
+from services.common.dlq import park
 from services.common.errors import AgentstreamError
 from services.common.kafka import encode, ensure_topics, make_producer, start_client
 from services.common.observability import metrics, tracing
 from services.common.statusview import StatusView
 from services.common.urlguard import guarded_client
+from services.executor.admission import Refusal, check_key, check_request
 from services.executor.control import ControlTail
 from services.executor.emitter import EventEmitter
+from services.executor.fence import Claim, Fenced, Tenure
 from services.executor.httptools import ToolRegistry, load_http_tools
 from services.executor.jobtools import JobClient, job_tools
 from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent, started_fields
@@ -49,6 +53,7 @@ from services.executor.providers.base import Provider, ProviderError
 from services.executor.providers.registry import PROVIDER_NAMES, build_providers, close_providers, default_agent
 from services.executor.settings import ExecutorSettings
 from services.executor.slots import PrioritySlots
+from services.executor.tenants import TenantsView
 from services.executor.tools import Tool, builtin_tools
 from services.executor.watermark import PartitionWatermark
 
@@ -56,17 +61,24 @@ log = logging.getLogger(__name__)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, claim: Claim) -> None:
         self._executor = executor
+        self._claim = claim
         self._revoked: set[TopicPartition] = set()
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self._revoked = set(revoked)
+        if self._claim.revoked():
+            # We were stalled past our lease: the group may have given these partitions to another member
+            # meanwhile, which ran their executions as a newer attempt. Ours are fenced, even where we get
+            # the partition back: its records come again and run as the next attempt.
+            self._executor.drop_partitions({tp for tp, _ in self._executor.running() if tp.topic == self._claim.name} | self._revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         # Executions of partitions we lost will be redelivered to their new owner: stop ours.
         self._executor.drop_partitions(self._revoked - set(assigned))
         self._revoked = set()
+        self._claim.assigned()
 
 
 _RECENT_CANCELS = 10_000
@@ -113,6 +125,7 @@ class Executor:
         self.http = guarded_client(timeout=settings.tool_timeout_s, allow_private=settings.allow_private_tool_urls)
         self.producer: AIOKafkaProducer = make_producer(settings.kafka, client_id=f"{settings.instance_id}-producer")
         self.status = StatusView(settings.kafka, dlq=self.producer, name=f"{settings.instance_id}-status-view")
+        self.tenants = TenantsView(settings.kafka, dlq=self.producer, name=f"{settings.instance_id}-tenants-view")
         self.control = ControlTail(
             settings.kafka, on_cancel=self.request_cancel, client_id=f"{settings.instance_id}-control", dlq=self.producer
         )
@@ -128,6 +141,8 @@ class Executor:
         self._running: dict[str, tuple[TopicPartition, asyncio.Task[None]]] = {}
         self._cancels: dict[str, asyncio.Event] = {}
         self._recent_cancels: OrderedDict[str, str] = OrderedDict()  # execution_id -> tenant_id
+        self._dropped: OrderedDict[str, int] = OrderedDict()  # execution_id -> attempt it ran when its partition was lost
+        self._attempts: dict[str, int] = {}  # execution_id -> the attempt running here
         self._started = False
         self._stopping = False
         self._retries: dict[str, int] = {}
@@ -136,13 +151,17 @@ class Executor:
         self.cancelled = 0
         # One consumer per lane, all in one group: a lane whose requests wait for a slot does not hold
         # back the others, and PrioritySlots hands freed slots to critical first (batch last).
+        # Each lane consumer's claim on its partitions: a run writes only while it holds (fence.py).
+        ttl_s = settings.session_timeout_ms / 2000
+        self._claims = {lane: Claim(lane, ttl_s=ttl_s, confirm_s=settings.fence_confirm_s) for lane in self.topics.lanes}
+        self._ticker: asyncio.Task[None] | None = None
         self._subscribers = {
             lane: self.broker.subscriber(
                 lane,
                 group_id=settings.consumer_group,
                 ack_policy=AckPolicy.MANUAL,
                 auto_offset_reset="earliest",
-                listener=_Rebalance(self),
+                listener=_Rebalance(self, self._claims[lane]),
                 max_poll_records=50,
                 session_timeout_ms=settings.session_timeout_ms,
                 # Short: a rebalance (three lane consumers join per executor) completes once every member
@@ -161,11 +180,19 @@ class Executor:
         await ensure_topics(self.settings.kafka)
         await start_client(self.producer, self.settings.kafka)
         await self.status.start()
+        await self.tenants.start()
         await self.control.start()
         await self.jobs.start()
+        self._ticker = asyncio.create_task(self._tick_claims(), name=f"{self.settings.instance_id}-claims")
         await self.broker.start()
         self._started = True
         await watch(self)
+
+    async def _tick_claims(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            for claim in self._claims.values():
+                claim.tick()
 
     async def _load_tools(self) -> None:
         secret = self.settings.tool_secret.get_secret_value().encode() if self.settings.tool_secret else None
@@ -178,6 +205,10 @@ class Executor:
 
     async def stop(self) -> None:
         if not self._started:
+            if self._ticker is not None:  # start() failed after it began ticking
+                self._ticker.cancel()
+                await asyncio.gather(self._ticker, return_exceptions=True)
+                self._ticker = None
             await self._close_adapters()
             return
         self._started = False
@@ -186,10 +217,14 @@ class Executor:
         await self.broker.stop()
         await self.control.stop()
         tasks = [task for _, task in self._running.values()] + list(self._background)
+        if self._ticker is not None:
+            tasks.append(self._ticker)
+            self._ticker = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.jobs.stop()
+        await self.tenants.stop()
         await self.status.stop()
         await self.producer.stop()
         await self._close_adapters()
@@ -246,13 +281,12 @@ class Executor:
         if record.offset in mark.inflight:
             return  # redelivered after a rebalance while we still run it
         mark.begin(record.offset)
-        try:
-            request = ExecutionRequested.model_validate_json(record.value or b"")
-        except ValidationError as exc:
-            await send_to_dlq(
-                self.producer, self.topics, record, f"invalid execution.requested: {exc}", consumer=self.settings.consumer_group
-            )
-            await self._finish(tp, record.offset)
+        request, refusal = await self._admit(record)
+        if request is None or refusal is not None:
+            try:
+                await self._refuse(record, request, refusal)
+            finally:  # whatever happened, a refused record never holds its partition's commits
+                await self._finish(tp, record.offset)
             return
         if request.execution_id in self._running:
             await self._finish(tp, record.offset)
@@ -276,6 +310,61 @@ class Executor:
         task = asyncio.create_task(work, name=request.execution_id)
         self._running[request.execution_id] = (tp, task)
 
+    async def _admit(self, record: ConsumerRecord[bytes, bytes]) -> tuple[ExecutionRequested | None, Refusal | None]:
+        """The request, and why it must not run (admission.py); (None, reason) if it is not one."""
+        refusal = check_key(record.key)
+        try:
+            request = ExecutionRequested.model_validate_json(record.value or b"")
+        except ValidationError as exc:
+            return None, Refusal(f"invalid execution.requested: {exc}")
+        if refusal is not None or record.key is None:
+            return request, refusal
+        tenant = await self.tenants.lookup(request.tenant_id) if request.tenant_id else None
+        current = self.status.get(request.execution_id)
+        return request, check_request(record.key, request, tenant=tenant, current=current, events_topic=self.topics.events)
+
+    async def _refuse(self, record: ConsumerRecord[bytes, bytes], request: ExecutionRequested | None, refusal: Refusal | None) -> None:
+        reason = refusal.reason if refusal is not None else "refused"
+        await park(self.producer, self.topics, record, reason, consumer=self.settings.consumer_group)
+        if request is None or refusal is None or not refusal.fail_execution:
+            return
+        # The orchestrator writes the queued snapshot next to the lane record: our view may not have it yet.
+        current = await self.status.wait_until(request.execution_id, lambda s: True, timeout=2.0)
+        # Only one that has not started: a running one (the same request delivered again) goes on.
+        if current is None or current.state != "queued" or current.tenant_id != request.tenant_id or request.execution_id in self._running:
+            return
+        # The tenant's execution ends here, visibly: an execution.failed on the shared events topic (never on
+        # the refused reply_to) and a failed snapshot, so its client, GET and the task registry see why.
+        # Attempt 1 (it never started): newer than the queued snapshot, not fenced by any reader.
+        attempt = max(current.attempt, 1)
+        envelope = {
+            "tenant_id": request.tenant_id,
+            "execution_id": request.execution_id,
+            "session_id": request.session_id,
+            "agent_id": request.agent_id,
+            "attempt": attempt,
+        }
+        emitter = EventEmitter(self.producer, topic=self.topics.events, envelope=envelope, interval_s=0.01, max_chars=1)
+        try:
+            meta = await (await emitter.emit(ExecutionFailed, reason=reason, retriable=False))
+            await self._publish_status(
+                current.model_copy(
+                    update={
+                        "state": "failed",
+                        "attempt": attempt,
+                        "error": reason,
+                        "events_topic": self.topics.events,
+                        "events_partition": meta.partition,
+                        "events_start_offset": meta.offset if current.events_start_offset is None else current.events_start_offset,
+                        "updated_at": datetime.now(UTC),
+                    }
+                )
+            )
+        except Exception:  # the DLQ has the record and its reason; the sweeper ends the task at its deadline
+            log.exception("could not fail refused execution %s", request.execution_id)
+        finally:
+            emitter.close()
+
     async def _finish(self, tp: TopicPartition, offset: int) -> None:
         mark = self._watermarks.get(tp)
         if mark is None:
@@ -288,17 +377,37 @@ class Executor:
             except Exception as exc:  # a rebalance took the partition: the new owner redoes it
                 log.info("commit of %s@%s skipped: %s", tp, commit_at, exc)
 
+    def running(self) -> list[tuple[TopicPartition, str]]:
+        """(partition, execution id) of every execution this member runs now."""
+        return [(tp, execution_id) for execution_id, (tp, _) in self._running.items()]
+
     def drop_partitions(self, lost: set[TopicPartition]) -> None:
         for execution_id, (tp, task) in list(self._running.items()):
             if tp in lost:
                 task.cancel()
                 self._running.pop(execution_id, None)
+                self._remember_dropped(execution_id, self._attempts.get(execution_id, 0))
         for tp in lost:
             self._watermarks.pop(tp, None)
 
+    def _remember_dropped(self, execution_id: str, attempt: int) -> None:
+        self._dropped[execution_id] = max(attempt, self._dropped.get(execution_id, 0))
+        self._dropped.move_to_end(execution_id)
+        while len(self._dropped) > _RECENT_CANCELS:
+            self._dropped.popitem(last=False)
+
+    def _next_attempt(self, execution_id: str, previous: ExecutionStatus | None) -> int:
+        """One more than the newest attempt known. For an execution we dropped at attempt N (our partition
+        went to another member), at least N + 2: the new owner may have started N + 1 without our status
+        view knowing yet (or without its ``running`` snapshot ever being written), and two runs must never
+        share an attempt number, or clients could not tell their events apart. Numbers may skip; they never repeat."""
+        known = previous.attempt if previous is not None else 0
+        dropped = self._dropped.pop(execution_id, None)
+        return max(known, dropped + 1 if dropped is not None else 0) + 1
+
     # -- running one execution --------------------------------------------------------------
     async def _execute(self, request: ExecutionRequested, previous: ExecutionStatus | None, tp: TopicPartition, offset: int) -> None:
-        attempt = (previous.attempt if previous is not None else 0) + 1
+        attempt = self._attempts[request.execution_id] = self._next_attempt(request.execution_id, previous)
         envelope: dict[str, Any] = {
             "tenant_id": request.tenant_id,
             "execution_id": request.execution_id,
@@ -307,6 +416,7 @@ class Executor:
             "attempt": attempt,
         }
         topic = request.reply_to or self.topics.events
+        tenure = Tenure(self._claims[tp.topic]) if tp.topic in self._claims else None
         emitter = EventEmitter(
             self.producer,
             topic=topic,
@@ -314,7 +424,9 @@ class Executor:
             interval_s=self.settings.coalesce_interval_ms / 1000,
             max_chars=self.settings.coalesce_max_chars,
             traceparent=tracing.current_traceparent(),
+            tenure=tenure,
         )
+        publish = functools.partial(self._publish_status, tenure=tenure)
         base = ExecutionStatus(
             execution_id=request.execution_id,
             tenant_id=request.tenant_id,
@@ -328,11 +440,11 @@ class Executor:
         cancel = self._cancels[request.execution_id] = asyncio.Event()
         if self._cancel_requested(request):
             cancel.set()
-        finished = False
+        finished = fenced = False
         try:
             if cancel.is_set():  # cancelled before it started: no execution.started, just the end
                 meta = await (await emitter.emit(ExecutionCancelled, reason="cancelled before start"))
-                await self._publish_status(
+                await publish(
                     base.model_copy(
                         update={"state": "cancelled", "error": "cancelled before start"}
                         | {"events_partition": meta.partition, "events_start_offset": meta.offset}
@@ -344,7 +456,7 @@ class Executor:
             spec, lookup_error = await self._lookup(request.agent_id)
             started = await emitter.emit(ExecutionStarted, **started_fields(request, spec))
             meta = await started
-            await self._publish_status(
+            await publish(
                 base.model_copy(update={"state": "running", "events_partition": meta.partition, "events_start_offset": meta.offset})
             )
             try:
@@ -354,23 +466,26 @@ class Executor:
             except (ExecutionError, ProviderError) as exc:
                 await emitter.emit(ExecutionFailed, reason=str(exc), retriable=exc.retriable)
                 await emitter.drain()
-                await self._publish_status(base.model_copy(update={"state": "failed", "error": str(exc)}))
+                await publish(base.model_copy(update={"state": "failed", "error": str(exc)}))
             else:
                 if outcome is None:
                     await emitter.emit(ExecutionCancelled, reason="cancelled by request")
                     await emitter.drain()
-                    await self._publish_status(base.model_copy(update={"state": "cancelled", "error": "cancelled by request"}))
+                    await publish(base.model_copy(update={"state": "cancelled", "error": "cancelled by request"}))
                     self.cancelled += 1
                 else:
                     await emitter.emit(ExecutionCompleted, output=outcome.output, usage=outcome.usage)
                     await emitter.drain()
-                    await self._publish_status(
-                        base.model_copy(update={"state": "completed", "output": outcome.output, "usage": outcome.usage})
-                    )
+                    await publish(base.model_copy(update={"state": "completed", "output": outcome.output, "usage": outcome.usage}))
                     self.completed += 1
             finished = True
         except asyncio.CancelledError:
             raise
+        except Fenced as exc:
+            # Nothing more is written for this attempt, and it is not run again here: the partition's new
+            # owner runs it (or, if it is us again, its record comes again and runs as the next attempt).
+            fenced = True
+            log.warning("execution %s (attempt %s): %s", request.execution_id, attempt, exc)
         except KafkaError as exc:
             # Kafka trouble is not the execution's fault: it is not failed but run again as the next
             # attempt once the broker answers (finished stays False: see _schedule_retry below).
@@ -380,7 +495,7 @@ class Executor:
             with contextlib.suppress(Exception):
                 await emitter.emit(ExecutionFailed, reason=f"internal error: {type(exc).__name__}: {exc}")
                 await emitter.drain()
-                await self._publish_status(base.model_copy(update={"state": "failed", "error": str(exc)}))
+                await publish(base.model_copy(update={"state": "failed", "error": str(exc)}))
                 finished = True
         finally:
             emitter.close()
@@ -389,10 +504,12 @@ class Executor:
                 del self._cancels[request.execution_id]
             if self._running.get(request.execution_id, (None, None))[1] is asyncio.current_task():
                 self._running.pop(request.execution_id, None)
+            if self._attempts.get(request.execution_id) == attempt:
+                del self._attempts[request.execution_id]
             if finished:
                 self._retries.pop(request.execution_id, None)
                 await self._finish(tp, offset)
-            elif not self._stopping:
+            elif not self._stopping and not fenced:
                 # No terminal event reached the broker (e.g. Kafka was down): the request is not
                 # committed, and nothing would deliver it again while we keep the partition. Run it
                 # again, as the next attempt, once the broker may be back.
@@ -451,7 +568,9 @@ class Executor:
             return None
         raise ExecutionError(f"execution exceeded its timeout of {spec.timeout_s:g}s", retriable=True)
 
-    async def _publish_status(self, status: ExecutionStatus) -> None:
+    async def _publish_status(self, status: ExecutionStatus, *, tenure: Tenure | None = None) -> None:
+        if tenure is not None and not tenure.ok():
+            await tenure.check()
         self.status.apply(status)
         metrics.EXECUTOR_EXECUTIONS.labels(state=status.state, lane=status.priority).inc()
         await self.producer.send_and_wait(self.topics.status, key=status.execution_id.encode(), value=encode(status))

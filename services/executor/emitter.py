@@ -3,6 +3,9 @@
 Deltas are buffered and flushed as one ``token.delta`` record when the buffer reaches
 ``max_chars`` or ``interval`` has passed since its first delta, and before any other event,
 so a 500 tok/s model does not mean 500 records/s and order is kept.
+
+With a ``tenure`` (fence.py), every record is sent only while this member still holds the lane
+partition the execution came from; a run that lost it raises ``Fenced`` before its next record.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from aiokafka.structs import RecordMetadata
 
 from schemas.events import Envelope, TokenDelta
 from services.common.kafka import encode, event_headers
+from services.executor.fence import Fenced, Tenure
 
 
 class EventEmitter:
@@ -27,8 +31,10 @@ class EventEmitter:
         interval_s: float,
         max_chars: int,
         traceparent: str | None = None,
+        tenure: Tenure | None = None,
     ) -> None:
         self._producer = producer
+        self._tenure = tenure
         self._topic = topic
         self._envelope = envelope
         self._key = str(envelope["execution_id"]).encode()
@@ -50,6 +56,12 @@ class EventEmitter:
         """The execution attempt's envelope fields (tenant, execution, session, agent, attempt)."""
         return dict(self._envelope)
 
+    async def check_tenure(self) -> None:
+        """For a record of this attempt sent elsewhere (a job request): wait while the claim is in doubt,
+        raise ``Fenced`` if this member lost the execution's partition."""
+        if self._tenure is not None and not self._tenure.ok():
+            await self._tenure.check()
+
     async def emit(self, cls: type[Envelope], **fields: Any) -> asyncio.Future[RecordMetadata]:
         async with self._lock:
             await self._flush_locked()
@@ -68,7 +80,13 @@ class EventEmitter:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._flusher = asyncio.create_task(self.flush())
+        self._flusher = asyncio.create_task(self._timed_flush())
+
+    async def _timed_flush(self) -> None:
+        try:
+            await self.flush()
+        except Fenced:
+            pass  # the run's next record raises it again, where the run handles it
 
     def discard(self, step: int) -> None:
         """Drop buffered, unsent text of ``step`` (its model call restarts)."""
@@ -92,6 +110,8 @@ class EventEmitter:
         await self._send_locked(TokenDelta, text=text, step=self._buffer_step)
 
     async def _send_locked(self, cls: type[Envelope], **fields: Any) -> asyncio.Future[RecordMetadata]:
+        if self._tenure is not None and not self._tenure.ok():
+            await self._tenure.check()
         self._seq += 1
         event = cls(**self._envelope, seq=self._seq, **fields)
         type_ = fields.get("type") or cls.model_fields["type"].default

@@ -102,6 +102,7 @@ class JobClient:
         job_id = ""
         try:
             try:
+                await ctx.emitter.check_tenure()  # a woken executor that lost the partition asks for nothing more
                 await self._producer.send_and_wait(
                     self._settings.topics.jobs_requested,
                     value=encode(request),

@@ -33,6 +33,9 @@ class ExecutorSettings(BaseSettings):
     max_concurrency: int = 200
     # How long the group waits for a silent (crashed) member before its requests move to another one.
     session_timeout_ms: int = 10_000
+    # After the event loop stalled for half the session timeout (a paused process), writes wait this long
+    # for a rebalance that would say the group moved our partitions on; none: still a member (fence.py).
+    fence_confirm_s: float = 3.0
     # Token deltas are coalesced into one record per flush: whichever comes first.
     coalesce_interval_ms: float = 10.0  # measured: docs/performance.md, token coalescing
     coalesce_max_chars: int = 256

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.api import KeyCreate, TenantCreate
+from services.orchestrator import tenantlog
 from services.orchestrator.http import HTTPError, header_credential, iso, json_body, path_id, state_of, validate
 from services.orchestrator.store import tenants
 from services.orchestrator.store.tenants import ApiKey, Tenant
+
+log = logging.getLogger(__name__)
 
 
 def _require_admin(request: Request) -> None:
@@ -49,6 +54,10 @@ async def create_tenant(request: Request) -> Response:
         tenant = await tenants.create_tenant(conn, req.tenant_id, name=req.name, limits=limits)
     if tenant is None:
         raise HTTPError(409, f"tenant {req.tenant_id!r} exists")
+    try:
+        await tenantlog.publish(state.producer, state.settings, tenant)  # executors run its work once they read this
+    except KafkaError as exc:  # the tenant exists; every orchestrator start publishes every tenant again
+        log.warning("tenant %s created but not yet published to executors: %s", tenant.id, exc)
     return JSONResponse(tenant_json(tenant, secret=True), status_code=201)
 
 

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeAlias
 
@@ -43,20 +44,41 @@ log = logging.getLogger(__name__)
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
+_STARTED_KEPT = 200_000  # executions whose newest start the tail remembers (~100 bytes each)
+
+
 class Gone(Exception):
     """The execution's events are past the topic's retention (HTTP 410)."""
 
 
 class Subscription:
-    def __init__(self, sink: Sink, execution_id: str, *, cursor: int | None) -> None:
+    """One client's view of one execution: catch-up, then live; deduplicated by offset; fenced by attempt.
+
+    ``attempt`` is the newest attempt known to have started: for a client resuming past the newest
+    attempt's start, from the status view (``resumed_attempt``), then from every ``execution.started``
+    seen, including those at or before the client's cursor. Nothing of an older attempt is delivered
+    once a newer one started: not its tokens, not the terminal event a paused executor writes after
+    waking, and not to a client resuming past the start. A client reading from the first event sees
+    the older attempt up to the newer one's start, as a live client did, so a replay is the same stream.
+    """
+
+    def __init__(self, sink: Sink, execution_id: str, *, cursor: int | None, attempt: int = 0) -> None:
         self.sink = sink
         self.execution_id = execution_id
         self._id_json = orjson.dumps(execution_id)
         self.last_offset = cursor if cursor is not None else -1
         self.catching_up = True
         self.buffer: list[Record] = []
-        self.attempt = 0
+        self.attempt = attempt
         self.done = False
+
+    @staticmethod
+    def resumed_attempt(status: ExecutionStatus, cursor: int | None) -> int:
+        """The attempt a client resuming after ``cursor`` already saw start: the status view's, if the
+        cursor is at or past where it started (its ``running`` snapshot is written after that start
+        is in the log, and holds its offset); else 0, and the records themselves tell."""
+        start = status.events_start_offset
+        return status.attempt if cursor is not None and start is not None and cursor >= start else 0
 
     def offer(self, record: Record) -> None:
         if self.catching_up:
@@ -69,18 +91,18 @@ class Subscription:
     def deliver(self, record: Record) -> None:
         if self.done:
             return
+        type_ = header(record.headers, "type") or ""
+        attempt = _attempt(record)
+        if type_ == "execution.started":
+            self.attempt = max(self.attempt, attempt)
+        fenced = attempt < self.attempt  # an older attempt's event, written after a newer one started
         if record.offset <= self.last_offset:
-            type_ = header(record.headers, "type") or ""
-            if type_ in TERMINAL_TYPES:
+            if type_ in TERMINAL_TYPES and not fenced:
                 self.end(type_.removeprefix("execution."))  # the client's cursor is at or past the end: it has seen it all
             return
         self.last_offset = record.offset
-        type_ = header(record.headers, "type") or ""
-        attempt = int(header(record.headers, "attempt") or 1)
-        if type_ == "execution.started":
-            self.attempt = max(self.attempt, attempt)
-        if attempt < self.attempt:
-            return  # fenced: an older attempt's late event
+        if fenced:
+            return
         self.sink.push_event(self._id_json, record.offset, type_, record.value or b"null")
         if type_ in TERMINAL_TYPES:
             self.done = True
@@ -181,6 +203,12 @@ class RecentRecords:
             self.bytes -= held.bytes
 
 
+def _attempt(record: Record) -> int:
+    """The attempt that wrote a record (header; checked numeric by ``_malformed``); 1 if absent."""
+    value = header(record.headers, "attempt")
+    return int(value) if value is not None and value.isdigit() else 1
+
+
 def _malformed(record: Record) -> str | None:
     """What makes a record unfit to forward, checked without parsing its value (clients parse it)."""
     if not record.key:
@@ -215,6 +243,9 @@ class Bridge:
         self._sessions: dict[tuple[str, str], set[Sink]] = {}
         self._sinks: set[Sink] = set()
         self._recent = RecentRecords(ttl_s=recent_ttl_s, max_bytes=recent_max_bytes)
+        # The newest ``execution.started`` attempt the tail saw, per execution: apart from the memory
+        # above, which may drop an execution whole; bounded (oldest first out).
+        self._started: OrderedDict[str, int] = OrderedDict()
         self._tail_start: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self.reader: Reader | None = None
@@ -299,8 +330,13 @@ class Bridge:
             execution_id = record.key.decode()
         except UnicodeDecodeError:
             raise PoisonRecord("event record whose key (execution_id) is not UTF-8") from None
-        terminal = header(record.headers, "type") in TERMINAL_TYPES
+        type_ = header(record.headers, "type")
+        terminal = type_ in TERMINAL_TYPES
         self._recent.add(execution_id, record, terminal=terminal)
+        if type_ == "execution.started":
+            self._started[execution_id] = max(self._started.pop(execution_id, 0), _attempt(record))
+            if len(self._started) > _STARTED_KEPT:
+                self._started.popitem(last=False)
         if terminal:
             self._record_terminal(record)
         subs = self._subs.get(execution_id)
@@ -323,7 +359,11 @@ class Bridge:
             self._recent.evict()
 
     def _record_terminal(self, record: Record) -> None:
-        """Apply a terminal event to the status view at once, so GET agrees with what clients just saw."""
+        """Apply a terminal event to the status view at once, so GET agrees with what clients just saw.
+
+        Not an older attempt's: the end a paused executor writes after a newer attempt started is
+        not the execution's end (the tail saw that start in the same partition, before this record).
+        """
         try:
             event = EventAdapter.validate_json(record.value or b"")
         except ValidationError:
@@ -331,7 +371,9 @@ class Bridge:
         current = self.status.get(event.execution_id)
         if current is None or current.terminal:
             return
-        update: dict[str, object] = {"attempt": max(current.attempt, event.attempt), "updated_at": event.ts}
+        if event.attempt < max(current.attempt, self._newest_started(event.execution_id)):
+            return
+        update: dict[str, object] = {"attempt": event.attempt, "updated_at": event.ts}
         if isinstance(event, ExecutionCompleted):
             update |= {"state": "completed", "output": event.output, "usage": event.usage}
         elif isinstance(event, ExecutionFailed):
@@ -342,12 +384,16 @@ class Bridge:
             return
         self.status.apply(current.model_copy(update=update))
 
+    def _newest_started(self, execution_id: str) -> int:
+        """The newest attempt whose ``execution.started`` the tail has seen (0: none it still remembers)."""
+        return self._started.get(execution_id, 0)
+
     # -- subscriptions --------------------------------------------------------------------
     def subscribe(self, sink: Sink, status: ExecutionStatus, *, cursor: int | None) -> Subscription:
         existing = sink.subscriptions.get(status.execution_id)
         if isinstance(existing, Subscription):
             return existing
-        sub = Subscription(sink, status.execution_id, cursor=cursor)
+        sub = Subscription(sink, status.execution_id, cursor=cursor, attempt=Subscription.resumed_attempt(status, cursor))
         self._subs.setdefault(status.execution_id, set()).add(sub)
         sink.subscriptions[status.execution_id] = sub
         self._spawn(self._catch_up(sub), f"catch-up-{status.execution_id}")

@@ -105,7 +105,7 @@ class EventsFollower(_Follower):
             if task is None or not task.open:
                 return
             if type_ == "execution.started":
-                await tasks.mark_running(conn, execution_id)
+                await tasks.mark_running(conn, execution_id, attempt=attempt)  # fences older attempts' ends (finalize)
             else:
                 await tasks.record_tool_call(
                     conn,

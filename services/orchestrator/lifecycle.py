@@ -302,20 +302,24 @@ class Lifecycle:
         error: str | None = None,
         result: Any = None,
         usage: dict[str, int] | None = None,
-        attempt: int = 1,
+        attempt: int | None = None,
     ) -> Task | None:
-        """End an open task once; apply every effect of its end. None if it had already ended."""
+        """End an open task once; apply every effect of its end. None if it had already ended, or if
+        ``attempt`` (the executor attempt that reported this end) is older than the newest attempt
+        started: a paused executor's late end is not projected (no history, usage, callback)."""
         follow_up: list[Submission] = []
         async with self.store.begin() as conn:
-            task = await tasks.finish(conn, task_id, state, output=output, result=result, error=error, usage=usage)
+            task = await tasks.finish(conn, task_id, state, output=output, result=result, error=error, usage=usage, attempt=attempt)
             if task is None:
+                if attempt is not None:
+                    log.info("end of %s by attempt %s not applied: already ended, or a newer attempt started", task_id, attempt)
                 return None
             if usage:  # executions and delegated jobs (the query service's tokens) alike
                 await records.record_usage(
                     conn, execution_id=task.id, tenant_id=task.tenant_id, agent_id=task.agent_id, session_id=task.session_id, tokens=usage
                 )
             if task.session_id is not None and task.origin in ("chat", "job"):
-                follow_up = await self._session_effects(conn, task, attempt)
+                follow_up = await self._session_effects(conn, task, attempt if attempt is not None else max(task.attempt, 1))
             if task.batch_id is not None:
                 await self._batch_effects(conn, task.batch_id, task.tenant_id)
             if task.callback_url:

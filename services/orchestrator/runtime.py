@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from schemas.agents import AgentSpec
 from services.common.reader import Reader
 from services.common.statusview import StatusView
+from services.orchestrator import tenantlog
 from services.orchestrator.auth import Authenticator
 from services.orchestrator.callbacks import Dispatcher
 from services.orchestrator.completions import EventsFollower, JobsFollower
@@ -59,6 +60,8 @@ class Runtime:
     async def start(self) -> None:
         await self.store.start()
         await self.auth.bootstrap()
+        # Executors learn tenants (and their reply topics) from the log: every one again at start.
+        await tenantlog.publish_all(self.lifecycle.producer, self.settings, self.store)
         await self.limiter.start()
         await self.dispatcher.start()
         await asyncio.gather(self.events.start(), self.jobs.start(), self.coordinator.start())

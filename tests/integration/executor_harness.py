@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from schemas.agents import AgentSpec
 from schemas.events import TERMINAL_TYPES, ExecutionCancelRequested, ExecutionRequested
 from schemas.status import ExecutionStatus
+from schemas.tenants import TenantRecord
 from services.common.kafka import encode
 from services.common.settings import KafkaSettings
 from services.executor.app import Executor
@@ -136,9 +137,15 @@ async def running_executor(kafka: KafkaSettings, **overrides: Any) -> AsyncItera
             producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
             await producer.start()
             try:
+                # What the orchestrator does at start: announce its tenants, or the executor refuses their work.
+                await announce_tenant(producer, kafka, TenantRecord(tenant_id=TENANT))
                 yield Harness(kafka, fake, executor, producer, sleeper)
             finally:
                 await producer.stop()
+
+
+async def announce_tenant(producer: AIOKafkaProducer, kafka: KafkaSettings, record: TenantRecord) -> None:
+    await producer.send_and_wait(kafka.topics.tenants, key=record.tenant_id.encode(), value=encode(record))
 
 
 def text_of(events: list[dict[str, Any]], step: int | None = None) -> str:

@@ -48,9 +48,10 @@ def test_asyncapi_documents_every_topic_with_its_model() -> None:
     document = asyncapi_document(prefix="p.")
     addresses = {c["address"] for c in document["channels"].values()}
     lanes = {"p.executions.critical", "p.executions.standard", "p.executions.batch"}
-    assert lanes | {"p.executions.events", "p.executions.control", "p.executions.status", "p.jobs.completed", "p.dlq"} <= addresses
+    others = {"p.executions.events", "p.executions.control", "p.executions.status", "p.jobs.completed", "p.dlq", "p.tenants"}
+    assert lanes | others <= addresses
     schemas = document["components"]["schemas"]
-    assert {"ExecutionRequested", "TokenDelta", "ToolCallStarted", "ExecutionCompleted", "ExecutionStatus"} <= set(schemas)
+    assert {"ExecutionRequested", "TokenDelta", "ToolCallStarted", "ExecutionCompleted", "ExecutionStatus", "TenantRecord"} <= set(schemas)
     assert schemas["ExecutionRequested"]["properties"]["type"]["const"] == "execution.requested"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sqlalchemy import Column, Connection, Float, Integer, MetaData, String, Table, select, text
+from sqlalchemy import Column, Connection, Float, Integer, MetaData, String, Table, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.orchestrator.store import tables
@@ -33,9 +33,16 @@ def _v2_service_calls(conn: Connection) -> None:
     tables.service_calls.create(conn, checkfirst=True)
 
 
+def _v3_task_attempt(conn: Connection) -> None:
+    # A store created at version 1 by this code already has the column (step 1 creates today's tables).
+    if "attempt" not in {c["name"] for c in inspect(conn).get_columns("tasks")}:
+        conn.execute(text("ALTER TABLE tasks ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial: tenants, keys, sessions, messages, tasks, idempotency, batches, deliveries, usage", _v1_initial),
     (2, "service_calls: orchestration plans and delegated jobs", _v2_service_calls),
+    (3, "tasks.attempt: the newest started attempt, fencing older attempts' ends", _v3_task_attempt),
 ]
 
 

@@ -83,6 +83,9 @@ tasks = Table(
     Column("usage", JSON),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # The newest attempt whose execution.started the events follower applied (migration 3): an older
+    # attempt's end (a paused executor that woke up) is not projected.
+    Column("attempt", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_tasks_open_deadline", "state", "deadline"),
 )
 

@@ -36,6 +36,7 @@ class Task:
     usage: dict[str, int] | None
     created_at: float
     updated_at: float
+    attempt: int = 0
 
     @property
     def open(self) -> bool:
@@ -96,10 +97,15 @@ async def delete(conn: AsyncConnection, task_ids: list[str]) -> None:
     await conn.execute(tasks.delete().where(tasks.c.id.in_(task_ids)))
 
 
-async def mark_running(conn: AsyncConnection, task_id: str) -> bool:
+async def mark_running(conn: AsyncConnection, task_id: str, *, attempt: int = 0) -> bool:
+    """An attempt started: a queued task is running; the newest attempt is remembered (never lowered)."""
     result = await conn.execute(
         update(tasks).where(tasks.c.id == task_id, tasks.c.state == "queued").values(state="running", updated_at=time.time())
     )
+    if attempt:
+        await conn.execute(
+            update(tasks).where(tasks.c.id == task_id, tasks.c.state.in_(OPEN_STATES), tasks.c.attempt < attempt).values(attempt=attempt)
+        )
     return bool(result.rowcount)
 
 
@@ -112,17 +118,22 @@ async def finish(
     result: Any = None,
     error: str | None = None,
     usage: dict[str, int] | None = None,
+    attempt: int | None = None,
 ) -> Task | None:
     """Move an open task to a final state, once: the caller that wins gets the task, others get None.
 
     Completions arrive at least once (redelivery, two replicas, the sweeper racing a late result);
     this conditional update is what makes their effects (usage, history, callbacks) happen once.
+    With ``attempt`` (an executor's end), an attempt older than the newest one started is refused:
+    the end a paused executor writes after a newer attempt started is not the task's end. Without
+    it (a timeout, a cancel before start) the end is the orchestrator's, for whichever attempt runs.
     """
     assert state in FINAL_STATES
+    where = [tasks.c.id == task_id, tasks.c.state.in_(OPEN_STATES)]
+    if attempt is not None:
+        where.append(tasks.c.attempt <= attempt)
     changed = await conn.execute(
-        update(tasks)
-        .where(tasks.c.id == task_id, tasks.c.state.in_(OPEN_STATES))
-        .values(state=state, output=output, result=result, error=error, usage=usage, updated_at=time.time())
+        update(tasks).where(*where).values(state=state, output=output, result=result, error=error, usage=usage, updated_at=time.time())
     )
     if not changed.rowcount:
         return None
