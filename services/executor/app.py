@@ -315,8 +315,8 @@ class Executor:
         refusal = check_key(record.key)
         try:
             request = ExecutionRequested.model_validate_json(record.value or b"")
-        except ValidationError as exc:
-            return None, Refusal(f"invalid execution.requested: {exc}")
+        except ValidationError as exc:  # a bad key is the first thing to say: it is what a producer gets wrong
+            return None, refusal or Refusal(f"invalid execution.requested: {exc}")
         if refusal is not None or record.key is None:
             return request, refusal
         tenant = await self.tenants.lookup(request.tenant_id) if request.tenant_id else None
