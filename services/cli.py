@@ -140,7 +140,19 @@ def _stop_event() -> asyncio.Event:
 def orchestrator(host: str | None = None, port: int | None = None) -> None:
     """Run the orchestrator (HTTP API and WebSocket bridge)."""
     _telemetry("orchestrator")
-    _guard(lambda: _serve_orchestrator(host, port).run())
+
+    def main() -> None:
+        asyncio.run(_preflight())
+        _serve_orchestrator(host, port).run()
+
+    _guard(main)
+
+
+async def _preflight() -> None:
+    from services.common.kafka import preflight
+    from services.common.settings import KafkaSettings
+
+    await preflight(KafkaSettings())
 
 
 @app.command()
@@ -173,6 +185,7 @@ def up(host: str | None = None, port: int | None = None) -> None:
     _telemetry("agentstream")
 
     async def main() -> None:
+        await _preflight()
         server = _serve_orchestrator(host, port)
         stop = _stop_event()
         executor_task = asyncio.create_task(_run_executor_until_stopped(stop))
@@ -187,10 +200,14 @@ def up(host: str | None = None, port: int | None = None) -> None:
 
 
 def _guard(run: Any) -> None:
+    from pydantic import ValidationError
+
     try:
         run()
     except AgentstreamError as exc:
         _fail(str(exc))
+    except ValidationError as exc:  # settings from the environment: say which one, without a traceback
+        _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()))
 
 
 # -- run ------------------------------------------------------------------------------------
@@ -294,7 +311,7 @@ def _replay(items: Any, *, as_json: bool) -> None:
 
     try:
         asyncio.run(main())
-    except ReplayError as exc:
+    except (ReplayError, AgentstreamError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot reach agentstream ({exc}): start it with `agentstream up` or pass --url")
@@ -341,7 +358,7 @@ def replay_topic(
 
     kafka = KafkaSettings()
     records = topic_records(
-        bootstrap=kafka.bootstrap,
+        kafka=kafka,
         topic=kafka.topic_prefix + topic,
         group_id=group,
         from_beginning=from_beginning,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from services.common.kafka import partitions_of
+from services.common.kafka import client_options, partitions_of
 from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ async def open_tail(
     """A started consumer assigned every partition of ``topics``, positioned at their beginning or
     end; returns it with each partition's start position (resolved now, so nothing produced after
     this returns is missed)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False, client_id=client_id)
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, client_id=client_id)
     await consumer.start()
     try:
         tps = [tp for topic in topics for tp in await partitions_of(consumer, topic)]

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
 from services.common.dlq import park
-from services.common.kafka import header
+from services.common.kafka import client_options, header
 from services.common.tail import close_tail
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.store import tasks
@@ -46,7 +46,7 @@ class _Follower:
         kafka = self._lifecycle.settings.kafka
         consumer = AIOKafkaConsumer(
             self._topic,
-            bootstrap_servers=kafka.bootstrap,
+            **client_options(kafka),
             group_id=self._group,
             client_id=f"orchestrator-{self.name}",
             enable_auto_commit=False,
