@@ -93,6 +93,95 @@ def kafka_fetch() -> None:
     console.print(f"[green]Kafka jars ready[/] in {broker.lib_dir}")
 
 
+# -- kafka topics -----------------------------------------------------------------------------
+topics_app = typer.Typer(
+    help="The topic plan, for the cluster in AGENTSTREAM_KAFKA_* (services/common/topicplan.py).", no_args_is_help=True
+)
+kafka_app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("plan")
+def topics_plan(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False) -> None:
+    """Print the topics agentstream needs (for ops who create topics with their own tooling)."""
+    from services.common.settings import KafkaSettings
+    from services.common.topicplan import plan
+
+    specs = plan(KafkaSettings())
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {"name": s.name, "partitions": s.partitions, "replication_factor": s.replication_factor, "configs": s.configs}
+                    for s in specs
+                ],
+                indent=2,
+            )
+        )
+        return
+    for s in specs:
+        replication = "cluster default" if s.replication_factor == -1 else str(s.replication_factor)
+        configs = ",".join(f"{k}={v}" for k, v in s.configs.items()) or "-"
+        console.print(f"{s.name}  partitions={s.partitions}  replication={replication}  configs={configs}  [dim]{s.purpose}[/]")
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the missing topics of the plan (needs a principal allowed to create topics)."""
+    from services.common.topicplan import create_missing, plan
+
+    async def main() -> list[str]:
+        async with _admin() as (admin, settings):
+            return await create_missing(admin, plan(settings))
+
+    created = _guarded(main)
+    console.print(f"[green]created[/] {', '.join(created)}" if created else "[green]all topics exist[/]")
+
+
+@topics_app.command("check")
+def topics_check() -> None:
+    """Compare the cluster's topics with the plan: partitions, replication, cleanup policy; exit 1 if they differ."""
+    from services.common.topicplan import describe, differences, plan
+
+    async def main() -> list[str]:
+        async with _admin() as (admin, settings):
+            specs = plan(settings)
+            return differences(specs, await describe(admin, [s.name for s in specs]))
+
+    found = _guarded(main)
+    for line in found:
+        console.print(f"[yellow]differs[/] {line}")
+    if found:
+        raise typer.Exit(1)
+    console.print("[green]the cluster's topics match the plan[/]")
+
+
+@contextlib.asynccontextmanager
+async def _admin() -> Any:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from services.common.kafka import client_options, start_client
+    from services.common.settings import KafkaSettings
+
+    settings = KafkaSettings()
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=settings.request_timeout_ms)
+    await start_client(admin, settings)
+    try:
+        yield admin, settings
+    finally:
+        await admin.close()
+
+
+def _guarded(main: Any) -> Any:
+    result: Any = None
+
+    def run() -> None:
+        nonlocal result
+        result = asyncio.run(main())
+
+    _guard(run)
+    return result
+
+
 # -- services -------------------------------------------------------------------------------
 def _telemetry(service: str) -> None:
     """JSON logs with every configured secret redacted; OTLP traces when OTEL_EXPORTER_OTLP_ENDPOINT is set."""

@@ -9,12 +9,11 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaConnectionError,
     OutOfOrderSequenceNumber,
-    TopicAlreadyExistsError,
     UnknownProducerId,
 )
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
@@ -25,6 +24,7 @@ from services.common.errors import KafkaSecurityError
 from services.common.kafkadiagnosis import diagnose
 from services.common.oauth import token_provider
 from services.common.settings import KafkaSettings
+from services.common.topicplan import create_missing, plan, verify_promises
 
 log = logging.getLogger(__name__)
 
@@ -202,45 +202,13 @@ def make_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProduce
 
 
 async def ensure_topics(settings: KafkaSettings, *, extra: Sequence[str] = ()) -> None:
-    """Create the contract's topics (and ``extra`` event-like topics) if missing; idempotent."""
-    topics = settings.topics
-    n = settings.partitions
-    wanted = [NewTopic(name, num_partitions=n, replication_factor=1) for name in (*topics.lanes, topics.events, *extra)]
-    wanted += [
-        NewTopic(topics.control, num_partitions=1, replication_factor=1),
-        NewTopic(
-            topics.status,
-            num_partitions=n,
-            replication_factor=1,
-            topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"},
-        ),
-        NewTopic(topics.jobs_completed, num_partitions=3, replication_factor=1),
-        NewTopic(topics.dlq, num_partitions=3, replication_factor=1),
-        NewTopic(topics.jobs_requested, num_partitions=3, replication_factor=1),
-        NewTopic(topics.jobs_updates, num_partitions=3, replication_factor=1),
-    ]
+    """Create the contract's topics (and ``extra`` event-like topics) if missing, then refuse to run on
+    one that breaks a promise (services/common/topicplan.py); idempotent."""
+    specs = plan(settings, extra=extra)
     admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=settings.request_timeout_ms)
     await start_client(admin, settings)
     try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in wanted if t.name not in existing]
-        if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
-            await _wait_for_leaders(admin, [t.name for t in missing])
+        await create_missing(admin, specs)
+        await verify_promises(admin, specs)
     finally:
         await admin.close()
-
-
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        described = await admin.describe_topics(names)
-        if all(
-            not t.get("error_code") and t.get("partitions") and all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in described
-        ):
-            return
-        await asyncio.sleep(0.1)
-    log.warning("topics %s have no leader after %.0fs", names, timeout)

@@ -51,6 +51,7 @@ class KafkaSettings(BaseSettings):
     min_insync_replicas: int | None = None
     # Per-topic overrides, keyed by the topic's name without prefix (e.g. ``executions.events``).
     topic_replication: dict[str, int] = Field(default_factory=dict)
+    topic_min_insync_replicas: dict[str, int] = Field(default_factory=dict)
     topic_retention_ms: dict[str, int] = Field(default_factory=dict)
 
     # The SSL context and the OAUTHBEARER token provider, built once by services.common.kafka so all
