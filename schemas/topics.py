@@ -47,6 +47,11 @@ class Topics:
         return f"{self.prefix}jobs.updates"
 
     @property
+    def ingress(self) -> str:
+        """Producers other than the orchestrator -> orchestrator: signed ``execution.requested`` (key tenant_id)."""
+        return f"{self.prefix}executions.ingress"
+
+    @property
     def dlq(self) -> str:
         return f"{self.prefix}dlq"
 

@@ -41,7 +41,7 @@ Port = Annotated[int, typer.Option(help="Broker port on 127.0.0.1.", envvar="AGE
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)  # one line, whatever the width
     raise typer.Exit(1)
 
 

@@ -25,6 +25,7 @@ from services.common.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
+_TOPIC_AUTHORIZATION_FAILED = 29
 _WATCHED_CONFIGS = ("cleanup.policy", "min.insync.replicas", "retention.ms")
 
 
@@ -95,27 +96,28 @@ async def create_missing(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec])
     if not missing:
         return []
     response = await admin.create_topics([new_topic(s) for s in missing])
-    failures = [
-        f"{t['topic']}: {t['error_message'] or for_code(t['error_code']).__name__}"
-        for t in response.to_object()["topic_errors"]
-        if t["error_code"] not in (0, _TOPIC_ALREADY_EXISTS)
-    ]
-    if failures:
-        raise TopicCreationRefused(failures)
+    refused: dict[str, list[str]] = {}
+    for t in response.to_object()["topic_errors"]:
+        if t["error_code"] not in (0, _TOPIC_ALREADY_EXISTS):
+            refused.setdefault(t["error_message"] or for_code(t["error_code"]).__name__, []).append(t["topic"])
+    if refused:
+        authorization = any(t["error_code"] == _TOPIC_AUTHORIZATION_FAILED for t in response.to_object()["topic_errors"])
+        raise TopicCreationRefused(refused, authorization=authorization)
     await _wait_for_leaders(admin, [s.name for s in missing])
     return [s.name for s in missing]
 
 
 class TopicCreationRefused(AgentstreamError):
-    def __init__(self, failures: list[str]) -> None:
-        authorization = any("Authorization" in f for f in failures)
+    def __init__(self, refused: dict[str, list[str]], *, authorization: bool) -> None:
+        reasons = "; ".join(f"{', '.join(topics)}: {reason.rstrip('.')}" for reason, topics in refused.items())
         hint = (
             "create them with an admin principal (`agentstream kafka topics create`, or your tooling from "
-            "`agentstream kafka topics plan`), or grant CREATE on the topic prefix"
+            "`agentstream kafka topics plan`); if they exist, this principal lacks Describe on them: grant it the ACLs "
+            "of docs/kafka.md"
             if authorization
             else "fix the replication settings (AGENTSTREAM_KAFKA_REPLICATION_FACTOR / _TOPIC_REPLICATION) or the cluster"
         )
-        super().__init__(f"the cluster refused to create topics ({'; '.join(failures)}): {hint}")
+        super().__init__(f"the cluster refused to create topics ({reasons}): {hint}")
 
 
 async def describe(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[str, dict[str, Any]]:
