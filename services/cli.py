@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from services.common.errors import AgentstreamError
-from services.common.localkafka import LocalKafka, LocalKafkaError, answers_metadata
+from services.common.localkafka import LocalCluster, LocalKafka, LocalKafkaError, answers_metadata
 
 app = typer.Typer(help="agentstream: LLM agents as event-driven services on Apache Kafka.", no_args_is_help=True)
 kafka_app = typer.Typer(help="A local Apache Kafka (KRaft) from deploy/kafka.", no_args_is_help=True)
@@ -46,11 +46,24 @@ def _fail(message: str) -> None:
 
 
 # -- kafka ----------------------------------------------------------------------------------
+Brokers = Annotated[int, typer.Option(help="Nodes of a KRaft quorum (each broker + controller); node i on port + 10*i.")]
+Sasl = Annotated[bool, typer.Option(help="Add a SASL_SSL listener (port + 2) with SCRAM users and ACLs; certificates made at start.")]
+Users = Annotated[list[str] | None, typer.Option("--user", help="SCRAM user name=password (repeatable); default admin=admin-secret.")]
+
+
+def _local(port: int, brokers: int, sasl: bool = False, users: list[str] | None = None) -> LocalKafka | LocalCluster:
+    given = (u.partition("=") for u in users or ["admin=admin-secret"])
+    pairs = tuple((name, password) for name, _, password in given if name and password) if sasl else ()
+    if brokers > 1:
+        return LocalCluster(brokers=brokers, port=port, sasl=sasl, users=pairs)
+    return LocalKafka(port=port, controller_port=port + 1, sasl_port=port + 2 if sasl else None, users=pairs)
+
+
 @kafka_app.command("start")
-def kafka_start(port: Port = 9092) -> None:
-    """Fetch (first run) and start the local broker; wait until it answers metadata."""
-    broker = LocalKafka(port=port, controller_port=port + 1)
-    if broker.is_running():
+def kafka_start(port: Port = 9092, brokers: Brokers = 1, sasl: Sasl = False, user: Users = None) -> None:
+    """Fetch (first run) and start the local broker (or a quorum of them); wait until they answer metadata."""
+    broker = _local(port, brokers, sasl, user)
+    if isinstance(broker, LocalKafka) and broker.is_running():
         console.print(f"[green]Kafka already running[/] on {broker.bootstrap} (pid {broker.pid()})")
         return
     try:
@@ -58,27 +71,40 @@ def kafka_start(port: Port = 9092) -> None:
             seconds = broker.start(on_step=lambda step: status.update(step))
     except LocalKafkaError as exc:
         _fail(str(exc))
-    console.print(f"[green]Kafka is up[/] on {broker.bootstrap} in {seconds:.1f}s (pid {broker.pid()})")
+    console.print(f"[green]Kafka is up[/] on {broker.bootstrap} in {seconds:.1f}s")
+    if sasl:
+        ca = broker.ca_file if isinstance(broker, LocalKafka) else broker.nodes[0].ca_file
+        console.print(
+            f"SASL_SSL on {broker.sasl_bootstrap}: AGENTSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL AGENTSTREAM_KAFKA_SSL_CAFILE={ca} "
+            "AGENTSTREAM_KAFKA_SASL_USERNAME=... AGENTSTREAM_KAFKA_SASL_PASSWORD=... (docs/kafka.md)",
+            soft_wrap=True,
+        )
 
 
 @kafka_app.command("stop")
-def kafka_stop(port: Port = 9092) -> None:
-    """Stop the local broker by its PID."""
-    stopped = LocalKafka(port=port, controller_port=port + 1).stop()
+def kafka_stop(port: Port = 9092, brokers: Brokers = 1) -> None:
+    """Stop the local broker(s) by PID."""
+    stopped = _local(port, brokers).stop()
     console.print("[green]Kafka stopped[/]" if stopped else "Kafka was not running")
 
 
 @kafka_app.command("status")
-def kafka_status(port: Port = 9092) -> None:
-    """Say whether the local broker runs and answers."""
-    broker = LocalKafka(port=port, controller_port=port + 1)
-    pid = broker.pid()
-    if pid is None:
-        console.print(f"[yellow]not running[/] (would listen on {broker.bootstrap})")
+def kafka_status(port: Port = 9092, brokers: Brokers = 1) -> None:
+    """Say whether the local broker(s) run and answer."""
+    local = _local(port, brokers)
+    nodes = local.nodes if isinstance(local, LocalCluster) else [local]
+    down = 0
+    for broker in nodes:
+        pid = broker.pid()
+        if pid is None:
+            console.print(f"[yellow]not running[/] (would listen on {broker.bootstrap})")
+            down += 1
+            continue
+        answers = asyncio.run(answers_metadata(broker.bootstrap))
+        state = "[green]running, answers metadata[/]" if answers else "[yellow]running, not answering yet[/]"
+        console.print(f"{state} on {broker.bootstrap} (pid {pid})")
+    if down:
         raise typer.Exit(3)
-    answers = asyncio.run(answers_metadata(broker.bootstrap))
-    state = "[green]running, answers metadata[/]" if answers else "[yellow]running, not answering yet[/]"
-    console.print(f"{state} on {broker.bootstrap} (pid {pid})")
 
 
 @kafka_app.command("fetch")

@@ -119,7 +119,8 @@ def broker_options(settings: KafkaSettings) -> dict[str, Any]:
     which FastStream's SASLOAuthBearer does not carry."""
     security = _security(settings)
     context: ssl.SSLContext | None = security["ssl_context"] if settings.uses_tls else None
-    options: dict[str, Any] = {"bootstrap_servers": settings.bootstrap}
+    # A list: FastStream wraps a string in one, so "a:1,b:2" would reach aiokafka as a single host.
+    options: dict[str, Any] = {"bootstrap_servers": [h.strip() for h in settings.bootstrap.split(",")]}
     user = settings.sasl_username or ""
     password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
     sasl: BaseSecurity

@@ -305,6 +305,16 @@ class LocalKafka:
         self.pid_file.unlink(missing_ok=True)
         return True
 
+    def kill(self) -> None:
+        """SIGKILL, as a crashed machine would: no controlled shutdown, no leadership hand-over."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            while self.pid() is not None:
+                _reap(pid)
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+
     def reset(self) -> None:
         """Stop and delete all data (topics, offsets) and certificates."""
         self.stop()

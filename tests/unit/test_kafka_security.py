@@ -25,6 +25,11 @@ def test_plaintext_is_unchanged() -> None:
     assert client_options(KafkaSettings(bootstrap="h:1")) == {"bootstrap_servers": "h:1", "security_protocol": "PLAINTEXT"}
 
 
+def test_faststream_gets_every_bootstrap_host() -> None:
+    # FastStream wraps a string in a list: "a:1,b:2" would reach aiokafka as one host named "a:1,b".
+    assert broker_options(KafkaSettings(bootstrap="a:1, b:2,c:3"))["bootstrap_servers"] == ["a:1", "b:2", "c:3"]
+
+
 async def test_sasl_ssl_scram(tmp_path: Path) -> None:
     certs = make_certificates(tmp_path)
     settings = KafkaSettings(
