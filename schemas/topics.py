@@ -56,4 +56,14 @@ class Topics:
         return f"{self.prefix}dlq"
 
     def all(self) -> tuple[str, ...]:
-        return (*self.lanes, self.events, self.control, self.status, self.jobs_completed, self.dlq, self.jobs_requested, self.jobs_updates)
+        return (
+            *self.lanes,
+            self.events,
+            self.ingress,
+            self.control,
+            self.status,
+            self.jobs_completed,
+            self.dlq,
+            self.jobs_requested,
+            self.jobs_updates,
+        )

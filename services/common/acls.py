@@ -67,7 +67,7 @@ def plan(
         writes = [t.events, t.status, t.dlq, t.jobs_requested, *reply_topics]
         grants += [("Group", f"{prefix}executor", "Read", "PREFIXED")]
     else:  # a tenant's own producer and reader: its ingress topic in, its reply topics out
-        reads, writes = list(reply_topics), list(tenant_topics)
+        reads, writes = list(reply_topics), [t.ingress, *tenant_topics]
         name = principal.removeprefix("User:")
         grants += [("Group", f"{prefix}tenant.{name}.", "Read", "PREFIXED")]
     grants += [("Topic", topic, "Read", "LITERAL") for topic in dict.fromkeys(reads)]

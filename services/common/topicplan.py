@@ -53,6 +53,7 @@ def plan(settings: KafkaSettings, *, extra: Sequence[str] = ()) -> list[TopicSpe
     rows: list[tuple[str, int, dict[str, str], str]] = [
         *((lane, n, {}, "execution.requested, key tenant_id") for lane in topics.lanes),
         (topics.events, n, {}, "every stream event, key execution_id"),
+        (topics.ingress, n, {}, "signed execution.requested from producers other than the orchestrator, key tenant_id"),
         *((name, n, {}, "reply topic") for name in extra),
         (topics.control, 1, {}, "cancel requests; every executor reads all"),
         (

@@ -20,6 +20,7 @@ from services.orchestrator.callbacks import Dispatcher
 from services.orchestrator.completions import EventsFollower, JobsFollower
 from services.orchestrator.coordinator import ServiceCoordinator
 from services.orchestrator.hub import TaskHub
+from services.orchestrator.ingress import IngressFollower
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.limits import RateLimiter, make_limiter
 from services.orchestrator.settings import OrchestratorSettings
@@ -51,6 +52,8 @@ class Runtime:
         )
         self.events = EventsFollower(self.lifecycle)
         self.jobs = JobsFollower(self.lifecycle)
+        # The Kafka door (ingress.py) opens when some tenant has a signing key for it.
+        self.ingress = IngressFollower(self.lifecycle, self.auth) if settings.ingress_signing_keys else None
         # Query and Embedding services: delegation, completions, plans (coordinator.py).
         self.coordinator = ServiceCoordinator(settings, self.lifecycle)
         self._sweeper: asyncio.Task[None] | None = None
@@ -60,7 +63,9 @@ class Runtime:
         await self.auth.bootstrap()
         await self.limiter.start()
         await self.dispatcher.start()
-        await asyncio.gather(self.events.start(), self.jobs.start(), self.coordinator.start())
+        await asyncio.gather(
+            self.events.start(), self.jobs.start(), self.coordinator.start(), *([self.ingress.start()] if self.ingress else [])
+        )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="task-sweeper")
 
     async def stop(self) -> None:
@@ -69,6 +74,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        if self.ingress is not None:
+            await self.ingress.stop()
         await self.coordinator.stop()
         await self.jobs.stop()
         await self.events.stop()
