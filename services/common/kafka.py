@@ -18,7 +18,7 @@ from aiokafka.errors import (
 )
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
 from faststream.security import BaseSecurity, SASLOAuthBearer, SASLPlaintext, SASLScram256, SASLScram512
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from services.common.errors import KafkaSecurityError
 from services.common.kafkadiagnosis import diagnose
@@ -140,12 +140,33 @@ def broker_options(settings: KafkaSettings) -> dict[str, Any]:
 
 
 def _security(settings: KafkaSettings) -> dict[str, Any]:
-    if settings._security is None:
+    # Keyed by the fields it is built from: ``model_copy(update=...)`` copies private attributes, and a
+    # copy with another secret must not reuse the original's token provider.
+    fields = settings.model_dump(include=_SECURITY_FIELDS)
+    key = repr(sorted((k, v.get_secret_value() if isinstance(v, SecretStr) else v) for k, v in fields.items()))
+    if settings._security is None or settings._security["key"] != key:
         settings._security = {
+            "key": key,
             "ssl_context": ssl_context(settings) if settings.uses_tls else None,
             "token_provider": token_provider(settings),
         }
     return settings._security
+
+
+_SECURITY_FIELDS = {
+    "security_protocol",
+    "sasl_mechanism",
+    "oauth_token_url",
+    "oauth_client_id",
+    "oauth_client_secret",
+    "oauth_scope",
+    "oauth_token_provider",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_key_password",
+    "ssl_check_hostname",
+}
 
 
 def ssl_context(settings: KafkaSettings) -> ssl.SSLContext:

@@ -4,10 +4,14 @@ of services/common/acls.py; and what a wrong password, an untrusted CA or a miss
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +20,10 @@ import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from services.common import acls
 from services.common.errors import KafkaSecurityError
@@ -163,3 +171,47 @@ def test_untrusted_certificate_stops_the_orchestrator_command_with_one_line(secu
     assert last.endswith(
         f"SSL_CAFILE={other_ca} does not hold the CA that signed it; set AGENTSTREAM_KAFKA_SSL_CAFILE to that CA's PEM file"
     )
+
+
+def _unsecured_jwt(subject: str) -> str:
+    """What the local broker's unsecured OAUTHBEARER validator accepts: an unsigned JWT naming the principal."""
+
+    def part(data: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    now = int(time.time())
+    return f"{part({'alg': 'none'})}.{part({'sub': subject, 'iat': now, 'exp': now + 3600})}."
+
+
+async def test_oauthbearer_with_a_client_credentials_token_endpoint(secured: LocalKafka) -> None:
+    grants: list[dict[str, str]] = []
+
+    async def token(request: Request) -> JSONResponse:
+        form = dict(urllib.parse.parse_qsl((await request.body()).decode()))  # form-encoded, as RFC 6749 says
+        grants.append(form)
+        if form.get("client_secret") != "idp-secret":
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
+        return JSONResponse({"access_token": _unsecured_jwt(str(form["client_id"])), "token_type": "Bearer", "expires_in": 3600})
+
+    async with serve(Starlette(routes=[Route("/token", token, methods=["POST"])])) as url:
+        settings = KafkaSettings(
+            bootstrap=secured.sasl_bootstrap,
+            security_protocol="SASL_SSL",
+            sasl_mechanism="OAUTHBEARER",
+            oauth_token_url=f"{url}/token",
+            oauth_client_id="admin",
+            oauth_client_secret=SecretStr("idp-secret"),
+            ssl_cafile=secured.ca_file,
+            request_timeout_ms=5000,
+        )
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        await start_client(admin, settings)
+        try:
+            assert isinstance(await admin.list_topics(), list)  # authenticated as User:admin by the token's sub
+        finally:
+            await admin.close()
+        assert grants[0]["grant_type"] == "client_credentials" and len(grants) == 1  # one token for every connection
+
+        refused = settings.model_copy(update={"oauth_client_secret": SecretStr("wrong")})
+        with pytest.raises(KafkaSecurityError, match=r"token endpoint .*/token answered 401: check AGENTSTREAM_KAFKA_OAUTH_CLIENT_ID"):
+            await start_client(AIOKafkaAdminClient(**client_options(refused)), refused)

@@ -45,6 +45,8 @@ async def test_sasl_ssl_scram(tmp_path: Path) -> None:
     context = options["ssl_context"]
     assert isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert client_options(settings)["ssl_context"] is context  # built once per settings: one CA load
+    other = settings.model_copy(update={"ssl_check_hostname": False})  # copies carry private attributes along
+    assert client_options(other)["ssl_context"] is not context and not client_options(other)["ssl_context"].check_hostname
     faststream = broker_options(settings)
     security = faststream["security"]
     assert isinstance(security, SASLScram512) and security.use_ssl and security.ssl_context is context
