@@ -127,27 +127,39 @@ kafka_app.add_typer(topics_app, name="topics")
 
 
 @topics_app.command("plan")
-def topics_plan(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False) -> None:
+def topics_plan(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+    commands: Annotated[bool, typer.Option(help="As kafka-topics and kafka-acls commands (least-privilege ACLs per service).")] = False,
+) -> None:
     """Print the topics agentstream needs (for ops who create topics with their own tooling)."""
+    from services.common import acls
     from services.common.settings import KafkaSettings
     from services.common.topicplan import plan
 
-    specs = plan(KafkaSettings())
+    settings = KafkaSettings()
+    specs = plan(settings)
     if as_json:
-        typer.echo(
-            json.dumps(
-                [
-                    {"name": s.name, "partitions": s.partitions, "replication_factor": s.replication_factor, "configs": s.configs}
-                    for s in specs
-                ],
-                indent=2,
-            )
-        )
+        rows = [
+            {"name": s.name, "partitions": s.partitions, "replication_factor": s.replication_factor, "configs": s.configs} for s in specs
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if commands:
+        for s in specs:
+            replication = "" if s.replication_factor == -1 else f" --replication-factor {s.replication_factor}"
+            configs = "".join(f" --config {k}={v}" for k, v in s.configs.items())
+            create = f"kafka-topics --bootstrap-server $BOOTSTRAP --create --if-not-exists --topic {s.name}"
+            typer.echo(f"{create} --partitions {s.partitions}{replication}{configs}")
+        for role in ("orchestrator", "executor"):
+            for binding in acls.plan(settings, role, f"User:{role}"):
+                typer.echo(binding.command())
         return
     for s in specs:
         replication = "cluster default" if s.replication_factor == -1 else str(s.replication_factor)
         configs = ",".join(f"{k}={v}" for k, v in s.configs.items()) or "-"
-        console.print(f"{s.name}  partitions={s.partitions}  replication={replication}  configs={configs}  [dim]{s.purpose}[/]")
+        console.print(
+            f"{s.name}  partitions={s.partitions}  replication={replication}  configs={configs}  [dim]{s.purpose}[/]", soft_wrap=True
+        )
 
 
 @topics_app.command("create")
