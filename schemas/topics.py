@@ -52,6 +52,11 @@ class Topics:
         return f"{self.prefix}executions.ingress"
 
     @property
+    def task_updates(self) -> str:
+        """Orchestrator replicas -> each other: ``task.updated`` for ``/v1/tasks/stream`` (key tenant_id)."""
+        return f"{self.prefix}tasks.updates"
+
+    @property
     def dlq(self) -> str:
         return f"{self.prefix}dlq"
 
@@ -66,4 +71,5 @@ class Topics:
             self.dlq,
             self.jobs_requested,
             self.jobs_updates,
+            self.task_updates,
         )

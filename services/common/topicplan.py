@@ -66,6 +66,8 @@ def plan(settings: KafkaSettings, *, extra: Sequence[str] = ()) -> list[TopicSpe
         (topics.dlq, 3, {}, "records that could not be processed"),
         (topics.jobs_requested, 3, {}, "executors -> orchestrator job requests"),
         (topics.jobs_updates, 3, {}, "orchestrator -> executors job updates"),
+        # A live feed between orchestrator replicas: nobody reads it from the beginning.
+        (topics.task_updates, 3, {"retention.ms": "3600000"}, "task updates shared by orchestrator replicas"),
     ]
     return [_spec(settings, name, partitions, configs, purpose) for name, partitions, configs, purpose in rows]
 

@@ -25,6 +25,7 @@ from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.limits import RateLimiter, make_limiter
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store
+from services.orchestrator.taskfeed import TaskFeed
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class Runtime:
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         self.limiter: RateLimiter = make_limiter(redis_url, prefix=settings.redis_key_prefix)
         self.hub = TaskHub()
+        # Updates reach every replica's hub through Kafka (taskfeed.py), not only the one that applied them.
+        self.feed = TaskFeed(settings.kafka, hub=self.hub, producer=producer)
         self.dispatcher = Dispatcher(settings, self.store)
         self.lifecycle = Lifecycle(
             settings=settings,
@@ -46,7 +49,7 @@ class Runtime:
             producer=producer,
             status=status,
             limiter=self.limiter,
-            hub=self.hub,
+            hub=self.feed,
             dispatcher=self.dispatcher,
             agents=agents,
         )
@@ -63,6 +66,7 @@ class Runtime:
         await self.auth.bootstrap()
         await self.limiter.start()
         await self.dispatcher.start()
+        await self.feed.start()
         await asyncio.gather(
             self.events.start(), self.jobs.start(), self.coordinator.start(), *([self.ingress.start()] if self.ingress else [])
         )
@@ -80,6 +84,7 @@ class Runtime:
         await self.jobs.stop()
         await self.events.stop()
         await self.lifecycle.stop()
+        await self.feed.stop()
         await self.dispatcher.stop()
         await self.limiter.stop()
         await self.store.stop()
