@@ -139,8 +139,11 @@ async def describe(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[str
         resources = [ConfigResource(ConfigResourceType.TOPIC, name, None) for name in found]
         for response in await admin.describe_configs(resources):
             for resource in response.to_object()["resources"]:
+                if resource["error_code"]:  # e.g. no DescribeConfigs ACL: unknown, which is not "wrong"
+                    log.warning("cannot read the configs of topic %s: %s", resource["resource_name"], resource["error_message"])
+                    continue
                 entries = {e["config_names"]: e["config_value"] for e in resource["config_entries"]}
-                found[resource["resource_name"]]["configs"] = {k: entries.get(k, "") for k in _WATCHED_CONFIGS}
+                found[resource["resource_name"]]["configs"] = {k: entries[k] for k in _WATCHED_CONFIGS if k in entries}
     return found
 
 
@@ -156,6 +159,9 @@ def differences(specs: Sequence[TopicSpec], actual: dict[str, dict[str, Any]]) -
             out.append(f"{spec.name}: {have['partitions']} partitions, the plan has {spec.partitions} (fewer caps parallelism)")
         if spec.replication_factor != -1 and have["replication"] != spec.replication_factor:
             out.append(f"{spec.name}: replication {have['replication']}, the plan has {spec.replication_factor}")
+        if not have["configs"]:
+            out.append(f"{spec.name}: its configs could not be read (DescribeConfigs refused), so they were not compared")
+            continue
         policy = have["configs"].get("cleanup.policy", "delete")
         if spec.compacted != ("compact" in policy):
             out.append(f"{spec.name}: cleanup.policy={policy}, the plan has {spec.configs.get('cleanup.policy', 'delete')}")

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from services.common import acls
+from services.common import acls, topicplan
 from services.common.errors import KafkaSecurityError
 from services.common.kafka import client_options, ensure_topics, start_client
 from services.common.localkafka import LocalKafka
@@ -215,3 +215,26 @@ async def test_oauthbearer_with_a_client_credentials_token_endpoint(secured: Loc
         refused = settings.model_copy(update={"oauth_client_secret": SecretStr("wrong")})
         with pytest.raises(KafkaSecurityError, match=r"token endpoint .*/token answered 401: check AGENTSTREAM_KAFKA_OAUTH_CLIENT_ID"):
             await start_client(AIOKafkaAdminClient(**client_options(refused)), refused)
+
+
+async def test_configs_that_cannot_be_read_are_not_taken_for_a_broken_promise(secured: LocalKafka) -> None:
+    prefix = f"s{uuid.uuid4().hex[:8]}."
+    await _prepare(secured, prefix)
+    admin_settings = _as(secured, "admin", prefix)
+    admin = AIOKafkaAdminClient(**client_options(admin_settings))
+    await start_client(admin, admin_settings)
+    try:  # Describe on the topics, but not DescribeConfigs
+        await acls.create_acls(admin, [acls.AclBinding("User:stranger", "Topic", prefix, "Describe", "PREFIXED")])
+    finally:
+        await admin.close()
+    stranger = _as(secured, "stranger", prefix)
+    await _until_visible(stranger, stranger.topics.events)
+    await ensure_topics(stranger)  # the status topic's policy is unknown to it, not "delete": no TopicMisfit
+    admin = AIOKafkaAdminClient(**client_options(stranger))
+    await start_client(admin, stranger)
+    try:
+        specs = topicplan.plan(stranger)
+        found = topicplan.differences(specs, await topicplan.describe(admin, [s.name for s in specs]))
+    finally:
+        await admin.close()
+    assert f"{stranger.topics.status}: its configs could not be read (DescribeConfigs refused), so they were not compared" in found
