@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import ssl
 from collections.abc import Sequence
@@ -143,7 +144,8 @@ def _security(settings: KafkaSettings) -> dict[str, Any]:
     # Keyed by the fields it is built from: ``model_copy(update=...)`` copies private attributes, and a
     # copy with another secret must not reuse the original's token provider.
     fields = settings.model_dump(include=_SECURITY_FIELDS)
-    key = repr(sorted((k, v.get_secret_value() if isinstance(v, SecretStr) else v) for k, v in fields.items()))
+    plain = repr(sorted((k, v.get_secret_value() if isinstance(v, SecretStr) else v) for k, v in fields.items()))
+    key = hashlib.sha256(plain.encode()).hexdigest()  # no secret kept in the clear beside the settings
     if settings._security is None or settings._security["key"] != key:
         settings._security = {
             "key": key,

@@ -8,6 +8,7 @@ event exactly once, in order. With two brokers down, a POST gets 503, never a 20
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import time
 import uuid
@@ -23,7 +24,8 @@ import websockets
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
-from services.common.kafka import client_options
+from services.common import topicplan
+from services.common.kafka import client_options, ensure_topics
 from services.common.localkafka import LocalCluster, LocalKafka
 from services.common.settings import KafkaSettings
 from services.executor.app import Executor
@@ -38,7 +40,7 @@ TERMINAL = {"execution.completed", "execution.failed", "execution.cancelled"}
 EXECUTIONS = 50
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
     """Three JVMs on ports 29300-29321 of this test's own; all stopped and deleted at the end."""
     cluster = LocalCluster(brokers=3, port=29300, heap="384m")
@@ -50,6 +52,42 @@ def cluster() -> Iterator[LocalCluster]:
         cluster.stop()
         for node in cluster.nodes:
             shutil.rmtree(node.data_dir, ignore_errors=True)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_topics_get_the_clusters_replication_and_thin_ones_are_warned(cluster: LocalCluster) -> None:
+    handler = _Collect()
+    records = handler.records
+    logger = logging.getLogger("services.common.topicplan")
+    logger.addHandler(handler)
+    try:
+        defaults = KafkaSettings(bootstrap=cluster.bootstrap, topic_prefix=f"d{uuid.uuid4().hex[:8]}.", partitions=3)
+        await ensure_topics(defaults)  # -1: the cluster's default.replication.factor (3) and min.insync.replicas (2)
+        assert not records
+        thin = defaults.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:8]}.", "replication_factor": 1})
+        await ensure_topics(thin)
+    finally:
+        logger.removeHandler(handler)
+    admin = AIOKafkaAdminClient(**client_options(defaults))
+    await admin.start()
+    try:
+        described = await topicplan.describe(admin, [defaults.topics.events, thin.topics.events])
+    finally:
+        await admin.close()
+    assert (
+        described[defaults.topics.events]["replication"] == 3 and described[defaults.topics.events]["configs"]["min.insync.replicas"] == "2"
+    )
+    assert described[thin.topics.events]["replication"] == 1
+    (warning,) = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert f"{thin.topics.events}" in warning and "have replication below 3 on a cluster of 3 brokers" in warning
 
 
 async def _leaders(settings: KafkaSettings) -> Counter[int]:
