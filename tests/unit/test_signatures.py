@@ -47,3 +47,20 @@ def test_any_of_several_signatures_may_match_during_a_key_rotation() -> None:
 def test_refusals_say_why(key: bytes, headers: list[tuple[str, bytes]], reason: str) -> None:
     with pytest.raises(SignatureRejected, match=reason):
         verify(key, VALUE, headers, KEYS, now=NOW)
+
+
+def test_the_cli_signs_what_the_door_accepts() -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from services.orchestrator.ingress import execution_id_for
+
+    result = CliRunner().invoke(
+        app, ["ingress", "sign", VALUE.decode(), "--tenant", "acme", "--message-id", "msg_7"], env={"AGENTSTREAM_INGRESS_SECRET": SECRET}
+    )
+    assert result.exit_code == 0, result.output
+    flags = result.stdout.split()
+    assert flags[:2] == ["-k", "acme"]
+    headers = [(k, v.encode()) for k, _, v in (flag.partition("=") for flag in flags[3::2])]
+    assert verify(b"acme", VALUE, headers, KEYS).message_id == "msg_7"
+    assert f"execution id: {execution_id_for('acme', 'msg_7')}" in result.stderr
