@@ -174,7 +174,7 @@ def topics_create() -> None:
             return await create_missing(admin, plan(settings))
 
     created = _guarded(main)
-    console.print(f"[green]created[/] {', '.join(created)}" if created else "[green]all topics exist[/]")
+    console.print(f"[green]created[/] {', '.join(created)}" if created else "[green]all topics exist[/]", soft_wrap=True)
 
 
 @topics_app.command("check")
@@ -189,7 +189,7 @@ def topics_check() -> None:
 
     found = _guarded(main)
     for line in found:
-        console.print(f"[yellow]differs[/] {line}")
+        console.print(f"[yellow]differs[/] {line}", soft_wrap=True)
     if found:
         raise typer.Exit(1)
     console.print("[green]the cluster's topics match the plan[/]")

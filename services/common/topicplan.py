@@ -153,7 +153,9 @@ def differences(specs: Sequence[TopicSpec], actual: dict[str, dict[str, Any]]) -
     for spec in specs:
         have = actual.get(spec.name)
         if have is None:
-            out.append(f"{spec.name}: missing (create it with {spec.partitions} partitions)")
+            out.append(
+                f"{spec.name}: missing (create it with {spec.partitions} partitions), or hidden from this principal (no Describe ACL)"
+            )
             continue
         if have["partitions"] < spec.partitions:
             out.append(f"{spec.name}: {have['partitions']} partitions, the plan has {spec.partitions} (fewer caps parallelism)")
