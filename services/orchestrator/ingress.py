@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
+from sqlalchemy.exc import SQLAlchemyError
 
 from schemas.api import ExecutionRequest
 from schemas.events import ExecutionRejected
@@ -29,9 +30,10 @@ from services.orchestrator.executions import checked_callback, known_agent
 from services.orchestrator.http import HTTPError, validate
 from services.orchestrator.lifecycle import Lifecycle, Submission, new_traceparent
 from services.orchestrator.signatures import SignatureRejected, Signed, verify
-from services.orchestrator.store import records, tasks
+from services.orchestrator.store import StoreError, records, tasks
 
 log = logging.getLogger(__name__)
+_TRANSIENT = (KafkaError, StoreError, SQLAlchemyError, OSError, TimeoutError)
 _IDS = uuid.UUID("5b0d3c52-8f8e-4d43-9d0e-6a2f1c1b7a10")  # namespace of execution ids derived from webhook-ids
 
 
@@ -56,6 +58,9 @@ class IngressFollower(_Follower):
         except SignatureRejected as exc:
             await self.reject(record, f"ingress: {exc}")  # unauthenticated: nothing is written where it asks
             return
+        if len(record.value or b"") > settings.max_body_bytes:  # the HTTP body limit, for the same request
+            await self._refuse(record, signed, None, f"request body is larger than {settings.max_body_bytes} bytes", retriable=False)
+            return
         try:
             raw: Any = orjson.loads(record.value or b"")
         except orjson.JSONDecodeError as exc:
@@ -70,6 +75,11 @@ class IngressFollower(_Follower):
                 raise  # Kafka did not acknowledge: not the request's fault, handle it again
             reason = exc.error if not exc.detail else f"{exc.error}: {orjson.dumps(exc.detail).decode()}"
             await self._refuse(record, signed, reply_to, reason, retriable=exc.status in (409, 429))
+        except _TRANSIENT:
+            raise  # the broker or the store: handle the record again once they answer
+        except Exception as exc:  # anything else is this record's doing: it must not stall the partition
+            log.exception("ingress: %s:%s@%s could not be handled", record.topic, record.partition, record.offset)
+            await self._refuse(record, signed, reply_to, f"could not be handled: {type(exc).__name__}: {exc}", retriable=False)
 
     async def _submit(self, signed: Signed, raw: Any, record: ConsumerRecord[bytes, bytes]) -> None:
         lifecycle = self._lifecycle

@@ -69,6 +69,7 @@ async def door(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterator[D
         database_url=SecretStr(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"),
         reply_topics={"tenant-a": [reply]},
         ingress_signing_keys={"tenant-a": SecretStr(SECRET_A), "tenant-b": SecretStr(SECRET_B)},
+        max_body_bytes=8192,
     )
     async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=1)):
         async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url) as http:
@@ -158,3 +159,7 @@ async def test_a_signed_but_invalid_request_is_rejected_on_its_reply_topic(door:
     assert header(rejected.headers, "type") == event["type"] == "execution.rejected"
     assert event["tenant_id"] == "tenant-a" and event["request_id"] == headers["webhook-id"] and not event["retriable"]
     assert event["reason"].startswith("unknown agent 'no-such-agent'")
+    big_value, big = signed(SECRET_A, {"input": "x" * 9000})
+    await door.send(big_value, headers=big)
+    refused = await _records(door.kafka, door.kafka.topics.dlq, until=2)
+    assert header(refused[1].headers, "dlq.reason") == "ingress: request body is larger than 8192 bytes"
