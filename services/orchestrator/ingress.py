@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from schemas.api import ExecutionRequest
 from schemas.events import ExecutionRejected
 from services.common.kafka import encode, event_headers, header
+from services.common.observability import metrics
 from services.orchestrator.auth import Authenticator
 from services.orchestrator.completions import _Follower
 from services.orchestrator.executions import checked_callback, known_agent
@@ -56,6 +57,7 @@ class IngressFollower(_Follower):
                 record.key, record.value, record.headers, settings.ingress_signing_keys, tolerance_s=settings.ingress_tolerance_s
             )
         except SignatureRejected as exc:
+            metrics.INGRESS_RECORDS.labels(outcome="refused").inc()
             await self.reject(record, f"ingress: {exc}")  # unauthenticated: nothing is written where it asks
             return
         if len(record.value or b"") > settings.max_body_bytes:  # the HTTP body limit, for the same request
@@ -64,7 +66,7 @@ class IngressFollower(_Follower):
         try:
             raw: Any = orjson.loads(record.value or b"")
         except orjson.JSONDecodeError as exc:
-            await self.reject(record, f"ingress: the value is not valid JSON: {exc}")
+            await self._refuse(record, signed, None, f"the value is not valid JSON: {exc}", retriable=False)
             return
         allowed = settings.reply_topics.get(signed.tenant_id, ())
         reply_to = raw.get("reply_to") if isinstance(raw, dict) and raw.get("reply_to") in allowed else None
@@ -99,6 +101,7 @@ class IngressFollower(_Follower):
                 if held.request_hash != fingerprint:
                     raise HTTPError(409, f"webhook-id {signed.message_id!r} was already used with a different request")
                 if held.status_code is not None or await tasks.get(conn, execution_id) is not None:
+                    metrics.INGRESS_RECORDS.labels(outcome="duplicate").inc()
                     return  # read again after a crash or a rebalance: it was accepted the first time
         traceparent = header(record.headers, "traceparent")
         sub = Submission(
@@ -128,10 +131,12 @@ class IngressFollower(_Follower):
             raise
         async with lifecycle.store.begin() as conn:
             await records.complete_idempotency_key(conn, ctx.id, key, 202, {"execution_id": execution_id})
+        metrics.INGRESS_RECORDS.labels(outcome="accepted").inc()
 
     async def _refuse(
         self, record: ConsumerRecord[bytes, bytes], signed: Signed, reply_to: str | None, reason: str, *, retriable: bool
     ) -> None:
+        metrics.INGRESS_RECORDS.labels(outcome="refused").inc()
         await self.reject(record, f"ingress: {reason}")
         if reply_to is None:
             return

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
 from services.common.kafka import client_options, header
+from services.common.observability import metrics
 from services.common.settings import KafkaSettings
 from services.executor.app import Executor
 from services.executor.settings import ExecutorSettings
@@ -102,7 +103,12 @@ async def _records(kafka: KafkaSettings, topic: str, until: int, *, timeout: flo
     return found
 
 
+def _count(outcome: str) -> float:
+    return metrics.sample(metrics.ORCHESTRATOR, "agentstream_ingress_records_total", {"outcome": outcome})
+
+
 async def test_a_signed_record_runs_as_its_tenant_once(door: Door) -> None:
+    accepted, duplicates = _count("accepted"), _count("duplicate")
     value, headers = signed(SECRET_A, {"input": "hello from kafka", "reply_to": door.reply})
     await door.send(value, headers=headers)
     await door.send(value, headers=headers)  # the same request twice (a producer retry): one execution
@@ -118,6 +124,7 @@ async def test_a_signed_record_runs_as_its_tenant_once(door: Door) -> None:
     types = [header(r.headers, "type") for r in replies]
     assert types.count("execution.started") == 1 and types[-1] == "execution.completed"
     assert {orjson.loads(r.value)["execution_id"] for r in replies} == {execution_id}
+    assert (_count("accepted"), _count("duplicate")) == (accepted + 1, duplicates + 1)
 
 
 async def test_forged_unsigned_wrongly_signed_and_stale_records_are_refused(door: Door) -> None:
