@@ -211,6 +211,14 @@ async def test_oauthbearer_with_a_client_credentials_token_endpoint(secured: Loc
         finally:
             await admin.close()
         assert grants[0]["grant_type"] == "client_credentials" and len(grants) == 1  # one token for every connection
+        # Every client of a service, FastStream's consumers included, authenticates with the token.
+        prefixed = settings.model_copy(update={"topic_prefix": f"o{uuid.uuid4().hex[:8]}.", "partitions": 1})
+        async with Executor(ExecutorSettings(kafka=prefixed)) as executor:
+            consumers = executor.consumers()
+            assert len(consumers) == 3
+            async with asyncio.timeout(30):  # each lane's consumer joined its group over SASL_SSL/OAUTHBEARER
+                while not all(c.assignment() for c in consumers):
+                    await asyncio.sleep(0.1)
 
         refused = settings.model_copy(update={"oauth_client_secret": SecretStr("wrong")})
         with pytest.raises(KafkaSecurityError, match=r"token endpoint .*/token answered 401: check AGENTSTREAM_KAFKA_OAUTH_CLIENT_ID"):
