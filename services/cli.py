@@ -18,7 +18,8 @@ import typer
 from rich.console import Console
 
 from services.common.errors import AgentstreamError
-from services.common.localkafka import LocalCluster, LocalKafka, LocalKafkaError, answers_metadata
+from services.common.localcluster import LocalCluster
+from services.common.localkafka import LocalKafka, LocalKafkaError, answers_metadata
 
 app = typer.Typer(help="agentstream: LLM agents as event-driven services on Apache Kafka.", no_args_is_help=True)
 kafka_app = typer.Typer(help="A local Apache Kafka (KRaft) from deploy/kafka.", no_args_is_help=True)

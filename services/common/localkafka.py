@@ -1,6 +1,6 @@
 """A genuine Apache Kafka (KRaft, broker + controller in one JVM per node) for local use and CI.
 
-One node by default; ``LocalCluster`` runs several (a real quorum and replication, on loopback).
+One node by default; ``localcluster.LocalCluster`` runs several (a real quorum and replication, on loopback).
 A node can also open a SASL_SSL listener (SCRAM, PLAIN and unsecured OAUTHBEARER, certificates made at
 start by ``localtls``) with the StandardAuthorizer and ACLs; its PLAINTEXT listener then serves the
 brokers themselves and local administration (``User:ANONYMOUS`` is a super user there).
@@ -226,7 +226,7 @@ class LocalKafka:
                 "kafka.tools.StorageTool",
                 "format",
                 "--cluster-id",
-                self.cluster_id or _kafka_uuid(),
+                self.cluster_id or kafka_uuid(),
                 "--config",
                 str(self.config_file),
                 *quorum,
@@ -355,7 +355,7 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _kafka_uuid(seed: str | None = None) -> str:
+def kafka_uuid(seed: str | None = None) -> str:
     import base64
 
     raw = uuid.uuid5(uuid.NAMESPACE_URL, seed) if seed else uuid.uuid4()
@@ -375,84 +375,3 @@ def _override(properties: str, changes: dict[str, str | None]) -> str:
         lines.append(line)
     lines += [f"{k}={v}" for k, v in changes.items() if k not in seen and v is not None]
     return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True, kw_only=True)
-class LocalCluster:
-    """``brokers`` KRaft nodes (each broker and controller, three JVMs for three) on loopback: node i
-    listens on ``port + 10*i`` (PLAINTEXT), ``+1`` (controller), ``+2`` (SASL_SSL when ``sasl``).
-    Topics get replication ``min(3, brokers)`` and ``min.insync.replicas`` one less, by default."""
-
-    brokers: int = 3
-    port: int = 29092
-    heap: str = "384m"
-    sasl: bool = False
-    users: tuple[tuple[str, str], ...] = ()
-    home: Path = DEPLOY_DIR
-
-    @property
-    def nodes(self) -> list[LocalKafka]:
-        voters = ",".join(f"{i + 1}@127.0.0.1:{self.port + 10 * i + 1}" for i in range(self.brokers))
-        replication = min(3, self.brokers)
-        overrides = (
-            ("default.replication.factor", str(replication)),
-            ("min.insync.replicas", str(max(1, replication - 1))),
-            ("offsets.topic.replication.factor", str(replication)),
-            ("transaction.state.log.replication.factor", str(replication)),
-            ("transaction.state.log.min.isr", str(max(1, replication - 1))),
-            ("share.coordinator.state.topic.replication.factor", str(replication)),
-            ("share.coordinator.state.topic.min.isr", str(max(1, replication - 1))),
-        )
-        return [
-            LocalKafka(
-                port=self.port + 10 * i,
-                controller_port=self.port + 10 * i + 1,
-                heap=self.heap,
-                home=self.home,
-                node_id=i + 1,
-                voters=voters,
-                cluster_id=_kafka_uuid(f"agentstream-local-cluster-{self.port}-{self.brokers}"),
-                sasl_port=self.port + 10 * i + 2 if self.sasl else None,
-                users=self.users,
-                overrides=overrides,
-            )
-            for i in range(self.brokers)
-        ]
-
-    @property
-    def bootstrap(self) -> str:
-        return ",".join(node.bootstrap for node in self.nodes)
-
-    @property
-    def sasl_bootstrap(self) -> str:
-        return ",".join(node.sasl_bootstrap for node in self.nodes)
-
-    def start(self, *, timeout: float = 120.0, on_step: Callable[[str], None] = lambda _s: None) -> float:
-        started = time.monotonic()
-        nodes = self.nodes
-        if self.sasl:
-            self._share_certificates(nodes)
-        procs = [None if node.is_running() else node.launch(on_step=on_step) for node in nodes]
-        on_step(f"waiting until the {len(nodes)} brokers answer metadata requests")
-        for node, proc in zip(nodes, procs, strict=True):
-            node.wait_ready(proc, deadline=started + timeout)
-        return time.monotonic() - started
-
-    def _share_certificates(self, nodes: list[LocalKafka]) -> None:
-        # One CA for the whole cluster, so a client trusts every broker with one file.
-        from services.common.localtls import make_certificates
-
-        first = nodes[0]
-        if not first.ca_file.exists():
-            make_certificates(first.tls_dir)
-        for node in nodes[1:]:
-            node.tls_dir.mkdir(parents=True, exist_ok=True)
-            for name in ("ca.pem", "server.pem"):
-                shutil.copy2(first.tls_dir / name, node.tls_dir / name)
-
-    def stop(self) -> bool:
-        return any([node.stop() for node in self.nodes])
-
-    def reset(self) -> None:
-        for node in self.nodes:
-            node.reset()

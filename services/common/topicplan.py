@@ -173,9 +173,14 @@ def differences(specs: Sequence[TopicSpec], actual: dict[str, dict[str, Any]]) -
     return out
 
 
-async def verify_promises(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec]) -> None:
+async def verify_promises(admin: AIOKafkaAdminClient, specs: Sequence[TopicSpec], *, wait_s: float = 5.0) -> None:
     """Refuse to run on a topic that would break a promise; warn where the cluster could do better."""
-    actual = await describe(admin, [s.name for s in specs])
+    names = [s.name for s in specs]
+    # Brokers learn of new topics from the controller one after another: the broker asked may not
+    # know one yet. Wait a little for all of them rather than skip one's checks.
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while len(actual := await describe(admin, names)) < len(names) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
     for spec in specs:
         have = actual.get(spec.name)
         if spec.compacted and have is not None and "compact" not in have["configs"].get("cleanup.policy", "compact"):
