@@ -12,18 +12,23 @@ import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from services.common.kafka import client_options
+from services.common.settings import KafkaSettings
+
 
 async def _round_trip(bootstrap: str, rate: float, seconds: float) -> dict[str, Any]:
     topic = f"bench-floor-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    # Security from AGENTSTREAM_KAFKA_* like the services: the floor is measured on the same connection.
+    options = client_options(KafkaSettings(bootstrap=bootstrap))
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     finally:
         await admin.close()
     # The same producer settings as agentstream's (services/common/kafka.py): acks=all, idempotent, linger 2 ms.
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True, linger_ms=2)
+    consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
     await producer.start()
     await consumer.start()
     tp = TopicPartition(topic, 0)
@@ -52,7 +57,7 @@ async def _round_trip(bootstrap: str, rate: float, seconds: float) -> dict[str, 
     finally:
         await producer.stop()
         await consumer.stop()
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**options)
         await admin.start()
         try:
             await admin.delete_topics([topic])

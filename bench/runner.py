@@ -27,6 +27,8 @@ from bench import clients, kafkafloor, stats
 from bench.fakemodel import model_name
 from bench.procs import API_KEY, ROOT, Proc, Sampler, Services, agents_yaml, free_port, services_env, start_fake_model
 from bench.scenario import Load, Scenario
+from services.common.kafka import client_options
+from services.common.settings import KafkaSettings
 
 console = Console(width=180)
 
@@ -349,7 +351,7 @@ def _delete_topics(bootstrap: str, prefix: str) -> None:
     """Drop this run's topics: a shared broker should not carry every run's partitions (heap, start-up time)."""
 
     async def delete() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**client_options(KafkaSettings(bootstrap=bootstrap)))
         await admin.start()
         try:
             topics = [t for t in await admin.list_topics() if t.startswith(prefix)]

@@ -153,6 +153,17 @@ class ExecutionCancelled(Envelope):
     reason: str = "cancelled by request"
 
 
+class ExecutionRejected(Envelope):
+    """An ingress request the orchestrator refused (invalid, over a limit, not allowed); sent to the
+    request's ``reply_to`` when the tenant may use it. Nothing ran; ``retriable`` says whether the same
+    request may succeed later (a rate limit) or needs changing."""
+
+    type: Literal["execution.rejected"] = "execution.rejected"
+    reason: str
+    retriable: bool = False
+    request_id: str = ""  # the ingress record's webhook-id
+
+
 class ExecutionCancelRequested(Envelope):
     type: Literal["execution.cancel_requested"] = "execution.cancel_requested"
 
@@ -213,6 +224,7 @@ Event = Annotated[
     | ExecutionCompleted
     | ExecutionFailed
     | ExecutionCancelled
+    | ExecutionRejected
     | ExecutionCancelRequested
     | JobCompleted
     | ToolCallProgress

@@ -47,6 +47,16 @@ class Topics:
         return f"{self.prefix}jobs.updates"
 
     @property
+    def ingress(self) -> str:
+        """Producers other than the orchestrator -> orchestrator: signed ``execution.requested`` (key tenant_id)."""
+        return f"{self.prefix}executions.ingress"
+
+    @property
+    def task_updates(self) -> str:
+        """Orchestrator replicas -> each other: ``task.updated`` for ``/v1/tasks/stream`` (key tenant_id)."""
+        return f"{self.prefix}tasks.updates"
+
+    @property
     def dlq(self) -> str:
         return f"{self.prefix}dlq"
 
@@ -59,6 +69,7 @@ class Topics:
         return (
             *self.lanes,
             self.events,
+            self.ingress,
             self.control,
             self.status,
             self.jobs_completed,
@@ -66,4 +77,5 @@ class Topics:
             self.jobs_requested,
             self.jobs_updates,
             self.tenants,
+            self.task_updates,
         )

@@ -13,11 +13,13 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
+from schemas.api import ExecutionRequest
 from schemas.events import (
     ExecutionCancelled,
     ExecutionCancelRequested,
     ExecutionCompleted,
     ExecutionFailed,
+    ExecutionRejected,
     ExecutionRequested,
     ExecutionRestarted,
     ExecutionStarted,
@@ -43,6 +45,7 @@ ExecutionEvent = (
     | ExecutionCompleted
     | ExecutionFailed
     | ExecutionCancelled
+    | ExecutionRejected
 )
 
 _HEADERS = "Headers: `type`, `tenant_id`, `attempt`, and W3C `traceparent` (trace context)."
@@ -71,6 +74,17 @@ def build_broker(topics: Topics, *, bootstrap: str) -> KafkaBroker:
         "Written by executors, fanned out by the orchestrator's bridge; the record offset is the client's resume cursor. " + _HEADERS,
         schema=ExecutionEvent,
     )
+
+    @broker.subscriber(
+        topics.ingress,
+        group_id=f"{topics.prefix}orchestrator-ingress",
+        title="executions.ingress",
+        description="The Kafka door: execution requests (the POST /v1/executions body) from producers other than the "
+        "orchestrator; key: tenant_id. Signed Standard Webhooks style: `webhook-id` (idempotency key), `webhook-timestamp`, "
+        "`webhook-signature` (v1,HMAC-SHA256 over id.timestamp.value with the tenant's secret). Refused records go to "
+        "the DLQ; a signed request naming an allowed reply_to also gets `execution.rejected` there.",
+    )
+    async def on_ingress(message: ExecutionRequest) -> None: ...
 
     @broker.subscriber(
         topics.control,

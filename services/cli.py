@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from services.common.errors import AgentstreamError
+from services.common.localcluster import LocalCluster
 from services.common.localkafka import LocalKafka, LocalKafkaError, answers_metadata
 
 app = typer.Typer(help="agentstream: LLM agents as event-driven services on Apache Kafka.", no_args_is_help=True)
@@ -33,6 +34,8 @@ replay_app = typer.Typer(help="Replay an execution, a session, or a topic range.
 app.add_typer(replay_app, name="replay")
 docs_app = typer.Typer(help="Contracts: AsyncAPI of the Kafka topics, OpenAPI of the HTTP API.", no_args_is_help=True)
 app.add_typer(docs_app, name="docs")
+ingress_app = typer.Typer(help="The Kafka door: signed requests on the ingress topic (docs/kafka.md).", no_args_is_help=True)
+app.add_typer(ingress_app, name="ingress")
 
 console = Console()
 err = Console(stderr=True)
@@ -41,16 +44,29 @@ Port = Annotated[int, typer.Option(help="Broker port on 127.0.0.1.", envvar="AGE
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)  # one line, whatever the width
     raise typer.Exit(1)
 
 
 # -- kafka ----------------------------------------------------------------------------------
+Brokers = Annotated[int, typer.Option(help="Nodes of a KRaft quorum (each broker + controller); node i on port + 10*i.")]
+Sasl = Annotated[bool, typer.Option(help="Add a SASL_SSL listener (port + 2) with SCRAM users and ACLs; certificates made at start.")]
+Users = Annotated[list[str] | None, typer.Option("--user", help="SCRAM user name=password (repeatable); default admin=admin-secret.")]
+
+
+def _local(port: int, brokers: int, sasl: bool = False, users: list[str] | None = None) -> LocalKafka | LocalCluster:
+    given = (u.partition("=") for u in users or ["admin=admin-secret"])
+    pairs = tuple((name, password) for name, _, password in given if name and password) if sasl else ()
+    if brokers > 1:
+        return LocalCluster(brokers=brokers, port=port, sasl=sasl, users=pairs)
+    return LocalKafka(port=port, controller_port=port + 1, sasl_port=port + 2 if sasl else None, users=pairs)
+
+
 @kafka_app.command("start")
-def kafka_start(port: Port = 9092) -> None:
-    """Fetch (first run) and start the local broker; wait until it answers metadata."""
-    broker = LocalKafka(port=port, controller_port=port + 1)
-    if broker.is_running():
+def kafka_start(port: Port = 9092, brokers: Brokers = 1, sasl: Sasl = False, user: Users = None) -> None:
+    """Fetch (first run) and start the local broker (or a quorum of them); wait until they answer metadata."""
+    broker = _local(port, brokers, sasl, user)
+    if isinstance(broker, LocalKafka) and broker.is_running():
         console.print(f"[green]Kafka already running[/] on {broker.bootstrap} (pid {broker.pid()})")
         return
     try:
@@ -58,27 +74,40 @@ def kafka_start(port: Port = 9092) -> None:
             seconds = broker.start(on_step=lambda step: status.update(step))
     except LocalKafkaError as exc:
         _fail(str(exc))
-    console.print(f"[green]Kafka is up[/] on {broker.bootstrap} in {seconds:.1f}s (pid {broker.pid()})")
+    console.print(f"[green]Kafka is up[/] on {broker.bootstrap} in {seconds:.1f}s")
+    if sasl:
+        ca = broker.ca_file if isinstance(broker, LocalKafka) else broker.nodes[0].ca_file
+        console.print(
+            f"SASL_SSL on {broker.sasl_bootstrap}: AGENTSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL AGENTSTREAM_KAFKA_SSL_CAFILE={ca} "
+            "AGENTSTREAM_KAFKA_SASL_USERNAME=... AGENTSTREAM_KAFKA_SASL_PASSWORD=... (docs/kafka.md)",
+            soft_wrap=True,
+        )
 
 
 @kafka_app.command("stop")
-def kafka_stop(port: Port = 9092) -> None:
-    """Stop the local broker by its PID."""
-    stopped = LocalKafka(port=port, controller_port=port + 1).stop()
+def kafka_stop(port: Port = 9092, brokers: Brokers = 1) -> None:
+    """Stop the local broker(s) by PID."""
+    stopped = _local(port, brokers).stop()
     console.print("[green]Kafka stopped[/]" if stopped else "Kafka was not running")
 
 
 @kafka_app.command("status")
-def kafka_status(port: Port = 9092) -> None:
-    """Say whether the local broker runs and answers."""
-    broker = LocalKafka(port=port, controller_port=port + 1)
-    pid = broker.pid()
-    if pid is None:
-        console.print(f"[yellow]not running[/] (would listen on {broker.bootstrap})")
+def kafka_status(port: Port = 9092, brokers: Brokers = 1) -> None:
+    """Say whether the local broker(s) run and answer."""
+    local = _local(port, brokers)
+    nodes = local.nodes if isinstance(local, LocalCluster) else [local]
+    down = 0
+    for broker in nodes:
+        pid = broker.pid()
+        if pid is None:
+            console.print(f"[yellow]not running[/] (would listen on {broker.bootstrap})")
+            down += 1
+            continue
+        answers = asyncio.run(answers_metadata(broker.bootstrap))
+        state = "[green]running, answers metadata[/]" if answers else "[yellow]running, not answering yet[/]"
+        console.print(f"{state} on {broker.bootstrap} (pid {pid})")
+    if down:
         raise typer.Exit(3)
-    answers = asyncio.run(answers_metadata(broker.bootstrap))
-    state = "[green]running, answers metadata[/]" if answers else "[yellow]running, not answering yet[/]"
-    console.print(f"{state} on {broker.bootstrap} (pid {pid})")
 
 
 @kafka_app.command("fetch")
@@ -91,6 +120,135 @@ def kafka_fetch() -> None:
     except LocalKafkaError as exc:
         _fail(str(exc))
     console.print(f"[green]Kafka jars ready[/] in {broker.lib_dir}")
+
+
+# -- kafka topics -----------------------------------------------------------------------------
+topics_app = typer.Typer(
+    help="The topic plan, for the cluster in AGENTSTREAM_KAFKA_* (services/common/topicplan.py).", no_args_is_help=True
+)
+kafka_app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("plan")
+def topics_plan(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False,
+    commands: Annotated[bool, typer.Option(help="As kafka-topics and kafka-acls commands (least-privilege ACLs per service).")] = False,
+) -> None:
+    """Print the topics agentstream needs (for ops who create topics with their own tooling)."""
+    from services.common import acls
+    from services.common.settings import KafkaSettings
+    from services.common.topicplan import plan
+
+    settings = KafkaSettings()
+    specs = plan(settings)
+    if as_json:
+        rows = [
+            {"name": s.name, "partitions": s.partitions, "replication_factor": s.replication_factor, "configs": s.configs} for s in specs
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if commands:
+        for s in specs:
+            replication = "" if s.replication_factor == -1 else f" --replication-factor {s.replication_factor}"
+            configs = "".join(f" --config {k}={v}" for k, v in s.configs.items())
+            create = f"kafka-topics --bootstrap-server $BOOTSTRAP --create --if-not-exists --topic {s.name}"
+            typer.echo(f"{create} --partitions {s.partitions}{replication}{configs}")
+        for role in ("orchestrator", "executor"):
+            for binding in acls.plan(settings, role, f"User:{role}"):
+                typer.echo(binding.command())
+        return
+    for s in specs:
+        replication = "cluster default" if s.replication_factor == -1 else str(s.replication_factor)
+        configs = ",".join(f"{k}={v}" for k, v in s.configs.items()) or "-"
+        console.print(
+            f"{s.name}  partitions={s.partitions}  replication={replication}  configs={configs}  [dim]{s.purpose}[/]", soft_wrap=True
+        )
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the missing topics of the plan (needs a principal allowed to create topics)."""
+    from services.common.topicplan import create_missing, plan
+
+    async def main() -> list[str]:
+        async with _admin() as (admin, settings):
+            return await create_missing(admin, plan(settings))
+
+    created = _guarded(main)
+    console.print(f"[green]created[/] {', '.join(created)}" if created else "[green]all topics exist[/]", soft_wrap=True)
+
+
+@topics_app.command("check")
+def topics_check() -> None:
+    """Compare the cluster's topics with the plan: partitions, replication, cleanup policy; exit 1 if they differ."""
+    from services.common.topicplan import describe, differences, plan
+
+    async def main() -> list[str]:
+        async with _admin() as (admin, settings):
+            specs = plan(settings)
+            return differences(specs, await describe(admin, [s.name for s in specs]))
+
+    found = _guarded(main)
+    for line in found:
+        console.print(f"[yellow]differs[/] {line}", soft_wrap=True)
+    if found:
+        raise typer.Exit(1)
+    console.print("[green]the cluster's topics match the plan[/]")
+
+
+@contextlib.asynccontextmanager
+async def _admin() -> Any:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from services.common.kafka import client_options, start_client
+    from services.common.settings import KafkaSettings
+
+    settings = KafkaSettings()
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=settings.request_timeout_ms)
+    await start_client(admin, settings)
+    try:
+        yield admin, settings
+    finally:
+        await admin.close()
+
+
+def _guarded(main: Any) -> Any:
+    result: Any = None
+
+    def run() -> None:
+        nonlocal result
+        result = asyncio.run(main())
+
+    _guard(run)
+    return result
+
+
+# -- ingress -------------------------------------------------------------------------------
+@ingress_app.command("sign")
+def ingress_sign(
+    body: Annotated[str, typer.Argument(help="The request, as the JSON body of POST /v1/executions.")],
+    tenant: Annotated[str, typer.Option(help="The tenant id: the record's key.")],
+    secret_env: Annotated[
+        str, typer.Option(help="Environment variable holding the tenant's whsec_ secret.")
+    ] = "AGENTSTREAM_INGRESS_SECRET",
+    message_id: Annotated[str | None, typer.Option(help="webhook-id (default: a new one).")] = None,
+) -> None:
+    """Print the headers of a signed ingress record as kcat -H flags, and the execution id it will get."""
+    import time
+    import uuid
+
+    from services.orchestrator.ingress import execution_id_for
+    from services.orchestrator.signatures import sign
+
+    secret = os.environ.get(secret_env)
+    if not secret:
+        _fail(f"set {secret_env} to the tenant's signing secret (AGENTSTREAM_INGRESS_SIGNING_KEYS on the orchestrator)")
+        return
+    message_id = message_id or f"msg_{uuid.uuid4().hex}"
+    timestamp = int(time.time())
+    signature = sign(secret, message_id=message_id, timestamp=timestamp, value=body.encode())
+    typer.echo(f"-k {tenant} -H webhook-id={message_id} -H webhook-timestamp={timestamp} -H webhook-signature={signature}")
+    err.print(f"execution id: {execution_id_for(tenant, message_id)}", soft_wrap=True, highlight=False)
 
 
 # -- services -------------------------------------------------------------------------------
@@ -140,7 +298,19 @@ def _stop_event() -> asyncio.Event:
 def orchestrator(host: str | None = None, port: int | None = None) -> None:
     """Run the orchestrator (HTTP API and WebSocket bridge)."""
     _telemetry("orchestrator")
-    _guard(lambda: _serve_orchestrator(host, port).run())
+
+    def main() -> None:
+        asyncio.run(_preflight())
+        _serve_orchestrator(host, port).run()
+
+    _guard(main)
+
+
+async def _preflight() -> None:
+    from services.common.kafka import preflight
+    from services.common.settings import KafkaSettings
+
+    await preflight(KafkaSettings())
 
 
 @app.command()
@@ -173,6 +343,7 @@ def up(host: str | None = None, port: int | None = None) -> None:
     _telemetry("agentstream")
 
     async def main() -> None:
+        await _preflight()
         server = _serve_orchestrator(host, port)
         stop = _stop_event()
         executor_task = asyncio.create_task(_run_executor_until_stopped(stop))
@@ -187,10 +358,14 @@ def up(host: str | None = None, port: int | None = None) -> None:
 
 
 def _guard(run: Any) -> None:
+    from pydantic import ValidationError
+
     try:
         run()
     except AgentstreamError as exc:
         _fail(str(exc))
+    except ValidationError as exc:  # settings from the environment: say which one, without a traceback
+        _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()))
 
 
 # -- run ------------------------------------------------------------------------------------
@@ -294,7 +469,7 @@ def _replay(items: Any, *, as_json: bool) -> None:
 
     try:
         asyncio.run(main())
-    except ReplayError as exc:
+    except (ReplayError, AgentstreamError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot reach agentstream ({exc}): start it with `agentstream up` or pass --url")
@@ -341,7 +516,7 @@ def replay_topic(
 
     kafka = KafkaSettings()
     records = topic_records(
-        bootstrap=kafka.bootstrap,
+        kafka=kafka,
         topic=kafka.topic_prefix + topic,
         group_id=group,
         from_beginning=from_beginning,

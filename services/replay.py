@@ -14,7 +14,8 @@ import websockets
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from services.common.kafka import partitions_of
+from services.common.kafka import client_options, partitions_of, start_client
+from services.common.settings import KafkaSettings
 
 TERMINAL = {"execution.completed", "execution.failed", "execution.cancelled"}
 
@@ -79,7 +80,7 @@ async def session_events(url: str, api_key: str, session_id: str, *, idle_s: flo
 
 async def topic_records(
     *,
-    bootstrap: str,
+    kafka: KafkaSettings,
     topic: str,
     group_id: str | None,
     from_beginning: bool,
@@ -90,16 +91,16 @@ async def topic_records(
     """Records of a topic, read with a consumer group of your own (offsets are committed, so a rerun goes on
     where the last one stopped) or without one. Ends after ``limit`` records or ``idle_s`` without any."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client_options(kafka),
         group_id=group_id,
         enable_auto_commit=False,  # commit exactly what was handed out, below
         auto_offset_reset="earliest" if from_beginning or from_time else "latest",
     )
-    await consumer.start()
+    await start_client(consumer, kafka)
     try:
         tps = await partitions_of(consumer, topic, wait_s=3.0)
         if not tps:
-            raise ReplayError(f"topic {topic!r} does not exist on {bootstrap}")
+            raise ReplayError(f"topic {topic!r} does not exist on {kafka.bootstrap}")
         if group_id is None:
             consumer.assign(tps)
             if from_beginning:

@@ -1,7 +1,8 @@
 """One error base for what services share.
 
 AgentstreamError
- ├── KafkaUnavailable      (retriable)
+ ├── KafkaUnavailable      (retriable: nothing answers at the bootstrap address)
+ ├── KafkaSecurityError    (not retriable: TLS, SASL or ACLs refuse us; the message says what to set)
  └── PoisonRecord          (not retriable: the record goes to the DLQ)
 """
 
@@ -21,6 +22,13 @@ class KafkaUnavailable(AgentstreamError):
             f"or set AGENTSTREAM_KAFKA_BOOTSTRAP" + (f" ({cause})" if cause else "")
         )
         self.bootstrap = bootstrap
+
+
+class KafkaSecurityError(AgentstreamError):
+    """The cluster answers but refuses this client: a wrong password, an untrusted certificate, a
+    missing ACL. Retrying cannot help; the one-line message names the setting to fix."""
+
+    retriable = False
 
 
 class PoisonRecord(AgentstreamError):

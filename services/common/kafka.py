@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import ssl
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaConnectionError,
     OutOfOrderSequenceNumber,
-    TopicAlreadyExistsError,
     UnknownProducerId,
 )
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
-from pydantic import BaseModel
+from faststream.security import BaseSecurity, SASLOAuthBearer, SASLPlaintext, SASLScram256, SASLScram512
+from pydantic import BaseModel, SecretStr
 
-from services.common.errors import KafkaUnavailable
+from services.common.errors import KafkaSecurityError
+from services.common.kafkadiagnosis import diagnose
+from services.common.oauth import token_provider
 from services.common.settings import KafkaSettings
+from services.common.topicplan import create_missing, plan, verify_promises
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +96,127 @@ class Producer(AIOKafkaProducer):  # type: ignore[misc]
 _SEQUENCE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
 
 
+# -- security: the one place that turns KafkaSettings into client arguments --------------------------
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """``bootstrap_servers`` and every security argument, for any aiokafka client (producer, consumer,
+    admin): ``AIOKafkaConsumer(**client_options(settings), group_id=...)``."""
+    security = _security(settings)
+    options: dict[str, Any] = {"bootstrap_servers": settings.bootstrap, "security_protocol": settings.security_protocol}
+    if settings.uses_tls:
+        options["ssl_context"] = security["ssl_context"]
+    if settings.uses_sasl:
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        if settings.sasl_mechanism == "OAUTHBEARER":
+            options["sasl_oauth_token_provider"] = security["token_provider"]
+        else:
+            options["sasl_plain_username"] = settings.sasl_username
+            options["sasl_plain_password"] = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+    return options
+
+
+def broker_options(settings: KafkaSettings) -> dict[str, Any]:
+    """The same, for FastStream's ``KafkaBroker(**broker_options(settings), client_id=...)``: its security
+    object (which also documents the server in AsyncAPI) and, for OAUTHBEARER, the token provider,
+    which FastStream's SASLOAuthBearer does not carry."""
+    security = _security(settings)
+    context: ssl.SSLContext | None = security["ssl_context"] if settings.uses_tls else None
+    # A list: FastStream wraps a string in one, so "a:1,b:2" would reach aiokafka as a single host.
+    options: dict[str, Any] = {"bootstrap_servers": [h.strip() for h in settings.bootstrap.split(",")]}
+    user = settings.sasl_username or ""
+    password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+    sasl: BaseSecurity
+    if not settings.uses_sasl:
+        sasl = BaseSecurity(ssl_context=context, use_ssl=settings.uses_tls)
+    elif settings.sasl_mechanism == "PLAIN":
+        sasl = SASLPlaintext(user, password, ssl_context=context, use_ssl=settings.uses_tls)
+    elif settings.sasl_mechanism == "SCRAM-SHA-256":
+        sasl = SASLScram256(user, password, ssl_context=context, use_ssl=settings.uses_tls)
+    elif settings.sasl_mechanism == "SCRAM-SHA-512":
+        sasl = SASLScram512(user, password, ssl_context=context, use_ssl=settings.uses_tls)
+    else:
+        sasl = SASLOAuthBearer(ssl_context=context, use_ssl=settings.uses_tls)
+        options["sasl_oauth_token_provider"] = security["token_provider"]
+    options["security"] = sasl
+    return options
+
+
+def _security(settings: KafkaSettings) -> dict[str, Any]:
+    # Keyed by the fields it is built from: ``model_copy(update=...)`` copies private attributes, and a
+    # copy with another secret must not reuse the original's token provider.
+    fields = settings.model_dump(include=_SECURITY_FIELDS)
+    plain = repr(sorted((k, v.get_secret_value() if isinstance(v, SecretStr) else v) for k, v in fields.items()))
+    key = hashlib.sha256(plain.encode()).hexdigest()  # no secret kept in the clear beside the settings
+    if settings._security is None or settings._security["key"] != key:
+        settings._security = {
+            "key": key,
+            "ssl_context": ssl_context(settings) if settings.uses_tls else None,
+            "token_provider": token_provider(settings),
+        }
+    return settings._security
+
+
+_SECURITY_FIELDS = {
+    "security_protocol",
+    "sasl_mechanism",
+    "oauth_token_url",
+    "oauth_client_id",
+    "oauth_client_secret",
+    "oauth_scope",
+    "oauth_token_provider",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_key_password",
+    "ssl_check_hostname",
+}
+
+
+def ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
+    """Verifying context: the configured CA (else the system's), optional client certificate."""
+    try:
+        context = ssl.create_default_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise KafkaSecurityError(f"AGENTSTREAM_KAFKA_SSL_CAFILE={settings.ssl_cafile}: cannot load it as a PEM CA bundle ({exc})") from exc
+    context.check_hostname = settings.ssl_check_hostname
+    if settings.ssl_certfile and settings.ssl_keyfile:
+        password = settings.ssl_key_password.get_secret_value() if settings.ssl_key_password else None
+        try:
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile, password=password)
+        except (OSError, ssl.SSLError) as exc:
+            raise KafkaSecurityError(
+                f"AGENTSTREAM_KAFKA_SSL_CERTFILE / _KEYFILE: cannot load the client certificate and key ({exc}); "
+                "check the paths and AGENTSTREAM_KAFKA_SSL_KEY_PASSWORD"
+            ) from exc
+    return context
+
+
+class _Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+async def start_client(client: _Startable, settings: KafkaSettings) -> None:
+    """Start an aiokafka client; when it cannot bootstrap, say in one line why (unreachable, TLS,
+    SASL) instead of aiokafka's generic "Unable to bootstrap"."""
+    try:
+        await client.start()
+    except KafkaConnectionError as exc:
+        close = getattr(client, "stop", None) or getattr(client, "close", None)  # admin clients close()
+        if close is not None:
+            await close()
+        raise await diagnose(settings, exc, options=client_options(settings)) from exc
+
+
+async def preflight(settings: KafkaSettings) -> None:
+    """Connect once and leave: a service checks the cluster before it serves, so a refused connection
+    is one line on the console rather than a traceback from inside a web server's lifespan."""
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=settings.request_timeout_ms)
+    await start_client(admin, settings)
+    await admin.close()
+
+
 def make_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProducer:
     return Producer(
-        bootstrap_servers=settings.bootstrap,
+        **client_options(settings),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -102,57 +225,14 @@ def make_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProduce
     )
 
 
-async def start_client(client: AIOKafkaProducer, settings: KafkaSettings) -> None:
-    try:
-        await client.start()
-    except KafkaConnectionError as exc:
-        raise KafkaUnavailable(settings.bootstrap, exc) from exc
-
-
 async def ensure_topics(settings: KafkaSettings, *, extra: Sequence[str] = ()) -> None:
-    """Create the contract's topics (and ``extra`` event-like topics) if missing; idempotent."""
-    topics = settings.topics
-    n = settings.partitions
-    wanted = [NewTopic(name, num_partitions=n, replication_factor=1) for name in (*topics.lanes, topics.events, *extra)]
-    wanted += [
-        NewTopic(topics.control, num_partitions=1, replication_factor=1),
-        NewTopic(
-            topics.status,
-            num_partitions=n,
-            replication_factor=1,
-            topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": "600000"},
-        ),
-        NewTopic(topics.jobs_completed, num_partitions=3, replication_factor=1),
-        NewTopic(topics.dlq, num_partitions=3, replication_factor=1),
-        NewTopic(topics.jobs_requested, num_partitions=3, replication_factor=1),
-        NewTopic(topics.jobs_updates, num_partitions=3, replication_factor=1),
-        NewTopic(topics.tenants, num_partitions=1, replication_factor=1, topic_configs={"cleanup.policy": "compact"}),
-    ]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=settings.request_timeout_ms)
+    """Create the contract's topics (and ``extra`` event-like topics) if missing, then refuse to run on
+    one that breaks a promise (services/common/topicplan.py); idempotent."""
+    specs = plan(settings, extra=extra)
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=settings.request_timeout_ms)
+    await start_client(admin, settings)
     try:
-        await admin.start()
-    except KafkaConnectionError as exc:
-        raise KafkaUnavailable(settings.bootstrap, exc) from exc
-    try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in wanted if t.name not in existing]
-        if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
-            await _wait_for_leaders(admin, [t.name for t in missing])
+        await create_missing(admin, specs)
+        await verify_promises(admin, specs)
     finally:
         await admin.close()
-
-
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        described = await admin.describe_topics(names)
-        if all(
-            not t.get("error_code") and t.get("partitions") and all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in described
-        ):
-            return
-        await asyncio.sleep(0.1)
-    log.warning("topics %s have no leader after %.0fs", names, timeout)

@@ -1,7 +1,12 @@
-"""A genuine Apache Kafka (KRaft, broker + controller in one JVM) for local use and CI.
+"""A genuine Apache Kafka (KRaft, broker + controller in one JVM per node) for local use and CI.
+
+One node by default; ``localcluster.LocalCluster`` runs several (a real quorum and replication, on loopback).
+A node can also open a SASL_SSL listener (SCRAM, PLAIN and unsecured OAUTHBEARER, certificates made at
+start by ``localtls``) with the StandardAuthorizer and ACLs; its PLAINTEXT listener then serves the
+brokers themselves and local administration (``User:ANONYMOUS`` is a super user there).
 
 The jars come from Maven Central through ``deploy/kafka/pom.xml``; data, logs and the PID file live
-in git-ignored folders under ``deploy/kafka``. Nothing here runs at import.
+in git-ignored folders under ``deploy/kafka``, keyed by port. Nothing here runs at import.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
+_JAAS = "org.apache.kafka.common.security"
 
 
 class LocalKafkaError(Exception):
@@ -32,6 +38,15 @@ class LocalKafka:
     controller_port: int = 9093
     heap: str = "1g"
     home: Path = DEPLOY_DIR
+    node_id: int = 1
+    # A multi-node quorum: ``1@127.0.0.1:9093,2@...`` (static voters) and the cluster id every node is
+    # formatted with; empty for one standalone node.
+    voters: str = ""
+    cluster_id: str = ""
+    # A SASL_SSL listener on this port, with these SCRAM (and PLAIN) users and the ACL authorizer.
+    sasl_port: int | None = None
+    users: tuple[tuple[str, str], ...] = ()
+    overrides: tuple[tuple[str, str], ...] = ()  # extra server properties (e.g. replication defaults)
 
     @property
     def lib_dir(self) -> Path:
@@ -60,6 +75,19 @@ class LocalKafka:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        return f"localhost:{self.sasl_port}"  # a name the certificate holds, so hostname checks pass
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.run_dir / f"tls-{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA clients trust for the SASL_SSL listener (AGENTSTREAM_KAFKA_SSL_CAFILE)."""
+        return self.tls_dir / "ca.pem"
 
     # -- jars -------------------------------------------------------------------------------
     def jars_present(self) -> bool:
@@ -142,22 +170,67 @@ class LocalKafka:
     def _write_config(self) -> None:
         template = (self.home / "server.properties.template").read_text()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(template.format(port=self.port, controller_port=self.controller_port, data_dir=self.data_dir))
+        text = template.format(port=self.port, controller_port=self.controller_port, data_dir=self.data_dir)
+        self.config_file.write_text(_override(text, self._properties()))
+
+    def _properties(self) -> dict[str, str | None]:
+        """What differs from the single-node template (``None`` removes a line)."""
+        props: dict[str, str | None] = {"node.id": str(self.node_id)}
+        if self.voters:
+            props |= {"controller.quorum.voters": self.voters, "controller.quorum.bootstrap.servers": None}
+        if self.sasl_port is not None:
+            props |= self._sasl_properties()
+        props |= dict(self.overrides)
+        return props
+
+    def _sasl_properties(self) -> dict[str, str | None]:
+        from services.common.localtls import make_certificates  # cryptography only when asked for
+
+        certs = make_certificates(self.tls_dir) if not self.ca_file.exists() else None
+        server = certs.server if certs else self.tls_dir / "server.pem"
+        listeners = f"PLAINTEXT://127.0.0.1:{self.port},SASL_SSL://localhost:{self.sasl_port},CONTROLLER://127.0.0.1:{self.controller_port}"
+        plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.users)
+        scram = f"{_JAAS}.scram.ScramLoginModule required;"
+        return {
+            "listeners": listeners.replace("localhost:", "127.0.0.1:", 1),
+            "advertised.listeners": listeners,
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN,OAUTHBEARER",
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": scram,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram,
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": f"{_JAAS}.plain.PlainLoginModule required {plain_users};",
+            # Unsecured (unsigned) JWTs, principal = "sub": enough to exercise a token provider locally.
+            "listener.name.sasl_ssl.oauthbearer.sasl.jaas.config": f"{_JAAS}.oauthbearer.OAuthBearerLoginModule required;",
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(server),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.ca_file),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": "User:ANONYMOUS;User:admin",
+            "allow.everyone.if.no.acl.found": "false",
+        }
 
     def _format_storage(self) -> None:
         if (self.data_dir / "meta.properties").exists():
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cluster_id = _kafka_uuid()
+        quorum = [] if self.voters else ["--standalone"]
+        scram = [
+            arg
+            for name, password in self.users
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+            for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
         proc = subprocess.run(
             self._java(
                 "kafka.tools.StorageTool",
                 "format",
                 "--cluster-id",
-                cluster_id,
+                self.cluster_id or kafka_uuid(),
                 "--config",
                 str(self.config_file),
-                "--standalone",
+                *quorum,
+                *scram,
                 "--ignore-formatted",
             ),
             capture_output=True,
@@ -171,6 +244,14 @@ class LocalKafka:
         """Start the broker (fetching jars first if needed); return seconds until it answered metadata."""
         if self.is_running():
             return 0.0
+        started = time.monotonic()
+        proc = self.launch(on_step=on_step)
+        on_step("waiting until the broker answers metadata requests")
+        self.wait_ready(proc, deadline=started + timeout)
+        return time.monotonic() - started
+
+    def launch(self, *, on_step: Callable[[str], None] = lambda _s: None) -> subprocess.Popen[bytes]:
+        """Format (first run) and start the JVM without waiting: the nodes of a quorum start together."""
         if _port_open(self.port):
             raise LocalKafkaError(
                 f"port {self.port} is taken by another process: stop it, or start on another port "
@@ -183,7 +264,6 @@ class LocalKafka:
         self._format_storage()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         on_step(f"starting Apache Kafka on {self.bootstrap}")
-        started = time.monotonic()
         with open(self.logs_dir / "stdout.log", "ab") as out:
             proc = subprocess.Popen(
                 self._java("kafka.Kafka", str(self.config_file), heap=self.heap),
@@ -193,16 +273,17 @@ class LocalKafka:
                 start_new_session=True,
             )
         self.pid_file.write_text(str(proc.pid))
-        on_step("waiting until the broker answers metadata requests")
-        deadline = started + timeout
+        return proc
+
+    def wait_ready(self, proc: subprocess.Popen[bytes] | None, *, deadline: float) -> None:
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if proc is not None and proc.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
                 raise LocalKafkaError(f"Kafka exited with code {proc.returncode}; see {self.logs_dir / 'server.log'}")
             if asyncio.run(answers_metadata(self.bootstrap)):
-                return time.monotonic() - started
+                return
             time.sleep(0.3)
-        raise LocalKafkaError(f"Kafka did not answer within {timeout:.0f}s; see {self.logs_dir / 'server.log'}")
+        raise LocalKafkaError(f"Kafka did not answer within the timeout; see {self.logs_dir / 'server.log'}")
 
     def stop(self, *, timeout: float = 30.0) -> bool:
         """Stop the broker by its PID (SIGTERM, then SIGKILL); idempotent. True if one was running."""
@@ -224,10 +305,21 @@ class LocalKafka:
         self.pid_file.unlink(missing_ok=True)
         return True
 
+    def kill(self) -> None:
+        """SIGKILL, as a crashed machine would: no controlled shutdown, no leadership hand-over."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            while self.pid() is not None:
+                _reap(pid)
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+
     def reset(self) -> None:
-        """Stop and delete all data (topics, offsets)."""
+        """Stop and delete all data (topics, offsets) and certificates."""
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.tls_dir, ignore_errors=True)
 
 
 async def answers_metadata(bootstrap: str, *, timeout: float = 3.0) -> bool:
@@ -263,7 +355,23 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _kafka_uuid() -> str:
+def kafka_uuid(seed: str | None = None) -> str:
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    raw = uuid.uuid5(uuid.NAMESPACE_URL, seed) if seed else uuid.uuid4()
+    return base64.urlsafe_b64encode(raw.bytes).decode().rstrip("=")
+
+
+def _override(properties: str, changes: dict[str, str | None]) -> str:
+    """``key=value`` lines with ``changes`` applied: replaced in place, removed (None) or appended."""
+    lines, seen = [], set()
+    for line in properties.splitlines():
+        key = line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith("#") else None
+        if key in changes:
+            seen.add(key)
+            if changes[key] is not None:
+                lines.append(f"{key}={changes[key]}")
+            continue
+        lines.append(line)
+    lines += [f"{k}={v}" for k, v in changes.items() if k not in seen and v is not None]
+    return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.structs import OffsetAndMetadata
 
-from services.common.kafka import partitions_of
+from services.common.kafka import client_options, partitions_of, start_client
 from services.common.settings import KafkaSettings
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -73,8 +73,8 @@ async def open_tail(
     """A started consumer without a group, assigned every partition of ``topics``, positioned at their
     beginning or end; returned with each partition's start position (resolved now, so nothing
     produced after this returns is missed)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False, client_id=client_id)
-    await consumer.start()
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, client_id=client_id)
+    await start_client(consumer, settings)
     try:
         tps = [tp for topic in topics for tp in await partitions_of(consumer, topic)]
         consumer.assign(tps)
@@ -113,7 +113,7 @@ async def open_group(
     """A started member of ``group`` on ``topic``, returned once it has partitions. A new group starts
     at the beginning: what happened while no member ran is not lost. ``options`` go to the consumer."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
+        **client_options(settings),
         group_id=group,
         client_id=client_id,
         enable_auto_commit=False,
@@ -121,7 +121,7 @@ async def open_group(
         **options,
     )
     consumer.subscribe([topic], listener=listener)
-    await consumer.start()
+    await start_client(consumer, settings)
     try:
         async with asyncio.timeout(assigned_within_s):
             while not consumer.assignment():

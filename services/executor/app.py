@@ -37,7 +37,7 @@ from schemas.status import ExecutionStatus
 from services.common.agents import AgentCatalog, AgentSource, HttpAgents, StaticAgents, load_agents
 from services.common.dlq import park
 from services.common.errors import AgentstreamError
-from services.common.kafka import encode, ensure_topics, make_producer, start_client
+from services.common.kafka import broker_options, encode, ensure_topics, make_producer, start_client
 from services.common.observability import metrics, tracing
 from services.common.statusview import StatusView
 from services.common.urlguard import guarded_client
@@ -129,7 +129,7 @@ class Executor:
         self.control = ControlTail(
             settings.kafka, on_cancel=self.request_cancel, client_id=f"{settings.instance_id}-control", dlq=self.producer
         )
-        self.broker = KafkaBroker(settings.kafka.bootstrap, client_id=settings.instance_id, log_level=logging.DEBUG)
+        self.broker = KafkaBroker(**broker_options(settings.kafka), client_id=settings.instance_id, log_level=logging.DEBUG)
         # knowledge_search / embed: jobs delegated through the orchestrator (jobtools.py).
         self.jobs = JobClient(
             settings.kafka, producer=self.producer, client_id=f"{settings.instance_id}-jobs", timeout_s=settings.job_timeout_s

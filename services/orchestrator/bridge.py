@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from schemas.events import TERMINAL_TYPES, EventAdapter, ExecutionCancelled, ExecutionCompleted, ExecutionFailed
 from schemas.status import ExecutionStatus
 from services.common.errors import PoisonRecord
-from services.common.kafka import header
+from services.common.kafka import client_options, header
 from services.common.observability import metrics
 from services.common.observability.tracing import delivery_spans
 from services.common.reader import Reader
@@ -491,7 +491,7 @@ class Bridge:
             await self.status.wait_until(sub.execution_id, lambda s: s.events_start_offset is not None or s.terminal, timeout=0.5)
 
     async def _read_range(self, sub: Subscription, tp: TopicPartition, start: int) -> None:
-        reader = AIOKafkaConsumer(bootstrap_servers=self._settings.bootstrap, enable_auto_commit=False, client_id="bridge-catch-up")
+        reader = AIOKafkaConsumer(**client_options(self._settings), enable_auto_commit=False, client_id="bridge-catch-up")
         await reader.start()
         try:
             reader.assign([tp])

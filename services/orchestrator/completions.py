@@ -71,6 +71,12 @@ class _Follower:
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         raise NotImplementedError
 
+    async def reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        """Park a record this follower refuses and go on: for a handler with more to do after the
+        refusal than raising ``PoisonRecord`` allows (the Kafka door answers on a reply topic too)."""
+        assert self.reader is not None, "reject() is for handlers, which run only while the reader does"
+        await self.reader.park(record, reason)
+
 
 class EventsFollower(_Follower):
     name = "events-follower"

@@ -38,6 +38,7 @@ from services.orchestrator.plans import PlannedCall
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store, plans, records, sessions, tasks
 from services.orchestrator.store.tasks import Task
+from services.orchestrator.taskfeed import TaskFeed
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Lifecycle:
         producer: AIOKafkaProducer,
         status: StatusView,
         limiter: RateLimiter,
-        hub: TaskHub,
+        hub: TaskHub | TaskFeed,
         dispatcher: Dispatcher,
         agents: dict[str, AgentSpec],
     ) -> None:

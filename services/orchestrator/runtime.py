@@ -22,10 +22,12 @@ from services.orchestrator.callbacks import Dispatcher
 from services.orchestrator.completions import EventsFollower, JobsFollower
 from services.orchestrator.coordinator import ServiceCoordinator
 from services.orchestrator.hub import TaskHub
+from services.orchestrator.ingress import IngressFollower
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.limits import RateLimiter, make_limiter
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store
+from services.orchestrator.taskfeed import TaskFeed
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class Runtime:
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         self.limiter: RateLimiter = make_limiter(redis_url, prefix=settings.redis_key_prefix)
         self.hub = TaskHub()
+        # Updates reach every replica's hub through Kafka (taskfeed.py), not only the one that applied them.
+        self.feed = TaskFeed(settings.kafka, hub=self.hub, producer=producer)
         self.dispatcher = Dispatcher(settings, self.store)
         self.lifecycle = Lifecycle(
             settings=settings,
@@ -47,12 +51,14 @@ class Runtime:
             producer=producer,
             status=status,
             limiter=self.limiter,
-            hub=self.hub,
+            hub=self.feed,
             dispatcher=self.dispatcher,
             agents=agents,
         )
         self.events = EventsFollower(self.lifecycle)
         self.jobs = JobsFollower(self.lifecycle)
+        # The Kafka door (ingress.py) opens when some tenant has a signing key for it.
+        self.ingress = IngressFollower(self.lifecycle, self.auth) if settings.ingress_signing_keys else None
         # Query and Embedding services: delegation, completions, plans (coordinator.py).
         self.coordinator = ServiceCoordinator(settings, self.lifecycle)
         self._sweeper: asyncio.Task[None] | None = None
@@ -64,7 +70,10 @@ class Runtime:
         await tenantlog.publish_all(self.lifecycle.producer, self.settings, self.store)
         await self.limiter.start()
         await self.dispatcher.start()
-        await asyncio.gather(self.events.start(), self.jobs.start(), self.coordinator.start())
+        await self.feed.start()
+        await asyncio.gather(
+            self.events.start(), self.jobs.start(), self.coordinator.start(), *([self.ingress.start()] if self.ingress else [])
+        )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="task-sweeper")
 
     async def stop(self) -> None:
@@ -73,18 +82,23 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        if self.ingress is not None:
+            await self.ingress.stop()
         await self.coordinator.stop()
         await self.jobs.stop()
         await self.events.stop()
         await self.lifecycle.stop()
+        await self.feed.stop()
         await self.dispatcher.stop()
         await self.limiter.stop()
         await self.store.stop()
 
     def readers(self) -> list[Reader]:
         """The readers this runtime runs (for ``/health/ready``)."""
-        followers = (self.events, self.jobs, self.coordinator.requests)
-        return [f.reader for f in followers if f.reader is not None]
+        readers = [self.events.reader, self.jobs.reader, self.coordinator.requests.reader, self.feed.reader]
+        if self.ingress is not None:
+            readers.append(self.ingress.reader)
+        return [r for r in readers if r is not None]
 
     async def __aenter__(self) -> Runtime:
         try:

@@ -41,6 +41,10 @@ class OrchestratorSettings(BaseSettings):
     heartbeat_s: float = 15.0
     # Tenant -> reply topics its requests may name in `reply_to` (full topic names); the bridge serves them too.
     reply_topics: dict[str, list[str]] = Field(default_factory=dict)
+    # The Kafka door (ingress.py): tenant -> signing secret of its ingress records (Standard Webhooks,
+    # "whsec_<base64>"). The orchestrator reads the ingress topic only when a tenant has one.
+    ingress_signing_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    ingress_tolerance_s: float = 300.0
     # Records of recent executions the bridge keeps in memory to serve late subscribers without Kafka reads.
     bridge_recent_ttl_s: float = 120.0
     bridge_recent_max_mb: int = 256

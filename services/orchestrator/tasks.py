@@ -130,7 +130,7 @@ async def _job_update_reply(lifecycle: Lifecycle, text: str | None, service: str
 
 
 async def task_stream(websocket: WebSocket) -> None:
-    """A tenant's clients: every task update of that tenant applied by this replica."""
+    """A tenant's clients: every task update of that tenant, whichever replica applied it (taskfeed.py)."""
     state = state_of(websocket)
     await websocket.accept()
     context = await state.runtime.auth.context_for(api_key(websocket))

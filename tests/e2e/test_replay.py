@@ -37,7 +37,7 @@ async def test_replay_topic_with_own_group_goes_on_where_it_stopped(stack: Stack
     execution_id = await stack.submit()
     items = await collect_events(stack.ws_url, "key-a", execution_id)
     topic = stack.kafka.topics.events
-    common = {"bootstrap": stack.kafka.bootstrap, "topic": topic, "from_time": None, "idle_s": 1.0}
+    common = {"kafka": stack.kafka, "topic": topic, "from_time": None, "idle_s": 1.0}
     first = [r async for r in topic_records(group_id="auditor", from_beginning=True, limit=3, **common)]  # type: ignore[arg-type]
     assert [r["offset"] for r in first] == [i["cursor"] for i in items[:3]]
     assert first[0]["headers"]["type"] == "execution.started" and first[0]["key"] == execution_id

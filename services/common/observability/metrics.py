@@ -90,6 +90,9 @@ EXECUTIONS = Counter(
     "agentstream_executions", "Executions by state reached (orchestrator's view) and lane", ["state", "lane"], registry=ORCHESTRATOR
 )
 RATE_LIMITED = Counter("agentstream_rate_limit_rejections", "Requests refused with 429", ["tenant", "limit"], registry=ORCHESTRATOR)
+INGRESS_RECORDS = Counter(
+    "agentstream_ingress_records", "Ingress (Kafka door) records: accepted, duplicate or refused", ["outcome"], registry=ORCHESTRATOR
+)
 TOKEN_DELIVERY = Histogram(
     "agentstream_token_delivery_latency_seconds",
     "token.delta record: executor's send (record timestamp) to the bridge queuing it for a live subscriber",

@@ -1,0 +1,79 @@
+"""Task updates shared by every orchestrator replica (``/v1/tasks/stream``).
+
+The replica that applies an end (the events follower group gives each end to one replica) publishes
+the update on the ``tasks.updates`` topic (key tenant_id); every replica tails that topic without a
+group, from its end, and hands each update to its own ``TaskHub``. So a client sees every update
+of its tenant on whichever replica it is connected to, its own replica's included (one path for all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from services.common.errors import PoisonRecord
+from services.common.reader import Reader
+from services.common.settings import KafkaSettings
+from services.common.sources import Record, open_tail, reopen_tail
+from services.orchestrator.hub import TaskHub
+
+log = logging.getLogger(__name__)
+
+
+class TaskFeed:
+    def __init__(self, settings: KafkaSettings, *, hub: TaskHub, producer: AIOKafkaProducer, name: str = "orchestrator-task-feed") -> None:
+        self._settings = settings
+        self._topic = settings.topics.task_updates
+        self._hub = hub
+        self._producer = producer
+        self._name = name
+        self.reader: Reader | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        source, start = await open_tail(self._settings, [self._topic], client_id=self._name)
+        self.reader = Reader(
+            self._name,
+            source,
+            self._deliver,
+            topics=self._settings.topics,
+            dlq=self._producer,
+            positions=start,
+            reopen=reopen_tail(self._settings, [self._topic], client_id=self._name),
+        )
+        self.reader.start()
+
+    async def stop(self) -> None:
+        if self._sends:
+            await asyncio.wait(self._sends, timeout=5)
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            await reader.stop()
+
+    def publish(self, tenant_id: str, update: dict[str, Any]) -> None:
+        """Same signature as ``TaskHub.publish``: what ``Lifecycle`` calls when it applied an update."""
+        send = asyncio.create_task(self._send(tenant_id, update))
+        self._sends.add(send)
+        send.add_done_callback(self._sends.discard)
+
+    async def _send(self, tenant_id: str, update: dict[str, Any]) -> None:
+        try:
+            await self._producer.send_and_wait(self._topic, value=orjson.dumps(update), key=tenant_id.encode())
+        except KafkaError as exc:  # a live feed, not a record of truth: the task row has the state
+            log.warning("task update of %s not shared with the other replicas: %s", update.get("task_id"), exc)
+            self._hub.publish(tenant_id, update)  # at least this replica's clients see it
+
+    def _deliver(self, record: Record) -> None:
+        try:
+            tenant_id = (record.key or b"").decode()
+            update = orjson.loads(record.value or b"")
+        except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+            raise PoisonRecord(f"malformed task update: {exc}") from exc
+        if not tenant_id or not isinstance(update, dict):
+            raise PoisonRecord("malformed task update: it needs a tenant key and a JSON object value")
+        self._hub.publish(tenant_id, update)
