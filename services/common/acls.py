@@ -60,10 +60,10 @@ def plan(
         grants += [("Topic", prefix, "Describe", "PREFIXED"), ("Topic", prefix, "DescribeConfigs", "PREFIXED")]
     if role == "orchestrator":
         reads = [t.events, t.status, t.jobs_completed, t.jobs_requested, t.ingress, t.task_updates, *reply_topics]
-        writes = [*t.lanes, t.events, t.control, t.status, t.dlq, t.jobs_updates, t.task_updates, *reply_topics]
+        writes = [*t.lanes, t.events, t.control, t.status, t.dlq, t.jobs_updates, t.task_updates, t.tenants, *reply_topics]
         grants += [("Group", f"{prefix}orchestrator", "Read", "PREFIXED")]
     elif role == "executor":
-        reads = [*t.lanes, t.control, t.status, t.jobs_updates]
+        reads = [*t.lanes, t.control, t.status, t.jobs_updates, t.tenants]
         writes = [t.events, t.status, t.dlq, t.jobs_requested, *reply_topics]
         grants += [("Group", f"{prefix}executor", "Read", "PREFIXED")]
     else:  # a tenant's own producer and reader: its ingress topic in, its reply topics out

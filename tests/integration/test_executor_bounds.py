@@ -13,13 +13,14 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.agents import AgentSpec
 from schemas.events import EventAdapter, ExecutionRequested
+from schemas.tenants import TenantRecord
 from services.common.kafka import encode
 from services.common.settings import KafkaSettings
 from services.executor.app import Executor
 from services.executor.providers.base import ToolSpec
 from services.executor.tools import Tool, builtin_tools
 from tests.fakes.openai_server import FakeOpenAI, FakeToolCall, Reply
-from tests.integration.executor_harness import TENANT, executor_settings, read_events
+from tests.integration.executor_harness import TENANT, announce_tenant, executor_settings, read_events
 
 pytestmark = pytest.mark.kafka
 
@@ -45,6 +46,7 @@ async def run(kafka_settings: KafkaSettings) -> AsyncIterator[tuple[FakeOpenAI, 
             producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, acks="all")
             await producer.start()
             try:
+                await announce_tenant(producer, kafka_settings, TenantRecord(tenant_id=TENANT))  # or the lanes refuse its work
                 yield fake, producer
             finally:
                 await producer.stop()
