@@ -37,8 +37,30 @@ def known_agent(agents: dict[str, Any], agent: str) -> None:
 
 
 def traceparent_of(request: Request) -> str:
-    value = request.headers.get("traceparent", "")
-    return value if len(value) == 55 and value.count("-") == 3 else new_traceparent()
+    return continued_traceparent(request.headers.get("traceparent"))
+
+
+def continued_traceparent(value: str | None) -> str:
+    """A caller's W3C ``traceparent`` (HTTP header or Kafka header) when it has the shape of one, else a new trace."""
+    return value if value is not None and len(value) == 55 and value.count("-") == 3 else new_traceparent()
+
+
+def submission_of(tenant_id: str, req: ExecutionRequest, *, callback_url: str | None, traceparent: str, **extra: Any) -> Submission:
+    """The submission of an execution request, whichever door it came through (HTTP, the Kafka door)."""
+    return Submission(
+        tenant_id=tenant_id,
+        agent_id=req.agent,
+        input=req.input,
+        priority=req.priority,
+        variables=req.variables,
+        history=tuple(req.history),
+        session_id=req.session_id,
+        callback_url=callback_url,
+        traceparent=traceparent,
+        reply_to=req.reply_to,
+        output_schema=req.output_schema,
+        **extra,
+    )
 
 
 async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:
@@ -50,27 +72,8 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
     callback = await checked_callback(state.settings, req.callback_url)
     if req.reply_to is not None and req.reply_to not in state.settings.reply_topics.get(ctx.id, ()):
         raise HTTPError(422, f"reply_to topic {req.reply_to!r} is not in this tenant's allowlist")
-    sub = Submission(
-        tenant_id=ctx.id,
-        agent_id=req.agent,
-        input=req.input,
-        priority=req.priority,
-        variables=req.variables,
-        history=tuple(req.history),
-        session_id=req.session_id,
-        callback_url=callback,
-        traceparent=traceparent_of(request),
-        reply_to=req.reply_to,
-        plan=plan,
-        output_schema=req.output_schema,
-    )
-    lifecycle = state.runtime.lifecycle
-    await lifecycle.admit(ctx, [sub.execution_id])
-    try:
-        await lifecycle.submit([sub])
-    except BaseException:
-        await lifecycle.release_slots(ctx.id, [sub.execution_id])
-        raise
+    sub = submission_of(ctx.id, req, callback_url=callback, traceparent=traceparent_of(request), plan=plan)
+    await state.runtime.lifecycle.accept(ctx, [sub])
     accepted = ExecutionAccepted(execution_id=sub.execution_id, events_url=f"/v1/executions/{sub.execution_id}", stream_url="/v1/stream")
     return 202, accepted.model_dump(mode="json")
 

@@ -28,9 +28,9 @@ from services.common.kafka import encode, event_headers, header
 from services.common.observability import metrics
 from services.orchestrator.auth import Authenticator
 from services.orchestrator.completions import _Follower
-from services.orchestrator.executions import checked_callback, known_agent
+from services.orchestrator.executions import checked_callback, continued_traceparent, known_agent, submission_of
 from services.orchestrator.http import HTTPError, validate
-from services.orchestrator.lifecycle import Lifecycle, Submission, new_traceparent
+from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.signatures import SignatureRejected, Signed, verify
 from services.orchestrator.store import StoreError, records, tasks
 
@@ -104,28 +104,10 @@ class IngressFollower(_Follower):
                 if held.status_code is not None or await tasks.get(conn, execution_id) is not None:
                     metrics.INGRESS_RECORDS.labels(outcome="duplicate").inc()
                     return  # read again after a crash or a rebalance: it was accepted the first time
-        traceparent = header(record.headers, "traceparent")
-        sub = Submission(
-            tenant_id=ctx.id,
-            agent_id=req.agent,
-            input=req.input,
-            priority=req.priority,
-            variables=req.variables,
-            history=tuple(req.history),
-            session_id=req.session_id,
-            callback_url=callback,
-            traceparent=traceparent if traceparent and len(traceparent) == 55 else new_traceparent(),
-            reply_to=req.reply_to,
-            execution_id=execution_id,
-            origin="kafka",
-        )
+        traceparent = continued_traceparent(header(record.headers, "traceparent"))
+        sub = submission_of(ctx.id, req, callback_url=callback, traceparent=traceparent, execution_id=execution_id, origin="kafka")
         try:
-            await lifecycle.admit(ctx, [execution_id])
-            try:
-                await lifecycle.submit([sub])
-            except BaseException:
-                await lifecycle.release_slots(ctx.id, [execution_id])
-                raise
+            await lifecycle.accept(ctx, [sub])
         except BaseException:
             async with lifecycle.store.begin() as conn:  # like HTTP: a refused request frees its key
                 await records.release_idempotency_key(conn, ctx.id, key)

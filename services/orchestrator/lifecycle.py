@@ -138,6 +138,17 @@ class Lifecycle:
             except Exception:  # the slot expires with its deadline anyway
                 log.warning("could not release the concurrency slot of %s", execution_id, exc_info=True)
 
+    async def accept(self, ctx: TenantContext, subs: Sequence[Submission]) -> None:
+        """Admission (limits, a concurrency slot each), then ``submit``: what every door does with a
+        request (HTTP, the OpenAI door, the Kafka door). The slots go back if Kafka does not acknowledge."""
+        ids = [sub.execution_id for sub in subs]
+        await self.admit(ctx, ids)
+        try:
+            await self.submit(subs)
+        except BaseException:
+            await self.release_slots(ctx.id, ids)
+            raise
+
     # -- submission -------------------------------------------------------------------------
     async def submit(self, subs: Sequence[Submission], *, writes: Writes | None = None, undo: Writes | None = None) -> None:
         """Record the tasks (with the caller's ``writes``, one transaction), then publish them.

@@ -117,13 +117,7 @@ def new_submission(request: Request, ctx: TenantContext, **fields: Any) -> Submi
 
 async def submit(request: Request, ctx: TenantContext, sub: Submission) -> None:
     """The submission path of ``/v1/executions``: admission (limits), then acknowledged by Kafka."""
-    lifecycle = state_of(request).runtime.lifecycle
-    await lifecycle.admit(ctx, [sub.execution_id])
-    try:
-        await lifecycle.submit([sub])
-    except BaseException:
-        await lifecycle.release_slots(ctx.id, [sub.execution_id])
-        raise
+    await state_of(request).runtime.lifecycle.accept(ctx, [sub])
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
