@@ -64,7 +64,8 @@ def alembic_config(*extra_version_locations: str | Path) -> Config:
 
 def head(config: Config | None = None) -> str:
     found = ScriptDirectory.from_config(config or alembic_config()).get_current_head()
-    assert found is not None, "the store has revisions"
+    if found is None:
+        raise MigrationError("no revisions found")
     return found
 
 

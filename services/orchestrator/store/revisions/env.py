@@ -16,12 +16,12 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy import Connection
 
 from services.orchestrator.store import tables
-from services.orchestrator.store.migrations import include_name
+from services.orchestrator.store.migrations import MigrationError, include_name
 
 config = context.config
 connection: Connection | None = config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("the state store migrates at start (services/orchestrator/store/migrations.py): no connection was given")
+    raise MigrationError("the state store migrates at start (services/orchestrator/store/migrations.py): no connection was given")
 applied: list[str] = config.attributes.setdefault("applied", [])
 
 
