@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, String, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -45,6 +46,10 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             yield engine
         finally:
             await engine.dispose()
+
+
+def _every_revision() -> list[str]:
+    return [script.revision for script in reversed(list(ScriptDirectory.from_config(alembic_config()).walk_revisions()))]
 
 
 def _url(engine: AsyncEngine) -> str:
@@ -91,8 +96,9 @@ def _make_legacy_store(conn: Connection, version: int) -> None:
 
 
 async def test_a_fresh_database_reaches_the_tables_of_the_code(engine: AsyncEngine) -> None:
-    applied = await migrate(engine)
-    assert applied[0] == "0001" and applied[-1] == head() and len(applied) == len(set(applied))
+    every = _every_revision()
+    assert every[:4] == ["0001", "0002", "0003", "0004"]
+    assert await migrate(engine) == every
     assert await migrate(engine) == []  # already at the newest revision
     async with engine.connect() as conn:
         assert await conn.run_sync(current_revision) == head()
@@ -172,8 +178,8 @@ async def test_replicas_migrating_together_take_turns(tmp_path: Path) -> None:
         finally:
             for e in engines:
                 await e.dispose()
-    assert sorted(results, key=len) == [[], [], results[0] or results[1] or results[2]]
-    assert sum(len(r) > 0 for r in results) == 1
+    every = _every_revision()
+    assert sorted(results, key=len) == [[], [], every]  # one replica migrated, the others found nothing to do
 
 
 async def test_extra_revisions_run_on_top_of_the_stores(engine: AsyncEngine) -> None:
