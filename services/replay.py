@@ -13,6 +13,7 @@ import orjson
 import websockets
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from httpx_sse import SSEError, aconnect_sse
 
 from services.common.kafka import client_options, partitions_of, start_client
 from services.common.settings import KafkaSettings
@@ -30,24 +31,25 @@ async def execution_events(url: str, api_key: str, execution_id: str, *, cursor:
     if cursor is not None:
         headers["Last-Event-ID"] = str(cursor)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10, read=None)) as client:
-        async with client.stream("GET", f"/v1/executions/{execution_id}/events", headers=headers) as response:
+        async with aconnect_sse(client, "GET", f"/v1/executions/{execution_id}/events", headers=headers) as source:
+            response = source.response
             if response.status_code != 200:
                 body = orjson.loads(await response.aread() or b"{}")
                 raise ReplayError(f"{response.status_code}: {body.get('error', response.reason_phrase)}")
-            fields: dict[str, str] = {}
-            async for line in response.aiter_lines():
-                if line.startswith(":"):
-                    continue
-                if line:
-                    name, _, value = line.partition(": ")
-                    fields[name] = value
-                    continue
-                if "id" in fields:
-                    event = orjson.loads(fields["data"])
-                    yield {"execution_id": execution_id, "cursor": int(fields["id"]), "event": event}
+            last_id = ""
+            try:
+                async for sse in source.aiter_sse():
+                    # Execution events carry their cursor as the id; a control event (``end``, ``error``)
+                    # carries none, and SSE then repeats the last id, so an unchanged id is no event of ours.
+                    if not sse.id or sse.id == last_id or not sse.data:
+                        continue
+                    last_id = sse.id
+                    event = orjson.loads(sse.data)
+                    yield {"execution_id": execution_id, "cursor": int(sse.id), "event": event}
                     if event["type"] in TERMINAL:
                         return
-                fields = {}
+            except SSEError as exc:  # not an event stream (e.g. a proxy's HTML page)
+                raise ReplayError(str(exc)) from exc
 
 
 async def session_events(url: str, api_key: str, session_id: str, *, idle_s: float = 2.0) -> AsyncIterator[dict[str, Any]]:

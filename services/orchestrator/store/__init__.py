@@ -69,6 +69,9 @@ class Store:
         except (SQLAlchemyError, OSError) as exc:
             await engine.dispose()
             raise StoreError(f"cannot open the state store at {url.render_as_string(hide_password=True)}: {exc}") from exc
+        except BaseException:  # a schema this release does not know (MigrationError), a cancelled start
+            await engine.dispose()
+            raise
         self._engine = engine
 
     async def stop(self) -> None:

@@ -68,7 +68,7 @@ tasks = Table(
     Column("kind", String(16), nullable=False),  # execution | job
     Column("origin", String(16), nullable=False, default="api"),  # api | chat | batch | job
     Column("tenant_id", String(64), nullable=False, index=True),
-    Column("session_id", String(40)),
+    Column("session_id", String(128)),  # an API `Id` (revision 0004)
     Column("agent_id", String(128), nullable=False),
     Column("service", String(128)),
     Column("batch_id", String(40), index=True),
@@ -83,7 +83,7 @@ tasks = Table(
     Column("usage", JSON),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
-    # The newest attempt whose execution.started the events follower applied (migration 3): an older
+    # The newest attempt whose execution.started the events follower applied (revision 0003): an older
     # attempt's end (a paused executor that woke up) is not projected.
     Column("attempt", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_tasks_open_deadline", "state", "deadline"),
@@ -150,7 +150,7 @@ usage = Table(
     Column("execution_id", String(64), primary_key=True),
     Column("tenant_id", String(64), nullable=False),
     Column("agent_id", String(128), nullable=False),
-    Column("session_id", String(40)),
+    Column("session_id", String(128)),  # an API `Id` (revision 0004)
     Column("prompt_tokens", Integer, nullable=False),
     Column("completion_tokens", Integer, nullable=False),
     Column("total_tokens", Integer, nullable=False),
