@@ -60,7 +60,7 @@ def _state(request: Request | WebSocket) -> State:
 
 
 async def ready(request: Request) -> Response:
-    """Ready when Kafka answers and every reader (the fan-out's and the runtime's) is fetching."""
+    """Ready when Kafka answers and every reader is fetching; 503 names what is not."""
     state = _state(request)
     readers = [r for r in (state.status.reader, state.bridge.reader) if r is not None] + state.runtime.readers()
     return await fanout.ready(state.settings.kafka.bootstrap, readers)
