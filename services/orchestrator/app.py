@@ -53,6 +53,10 @@ class State:
     def store(self) -> Store:
         return self.runtime.store
 
+    @property
+    def status_wait_s(self) -> float:
+        return 0.0  # the API applies a new execution's snapshot to its own view before it answers 202
+
 
 def _state(request: Request | WebSocket) -> State:
     state: State = request.app.state.agentstream

@@ -48,6 +48,10 @@ class BridgeState:
     auth: Authenticator
     store: Store
 
+    @property
+    def status_wait_s(self) -> float:
+        return self.settings.bridge_status_wait_s
+
 
 @contextlib.asynccontextmanager
 async def open_bridge(settings: OrchestratorSettings) -> AsyncIterator[BridgeState]:

@@ -55,6 +55,11 @@ class StreamState(Protocol):
     @property
     def store(self) -> Store: ...
 
+    @property
+    def status_wait_s(self) -> float:
+        """How long an execution id the status view does not know yet is waited for before it is a 404."""
+        ...
+
 
 def _streams(conn: HTTPConnection) -> StreamState:
     state: StreamState = conn.app.state.agentstream
@@ -70,8 +75,13 @@ def _bridge(conn: HTTPConnection) -> Bridge:
     return _streams(conn).bridge
 
 
-def _owned(bridge: Bridge, tenant: str, execution_id: str) -> ExecutionStatus | None:
-    status = bridge.status.get(execution_id)
+async def _owned(conn: HTTPConnection, tenant: str, execution_id: str) -> ExecutionStatus | None:
+    state = _streams(conn)
+    status = state.bridge.status.get(execution_id)
+    if status is None and state.status_wait_s > 0 and _possible_id(execution_id):
+        # A bridge apart from the API learns of a new execution from the status topic, a moment after
+        # the API answered 202: a client that subscribes at once must not be told it does not exist.
+        status = await state.bridge.status.wait_until(execution_id, lambda _: True, timeout=state.status_wait_s)
     return status if status is not None and status.tenant_id == tenant else None
 
 
@@ -171,7 +181,7 @@ async def _handle_client_message(websocket: WebSocket, bridge: Bridge, sink: Web
         executions = bridge.subscribe_session(sink, session_id)
         sink.push_control({"type": "subscribed", "session_id": session_id, "executions": [s.execution_id for s in executions]})
     elif command.type == "subscribe":
-        status = _owned(bridge, sink.tenant_id, execution_id) if _possible_id(execution_id) else None
+        status = await _owned(websocket, sink.tenant_id, execution_id) if _possible_id(execution_id) else None
         if status is None:
             sink.push_control({"type": "error", "execution_id": execution_id[:MAX_ID_LENGTH], "code": 404, "error": "execution not found"})
             return
@@ -192,7 +202,7 @@ async def events(request: Request) -> Response:
     if tenant is None:
         return JSONResponse({"error": "missing or invalid API key: send `Authorization: Bearer <key>`"}, status_code=401)
     bridge = _bridge(request)
-    status = _owned(bridge, tenant, request.path_params["execution_id"])
+    status = await _owned(request, tenant, request.path_params["execution_id"])
     if status is None:
         return JSONResponse({"error": "execution not found"}, status_code=404)
     try:

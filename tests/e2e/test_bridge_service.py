@@ -23,12 +23,16 @@ import websockets
 from pydantic import SecretStr
 
 from schemas.events import TERMINAL_TYPES
+from schemas.status import ExecutionStatus
+from services.common.kafka import make_producer
 from services.common.settings import KafkaSettings
+from services.common.statusview import status_record
 from services.executor.app import Executor
 from services.executor.settings import ExecutorSettings
 from services.orchestrator.app import create_app
 from services.orchestrator.bridgeapp import create_bridge_app
 from services.orchestrator.settings import OrchestratorSettings
+from tests.support import serve
 
 pytestmark = pytest.mark.kafka
 
@@ -216,3 +220,26 @@ async def test_a_bridge_start_that_fails_late_leaves_nothing_running(kafka_setti
         with pytest.raises(Exception, match="cannot open the state store"):
             async with app.router.lifespan_context(app):
                 pass
+
+
+async def test_a_bridge_waits_briefly_for_an_execution_the_api_just_accepted(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """Apart from the API, the bridge learns of an execution from the status topic a moment after the
+    202: a subscription in between is answered once the snapshot arrives, not with a 404."""
+    settings = OrchestratorSettings(
+        kafka=kafka_settings, api_keys=KEYS, database_url=SecretStr(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+    )
+    async with serve(create_bridge_app(settings)) as url, make_producer(kafka_settings, client_id="test") as producer:
+        ws_url = url.replace("http", "ws", 1)
+        async with (
+            websockets.connect(f"{ws_url}/v1/stream?api_key=key-a") as mine,
+            websockets.connect(f"{ws_url}/v1/stream?api_key=key-b") as theirs,
+        ):
+            for ws in (mine, theirs):
+                await ws.send(orjson.dumps({"type": "subscribe", "execution_id": "just-accepted"}))
+            await asyncio.sleep(0.3)  # both wait: the bridge has not seen the snapshot yet
+            key, value = status_record(ExecutionStatus(execution_id="just-accepted", tenant_id="tenant-a"))
+            await producer.send_and_wait(kafka_settings.topics.status, value, key=key)
+            async with asyncio.timeout(10):
+                assert orjson.loads(await mine.recv()) == {"type": "subscribed", "execution_id": "just-accepted", "status": "queued"}
+                refused = orjson.loads(await theirs.recv())
+            assert (refused["code"], refused["error"]) == (404, "execution not found")  # another tenant's, still
