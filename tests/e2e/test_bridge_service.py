@@ -243,3 +243,35 @@ async def test_a_bridge_waits_briefly_for_an_execution_the_api_just_accepted(kaf
                 assert orjson.loads(await mine.recv()) == {"type": "subscribed", "execution_id": "just-accepted", "status": "queued"}
                 refused = orjson.loads(await theirs.recv())
             assert (refused["code"], refused["error"]) == (404, "execution not found")  # another tenant's, still
+
+
+async def test_a_key_revoked_on_the_api_closes_its_streams_on_a_bridge(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """Stored keys are the API's; a bridge looks them up in the same store, read-only, and rechecks the
+    keys of its open streams every ``auth_cache_s``: a key revoked on the API closes them (4401)."""
+    admin = "admin-token"
+    settings = OrchestratorSettings(
+        kafka=kafka_settings,
+        api_keys=KEYS,
+        admin_token=SecretStr(admin),
+        auth_cache_s=0.5,
+        database_url=SecretStr(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"),
+    )
+    auth = {"Authorization": f"Bearer {admin}"}
+    async with serve(create_app(settings)) as api, serve(create_bridge_app(settings)) as bridge, httpx.AsyncClient(timeout=30) as http:
+        assert (await http.post(f"{api}/v1/admin/tenants", json={"tenant_id": "acme"}, headers=auth)).status_code == 201
+        made = (await http.post(f"{api}/v1/admin/tenants/acme/keys", json={"name": "ci"}, headers=auth)).json()
+        secret, key_id = made["api_key"], made["key_id"]
+        r = await http.post(f"{api}/v1/executions", json={"input": "hi"}, headers={"Authorization": f"Bearer {secret}"})
+        execution_id = r.json()["execution_id"]  # no executor: it stays queued, the streams stay open
+        async with websockets.connect(f"{bridge.replace('http', 'ws', 1)}/v1/stream?api_key={secret}") as ws:
+            await ws.send(orjson.dumps({"type": "subscribe", "execution_id": execution_id}))
+            async with asyncio.timeout(10):
+                assert orjson.loads(await ws.recv())["type"] == "subscribed"
+            assert (await http.delete(f"{api}/v1/admin/keys/{key_id}", headers=auth)).status_code == 200
+            async with asyncio.timeout(10):
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:
+                        await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        r = await http.get(f"{bridge}/v1/executions/{execution_id}/events", headers={"Authorization": f"Bearer {secret}"})
+        assert r.status_code == 401
