@@ -97,7 +97,9 @@ async def _ws_events(url: str, key: str, execution_id: str, *, cursor: int | Non
     """(cursor, type) of the events one WebSocket client gets: ``stop_after`` of them, or all until the terminal one."""
     got: list[tuple[int, str]] = []
     async with websockets.connect(f"{url.replace('http', 'ws', 1)}/v1/stream?api_key={key}") as ws:
-        await ws.send(orjson.dumps({"type": "subscribe", "execution_id": execution_id, **({} if cursor is None else {"cursor": cursor})}))
+        await ws.send(
+            orjson.dumps({"type": "subscribe", "execution_id": execution_id, **({} if cursor is None else {"cursor": cursor})}).decode()
+        )
         async with asyncio.timeout(60):
             while True:
                 frame = orjson.loads(await ws.recv())
@@ -235,7 +237,7 @@ async def test_a_bridge_waits_briefly_for_an_execution_the_api_just_accepted(kaf
             websockets.connect(f"{ws_url}/v1/stream?api_key=key-b") as theirs,
         ):
             for ws in (mine, theirs):
-                await ws.send(orjson.dumps({"type": "subscribe", "execution_id": "just-accepted"}))
+                await ws.send(orjson.dumps({"type": "subscribe", "execution_id": "just-accepted"}).decode())
             await asyncio.sleep(0.3)  # both wait: the bridge has not seen the snapshot yet
             key, value = status_record(ExecutionStatus(execution_id="just-accepted", tenant_id="tenant-a"))
             await producer.send_and_wait(kafka_settings.topics.status, value, key=key)
@@ -264,7 +266,7 @@ async def test_a_key_revoked_on_the_api_closes_its_streams_on_a_bridge(kafka_set
         r = await http.post(f"{api}/v1/executions", json={"input": "hi"}, headers={"Authorization": f"Bearer {secret}"})
         execution_id = r.json()["execution_id"]  # no executor: it stays queued, the streams stay open
         async with websockets.connect(f"{bridge.replace('http', 'ws', 1)}/v1/stream?api_key={secret}") as ws:
-            await ws.send(orjson.dumps({"type": "subscribe", "execution_id": execution_id}))
+            await ws.send(orjson.dumps({"type": "subscribe", "execution_id": execution_id}).decode())
             async with asyncio.timeout(10):
                 assert orjson.loads(await ws.recv())["type"] == "subscribed"
             assert (await http.delete(f"{api}/v1/admin/keys/{key_id}", headers=auth)).status_code == 200
