@@ -261,15 +261,22 @@ def _telemetry(service: str) -> None:
     configure(service, secrets=secrets_of(OrchestratorSettings(), ExecutorSettings()))
 
 
-def _serve_orchestrator(host: str | None, port: int | None) -> Any:
+def _serve_orchestrator(host: str | None, port: int | None, *, bridge_only: bool = False) -> Any:
     import uvicorn
 
-    from services.orchestrator.app import create_app
     from services.orchestrator.settings import OrchestratorSettings
 
     settings = OrchestratorSettings()
+    if bridge_only:
+        from services.orchestrator.bridgeapp import create_bridge_app
+
+        asgi = create_bridge_app(settings)
+    else:
+        from services.orchestrator.app import create_app
+
+        asgi = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        asgi,
         host=host or settings.host,
         port=port or settings.port,
         ws_per_message_deflate=False,  # measured: 2.3x less memory per connection, 1.4x throughput
@@ -302,6 +309,18 @@ def orchestrator(host: str | None = None, port: int | None = None) -> None:
     def main() -> None:
         asyncio.run(_preflight())
         _serve_orchestrator(host, port).run()
+
+    _guard(main)
+
+
+@app.command()
+def bridge(host: str | None = None, port: int | None = None) -> None:
+    """Run only the fan-out (/v1/stream WebSocket, SSE events), apart from the API; as many as you like."""
+    _telemetry("bridge")
+
+    def main() -> None:
+        asyncio.run(_preflight())
+        _serve_orchestrator(host, port, bridge_only=True).run()
 
     _guard(main)
 

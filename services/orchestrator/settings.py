@@ -48,6 +48,9 @@ class OrchestratorSettings(BaseSettings):
     # Records of recent executions the bridge keeps in memory to serve late subscribers without Kafka reads.
     bridge_recent_ttl_s: float = 120.0
     bridge_recent_max_mb: int = 256
+    # The bridge service (bridgeapp.py) learns of an execution from the status topic, a moment after the
+    # API's 202: an id it does not know yet is waited for this long before it is "execution not found".
+    bridge_status_wait_s: float = 2.0
 
     # State store: SQLite (embedded default) or PostgreSQL, e.g. postgresql+asyncpg://user:pw@host:5432/db
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///.agentstream/state.db")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
@@ -31,31 +31,64 @@ from schemas.api import StreamCommand
 from schemas.bounds import ID_PATTERN, MAX_ID_LENGTH, Cursor
 from schemas.status import ExecutionStatus
 from services.common.observability.metrics import STREAM_CONNECTIONS
+from services.orchestrator.auth import Authenticator
 from services.orchestrator.bridge import Bridge, Gone, Subscription
-from services.orchestrator.http import HTTPError, api_key, cursor_of, state_of, validation_errors
+from services.orchestrator.http import HTTPError, api_key, cursor_of, validation_errors
+from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.sinks import CLOSE_UNAUTHORIZED, Sink, SSESink, WebSocketSink
-from services.orchestrator.store import sessions
+from services.orchestrator.store import Store, sessions
+
+
+class StreamState(Protocol):
+    """What the streaming endpoints read from ``app.state.agentstream``: the orchestrator's ``State``
+    (app.py) and the bridge service's ``BridgeState`` (bridgeapp.py) both have it."""
+
+    @property
+    def settings(self) -> OrchestratorSettings: ...
+
+    @property
+    def bridge(self) -> Bridge: ...
+
+    @property
+    def auth(self) -> Authenticator: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def status_wait_s(self) -> float:
+        """How long an execution id the status view does not know yet is waited for before it is a 404."""
+        ...
+
+
+def _streams(conn: HTTPConnection) -> StreamState:
+    state: StreamState = conn.app.state.agentstream
+    return state
 
 
 async def _tenant(conn: HTTPConnection) -> str | None:
-    tenant: str | None = await conn.app.state.authenticate(conn)
-    return tenant
+    """The tenant of the connection's API key: settings-configured keys, then hashed keys in the store."""
+    return await _streams(conn).auth.tenant_for(api_key(conn))
 
 
 def _bridge(conn: HTTPConnection) -> Bridge:
-    bridge: Bridge = conn.app.state.agentstream.bridge
-    return bridge
+    return _streams(conn).bridge
 
 
-def _owned(bridge: Bridge, tenant: str, execution_id: str) -> ExecutionStatus | None:
-    status = bridge.status.get(execution_id)
+async def _owned(conn: HTTPConnection, tenant: str, execution_id: str) -> ExecutionStatus | None:
+    state = _streams(conn)
+    status = state.bridge.status.get(execution_id)
+    if status is None and state.status_wait_s > 0 and _possible_id(execution_id):
+        # A bridge apart from the API learns of a new execution from the status topic, a moment after
+        # the API answered 202: a client that subscribes at once must not be told it does not exist.
+        status = await state.bridge.status.wait_until(execution_id, lambda _: True, timeout=state.status_wait_s)
     return status if status is not None and status.tenant_id == tenant else None
 
 
 def _close_when_revoked(conn: HTTPConnection, sink: Sink) -> Callable[[], None]:
     """Close this stream (4401) once its API key stops resolving; returns the function that stops watching."""
     key = api_key(conn) or ""
-    return state_of(conn).runtime.auth.connections.watch(key, lambda: sink.kill(CLOSE_UNAUTHORIZED, "API key revoked"))
+    return _streams(conn).auth.connections.watch(key, lambda: sink.kill(CLOSE_UNAUTHORIZED, "API key revoked"))
 
 
 async def stream(websocket: WebSocket) -> None:
@@ -64,7 +97,7 @@ async def stream(websocket: WebSocket) -> None:
     if tenant is None:
         await websocket.close(code=CLOSE_UNAUTHORIZED, reason="missing or invalid API key")
         return
-    settings = websocket.app.state.agentstream.settings
+    settings = _streams(websocket).settings
     bridge = _bridge(websocket)
     sink = WebSocketSink(
         websocket, max_bytes=settings.stream_buffer_kb * 1024, send_timeout_s=settings.ws_send_timeout_s, heartbeat_s=settings.heartbeat_s
@@ -106,7 +139,7 @@ async def _session_known(conn: HTTPConnection, tenant: str, session_id: str, bri
         return True
     if len(session_id) > 128:
         return False
-    async with conn.app.state.agentstream.runtime.store.begin() as db:
+    async with _streams(conn).store.begin() as db:
         return await sessions.get(db, session_id, tenant_id=tenant) is not None
 
 
@@ -148,7 +181,7 @@ async def _handle_client_message(websocket: WebSocket, bridge: Bridge, sink: Web
         executions = bridge.subscribe_session(sink, session_id)
         sink.push_control({"type": "subscribed", "session_id": session_id, "executions": [s.execution_id for s in executions]})
     elif command.type == "subscribe":
-        status = _owned(bridge, sink.tenant_id, execution_id) if _possible_id(execution_id) else None
+        status = await _owned(websocket, sink.tenant_id, execution_id) if _possible_id(execution_id) else None
         if status is None:
             sink.push_control({"type": "error", "execution_id": execution_id[:MAX_ID_LENGTH], "code": 404, "error": "execution not found"})
             return
@@ -169,7 +202,7 @@ async def events(request: Request) -> Response:
     if tenant is None:
         return JSONResponse({"error": "missing or invalid API key: send `Authorization: Bearer <key>`"}, status_code=401)
     bridge = _bridge(request)
-    status = _owned(bridge, tenant, request.path_params["execution_id"])
+    status = await _owned(request, tenant, request.path_params["execution_id"])
     if status is None:
         return JSONResponse({"error": "execution not found"}, status_code=404)
     try:
@@ -180,7 +213,7 @@ async def events(request: Request) -> Response:
         await bridge.check_retained(status)
     except Gone as exc:
         return JSONResponse({"error": str(exc)}, status_code=410)
-    settings = request.app.state.agentstream.settings
+    settings = _streams(request).settings
     sink = SSESink(max_bytes=settings.stream_buffer_kb * 1024, heartbeat_s=settings.heartbeat_s)
     sink.tenant_id = tenant
     bridge.attach(sink)
