@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import httpx
 import pytest
 from aiokafka import TopicPartition
 
@@ -18,6 +19,7 @@ from services.common.reader import readers_health
 from services.common.settings import KafkaSettings
 from services.common.sources import MemoryProducer, MemorySource, RecordSource
 from services.executor.app import Executor
+from services.executor.metrics_server import MetricsServer, watch
 from services.executor.settings import ExecutorSettings
 
 
@@ -62,13 +64,28 @@ def _done(executor: Executor, execution_id: str) -> None:
     executor.status.apply(ExecutionStatus(execution_id=execution_id, tenant_id="tenant-a", state="completed", attempt=1))
 
 
-async def test_each_lane_has_a_running_reader_in_health(lanes: tuple[Executor, MemoryLanes, MemoryProducer]) -> None:
+async def test_each_lane_reader_is_in_health_ready_and_metrics(lanes: tuple[Executor, MemoryLanes, MemoryProducer]) -> None:
     executor, memory, _ = lanes
-    names = {f"executor-lane-{p}" for p in ("critical", "standard", "batch")}
+    assert set(memory.sources) == set(executor.topics.lanes)
+    names = [f"executor-lane-{p}" for p in ("critical", "standard", "batch")]
     await _until(lambda: all(r.running for r in executor.lanes.readers.values()))
     ok, states = readers_health(executor.readers())
-    assert ok and names <= set(states) and all(states[n] == "running" for n in names)
-    assert set(memory.sources) == set(executor.topics.lanes)
+    assert ok and [n for n in states if n in names] == names
+    executor.metrics_server = MetricsServer(port=0)
+    await watch(executor)
+    try:
+        async with httpx.AsyncClient(base_url=executor.metrics_server.url) as http:
+            ready = await http.get("/health/ready")
+            assert ready.status_code == 200 and all(ready.json()["readers"][n] == "running" for n in names)
+            assert 'agentstream_reader_up{reader="executor-lane-batch"} 1.0' in (await http.get("/metrics")).text
+            # A lane whose consumer broke (its fetches raise) shows as not ready until it is restarted.
+            await memory.sources[executor.topics.lane("batch")].close()
+            async with asyncio.timeout(3):
+                while (ready := await http.get("/health/ready")).status_code != 503:
+                    await asyncio.sleep(0.01)
+            assert ready.json()["readers"]["executor-lane-batch"] == "restarting"
+    finally:
+        await watch(executor, stop=True)
 
 
 async def test_a_poison_record_is_parked_and_the_next_one_handled(lanes: tuple[Executor, MemoryLanes, MemoryProducer]) -> None:
