@@ -205,6 +205,7 @@ class Executor:
                 self._ticker.cancel()
                 await asyncio.gather(self._ticker, return_exceptions=True)
                 self._ticker = None
+            await self.lanes.stop()  # if start() failed after the lanes opened (idempotent)
             await self._close_adapters()
             return
         self._started = False
