@@ -10,7 +10,7 @@ model call to hide it. Prints CPU and wall time per record from the first finish
 
 Written to run against the executor of any commit of issue 12 onwards (it only counts
 ``Executor._finish``), to compare the lanes before and after they moved from FastStream to ``Reader``.
-Bounded: one prefix, ``records`` records each way, at most ``--timeout`` seconds.
+Bounded: one prefix (its topics deleted after), ``records`` records each way, at most ``--timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.events import ExecutionRequested
 from schemas.status import ExecutionStatus
@@ -52,6 +53,18 @@ class CountingExecutor(Executor):
         if self.count == self.total:
             self.cpu, self.wall = time.process_time() - self.cpu0, time.perf_counter() - self.wall0
             self.done.set()
+
+
+async def drop_prefix(bootstrap: str, prefix: str) -> None:
+    """Delete the run's topics (every one under its own prefix)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
 
 
 async def main(bootstrap: str, records: int, timeout: float) -> dict[str, Any]:
@@ -85,6 +98,7 @@ async def main(bootstrap: str, records: int, timeout: float) -> dict[str, Any]:
                 await executor.done.wait()
     finally:
         await producer.stop()
+        await drop_prefix(bootstrap, kafka.topic_prefix)
     n = max(1, records - 1)
     cpu, wall = executor.cpu / n * 1e6, executor.wall / n * 1e6
     return {"records": records, "cpu_us_per_record": round(cpu, 1), "wall_us_per_record": round(wall, 1)}
