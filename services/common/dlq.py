@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import ConsumerRecord
 
 from schemas.topics import Topics
 from services.common.observability.metrics import DLQ_FAILURES, DLQ_RECORDS
@@ -84,11 +84,3 @@ async def park(producer: Publisher | None, topics: Topics, record: ConsumerRecor
     DLQ_RECORDS.labels(topic=record.topic).inc()
     log.warning("%s: record %s sent to the DLQ: %s", consumer, where, reason)
     return True
-
-
-async def send_to_dlq(
-    producer: AIOKafkaProducer, topics: Topics, record: ConsumerRecord[bytes, bytes], reason: str, *, consumer: str = ""
-) -> None:
-    """Deprecated: ``park()``. Kept, as a plain call of it (so it no longer raises), only until the
-    executor's lanes (services/executor/app.py, changed in another part of issue 12) call ``park``."""
-    await park(producer, topics, record, reason, consumer=consumer)

@@ -18,7 +18,6 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
-from faststream.security import BaseSecurity, SASLOAuthBearer, SASLPlaintext, SASLScram256, SASLScram512
 from pydantic import BaseModel, SecretStr
 
 from services.common.errors import KafkaSecurityError
@@ -111,32 +110,6 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
         else:
             options["sasl_plain_username"] = settings.sasl_username
             options["sasl_plain_password"] = settings.sasl_password.get_secret_value() if settings.sasl_password else None
-    return options
-
-
-def broker_options(settings: KafkaSettings) -> dict[str, Any]:
-    """The same, for FastStream's ``KafkaBroker(**broker_options(settings), client_id=...)``: its security
-    object (which also documents the server in AsyncAPI) and, for OAUTHBEARER, the token provider,
-    which FastStream's SASLOAuthBearer does not carry."""
-    security = _security(settings)
-    context: ssl.SSLContext | None = security["ssl_context"] if settings.uses_tls else None
-    # A list: FastStream wraps a string in one, so "a:1,b:2" would reach aiokafka as a single host.
-    options: dict[str, Any] = {"bootstrap_servers": [h.strip() for h in settings.bootstrap.split(",")]}
-    user = settings.sasl_username or ""
-    password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
-    sasl: BaseSecurity
-    if not settings.uses_sasl:
-        sasl = BaseSecurity(ssl_context=context, use_ssl=settings.uses_tls)
-    elif settings.sasl_mechanism == "PLAIN":
-        sasl = SASLPlaintext(user, password, ssl_context=context, use_ssl=settings.uses_tls)
-    elif settings.sasl_mechanism == "SCRAM-SHA-256":
-        sasl = SASLScram256(user, password, ssl_context=context, use_ssl=settings.uses_tls)
-    elif settings.sasl_mechanism == "SCRAM-SHA-512":
-        sasl = SASLScram512(user, password, ssl_context=context, use_ssl=settings.uses_tls)
-    else:
-        sasl = SASLOAuthBearer(ssl_context=context, use_ssl=settings.uses_tls)
-        options["sasl_oauth_token_provider"] = security["token_provider"]
-    options["security"] = sasl
     return options
 
 

@@ -33,6 +33,9 @@ class RecordSource(Protocol):
 
     async def position(self, tp: TopicPartition) -> int: ...
 
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this source reads now (a group member's change on rebalances)."""
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` again from ``offset`` (ignored for a partition no longer assigned)."""
 
@@ -54,6 +57,10 @@ class KafkaSource:
     async def position(self, tp: TopicPartition) -> int:
         offset: int = await self.consumer.position(tp)
         return offset
+
+    def assignment(self) -> set[TopicPartition]:
+        assigned: set[TopicPartition] = self.consumer.assignment()
+        return assigned
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         if tp in self.consumer.assignment():
@@ -106,12 +113,13 @@ async def open_group(
     *,
     group: str,
     client_id: str,
-    assigned_within_s: float = 30.0,
+    assigned_within_s: float | None = 30.0,
     listener: ConsumerRebalanceListener | None = None,
     **options: Any,
 ) -> KafkaSource:
-    """A started member of ``group`` on ``topic``, returned once it has partitions. A new group starts
-    at the beginning: what happened while no member ran is not lost. ``options`` go to the consumer."""
+    """A started member of ``group`` on ``topic``, returned once it has partitions (once it joined, with
+    or without, when ``assigned_within_s`` is None). A new group starts at the beginning: what happened
+    while no member ran is not lost. ``options`` go to the consumer."""
     consumer = AIOKafkaConsumer(
         **client_options(settings),
         group_id=group,
@@ -122,6 +130,8 @@ async def open_group(
     )
     consumer.subscribe([topic], listener=listener)
     await start_client(consumer, settings)
+    if assigned_within_s is None:
+        return KafkaSource(consumer, group=True)
     try:
         async with asyncio.timeout(assigned_within_s):
             while not consumer.assignment():
@@ -208,6 +218,9 @@ class MemorySource:
 
     async def position(self, tp: TopicPartition) -> int:
         return self.positions.get(tp, 0)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.positions)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         if tp in self.positions:

@@ -1,4 +1,4 @@
-"""The executor: a FastStream Kafka consumer group over the three lane topics.
+"""The executor: a Kafka consumer group over the three lane topics, one supervised reader per lane (lanes.py).
 
 Each request runs as its own task, so executions run concurrently also within one partition. A
 request's offset is committed only when its execution reached a terminal event that the broker
@@ -15,13 +15,9 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from aiokafka.structs import OffsetAndMetadata
-from faststream import AckPolicy
-from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 
 from schemas.agents import AgentSpec
@@ -35,10 +31,12 @@ from schemas.events import (
 )
 from schemas.status import ExecutionStatus
 from services.common.agents import AgentCatalog, AgentSource, HttpAgents, StaticAgents, load_agents
-from services.common.dlq import park
+from services.common.dlq import Publisher, park
 from services.common.errors import AgentstreamError
-from services.common.kafka import broker_options, encode, ensure_topics, make_producer, start_client
+from services.common.kafka import encode, ensure_topics, make_producer, start_client
 from services.common.observability import metrics, tracing
+from services.common.reader import Reader
+from services.common.sources import Record
 from services.common.statusview import StatusView
 from services.common.urlguard import guarded_client
 from services.executor.admission import Refusal, check_key, check_request
@@ -47,6 +45,7 @@ from services.executor.emitter import EventEmitter
 from services.executor.fence import Claim, Fenced, Tenure
 from services.executor.httptools import ToolRegistry, load_http_tools
 from services.executor.jobtools import JobClient, job_tools
+from services.executor.lanes import LaneOpener, Lanes, group_opener
 from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent, started_fields
 from services.executor.metrics_server import MetricsServer, watch
 from services.executor.providers.base import Provider, ProviderError
@@ -93,7 +92,11 @@ class Executor:
         tools: dict[str, Tool] | None = None,
         agents: dict[str, AgentSpec] | None = None,
         agent_sources: list[AgentSource] | None = None,
+        lane_opener: LaneOpener | None = None,
+        lane_dlq: Publisher | None = None,
     ) -> None:
+        """``lane_opener`` and ``lane_dlq``: where the lanes' records come from and where refused ones
+        are parked (default: the broker, as a member of ``consumer_group``, and our producer)."""
         self.settings = settings
         self.topics = settings.kafka.topics
         self.providers: dict[str, Provider] = providers if providers is not None else build_providers(settings)
@@ -129,7 +132,6 @@ class Executor:
         self.control = ControlTail(
             settings.kafka, on_cancel=self.request_cancel, client_id=f"{settings.instance_id}-control", dlq=self.producer
         )
-        self.broker = KafkaBroker(**broker_options(settings.kafka), client_id=settings.instance_id, log_level=logging.DEBUG)
         # knowledge_search / embed: jobs delegated through the orchestrator (jobtools.py).
         self.jobs = JobClient(
             settings.kafka, producer=self.producer, client_id=f"{settings.instance_id}-jobs", timeout_s=settings.job_timeout_s
@@ -155,23 +157,17 @@ class Executor:
         ttl_s = settings.session_timeout_ms / 2000
         self._claims = {lane: Claim(lane, ttl_s=ttl_s, confirm_s=settings.fence_confirm_s) for lane in self.topics.lanes}
         self._ticker: asyncio.Task[None] | None = None
-        self._subscribers = {
-            lane: self.broker.subscriber(
-                lane,
-                group_id=settings.consumer_group,
-                ack_policy=AckPolicy.MANUAL,
-                auto_offset_reset="earliest",
-                listener=_Rebalance(self, self._claims[lane]),
-                max_poll_records=50,
-                session_timeout_ms=settings.session_timeout_ms,
-                # Short: a rebalance (three lane consumers join per executor) completes once every member
-                # has heard of it on a heartbeat, so this paces how fast an executor starts.
-                heartbeat_interval_ms=300,
-            )
-            for lane in self.topics.lanes
-        }
-        for subscriber in self._subscribers.values():
-            subscriber(self._on_request)
+        opener = lane_opener or group_opener(
+            settings.kafka, group=settings.consumer_group, client_id=settings.instance_id, session_timeout_ms=settings.session_timeout_ms
+        )
+        self.lanes = Lanes(
+            self._on_request,
+            listeners={lane: _Rebalance(self, self._claims[lane]) for lane in self.topics.lanes},
+            open=opener,
+            topics=self.topics,
+            dlq=lane_dlq if lane_dlq is not None else self.producer,
+            name=f"{settings.instance_id}-lane",
+        )
         self.metrics_server = MetricsServer(host=settings.metrics_host, port=settings.metrics_port) if settings.metrics_port else None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -184,7 +180,7 @@ class Executor:
         await self.control.start()
         await self.jobs.start()
         self._ticker = asyncio.create_task(self._tick_claims(), name=f"{self.settings.instance_id}-claims")
-        await self.broker.start()
+        await self.lanes.start()
         self._started = True
         await watch(self)
 
@@ -209,12 +205,13 @@ class Executor:
                 self._ticker.cancel()
                 await asyncio.gather(self._ticker, return_exceptions=True)
                 self._ticker = None
+            await self.lanes.stop()  # if start() failed after the lanes opened (idempotent)
             await self._close_adapters()
             return
         self._started = False
         self._stopping = True
         await watch(self, stop=True)
-        await self.broker.stop()
+        await self.lanes.stop()
         await self.control.stop()
         tasks = [task for _, task in self._running.values()] + list(self._background)
         if self._ticker is not None:
@@ -249,14 +246,15 @@ class Executor:
         await self.stop()
 
     def consumers(self) -> list[AIOKafkaConsumer]:
-        return [s.consumer for s in self._subscribers.values() if s.consumer is not None]
-
-    def _consumer_of(self, tp: TopicPartition) -> AIOKafkaConsumer | None:
-        subscriber = self._subscribers.get(tp.topic)
-        return subscriber.consumer if subscriber is not None else None
+        return self.lanes.consumers()
 
     def assigned(self) -> set[TopicPartition]:
-        return {tp for consumer in self.consumers() for tp in consumer.assignment()}
+        return self.lanes.assignment()
+
+    def readers(self) -> list[Reader]:
+        """Every reader of this executor, lanes first: what ``/health/ready`` reports."""
+        parts = (self.status, self.tenants, self.control, self.jobs)
+        return [*self.lanes.readers.values(), *(part.reader for part in parts if part.reader is not None)]
 
     # -- cancel ---------------------------------------------------------------------------
     def request_cancel(self, request: ExecutionCancelRequested) -> None:
@@ -274,14 +272,16 @@ class Executor:
         return self._recent_cancels.get(request.execution_id) == request.tenant_id
 
     # -- consuming ------------------------------------------------------------------------
-    async def _on_request(self, msg: KafkaMessage) -> None:
-        record: ConsumerRecord[bytes, bytes] = msg.raw_message
+    async def _on_request(self, record: Record) -> None:
+        """One lane record, from its lane's reader. What this raises the reader retries (transient) or
+        parks: so nothing is marked begun in the watermark until the record's fate is decided, and a
+        record given up on never holds its partition's commits."""
         tp = TopicPartition(record.topic, record.partition)
         mark = self._watermarks.setdefault(tp, PartitionWatermark(next_offset=record.offset, committed=record.offset))
         if record.offset in mark.inflight:
             return  # redelivered after a rebalance while we still run it
-        mark.begin(record.offset)
         request, refusal = await self._admit(record)
+        mark.begin(record.offset)
         if request is None or refusal is not None:
             try:
                 await self._refuse(record, request, refusal)
@@ -295,7 +295,11 @@ class Executor:
         if current is not None and current.terminal:
             await self._finish(tp, record.offset)
             return
+        # This lane's reader waits here for a slot; the other lanes' readers go on.
         await self._slots.acquire(request.priority)
+        if self._watermarks.get(tp) is not mark:  # the partition went to another member meanwhile: it runs it
+            self._slots.release()
+            return
         work = tracing.consumed(
             self._execute(request, current, tp, record.offset),
             headers=record.headers,
@@ -310,7 +314,7 @@ class Executor:
         task = asyncio.create_task(work, name=request.execution_id)
         self._running[request.execution_id] = (tp, task)
 
-    async def _admit(self, record: ConsumerRecord[bytes, bytes]) -> tuple[ExecutionRequested | None, Refusal | None]:
+    async def _admit(self, record: Record) -> tuple[ExecutionRequested | None, Refusal | None]:
         """The request, and why it must not run (admission.py); (None, reason) if it is not one."""
         refusal = check_key(record.key)
         try:
@@ -323,9 +327,10 @@ class Executor:
         current = self.status.get(request.execution_id)
         return request, check_request(record.key, request, tenant=tenant, current=current, events_topic=self.topics.events)
 
-    async def _refuse(self, record: ConsumerRecord[bytes, bytes], request: ExecutionRequested | None, refusal: Refusal | None) -> None:
+    async def _refuse(self, record: Record, request: ExecutionRequested | None, refusal: Refusal | None) -> None:
         reason = refusal.reason if refusal is not None else "refused"
-        await park(self.producer, self.topics, record, reason, consumer=self.settings.consumer_group)
+        # Under the group's name (as before the lanes had readers), so one DLQ consumer name covers every lane.
+        await park(self.lanes.dlq, self.topics, record, reason, consumer=self.settings.consumer_group)
         if request is None or refusal is None or not refusal.fail_execution:
             return
         # The orchestrator writes the queued snapshot next to the lane record: our view may not have it yet.
@@ -370,10 +375,9 @@ class Executor:
         if mark is None:
             return
         commit_at = mark.finish(offset)
-        consumer = self._consumer_of(tp)
-        if commit_at is not None and consumer is not None and tp in consumer.assignment():
+        if commit_at is not None:
             try:
-                await consumer.commit({tp: OffsetAndMetadata(commit_at, "")})
+                await self.lanes.commit(tp, commit_at)
             except Exception as exc:  # a rebalance took the partition: the new owner redoes it
                 log.info("commit of %s@%s skipped: %s", tp, commit_at, exc)
 

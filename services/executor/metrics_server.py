@@ -1,5 +1,5 @@
 """The executor's small HTTP server: ``GET /metrics`` (Prometheus), ``GET /health/live`` and
-``GET /health/ready`` (503 naming a reader, status view or control or jobs tail, that is not running).
+``GET /health/ready`` (503 naming a reader that is not running: a lane, a view, the control or jobs tail).
 
 The executor has no web framework; this is a few lines of ``asyncio.start_server`` answering one
 request per connection, so a scrape never competes with the agent loops for more than a moment.
@@ -111,11 +111,5 @@ async def watch(executor: Any, *, stop: bool = False) -> None:
     metrics.CONSUMER_LAG.add(executor, lag)
     metrics.IN_FLIGHT.add(executor, lambda: [((), float(len(executor._running)))])
     if executor.metrics_server is not None:
-        executor.metrics_server.readers = lambda: executor_readers(executor)
+        executor.metrics_server.readers = executor.readers  # its lanes, views and tails
         await executor.metrics_server.start()
-
-
-def executor_readers(executor: Any) -> list[Reader]:
-    """The executor's group-less readers: its status view, control tail and jobs.updates tail."""
-    parts = (executor.status, executor.control, executor.jobs)
-    return [part.reader for part in parts if part.reader is not None]

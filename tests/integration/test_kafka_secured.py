@@ -211,7 +211,7 @@ async def test_oauthbearer_with_a_client_credentials_token_endpoint(secured: Loc
         finally:
             await admin.close()
         assert grants[0]["grant_type"] == "client_credentials" and len(grants) == 1  # one token for every connection
-        # Every client of a service, FastStream's consumers included, authenticates with the token.
+        # Every client of a service, the lanes' consumers included, authenticates with the token.
         prefixed = settings.model_copy(update={"topic_prefix": f"o{uuid.uuid4().hex[:8]}.", "partitions": 1})
         async with Executor(ExecutorSettings(kafka=prefixed)) as executor:
             consumers = executor.consumers()

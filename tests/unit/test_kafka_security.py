@@ -1,4 +1,4 @@
-"""KafkaSettings -> aiokafka and FastStream arguments, and the one-line errors of a refused connection."""
+"""KafkaSettings -> aiokafka arguments, and the one-line errors of a refused connection."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
-from faststream.security import BaseSecurity, SASLOAuthBearer, SASLScram512
 from pydantic import SecretStr, ValidationError
 
 from services.common.errors import KafkaSecurityError, KafkaUnavailable
-from services.common.kafka import broker_options, client_options, start_client
+from services.common.kafka import client_options, start_client
 from services.common.localtls import make_certificates
 from services.common.oauth import ClientCredentialsTokens
 from services.common.observability.settings import secrets_of
@@ -23,11 +22,6 @@ from services.common.settings import KafkaSettings
 
 def test_plaintext_is_unchanged() -> None:
     assert client_options(KafkaSettings(bootstrap="h:1")) == {"bootstrap_servers": "h:1", "security_protocol": "PLAINTEXT"}
-
-
-def test_faststream_gets_every_bootstrap_host() -> None:
-    # FastStream wraps a string in a list: "a:1,b:2" would reach aiokafka as one host named "a:1,b".
-    assert broker_options(KafkaSettings(bootstrap="a:1, b:2,c:3"))["bootstrap_servers"] == ["a:1", "b:2", "c:3"]
 
 
 async def test_sasl_ssl_scram(tmp_path: Path) -> None:
@@ -47,10 +41,6 @@ async def test_sasl_ssl_scram(tmp_path: Path) -> None:
     assert client_options(settings)["ssl_context"] is context  # built once per settings: one CA load
     other = settings.model_copy(update={"ssl_check_hostname": False})  # copies carry private attributes along
     assert client_options(other)["ssl_context"] is not context and not client_options(other)["ssl_context"].check_hostname
-    faststream = broker_options(settings)
-    security = faststream["security"]
-    assert isinstance(security, SASLScram512) and security.use_ssl and security.ssl_context is context
-    assert security.username == "orchestrator" and security.password == "s3cret"
     # Each client accepts the arguments (aiokafka validates protocol/mechanism combinations at construction).
     await AIOKafkaProducer(**options).stop()
     # Secrets are SecretStr: redacted in reprs, and collected for the log redaction filter.
@@ -61,8 +51,6 @@ def test_ssl_without_sasl_and_no_hostname_check(tmp_path: Path) -> None:
     certs = make_certificates(tmp_path)
     settings = KafkaSettings(security_protocol="SSL", ssl_cafile=certs.ca, ssl_check_hostname=False)
     assert not client_options(settings)["ssl_context"].check_hostname
-    security = broker_options(settings)["security"]
-    assert type(security) is BaseSecurity and security.use_ssl
 
 
 def test_oauthbearer_gets_a_token_provider() -> None:
@@ -75,8 +63,6 @@ def test_oauthbearer_gets_a_token_provider() -> None:
     )
     provider = client_options(settings)["sasl_oauth_token_provider"]
     assert isinstance(provider, ClientCredentialsTokens)
-    faststream = broker_options(settings)
-    assert isinstance(faststream["security"], SASLOAuthBearer) and faststream["sasl_oauth_token_provider"] is provider
 
 
 def test_incomplete_settings_say_what_is_missing(tmp_path: Path) -> None:
