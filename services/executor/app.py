@@ -141,8 +141,10 @@ class Executor:
         self._slots = PrioritySlots(settings.max_concurrency)
         self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
         self._running: dict[str, tuple[TopicPartition, asyncio.Task[None]]] = {}
-        self._cancels: dict[str, asyncio.Event] = {}
-        self._recent_cancels: OrderedDict[str, str] = OrderedDict()  # execution_id -> tenant_id
+        # Running executions' cancel events, with the tenant that may cancel each (a control record
+        # naming another tenant's execution must not stop it).
+        self._cancels: dict[str, tuple[str, asyncio.Event]] = {}
+        self._recent_cancels: OrderedDict[tuple[str, str], None] = OrderedDict()  # (execution_id, tenant_id) asked to cancel
         self._dropped: OrderedDict[str, int] = OrderedDict()  # execution_id -> attempt it ran when its partition was lost
         self._attempts: dict[str, int] = {}  # execution_id -> the attempt running here
         self._started = False
@@ -260,16 +262,18 @@ class Executor:
     def request_cancel(self, request: ExecutionCancelRequested) -> None:
         """From the control topic. Idempotent: a second cancel of the same execution changes nothing."""
         execution_id = request.execution_id
-        self._recent_cancels[execution_id] = request.tenant_id
-        self._recent_cancels.move_to_end(execution_id)
+        self._recent_cancels[(execution_id, request.tenant_id)] = None  # another tenant's cancel cannot replace it
+        self._recent_cancels.move_to_end((execution_id, request.tenant_id))
         while len(self._recent_cancels) > _RECENT_CANCELS:
             self._recent_cancels.popitem(last=False)
-        event = self._cancels.get(execution_id)
+        tenant_id, event = self._cancels.get(execution_id, ("", None))
+        if tenant_id != request.tenant_id:
+            return
         if event is not None:
             event.set()
 
     def _cancel_requested(self, request: ExecutionRequested) -> bool:
-        return self._recent_cancels.get(request.execution_id) == request.tenant_id
+        return (request.execution_id, request.tenant_id) in self._recent_cancels
 
     # -- consuming ------------------------------------------------------------------------
     async def _on_request(self, record: Record) -> None:
@@ -441,7 +445,8 @@ class Executor:
             events_topic=topic,
             created_at=previous.created_at if previous else request.ts,
         )
-        cancel = self._cancels[request.execution_id] = asyncio.Event()
+        cancel = asyncio.Event()
+        self._cancels[request.execution_id] = (request.tenant_id, cancel)
         if self._cancel_requested(request):
             cancel.set()
         finished = fenced = False
@@ -504,7 +509,7 @@ class Executor:
         finally:
             emitter.close()
             self._slots.release()
-            if self._cancels.get(request.execution_id) is cancel:
+            if self._cancels.get(request.execution_id, ("", None))[1] is cancel:
                 del self._cancels[request.execution_id]
             if self._running.get(request.execution_id, (None, None))[1] is asyncio.current_task():
                 self._running.pop(request.execution_id, None)

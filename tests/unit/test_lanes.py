@@ -10,7 +10,7 @@ import httpx
 import pytest
 from aiokafka import TopicPartition
 
-from schemas.events import ExecutionRequested
+from schemas.events import ExecutionCancelRequested, ExecutionRequested
 from schemas.status import ExecutionStatus
 from schemas.tenants import TenantRecord
 from schemas.topics import Priority
@@ -130,3 +130,20 @@ async def test_a_lane_waiting_for_a_slot_does_not_hold_back_the_others_and_a_reb
     await asyncio.sleep(0.05)
     assert executor.running() == [] and executor._slots.free == 1
     assert TopicPartition(batch, 0) not in memory.sources[batch].committed
+
+
+async def test_a_cancel_only_stops_the_execution_of_the_tenant_it_names(lanes: tuple[Executor, MemoryLanes, MemoryProducer]) -> None:
+    """Found by the reader fuzzer: a control record of tenant A naming tenant B's running execution
+    cancelled it; and A's cancel could replace B's own one recorded before B's execution started."""
+    executor, _, _ = lanes
+    running = asyncio.Event()
+    executor._cancels["e-running"] = ("tenant-b", running)
+    executor.request_cancel(ExecutionCancelRequested(tenant_id="tenant-a", execution_id="e-running"))
+    assert not running.is_set()
+    executor.request_cancel(ExecutionCancelRequested(tenant_id="tenant-b", execution_id="e-running"))
+    assert running.is_set()
+    queued = ExecutionRequested(tenant_id="tenant-b", execution_id="e-queued", input="hi")
+    executor.request_cancel(ExecutionCancelRequested(tenant_id="tenant-b", execution_id="e-queued"))
+    executor.request_cancel(ExecutionCancelRequested(tenant_id="tenant-a", execution_id="e-queued"))
+    assert executor._cancel_requested(queued)
+    assert not executor._cancel_requested(queued.model_copy(update={"execution_id": "e-other"}))
