@@ -181,6 +181,8 @@ async def _produce(producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, recor
     sent = 0
     for topic, raw_key, raw_value, headers in records:
         key, value = real(raw_key), real(raw_value)
+        if key is None and value is None:
+            continue  # no Kafka client can send it (aiokafka refuses before the broker)
         for tp in await partitions_of(consumer, topic):
             try:
                 await producer.send_and_wait(topic, value=value, key=key, headers=headers, partition=tp.partition)
