@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -134,7 +135,7 @@ async def run_agent(
         results = await asyncio.gather(
             *(
                 traced_tool_call(
-                    _call_tool(call, allowed, emitter, step=step, timeout_s=tool_timeout_s, settings=settings),
+                    functools.partial(_call_tool, call, allowed, emitter, step=step, timeout_s=tool_timeout_s, settings=settings),
                     tool=call.name,
                     call_id=call.id,
                 )

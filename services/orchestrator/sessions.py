@@ -7,7 +7,9 @@ the running one ends), or ``interrupt`` (the running one is cancelled, the new o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -80,6 +82,24 @@ async def _session(request: Request, ctx: TenantContext, session_id: str | None 
     return session
 
 
+async def _settled(request: Request, ctx: TenantContext, session: Session) -> Session:
+    """The session once the end of its active execution is recorded, if the events topic says it has
+    ended: a client that saw ``execution.completed`` and sends the next message at once finds the
+    session free and its answer in the history, though the projection runs behind the bridge."""
+    state = state_of(request)
+    active = session.active_execution_id
+    status = state.status.get(active) if active is not None else None
+    if status is None or not status.terminal:
+        return session
+    deadline = time.monotonic() + state.settings.session_settle_s
+    pause = 0.005
+    while session.active_execution_id == active and time.monotonic() < deadline:
+        await asyncio.sleep(pause)  # rare (a race with our own projection), off the hot path
+        pause = min(pause * 2, 0.1)
+        session = await _session(request, ctx, session.id)
+    return session
+
+
 async def get_session(request: Request) -> Response:
     ctx = await require_tenant(request)
     return JSONResponse(session_view(await _session(request, ctx)).model_dump(mode="json"))
@@ -105,7 +125,7 @@ async def send_message(request: Request, ctx: TenantContext, req: ChatRequest, s
     lifecycle = state.runtime.lifecycle
     plan: list[PlannedCall] = []
     with timed("agent_config", "session", plan):
-        session = await _session(request, ctx, session_id)
+        session = await _settled(request, ctx, await _session(request, ctx, session_id))
         known_agent(state.agents, session.agent_id)
     callback = await checked_callback(state.settings, req.callback_url)
     sub = Submission(

@@ -72,6 +72,9 @@ class OrchestratorSettings(BaseSettings):
     sweep_interval_s: float = 1.0
 
     session_policy: SessionPolicy = "reject"
+    # A chat message whose session's last execution has ended on the events topic, but whose end is
+    # not recorded yet (the projection is behind the bridge), waits this long for it before a 409.
+    session_settle_s: float = 10.0
     max_batch_items: int = 1000
     # Idempotency-Key reservations of requests that never finished (crash) are taken over after this.
     idempotency_stale_s: float = 60.0

@@ -12,7 +12,7 @@ incoming context, so ``traceparent`` keeps travelling and logs still carry the t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
@@ -147,11 +147,12 @@ def _on_turn_end(span: trace.Span, provider: str, usage: Any, tool_calls: int) -
     )
 
 
-async def traced_tool_call(work: Awaitable[str], *, tool: str, call_id: str) -> str:
-    """A span around one tool call (``_call_tool`` turns failures into results, so look at the result)."""
+async def traced_tool_call(work: Callable[[], Awaitable[str]], *, tool: str, call_id: str) -> str:
+    """A span around one tool call (``_call_tool`` turns failures into results, so look at the result).
+    ``work`` makes the call's coroutine only here: a call cancelled before it begins leaves none unawaited."""
     attributes = {"agentstream.tool": tool, "agentstream.call_id": call_id}
     with tracer.start_as_current_span(f"tool {tool}", kind=SpanKind.INTERNAL, attributes=attributes) as span:
-        result = await work
+        result = await work()
         failed = result.startswith('{"error"')
         if failed:
             span.set_status(Status(StatusCode.ERROR, result[:200]))

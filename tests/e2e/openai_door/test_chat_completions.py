@@ -16,9 +16,14 @@ from tests.e2e.conftest import Stack
 pytestmark = pytest.mark.kafka
 
 
+OPENED: list[tuple[openai.OpenAI, openai.AsyncOpenAI]] = []  # closed after each test (conftest.py)
+
+
 def clients(stack: Stack, key: str = "key-a") -> tuple[openai.OpenAI, openai.AsyncOpenAI]:
     base = f"{stack.url}/v1"
-    return openai.OpenAI(base_url=base, api_key=key, max_retries=0), openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0)
+    pair = openai.OpenAI(base_url=base, api_key=key, max_retries=0), openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0)
+    OPENED.append(pair)
+    return pair
 
 
 async def test_chat_completion_runs_the_agent_with_its_tools_sync_and_async(stack: Stack) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 
+from services.orchestrator.lifecycle import Lifecycle
 from tests.e2e.conftest import Stack
 from tests.e2e.openai_door.test_chat_completions import clients
 
@@ -214,3 +215,26 @@ async def test_types_and_bounds_are_a_400_naming_the_field(stack: Stack) -> None
         await other.responses.retrieve(first.id, stream=True)
     with pytest.raises(openai.NotFoundError):
         await other.responses.cancel(first.id)
+
+
+async def test_a_finished_response_continues_at_once_while_its_end_is_still_being_recorded(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The answer comes from the bridge; the session is freed by the projection, which may run behind.
+    recorded = Lifecycle.finalize
+
+    async def late(self: Lifecycle, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.5)
+        return await recorded(self, *args, **kwargs)
+
+    monkeypatch.setattr(Lifecycle, "finalize", late)
+    _, client = clients(stack)
+    first = await client.responses.create(model="default", input="what is 6*7?")
+    assert first.status == "completed"
+    second = await client.responses.create(model="default", input="and 2+2?", previous_response_id=first.id)
+    assert second.status == "completed" and "The calculator says 4" in second.output_text
+    execution = (
+        await stack.http.get(f"/v1/executions/{second.id.removeprefix('resp_')}", headers={"Authorization": "Bearer key-a"})
+    ).json()
+    messages = (await stack.http.get(f"/v1/sessions/{execution['session_id']}/messages", headers={"Authorization": "Bearer key-a"})).json()
+    assert [m["role"] for m in messages["messages"]][:3] == ["user", "assistant", "user"]  # the first answer was in its history
