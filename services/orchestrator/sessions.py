@@ -102,12 +102,12 @@ async def _settled(request: Request, ctx: TenantContext, session: Session) -> Se
 
 async def get_session(request: Request) -> Response:
     ctx = await require_tenant(request)
-    return JSONResponse(session_view(await _session(request, ctx)).model_dump(mode="json"))
+    return JSONResponse(session_view(await _settled(request, ctx, await _session(request, ctx))).model_dump(mode="json"))
 
 
 async def get_messages(request: Request) -> Response:
     ctx = await require_tenant(request)
-    session = await _session(request, ctx)
+    session = await _settled(request, ctx, await _session(request, ctx))  # its last answer in the history
     after = query_int(request, "after", 0, low=0, high=MAX_INT32)  # a message seq: the store's INTEGER (32-bit on PostgreSQL)
     limit = query_int(request, "limit", 200, low=1, high=1000)
     async with state_of(request).runtime.store.begin() as conn:
