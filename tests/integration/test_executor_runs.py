@@ -197,10 +197,17 @@ async def test_cancel_before_start_is_skipped_by_status(harness: Harness) -> Non
     assert len(harness.fake.bodies("chat-model")) == 1  # the cancelled one never reached the model
 
 
+async def _seen(harness: Harness, execution_id: str, tenant_id: str) -> None:
+    """Until the executor's control reader has read that cancel (a condition, not a pause: CI is loaded)."""
+    async with asyncio.timeout(20):
+        while (execution_id, tenant_id) not in harness.executor._recent_cancels:
+            await asyncio.sleep(0.02)
+
+
 async def test_cancel_seen_on_the_control_topic_before_the_request(harness: Harness) -> None:
     execution_id = "cancel-first"
     await harness.cancel(execution_id)
-    await asyncio.sleep(0.5)  # the control tail has it; the status view does not know this execution
+    await _seen(harness, execution_id, TENANT)  # the control tail has it; the status view does not know this execution
     await harness.submit("chat", execution_id=execution_id)
     events = await harness.events(execution_id)
     assert types_of(events) == ["execution.cancelled"]
@@ -211,7 +218,7 @@ async def test_a_cancel_for_another_tenant_does_nothing(harness: Harness) -> Non
     harness.fake.script("chat-model", Reply(text=["mine"]))
     execution_id = "foreign-cancel"
     await harness.cancel(execution_id, tenant_id="someone-else")
-    await asyncio.sleep(0.3)
+    await _seen(harness, execution_id, "someone-else")  # read, and then ignored
     events = await harness.events(await harness.submit("chat", execution_id=execution_id))
     assert events[-1]["type"] == "execution.completed"
 
