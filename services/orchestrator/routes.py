@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from services.orchestrator import admin, agui, batches, executions, openai, plans, sessions, tasks, usage
+from services.orchestrator import a2a, admin, agui, batches, executions, openai, plans, sessions, tasks, usage
 
 
 def routes() -> list[BaseRoute]:
@@ -32,4 +32,5 @@ def routes() -> list[BaseRoute]:
         WebSocketRoute("/v1/tasks/stream", tasks.task_stream),
         *openai.routes(),  # the OpenAI-compatible door (services/orchestrator/openai/)
         *agui.routes(),  # the AG-UI door (services/orchestrator/agui/)
+        *a2a.routes(),  # the A2A door (services/orchestrator/a2a/)
     ]
