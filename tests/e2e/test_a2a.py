@@ -20,6 +20,8 @@ from a2a.types import (
     SendMessageRequest,
     StreamResponse,
     SubscribeToTaskRequest,
+    ContentTypeNotSupportedError,
+    InvalidParamsError,
     TaskNotCancelableError,
     TaskNotFoundError,
     TaskState,
@@ -136,6 +138,16 @@ async def test_resubscribe_after_a_drop_resumes_exactly_once(stack: Stack) -> No
     assert resumed[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
     # the snapshot at the position holds what had streamed before it
     assert resumed[0].task.status.state == TaskState.TASK_STATE_WORKING
+    # resumed after the last event: the finished task, nothing more
+    end = MessageToDict(whole[-1].status_update.metadata)[CURSOR]
+    async with a2a_client(stack.url) as client:
+        after_end = [
+            e
+            async for e in client.subscribe(
+                SubscribeToTaskRequest(id=task_id), context=ClientCallContext(service_parameters={"Last-Event-ID": end})
+            )
+        ]
+    assert len(after_end) == 1 and after_end[0].task.status.state == TaskState.TASK_STATE_COMPLETED
 
 
 async def test_cancel_a_running_task_and_not_a_finished_one(stack: Stack) -> None:
@@ -179,3 +191,31 @@ async def test_limits_and_idempotency_are_those_of_v1_executions(stack: Stack) -
         with pytest.raises(A2AClientError) as refused:
             _ = [r async for r in client.send_message(message())]
     assert "429" in str(refused.value)
+
+
+async def test_bad_input_is_refused_with_the_reason(stack: Stack) -> None:
+    async with a2a_client(stack.url, streaming=False) as client:
+        data = SendMessageRequest(message=Message(message_id="m-data", role=Role.ROLE_USER, parts=[Part(url="https://example.com/x")]))
+        with pytest.raises(ContentTypeNotSupportedError):
+            _ = [r async for r in client.send_message(data)]
+        with pytest.raises(InvalidParamsError, match="tenant"):
+            _ = [r async for r in client.send_message(SendMessageRequest(tenant="tenant-b", message=message().message))]
+        with pytest.raises(InvalidParamsError, match="ROLE_USER"):
+            agent = SendMessageRequest(message=Message(message_id="m-agent", role=Role.ROLE_AGENT, parts=[Part(text="hi")]))
+            _ = [r async for r in client.send_message(agent)]
+        [done] = [r async for r in client.send_message(message())]
+    async with a2a_client(stack.url) as client:
+        with pytest.raises(InvalidParamsError, match="Last-Event-ID"):
+            bad = ClientCallContext(service_parameters={"Last-Event-ID": "-5"})
+            _ = [e async for e in client.subscribe(SubscribeToTaskRequest(id=done.task.id), context=bad)]
+    auth = {"Authorization": "Bearer key-a", "A2A-Version": "1.0"}
+    deep: Any = "x"
+    for _ in range(40):
+        deep = [deep]
+    rpc = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"metadata": {"deep": deep}}}
+    r = await stack.http.post("/v1/a2a/default", json=rpc, headers=auth)
+    assert r.status_code == 400 and "deeper" in r.json()["error"]["message"]
+    big = await stack.http.post("/v1/a2a/default", content=b"{" + b" " * 1_100_000 + b"}", headers=auth)
+    assert big.status_code == 413
+    assert (await stack.http.post("/v1/a2a/default", json=rpc)).status_code == 401
+    assert (await stack.http.post("/v1/a2a/nobody", json=rpc, headers=auth)).status_code == 404

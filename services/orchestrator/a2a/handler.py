@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -253,41 +253,42 @@ def _end(call: Call, mapper: TaskMapper, ended: Ended) -> list[Any]:
     return mapper.end(state, ended.error or (status.error if status is not None else None))
 
 
+_CAUGHT_UP = object()
+
+
 async def _events(call: Call, feed: Feed, mapper: TaskMapper, after: tuple[int, int]) -> AsyncGenerator[Event]:
-    """The task as of ``after``, then every event after it, until the task ends."""
+    """The task as of ``after``, then every event after it, until the task ends.
+
+    The task goes first, before the first event after ``after`` or once the catch-up has been read,
+    so a client that resumes a quiet task gets an answer at once."""
+
+    async def items() -> AsyncIterator[object]:
+        for item in await feed.so_far(mapper.task_id, timeout=5.0):
+            yield item
+        yield _CAUGHT_UP
+        async for live in feed.items():
+            yield live
+
     try:
         sent = False
-        for item in await feed.so_far(mapper.task_id, timeout=5.0):
-            if isinstance(item, Ended):
+        async for item in items():
+            if item is _CAUGHT_UP or isinstance(item, Ended):
                 if not sent:
                     yield mapper.task()
                     sent = True
-                for event in _end(call, mapper, item):
-                    yield event
-                return
-            if item.cursor < after[0]:
-                mapper.feed(item.cursor, item.event)
-                continue
-            snapshot = None if sent else mapper.task()
-            fresh = [e for k, e in enumerate(mapper.feed(item.cursor, item.event)) if (item.cursor, k) > after]
-            if fresh:
-                if snapshot is not None:
+                if isinstance(item, Ended):
+                    for event in _end(call, mapper, item):
+                        yield event
+                    return
+            elif isinstance(item, Item):
+                snapshot = None if sent or item.cursor < after[0] else mapper.task()  # before this event is folded
+                fresh = [e for k, e in enumerate(mapper.feed(item.cursor, item.event)) if (item.cursor, k) > after]
+                if fresh and snapshot is not None:
                     yield snapshot
                     sent = True
                 for event in fresh:
                     yield event
-        if not sent:
-            yield mapper.task()
-        if mapper.finished:
-            return
-        async for live in feed.items():
-            if isinstance(live, Item):
-                for event in mapper.feed(live.cursor, live.event):
-                    yield event
-            elif isinstance(live, Ended):
-                for event in _end(call, mapper, live):
-                    yield event
-            if mapper.finished:
+            if mapper.finished and sent:
                 return
     finally:
         feed.close()
