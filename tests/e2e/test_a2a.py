@@ -13,15 +13,15 @@ import pytest
 from a2a.client import A2AClientError, Client, ClientCallContext, ClientConfig, create_client
 from a2a.types import (
     CancelTaskRequest,
+    ContentTypeNotSupportedError,
     GetTaskRequest,
+    InvalidParamsError,
     Message,
     Part,
     Role,
     SendMessageRequest,
     StreamResponse,
     SubscribeToTaskRequest,
-    ContentTypeNotSupportedError,
-    InvalidParamsError,
     TaskNotCancelableError,
     TaskNotFoundError,
     TaskState,
