@@ -4,9 +4,10 @@
   the first run, its history seeded from the input's earlier messages; later runs send only the
   last user message, the session's history being the conversation). Another tenant's thread is a 404.
 * ``runId`` names the run: it is the idempotency key of the submission (per tenant), so the same
-  POST again is the same run, never a second execution. With ``Last-Event-ID: N`` (our cursor: the
-  SSE ``id`` of every event) the same POST resumes the run's stream after N, exactly once; a resume of
-  a run this tenant never started is a 404.
+  POST again is the same run, never a second execution. With ``Last-Event-ID`` (the SSE ``id`` of
+  an event: our cursor ``N``, or ``N:k`` for the earlier events one of ours became) the same POST
+  resumes the run's stream right after that event, exactly once; a resume of a run this tenant never
+  started is a 404.
 * The submission is a chat message of that session (``sessions.send_message``): admission, limits
   (429 + ``Retry-After``), usage, priority (``X-Agentstream-Priority`` or ``forwardedProps.priority``)
   and ``traceparent`` as on ``/v1/executions``.
