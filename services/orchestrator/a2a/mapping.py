@@ -47,7 +47,7 @@ class TaskMapper:
         self.state: TaskState = TaskState.TASK_STATE_SUBMITTED
         self.reason: str | None = None
         self.cursor: str | None = None  # of the last event folded
-        self._steps: dict[int, str] = {}
+        self._steps: dict[int, list[str]] = {}  # each model turn's text, as streamed (joined when needed)
         self._last_step: int | None = None
         self._final: str | None = None
         self._structured = False
@@ -84,7 +84,7 @@ class TaskMapper:
             fresh = not self._steps
             if self._steps and self._last_step is not None and step != self._last_step and step not in self._steps:
                 text = "\n\n" + text
-            self._steps[step] = self._steps.get(step, "") + text
+            self._steps.setdefault(step, []).append(text)
             self._last_step = step
             if self._structured:
                 return []
@@ -129,7 +129,7 @@ class TaskMapper:
     def text(self) -> str:
         if self._final is not None:
             return self._final
-        return "".join(t for _, t in sorted(self._steps.items())).lstrip("\n")
+        return "".join("".join(parts) for _, parts in sorted(self._steps.items())).lstrip("\n")
 
     def task(self, *, history_length: int | None = None) -> Task:
         task = Task(id=self.task_id, context_id=self.context_id, status=self._status_of())

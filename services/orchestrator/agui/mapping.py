@@ -54,6 +54,7 @@ class RunMapper:
         self.messages: list[dict[str, Any]] = []  # this run's messages (wire form)
         self._steps: list[int] = []  # the step each of them belongs to
         self._void: set[int] = set()
+        self._parts: dict[int, list[str]] = {}  # the text of each text message, as streamed
         self._open: int | None = None  # the text message being streamed
         self._attempt = 0
         self._structured = False
@@ -83,12 +84,11 @@ class RunMapper:
                 self._close(out)
                 self._open_message(out, step)
             assert self._open is not None
-            message = self.messages[self._open]
-            message["content"] = message.get("content", "") + text
-            out.append(TextMessageContentEvent(message_id=message["id"], delta=text))
+            self._parts[self._open].append(text)  # joined when a snapshot needs it: no copy per delta
+            out.append(TextMessageContentEvent(message_id=self.messages[self._open]["id"], delta=text))
         elif kind == "execution.restarted" and event.get("text_discarded"):
             step = int(event.get("step", 0))
-            voided = [i for i, s in enumerate(self._steps) if s == step and "content" in self.messages[i] and i not in self._void]
+            voided = [i for i, s in enumerate(self._steps) if s == step and i in self._parts and i not in self._void]
             if voided:
                 self._close(out)
                 self._void.update(voided)
@@ -109,7 +109,7 @@ class RunMapper:
                 self._close(out)
                 self._open_message(out, -1)
                 assert self._open is not None
-                self.messages[self._open]["content"] = output
+                self._parts[self._open] = [output]
                 out.append(TextMessageContentEvent(message_id=self.messages[self._open]["id"], delta=output))
             self._close(out)
             usage = event.get("usage") or {}
@@ -148,6 +148,8 @@ class RunMapper:
         return out
 
     def snapshot(self) -> MessagesSnapshotEvent:
+        for i, parts in self._parts.items():
+            self.messages[i]["content"] = "".join(parts)
         kept = [m for i, m in enumerate(self.messages) if i not in self._void]
         return MessagesSnapshotEvent(messages=_MESSAGES.validate_python(self._prefix + kept))
 
@@ -161,6 +163,7 @@ class RunMapper:
         self.messages.append({"id": message_id, "role": "assistant", "content": ""})
         self._steps.append(step)
         self._open = len(self.messages) - 1
+        self._parts[self._open] = []
         out.append(TextMessageStartEvent(message_id=message_id, role="assistant"))
 
     def _close(self, out: list[BaseEvent]) -> None:
