@@ -142,8 +142,11 @@ async def test_limits_priority_and_usage_are_those_of_v1_executions(stack: Stack
         auth = {"Authorization": "Bearer key-5"}
         body = run_input(forwardedProps={"priority": "critical"})
         ran = await stream(http, body, key="key-5")
-        refused = await http.post("/v1/agui/default", json=run_input(), headers=auth)
+        refused_input = run_input()
+        refused = await http.post("/v1/agui/default", json=refused_input, headers=auth)
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        # the thread the refused run was to start is not left behind
+        assert (await http.get(f"/v1/sessions/{refused_input['threadId']}", headers=auth)).status_code == 404
         messages = (await http.get(f"/v1/sessions/{body['threadId']}/messages", headers=auth)).json()["messages"]
         view = (await http.get(f"/v1/executions/{messages[0]['execution_id']}", headers=auth)).json()
     assert ran[-1][1].type == EventType.RUN_FINISHED
