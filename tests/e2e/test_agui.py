@@ -123,6 +123,7 @@ async def test_bad_input_is_a_clear_4xx(stack: Stack) -> None:
         (run_input(), {}, 401, "API key"),
         (run_input(), auth | {"Last-Event-ID": "abc"}, 400, "Last-Event-ID"),
         (run_input(), auth | {"X-Agentstream-Priority": "urgent"}, 400, "priority"),
+        (run_input(context=[{"description": "d", "value": "v" * 199_990}]), auth, 400, "context"),
     ]
     for body, headers, status, words in cases:
         kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}

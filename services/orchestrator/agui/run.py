@@ -45,6 +45,7 @@ from services.orchestrator.store import sessions
 
 MAX_MESSAGES = 1000
 MAX_CONTEXT = 64
+MAX_INSTRUCTIONS = 200_000  # what ChatRequest.instructions takes
 MAX_RUN_ID = 200  # the idempotency key is "agui-run:" + runId, at most 255 characters
 _ID = re.compile(ID_PATTERN)
 _SEEDED_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -129,10 +130,10 @@ def _priority(request: Request, run: RunAgentInput) -> Priority:
 def _instructions(run: RunAgentInput) -> str | None:
     if not run.context:
         return None
-    text = "\n".join(f"{c.description}: {c.value}" for c in run.context)
-    if len(text) > 200_000:
-        raise _bad("context is at most 200000 characters in all", "context")
-    return "Context from the application:\n" + text
+    text = "Context from the application:\n" + "\n".join(f"{c.description}: {c.value}" for c in run.context)
+    if len(text) > MAX_INSTRUCTIONS:
+        raise _bad(f"context is at most {MAX_INSTRUCTIONS} characters in all (they become the run's instructions)", "context")
+    return text
 
 
 async def _thread(request: Request, ctx: TenantContext, agent: str, thread_id: str, earlier: list[tuple[str, str]]) -> bool:
