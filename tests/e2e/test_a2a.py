@@ -154,6 +154,8 @@ async def test_cancel_a_running_task_and_not_a_finished_one(stack: Stack) -> Non
     async with a2a_client(stack.url, streaming=False, polling=True) as client:
         [submitted] = [r async for r in client.send_message(message("what is 1+1? " + "word " * 3000))]
         assert submitted.task.status.state == TaskState.TASK_STATE_SUBMITTED  # returned at once (polling)
+        running = await client.get_task(GetTaskRequest(id=submitted.task.id, history_length=0))
+        assert running.status.state in (TaskState.TASK_STATE_SUBMITTED, TaskState.TASK_STATE_WORKING) and not running.history
         cancelled = await client.cancel_task(CancelTaskRequest(id=submitted.task.id))
         assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
     async with a2a_client(stack.url, streaming=False) as client:
