@@ -21,8 +21,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message
 
 from schemas.bounds import json_problem
+from services.orchestrator.a2a.calls import CALL, Call, ContextBuilder
 from services.orchestrator.a2a.card import agent_card
-from services.orchestrator.a2a.handler import CALL, AgentstreamHandler, Call, ContextBuilder
+from services.orchestrator.a2a.handler import AgentstreamHandler
 from services.orchestrator.http import HTTPError, read_body, require_tenant, state_of
 
 _INVALID_REQUEST = -32600
