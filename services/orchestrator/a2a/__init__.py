@@ -1,7 +1,9 @@
 """The A2A door: an agent card per agent, and A2A's JSON-RPC methods over executions and sessions.
 
 ``endpoint`` (authentication, bounds, the card, the SDK's JSON-RPC dispatcher), ``handler`` (the
-SDK's ``RequestHandler`` over our state), ``mapping`` (our events -> A2A task events), ``card``.
+SDK's ``RequestHandler`` over our state), ``calls`` (the call context, errors, positions), ``send``
+(message checks and submission), ``tasks`` (tasks as executions, their streams), ``mapping`` (our
+events -> A2A task events), ``card``.
 See docs/protocols.md.
 """
 
