@@ -55,6 +55,13 @@ async def run_idempotently(request: Request, handler: Handler) -> tuple[int, Any
         return status, payload, False
     if not 1 <= len(key) <= 255 or not key.isprintable():
         raise HTTPError(400, "Idempotency-Key must be 1 to 255 printable characters")
+    return await with_key(request, context, body, key, handler)
+
+
+async def with_key(request: Request, context: TenantContext, body: bytes, key: str, handler: Handler) -> tuple[int, Any, bool]:
+    """``run_idempotently`` with a key the caller found (a door whose protocol names its requests:
+    AG-UI's ``runId``, A2A's ``messageId``): same key and payload replays, another payload is a 409."""
+    state = state_of(request)
     store = state.runtime.store
     fingerprint = _fingerprint(request, body)
     async with store.begin() as conn:

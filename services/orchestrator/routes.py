@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from services.orchestrator import admin, batches, executions, openai, plans, sessions, tasks, usage
+from services.orchestrator import a2a, admin, agui, batches, executions, openai, plans, sessions, tasks, usage
 
 
 def routes() -> list[BaseRoute]:
@@ -31,4 +31,6 @@ def routes() -> list[BaseRoute]:
         WebSocketRoute("/ws/task_updates", tasks.task_updates),
         WebSocketRoute("/v1/tasks/stream", tasks.task_stream),
         *openai.routes(),  # the OpenAI-compatible door (services/orchestrator/openai/)
+        *agui.routes(),  # the AG-UI door (services/orchestrator/agui/)
+        *a2a.routes(),  # the A2A door (services/orchestrator/a2a/)
     ]
