@@ -31,7 +31,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolResult, Implementation, TextContent
+from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT, CallToolResult, Implementation, TextContent
 
 from schemas.agents import AgentSpec, McpServer
 from schemas.bounds import json_problem
@@ -53,6 +53,13 @@ MAX_PROGRESS_EVENTS = 256  # per call: a chatty server cannot flood the events t
 MAX_DETAIL_CHARS = 1000
 _MODEL_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI-compatible APIs accept
 _CLIENT_INFO = Implementation(name="agentstream", version="0.1.0")
+# How the SDK's transports report that the session is gone (not an answer of the server's): the
+# connection closed, no answer in time, a 5xx, or the server no longer knowing the session (it restarted).
+_TRANSPORT_CODES = frozenset({CONNECTION_CLOSED, REQUEST_TIMEOUT, INTERNAL_ERROR})
+
+
+def _session_lost(exc: MCPError) -> bool:
+    return exc.code in _TRANSPORT_CODES or exc.message == "Session terminated"
 
 
 class McpUnavailable(ToolError):
@@ -214,7 +221,9 @@ class McpSession:
             await self.discard(client)
             raise McpUnavailable(f"MCP server {self.name!r} did not list its tools within {self._connect_timeout_s:g}s") from None
         except MCPError as exc:
-            raise McpUnavailable(f"MCP server {self.name!r} refused to list its tools: {exc.message}") from exc
+            if _session_lost(exc):
+                await self.discard(client)
+            raise McpUnavailable(f"MCP server {self.name!r} cannot list its tools: {exc.message}") from exc
         except Exception as exc:
             await self.discard(client)
             raise McpUnavailable(f"MCP server {self.name!r} is unavailable: {_reason(exc)}") from exc
@@ -239,7 +248,11 @@ class McpSession:
         progress = _Progress(ctx) if ctx is not None else None
         try:
             result = await client.call_tool(name, arguments, progress_callback=progress)
-        except MCPError as exc:  # a JSON-RPC error: the server answered (unknown tool, bad arguments)
+        except MCPError as exc:
+            if _session_lost(exc):
+                await self.discard(client)
+                raise McpUnavailable(f"MCP server {self.name!r} is unreachable: {exc.message}") from exc
+            # A JSON-RPC error the server answered (unknown tool, bad arguments): the session is fine.
             raise ToolError(f"MCP server {self.name!r} refused the call: {exc.message}") from exc
         except (TimeoutError, asyncio.CancelledError):
             raise

@@ -12,6 +12,7 @@ import asyncio
 import os
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from starlette.types import ASGIApp
 
 
@@ -30,7 +31,7 @@ def server() -> MCPServer:
 
     @mcp.tool(description="Always fails.")
     def fail(reason: str) -> str:
-        raise ValueError(reason)
+        raise ToolError(reason)  # its message is the error result's text
 
     @mcp.tool(description="The credential this call came with.")
     def whoami(ctx: Context) -> str:

@@ -1,0 +1,129 @@
+"""MCP servers as a tool source: a real MCP server written with the ``mcp`` SDK (tests/fakes/mcp_server.py),
+over streamable HTTP on loopback and over stdio as a subprocess, driven through the executor on the real
+broker, the model being the real OpenAI SDK against the fake server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from schemas.agents import AgentSpec, McpServer
+from services.common.settings import KafkaSettings
+from tests.fakes.mcp_server import app
+from tests.fakes.openai_server import FakeToolCall, Reply
+from tests.integration.executor_harness import running_executor, types_of
+from tests.support import serve
+
+pytestmark = pytest.mark.kafka
+
+PORT = 8571  # a port of this helper's range, so the same server can come back on it
+DOWN_PORT = 8599  # nothing listens here
+SECRETS = {"files-token": SecretStr("Bearer for-everyone"), "tenant-a/files-token": SecretStr("Bearer tenant-a")}
+
+
+def http_agent(url: str, **server: Any) -> AgentSpec:
+    files = McpServer(name="files", url=url, headers={"X-Team": "research"}, secret_headers={"Authorization": "files-token"}, **server)
+    return AgentSpec(name="mcp", provider="openai", model="mcp-model", tools=("calculator",), mcp_servers=(files,))
+
+
+def completed(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["call_id"]: e for e in events if e["type"] == "tool.call.completed"}
+
+
+def tool_messages(body: dict[str, Any]) -> dict[str, Any]:
+    return {m["tool_call_id"]: json.loads(m["content"]) for m in body["messages"] if m["role"] == "tool"}
+
+
+async def test_http_server_tools_are_offered_called_and_report_progress_with_the_tenants_credential(kafka_settings: KafkaSettings) -> None:
+    async with (
+        serve(app()) as base,
+        running_executor(kafka_settings, agents={"mcp": http_agent(f"{base}/mcp")}, allow_private_tool_urls=True, mcp_secrets=SECRETS) as h,
+    ):
+        calls = [
+            FakeToolCall("files__add", '{"a": 2, "b": 3}', id="add"),
+            FakeToolCall("files__count", '{"n": 3}', id="count"),
+            FakeToolCall("files__whoami", "{}", id="who"),
+            FakeToolCall("files__fail", '{"reason": "disk full"}', id="fail"),
+        ]
+        h.fake.script("mcp-model", Reply(tool_calls=calls), Reply(text=["done"]))
+        events = await h.events(await h.submit("mcp", "go"))
+        assert types_of(events)[-1] == "execution.completed"
+        first, second = h.fake.bodies("mcp-model")
+        offered = {t["function"]["name"]: t["function"] for t in first["tools"]}
+        assert {"calculator", "files__add", "files__count", "files__fail", "files__whoami", "files__sleep"} <= set(offered)
+        assert offered["files__add"]["parameters"]["properties"]["a"]["type"] == "integer"  # the server's own JSON Schema
+        assert offered["files__add"]["description"] == "Add two integers."
+        ends = completed(events)
+        assert ends["add"]["result"] == {"result": 5} and ends["add"]["error"] is None
+        assert ends["count"]["result"] == {"result": "counted to 3"}
+        assert ends["who"]["result"] == {"result": "Bearer tenant-a"}  # the tenant's own secret, from settings
+        assert ends["fail"]["result"] is None and "disk full" in ends["fail"]["error"]  # an error result, for the model
+        progress = [e for e in events if e["type"] == "tool.call.progress" and e["call_id"] == "count"]
+        assert [(e["progress"], e["total"], e["detail"], e["status"]) for e in progress] == [
+            (1.0, 3.0, "step 1 of 3", "progress"),
+            (2.0, 3.0, "step 2 of 3", "progress"),
+            (3.0, 3.0, "step 3 of 3", "progress"),
+        ]
+        assert all(e["tool"] == "files__count" for e in progress)
+        assert tool_messages(second)["add"] == {"result": {"result": 5}}
+        assert "disk full" in tool_messages(second)["fail"]["error"]
+
+
+async def test_a_server_that_is_down_is_a_notice_for_the_model_and_the_execution_goes_on(kafka_settings: KafkaSettings) -> None:
+    agent = http_agent(f"http://127.0.0.1:{DOWN_PORT}/mcp")
+    async with running_executor(
+        kafka_settings, agents={"mcp": agent}, allow_private_tool_urls=True, mcp_secrets=SECRETS, mcp_connect_timeout_s=2
+    ) as h:
+        h.fake.script("mcp-model", Reply(tool_calls=[FakeToolCall("calculator", '{"expression": "1+1"}', id="c")]), Reply(text=["ok"]))
+        events = await h.events(await h.submit("mcp", "go"))
+        assert types_of(events)[-1] == "execution.completed"
+        body = h.fake.bodies("mcp-model")[0]
+        assert [t["function"]["name"] for t in body["tools"]] == ["calculator"]
+        notices = [m["content"] for m in body["messages"] if m["role"] == "system" and "MCP server 'files'" in m["content"]]
+        assert len(notices) == 1 and "not available" in notices[0] and "unavailable" in notices[0], notices
+
+
+async def test_a_server_that_went_down_is_a_clear_tool_error_and_its_session_is_reopened_when_it_is_back(
+    kafka_settings: KafkaSettings,
+) -> None:
+    agent = http_agent(f"http://127.0.0.1:{PORT}/mcp")
+    async with contextlib.AsyncExitStack() as server:
+        await server.enter_async_context(serve(app(), port=PORT))
+        async with running_executor(
+            kafka_settings, agents={"mcp": agent}, allow_private_tool_urls=True, mcp_secrets=SECRETS, mcp_connect_timeout_s=2
+        ) as h:
+            add = Reply(tool_calls=[FakeToolCall("files__add", '{"a": 1, "b": 1}', id="add")])
+            h.fake.script("mcp-model", add, Reply(text=["one"]))
+            assert completed(await h.events(await h.submit("mcp", "go")))["add"]["result"] == {"result": 2}
+            await server.aclose()  # the server goes away; its tools were listed
+
+            h.fake.script("mcp-model", add, Reply(text=["two"]))
+            events = await h.events(await h.submit("mcp", "go"))
+            assert types_of(events)[-1] == "execution.completed"
+            error = completed(events)["add"]["error"]
+            assert error is not None and "MCP server 'files'" in error and ("unreachable" in error or "unavailable" in error), error
+
+            async with serve(app(), port=PORT):  # back (a new process would be the same: a new session)
+                h.fake.script("mcp-model", add, Reply(text=["three"]))
+                events = await h.events(await h.submit("mcp", "go"))
+                assert completed(events)["add"]["result"] == {"result": 2}
+
+
+async def test_stdio_server_runs_as_a_subprocess_with_its_secret_in_its_environment(kafka_settings: KafkaSettings) -> None:
+    local = McpServer(name="local", command=sys.executable, args=("-m", "tests.fakes.mcp_server"), secret_env={"MCP_TOKEN": "local-token"})
+    agent = AgentSpec(name="stdio", provider="openai", model="stdio-model", tools=(), mcp_servers=(local,))
+    secrets = {"local-token": SecretStr("from-settings")}
+    async with running_executor(kafka_settings, agents={"stdio": agent}, mcp_secrets=secrets, mcp_connect_timeout_s=20) as h:
+        calls = [FakeToolCall("local__whoami", "{}", id="who"), FakeToolCall("local__count", '{"n": 2}', id="count")]
+        h.fake.script("stdio-model", Reply(tool_calls=calls), Reply(text=["done"]))
+        events = await h.events(await h.submit("stdio", "go"), timeout=40)
+        assert types_of(events)[-1] == "execution.completed"
+        ends = completed(events)
+        assert ends["who"]["result"] == {"result": "from-settings"}
+        assert ends["count"]["result"] == {"result": "counted to 2"}
+        assert [e["progress"] for e in events if e["type"] == "tool.call.progress"] == [1.0, 2.0]
