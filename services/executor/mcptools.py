@@ -120,6 +120,7 @@ class McpSession:
         self._closing = asyncio.Event()
         self.listing: dict[str, ToolSpec] | None = None  # server's tool name -> spec offered to the model
         self.listed_at = 0.0
+        self.opened = 0  # sessions opened so far: 1 while the first one lives
 
     @property
     def alive(self) -> bool:
@@ -142,6 +143,7 @@ class McpSession:
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
                     self._client = await asyncio.shield(ready)
+                self.opened += 1
             except TimeoutError:
                 await self._stop_runner()
                 raise McpUnavailable(f"MCP server {self.name!r} did not answer within {self._connect_timeout_s:g}s") from None
@@ -369,6 +371,11 @@ class McpTools:
             if allowed is None or remote in allowed
         }
         return tools, ""
+
+    @property
+    def opened(self) -> int:
+        """Sessions opened so far (of the servers still known): calls reuse one until it dies."""
+        return sum(session.opened for session in self._sessions.values())
 
     def _session(self, endpoint: Endpoint) -> McpSession:
         key = endpoint.key

@@ -100,6 +100,11 @@ async def test_a_server_that_went_down_is_a_clear_tool_error_and_its_session_is_
             add = Reply(tool_calls=[FakeToolCall("files__add", '{"a": 1, "b": 1}', id="add")])
             h.fake.script("mcp-model", add, Reply(text=["one"]))
             assert completed(await h.events(await h.submit("mcp", "go")))["add"]["result"] == {"result": 2}
+            # A call that times out (the harness's tool timeout is 0.5 s) leaves the session usable.
+            h.fake.script("mcp-model", Reply(tool_calls=[FakeToolCall("files__sleep", '{"seconds": 5}', id="s")]), add, Reply(text=["x"]))
+            events = await h.events(await h.submit("mcp", "go"))
+            assert "timed out" in (completed(events)["s"]["error"] or "") and completed(events)["add"]["result"] == {"result": 2}
+            assert h.executor.mcp.opened == 1  # one session for the listing and every call so far
             await server.aclose()  # the server goes away; its tools were listed
 
             h.fake.script("mcp-model", add, Reply(text=["two"]))
@@ -112,6 +117,7 @@ async def test_a_server_that_went_down_is_a_clear_tool_error_and_its_session_is_
                 h.fake.script("mcp-model", add, Reply(text=["three"]))
                 events = await h.events(await h.submit("mcp", "go"))
                 assert completed(events)["add"]["result"] == {"result": 2}
+                assert h.executor.mcp.opened == 2  # the dead session was replaced by a new one
 
 
 async def test_stdio_server_runs_as_a_subprocess_with_its_secret_in_its_environment(kafka_settings: KafkaSettings) -> None:
@@ -127,3 +133,50 @@ async def test_stdio_server_runs_as_a_subprocess_with_its_secret_in_its_environm
         assert ends["who"]["result"] == {"result": "from-settings"}
         assert ends["count"]["result"] == {"result": "counted to 2"}
         assert [e["progress"] for e in events if e["type"] == "tool.call.progress"] == [1.0, 2.0]
+
+
+async def test_tools_whose_names_or_schemas_cannot_be_offered_are_left_out_and_the_rest_stay(kafka_settings: KafkaSettings) -> None:
+    from mcp.server.mcpserver import MCPServer
+
+    odd = MCPServer("odd")
+
+    @odd.tool(name="x" * 70, description="A name no model API takes once prefixed.")
+    def long_name() -> str:
+        return "never"
+
+    @odd.tool(name="ok", description="Fine.")
+    def ok() -> str:
+        return "fine"
+
+    async with (
+        serve(odd.streamable_http_app()) as base,
+        running_executor(
+            kafka_settings,
+            agents={"mcp": http_agent(f"{base}/mcp", tools=("ok", "x" * 70))},
+            allow_private_tool_urls=True,
+            mcp_secrets=SECRETS,
+        ) as h,
+    ):
+        h.fake.script("mcp-model", Reply(tool_calls=[FakeToolCall("files__ok", "{}", id="ok")]), Reply(text=["done"]))
+        events = await h.events(await h.submit("mcp", "go"))
+        assert completed(events)["ok"]["result"] == {"result": "fine"}
+        assert [t["function"]["name"] for t in h.fake.bodies("mcp-model")[0]["tools"]] == ["calculator", "files__ok"]
+
+
+async def test_the_agent_service_may_not_name_a_stdio_server() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from services.common.agents import AgentCatalogError, HttpAgents
+
+    local = McpServer(name="local", command="/bin/sh", args=("-c", "echo pwned"))
+    body = AgentSpec(name="evil", mcp_servers=(local,)).model_dump_json()
+    service = Starlette(routes=[Route("/agents/evil", lambda _: Response(body, media_type="application/json"))])
+    async with serve(service) as base:
+        agents = HttpAgents(base)
+        try:
+            with pytest.raises(AgentCatalogError, match="stdio MCP servers"):
+                await agents.get("evil")
+        finally:
+            await agents.aclose()

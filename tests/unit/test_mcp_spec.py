@@ -1,0 +1,59 @@
+"""Agents name MCP servers in the agents file; what cannot work is refused when the file is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.common.agents import AgentCatalogError, load_agents
+
+FILE = """
+agents:
+  researcher:
+    provider: openai
+    model: gpt-4o-mini
+    tools: [calculator]
+    mcp_servers:
+      - name: github
+        url: https://mcp.example.com/mcp
+        secret_headers: {Authorization: github-token}
+      - name: files
+        command: npx
+        args: ["-y", "@modelcontextprotocol/server-filesystem", "/srv/docs"]
+        tools: [read_file, list_directory]
+"""
+
+
+def test_the_agents_file_names_http_and_stdio_servers(tmp_path: Path) -> None:
+    path = tmp_path / "agents.yaml"
+    path.write_text(FILE)
+    [github, files] = load_agents(path)["researcher"].mcp_servers
+    assert github.url == "https://mcp.example.com/mcp" and github.secret_headers == {"Authorization": "github-token"}
+    assert files.stdio and files.command == "npx" and files.tools == ("read_file", "list_directory")
+
+
+@pytest.mark.parametrize(
+    ("server", "problem"),
+    [
+        ("{name: x, url: 'http://a/mcp', command: cat}", "either url"),
+        ("{name: x}", "either url"),
+        ("{name: x, url: 'http://a/mcp', args: [a]}", "for stdio servers"),
+        ("{name: x, command: cat, headers: {A: b}}", "for HTTP servers"),
+        ("{name: x, url: 'http://a/mcp', headers: {'Bad Header': b}}", "not an HTTP header name"),
+        ("{name: 'a.b', url: 'http://a/mcp'}", "name"),
+        ("{name: x, url: 'http://a/mcp', secret_headers: {A: 'no spaces'}}", "not a secret name"),
+    ],
+)
+def test_what_cannot_work_is_refused_when_the_file_is_read(tmp_path: Path, server: str, problem: str) -> None:
+    path = tmp_path / "agents.yaml"
+    path.write_text(f"agents:\n  a:\n    mcp_servers: [{server}]\n")
+    with pytest.raises(AgentCatalogError, match=problem):
+        load_agents(path)
+
+
+def test_two_servers_of_one_agent_cannot_share_a_name(tmp_path: Path) -> None:
+    path = tmp_path / "agents.yaml"
+    path.write_text("agents:\n  a:\n    mcp_servers: [{name: x, url: 'http://a/mcp'}, {name: x, command: cat}]\n")
+    with pytest.raises(AgentCatalogError, match="share a name"):
+        load_agents(path)
