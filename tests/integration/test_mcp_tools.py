@@ -10,9 +10,14 @@ import sys
 from typing import Any
 
 import pytest
+from mcp.server.mcpserver import MCPServer
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 
 from schemas.agents import AgentSpec, McpServer
+from services.common.agents import AgentCatalogError, HttpAgents
 from services.common.settings import KafkaSettings
 from tests.fakes.mcp_server import app
 from tests.fakes.openai_server import FakeToolCall, Reply
@@ -136,8 +141,6 @@ async def test_stdio_server_runs_as_a_subprocess_with_its_secret_in_its_environm
 
 
 async def test_tools_whose_names_or_schemas_cannot_be_offered_are_left_out_and_the_rest_stay(kafka_settings: KafkaSettings) -> None:
-    from mcp.server.mcpserver import MCPServer
-
     odd = MCPServer("odd")
 
     @odd.tool(name="x" * 70, description="A name no model API takes once prefixed.")
@@ -164,12 +167,6 @@ async def test_tools_whose_names_or_schemas_cannot_be_offered_are_left_out_and_t
 
 
 async def test_the_agent_service_may_not_name_a_stdio_server() -> None:
-    from starlette.applications import Starlette
-    from starlette.responses import Response
-    from starlette.routing import Route
-
-    from services.common.agents import AgentCatalogError, HttpAgents
-
     local = McpServer(name="local", command="/bin/sh", args=("-c", "echo pwned"))
     body = AgentSpec(name="evil", mcp_servers=(local,)).model_dump_json()
     service = Starlette(routes=[Route("/agents/evil", lambda _: Response(body, media_type="application/json"))])

@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
+from schemas.agents import AgentSpec, McpServer
 from services.common.agents import AgentCatalogError, load_agents
+from services.executor.mcptools import McpTools
+from services.executor.settings import ExecutorSettings
 
 FILE = """
 agents:
@@ -57,3 +61,15 @@ def test_two_servers_of_one_agent_cannot_share_a_name(tmp_path: Path) -> None:
     path.write_text("agents:\n  a:\n    mcp_servers: [{name: x, url: 'http://a/mcp'}, {name: x, command: cat}]\n")
     with pytest.raises(AgentCatalogError, match="share a name"):
         load_agents(path)
+
+
+async def test_a_secret_that_is_not_configured_makes_the_server_unavailable_with_that_reason() -> None:
+    server = McpServer(name="gh", url="https://mcp.example.com/mcp", secret_headers={"Authorization": "gh-token"})
+    agent = AgentSpec(name="a", mcp_servers=(server,))
+    mcp = McpTools(ExecutorSettings(mcp_secrets={"other-tenant/gh-token": SecretStr("Bearer not-yours")}))
+    try:
+        tools, notices = await mcp.tools_for(agent, "tenant-a")
+    finally:
+        await mcp.aclose()
+    assert tools == {} and mcp.opened == 0
+    assert len(notices) == 1 and "secret 'gh-token' is not configured" in notices[0]
