@@ -146,6 +146,8 @@ class McpSession:
                 self.opened += 1
             except TimeoutError:
                 await self._stop_runner()
+                if ready.done() and not ready.cancelled():
+                    ready.exception()  # retrieved: it failed after we stopped waiting, nobody else will look
                 raise McpUnavailable(f"MCP server {self.name!r} did not answer within {self._connect_timeout_s:g}s") from None
             except Exception as exc:
                 await self._stop_runner()

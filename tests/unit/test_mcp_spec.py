@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,22 @@ async def test_a_secret_that_is_not_configured_makes_the_server_unavailable_with
         await mcp.aclose()
     assert tools == {} and mcp.opened == 0
     assert len(notices) == 1 and "secret 'gh-token' is not configured" in notices[0]
+
+
+async def test_a_server_that_accepts_but_never_answers_is_unavailable_after_the_connect_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)  # takes the request, never answers
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    agent = AgentSpec(name="a", mcp_servers=(McpServer(name="mute", url=f"http://127.0.0.1:{port}/mcp"),))
+    mcp = McpTools(ExecutorSettings(allow_private_tool_urls=True, mcp_connect_timeout_s=0.5))
+    try:
+        tools, notices = await mcp.tools_for(agent, "tenant-a")
+    finally:
+        await mcp.aclose()
+        listener.close()
+        await listener.wait_closed()
+    assert tools == {} and len(notices) == 1 and "did not answer within 0.5s" in notices[0], notices
