@@ -2,6 +2,7 @@
 
 Tools: ``add`` (a result), ``count`` (progress notifications, then a result), ``fail`` (an error result),
 ``whoami`` (the credential it was sent: the Authorization header over HTTP, ``MCP_TOKEN`` over stdio),
+``trace`` (the trace context in the request's ``_meta``),
 ``sleep``. Over streamable HTTP: ``app()`` is the ASGI app (tests serve it on loopback). Over stdio:
 ``python -m tests.fakes.mcp_server`` (the executor starts it as a subprocess).
 """
@@ -39,6 +40,11 @@ def server() -> MCPServer:
         if headers is not None:
             return headers.get("authorization", "")
         return os.environ.get("MCP_TOKEN", "")
+
+    @mcp.tool(description="The W3C trace context the call came with (in its _meta).")
+    def trace(ctx: Context) -> str:
+        meta = ctx.request_context.meta or {}
+        return str(meta.get("traceparent", ""))
 
     @mcp.tool(description="Sleep a while.")
     async def sleep(seconds: float) -> str:

@@ -18,10 +18,13 @@ from starlette.routing import Route
 
 from schemas.agents import AgentSpec, McpServer
 from services.common.agents import AgentCatalogError, HttpAgents
+from services.common.kafka import header
+from services.common.observability.settings import install_provider
 from services.common.settings import KafkaSettings
 from tests.fakes.mcp_server import app
 from tests.fakes.openai_server import FakeToolCall, Reply
 from tests.integration.executor_harness import running_executor, types_of
+from tests.integration.test_cloudevents import records_of
 from tests.support import serve
 
 pytestmark = pytest.mark.kafka
@@ -177,3 +180,21 @@ async def test_the_agent_service_may_not_name_a_stdio_server() -> None:
                 await agents.get("evil")
         finally:
             await agents.aclose()
+
+
+async def test_the_call_carries_the_executions_trace_context_to_the_server(kafka_settings: KafkaSettings) -> None:
+    install_provider("agentstream-tests")  # an SDK provider, as a service with tracing on has (once per process)
+    async with (
+        serve(app()) as base,
+        running_executor(kafka_settings, agents={"mcp": http_agent(f"{base}/mcp")}, allow_private_tool_urls=True, mcp_secrets=SECRETS) as h,
+    ):
+        h.fake.script("mcp-model", Reply(tool_calls=[FakeToolCall("files__trace", "{}", id="t")]), Reply(text=["done"]))
+        execution_id = await h.submit("mcp", "go")
+        events = await h.events(execution_id)
+        sent = completed(events)["t"]["result"]["result"]
+        records = await records_of(h.kafka, h.kafka.topics.events, execution_id.encode(), until=lambda rs: len(rs) >= len(events))
+    started = next(r for r in records if header(r.headers, "type") == "execution.started")
+    execution_trace = header(started.headers, "traceparent")
+    assert execution_trace and sent.startswith("00-"), (execution_trace, sent)
+    assert sent.split("-")[1] == execution_trace.split("-")[1]  # the same trace: the MCP call is a span of the execution's
+    assert sent.split("-")[2] != execution_trace.split("-")[2]  # its own span (the tool call's child)
