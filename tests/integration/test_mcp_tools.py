@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import uuid
 from typing import Any
 
 import pytest
@@ -17,13 +18,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from schemas.agents import AgentSpec, McpServer
+from schemas.events import ExecutionRequested
+from schemas.tenants import TenantRecord
 from services.common.agents import AgentCatalogError, HttpAgents
-from services.common.kafka import header
+from services.common.kafka import encode, header
 from services.common.observability.settings import install_provider
 from services.common.settings import KafkaSettings
 from tests.fakes.mcp_server import app
 from tests.fakes.openai_server import FakeToolCall, Reply
-from tests.integration.executor_harness import running_executor, types_of
+from tests.integration.executor_harness import announce_tenant, running_executor, types_of
 from tests.integration.test_cloudevents import records_of
 from tests.support import serve
 
@@ -198,3 +201,19 @@ async def test_the_call_carries_the_executions_trace_context_to_the_server(kafka
     assert execution_trace and sent.startswith("00-"), (execution_trace, sent)
     assert sent.split("-")[1] == execution_trace.split("-")[1]  # the same trace: the MCP call is a span of the execution's
     assert sent.split("-")[2] != execution_trace.split("-")[2]  # its own span (the tool call's child)
+
+
+async def test_each_tenant_calls_with_its_own_credential_over_its_own_session(kafka_settings: KafkaSettings) -> None:
+    async with (
+        serve(app()) as base,
+        running_executor(kafka_settings, agents={"mcp": http_agent(f"{base}/mcp")}, allow_private_tool_urls=True, mcp_secrets=SECRETS) as h,
+    ):
+        await announce_tenant(h.producer, h.kafka, TenantRecord(tenant_id="tenant-b"))
+        who = Reply(tool_calls=[FakeToolCall("files__whoami", "{}", id="who")])
+        h.fake.script("mcp-model", who, Reply(text=["a"]))
+        assert completed(await h.events(await h.submit("mcp", "go")))["who"]["result"] == {"result": "Bearer tenant-a"}
+        h.fake.script("mcp-model", who, Reply(text=["b"]))
+        request = ExecutionRequested(tenant_id="tenant-b", execution_id=uuid.uuid4().hex, agent_id="mcp", input="go")
+        await h.producer.send_and_wait(h.kafka.topics.lane("standard"), key=b"tenant-b", value=encode(request))
+        assert completed(await h.events(request.execution_id))["who"]["result"] == {"result": "Bearer for-everyone"}
+        assert h.executor.mcp.opened == 2  # one session per credential: tenant-b never rides on tenant-a's
