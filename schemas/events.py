@@ -176,15 +176,18 @@ class JobCompleted(Envelope):
 
 
 class ToolCallProgress(Envelope):
-    """Progress of a running tool call: a delegated job was requested, accepted (``job_id``), ended."""
+    """Progress of a running tool call: a delegated job was requested, accepted (``job_id``), ended;
+    or an MCP server's progress notification (``status`` "progress", ``progress`` of ``total``)."""
 
     type: Literal["tool.call.progress"] = "tool.call.progress"
     call_id: str
     tool: str
     job_id: str = ""
-    status: str = ""  # requested | accepted | completed | failed | timed_out | cancelled
+    status: str = ""  # requested | accepted | completed | failed | timed_out | cancelled | progress
     detail: str = ""
     step: int = 0
+    progress: float | None = Field(default=None, allow_inf_nan=False)  # MCP: how far (grows with each notification)
+    total: float | None = Field(default=None, allow_inf_nan=False)  # MCP: out of what, when the server knows
 
 
 class JobRequested(Envelope):

@@ -19,9 +19,9 @@ from services.common.settings import KafkaSettings
 
 
 @contextlib.asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[str]:
-    """Run an ASGI app with uvicorn on a free loopback port; yield its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws_per_message_deflate=False, lifespan="on")
+async def serve(app: ASGIApp, *, port: int = 0) -> AsyncIterator[str]:
+    """Run an ASGI app with uvicorn on a loopback port (0: a free one); yield its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_per_message_deflate=False, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -121,6 +121,9 @@ class HttpAgents:
             raise AgentCatalogError(f"the agent service sent an invalid agent {name!r}: {exc}") from exc
         if self._known is not None:
             _check_providers(spec, self._known, "agent service")
+        stdio = [server.name for server in spec.mcp_servers if server.stdio]
+        if stdio:  # a command run on the executor's host: only the operator's own agents file may name one
+            raise AgentCatalogError(f"the agent service sent agent {name!r} with stdio MCP servers {stdio}; only the agents file may")
         return spec
 
 

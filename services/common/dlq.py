@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from aiokafka import ConsumerRecord
 
 from schemas.topics import Topics
+from services.common.kafka import snapshot_headers
 from services.common.observability.metrics import DLQ_FAILURES, DLQ_RECORDS
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,12 @@ def dlq_copy(record: ConsumerRecord[bytes, bytes], reason: str, *, consumer: str
         if len(value) > MAX_VALUE_BYTES:
             value = value[:MAX_VALUE_BYTES]
             headers.append(("dlq.truncated", b"value"))
+    if not any(name == "ce_specversion" for name, _ in headers):
+        # A copy of one of our records keeps that event's CloudEvents attributes (it is the same event,
+        # parked); a foreign record gets its own. Its ``type`` header, if any, stays the original's.
+        subject = (record.key or b"")[:MAX_KEY_BYTES].decode(errors="replace")
+        ce = snapshot_headers("dlq.record", service=f"dlq/{quote(consumer, safe='')}", subject=subject, time=datetime.now(UTC))
+        headers += [(name, value) for name, value in ce if name != "type"]
     if key is not None and len(key) > MAX_KEY_BYTES:
         headers.append(("dlq.key_size", str(len(key)).encode()))
         key = key[:MAX_KEY_BYTES]

@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import logging
 import ssl
+import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -20,6 +22,8 @@ from aiokafka.errors import (
 from aiokafka.producer.transaction_manager import NO_PRODUCER_EPOCH, NO_PRODUCER_ID, PidAndEpoch
 from pydantic import BaseModel, SecretStr
 
+from schemas.events import Envelope
+from schemas.status import ExecutionStatus
 from services.common.errors import KafkaSecurityError
 from services.common.kafkadiagnosis import diagnose
 from services.common.oauth import token_provider
@@ -35,12 +39,72 @@ def encode(model: BaseModel) -> bytes:
     return model.model_dump_json().encode()
 
 
-def event_headers(*, type_: str, tenant_id: str, attempt: int = 1, traceparent: str | None = None) -> Headers:
-    # Type and attempt travel in headers so the bridge can fence and route without parsing values.
-    headers: Headers = [("type", type_.encode()), ("tenant_id", tenant_id.encode()), ("attempt", str(attempt).encode())]
+# -- headers: today's routing headers plus CloudEvents binary mode (docs/kafka.md) ---------------------
+# Every record we write goes through ``record_headers``. What does not change within an execution attempt
+# (tenant, attempt, trace context, CloudEvents source and subject, content type) is built once by
+# ``shared_headers``; per record only the type, id and time are encoded (measured in
+# tests/unit/test_cloudevents_headers.py's micro-benchmark, docs/performance.md).
+CE_SPECVERSION = ("ce_specversion", b"1.0")
+CONTENT_TYPE = ("content-type", b"application/json")
+
+
+def ce_source(service: str, tenant_id: str = "") -> str:
+    """The CloudEvents ``source``: a URI reference naming the writing service and the tenant."""
+    return f"/agentstream/{service}/tenants/{tenant_id}" if tenant_id else f"/agentstream/{service}"
+
+
+def shared_headers(
+    *, service: str, subject: str, tenant_id: str = "", attempt: int | None = None, traceparent: str | None = None
+) -> Headers:
+    """The headers every record of one execution attempt (or one writer's record) shares, built once."""
+    headers: Headers = []
+    if tenant_id:
+        headers.append(("tenant_id", tenant_id.encode()))
+    if attempt is not None:
+        headers.append(("attempt", str(attempt).encode()))
     if traceparent:
         headers.append(("traceparent", traceparent.encode()))
+    headers += [
+        CE_SPECVERSION,
+        ("ce_source", ce_source(service, tenant_id).encode()),
+        ("ce_subject", subject.encode()),
+        CONTENT_TYPE,
+    ]
     return headers
+
+
+def record_headers(type_: str, event_id: uuid.UUID | str, time: datetime, shared: Headers) -> Headers:
+    """The one way to build a record's headers: the per-record part in front of ``shared``."""
+    kind = type_.encode()
+    return [("type", kind), ("ce_type", kind), ("ce_id", str(event_id).encode()), ("ce_time", time.isoformat().encode()), *shared]
+
+
+def envelope_headers(event: Envelope, *, service: str, traceparent: str | None = None) -> Headers:
+    """Headers of one event record sent on its own (a request, a cancel, a job message)."""
+    shared = shared_headers(
+        service=service, subject=event.execution_id, tenant_id=event.tenant_id, attempt=event.attempt, traceparent=traceparent
+    )
+    return record_headers(str(getattr(event, "type", "")), event.event_id, event.ts, shared)
+
+
+def snapshot_headers(type_: str, *, service: str, subject: str, time: datetime, tenant_id: str = "") -> Headers:
+    """Headers of a record that is no event of the envelope (a status snapshot, a tenant record, a
+    task update): a fresh CloudEvents id, its own type, the record's key as subject."""
+    return record_headers(type_, uuid.uuid4(), time, shared_headers(service=service, subject=subject, tenant_id=tenant_id))
+
+
+def status_headers(status: ExecutionStatus, service: str) -> Headers:
+    return snapshot_headers(
+        "execution.status", service=service, subject=status.execution_id, time=status.updated_at, tenant_id=status.tenant_id
+    )
+
+
+def event_headers(
+    *, type_: str, tenant_id: str, attempt: int = 1, traceparent: str | None = None, subject: str = "", service: str = "agentstream"
+) -> Headers:
+    """Headers of an event record whose envelope is not at hand (tests, tools writing raw records)."""
+    shared = shared_headers(service=service, subject=subject, tenant_id=tenant_id, attempt=attempt, traceparent=traceparent)
+    return record_headers(type_, uuid.uuid4(), datetime.now(UTC), shared)
 
 
 def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:

@@ -33,7 +33,7 @@ from schemas.status import ExecutionStatus
 from services.common.agents import AgentCatalog, AgentSource, HttpAgents, StaticAgents, load_agents
 from services.common.dlq import Publisher, park
 from services.common.errors import AgentstreamError
-from services.common.kafka import encode, ensure_topics, make_producer, start_client
+from services.common.kafka import encode, ensure_topics, make_producer, start_client, status_headers
 from services.common.observability import metrics, tracing
 from services.common.reader import Reader
 from services.common.sources import Record
@@ -47,6 +47,7 @@ from services.executor.httptools import ToolRegistry, load_http_tools
 from services.executor.jobtools import JobClient, job_tools
 from services.executor.lanes import LaneOpener, Lanes, group_opener
 from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent, started_fields
+from services.executor.mcptools import McpTools
 from services.executor.metrics_server import MetricsServer, watch
 from services.executor.providers.base import Provider, ProviderError
 from services.executor.providers.registry import PROVIDER_NAMES, build_providers, close_providers, default_agent
@@ -125,6 +126,7 @@ class Executor:
             tool_retries=settings.tool_retries,
             tool_retry_backoff_s=settings.tool_retry_backoff_s,
         )
+        self.mcp = McpTools(settings)  # sessions open on first use: a server that is down never fails the start
         self.http = guarded_client(timeout=settings.tool_timeout_s, allow_private=settings.allow_private_tool_urls)
         self.producer: AIOKafkaProducer = make_producer(settings.kafka, client_id=f"{settings.instance_id}-producer")
         self.status = StatusView(settings.kafka, dlq=self.producer, name=f"{settings.instance_id}-status-view")
@@ -235,6 +237,7 @@ class Executor:
             if close is not None:
                 await close()
         await self.http.aclose()
+        await self.mcp.aclose()
 
     async def __aenter__(self) -> Executor:
         try:
@@ -558,7 +561,7 @@ class Executor:
         if spec.provider not in self.providers:
             raise ExecutionError(f"agent {spec.name!r} names provider {spec.provider!r}, which is not configured")
         work = asyncio.create_task(
-            run_agent(spec=spec, request=request, providers=self.providers, tools=self.tools, emitter=emitter, settings=self.loop_settings),
+            self._agent(spec, request, emitter),
             name=f"{request.execution_id}-loop",
         )
         cancelled = asyncio.create_task(cancel.wait())
@@ -577,9 +580,22 @@ class Executor:
             return None
         raise ExecutionError(f"execution exceeded its timeout of {spec.timeout_s:g}s", retriable=True)
 
+    async def _agent(self, spec: AgentSpec, request: ExecutionRequested, emitter: EventEmitter) -> Outcome:
+        """The loop, with the agent's MCP servers' tools (mcptools.py) beside the executor's."""
+        tools, notices = self.tools, list[str]()
+        if spec.mcp_servers:
+            found, notices = await self.mcp.tools_for(spec, request.tenant_id)
+            tools = self.tools | found
+            spec = spec.model_copy(update={"tools": (*spec.tools, *found)})
+        return await run_agent(
+            spec=spec, request=request, providers=self.providers, tools=tools, emitter=emitter, settings=self.loop_settings, notices=notices
+        )
+
     async def _publish_status(self, status: ExecutionStatus, *, tenure: Tenure | None = None) -> None:
         if tenure is not None and not tenure.ok():
             await tenure.check()
         self.status.apply(status)
         metrics.EXECUTOR_EXECUTIONS.labels(state=status.state, lane=status.priority).inc()
-        await self.producer.send_and_wait(self.topics.status, key=status.execution_id.encode(), value=encode(status))
+        await self.producer.send_and_wait(
+            self.topics.status, key=status.execution_id.encode(), value=encode(status), headers=status_headers(status, "executor")
+        )

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from schemas.events import Envelope, TokenDelta
-from services.common.kafka import encode, event_headers
+from services.common.kafka import encode, record_headers, shared_headers
 from services.executor.fence import Fenced, Tenure
 
 
@@ -40,7 +40,14 @@ class EventEmitter:
         self._key = str(envelope["execution_id"]).encode()
         self._interval = interval_s
         self._max_chars = max_chars
-        self._traceparent = traceparent  # one per execution attempt: no tracing work per token
+        # Built once per execution attempt: a record adds only its type, id and time (CloudEvents too).
+        self._shared = shared_headers(
+            service="executor",
+            subject=str(envelope["execution_id"]),
+            tenant_id=str(envelope["tenant_id"]),
+            attempt=envelope["attempt"],
+            traceparent=traceparent,
+        )
         self._seq = 0
         self._buffer: list[str] = []
         self._buffered = 0
@@ -119,9 +126,7 @@ class EventEmitter:
             self._topic,
             value=encode(event),
             key=self._key,
-            headers=event_headers(
-                type_=type_, tenant_id=self._envelope["tenant_id"], attempt=self._envelope["attempt"], traceparent=self._traceparent
-            ),
+            headers=record_headers(type_, event.event_id, event.ts, self._shared),
         )
         self._inflight.append(future)
         self.records += 1

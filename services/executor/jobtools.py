@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from schemas.events import JobRequested, JobUpdated, ToolCallProgress
 from services.common.errors import PoisonRecord
-from services.common.kafka import encode, event_headers
+from services.common.kafka import encode, envelope_headers
 from services.common.reader import Reader
 from services.common.settings import KafkaSettings
 from services.common.sources import Record, open_tail, reopen_tail
@@ -107,7 +107,7 @@ class JobClient:
                     self._settings.topics.jobs_requested,
                     value=encode(request),
                     key=request.execution_id.encode(),
-                    headers=event_headers(type_=request.type, tenant_id=request.tenant_id, attempt=request.attempt),
+                    headers=envelope_headers(request, service="executor"),
                 )
             except KafkaError as exc:
                 raise ToolError(f"could not ask the orchestrator for a {service} job: {type(exc).__name__}", retriable=True) from exc

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,10 +72,14 @@ async def run_agent(
     tools: dict[str, Tool],
     emitter: EventEmitter,
     settings: LoopSettings,
+    notices: Sequence[str] = (),
 ) -> Outcome:
+    """``notices``: what the model should know about its tools (an MCP server that is down), as system messages."""
     completion = request.mode == "completion"
     spec = _with_model(spec, request.model)
     messages: list[dict[str, Any]] = [] if completion else [{"role": "system", "content": render_system_prompt(spec, request)}]
+    if not completion:
+        messages += [{"role": "system", "content": notice} for notice in notices]
     if request.instructions:
         messages.append({"role": "system", "content": request.instructions})
     messages += [m.model_dump(exclude_none=True) for m in request.history]

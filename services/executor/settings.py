@@ -71,6 +71,12 @@ class ExecutorSettings(BaseSettings):
     tool_secret: SecretStr | None = None  # HMAC-SHA256 key signing HTTP tool requests
     tool_registry_url: str | None = None
     allow_private_tool_urls: bool = False  # loopback/private/link-local targets are refused otherwise
+    # MCP servers (agents' ``mcp_servers``, services/executor/mcptools.py). Secrets their headers or
+    # environment name, as JSON: {"github": "Bearer ...", "tenant-a/github": "Bearer ..."}.
+    mcp_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    mcp_connect_timeout_s: float = Field(default=5.0, gt=0)  # opening a session, and one tools/list
+    mcp_listing_ttl_s: float = Field(default=300.0, ge=0)  # a server's tool listing is asked again after this
+    mcp_max_sessions: int = Field(default=64, ge=1)  # open sessions (one per server and credentials); LRU beyond
 
     # Built-in tools delegating to the orchestrator's Query/Embedding services (knowledge_search, embed):
     # the job's deadline; the tool waits this long plus a grace for the orchestrator's verdict.

@@ -35,7 +35,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from schemas.events import JobRequested, JobUpdated, Usage
 from services.common.errors import AgentstreamError, PoisonRecord
-from services.common.kafka import encode, event_headers
+from services.common.kafka import encode, envelope_headers
 from services.orchestrator.breaker import CircuitBreaker
 from services.orchestrator.completions import _Follower
 from services.orchestrator.lifecycle import Lifecycle, new_id
@@ -425,7 +425,7 @@ class ServiceCoordinator:
                 self.settings.kafka.topics.jobs_updates,
                 value=encode(update),
                 key=update.execution_id.encode(),
-                headers=event_headers(type_=update.type, tenant_id=update.tenant_id, attempt=update.attempt),
+                headers=envelope_headers(update, service="orchestrator"),
             )
         except KafkaError:
             # The executor then ends the wait on its own timeout, with that reason.

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from schemas.api import ExecutionRequest
 from schemas.events import ExecutionRejected
 from services.common.errors import KafkaUnavailable
-from services.common.kafka import encode, event_headers, header
+from services.common.kafka import encode, envelope_headers, header
 from services.common.observability import metrics
 from services.orchestrator.auth import Authenticator
 from services.orchestrator.completions import _Follower
@@ -135,7 +135,7 @@ class IngressFollower(_Follower):
                 reply_to,
                 value=encode(event),
                 key=event.execution_id.encode(),
-                headers=event_headers(type_=event.type, tenant_id=event.tenant_id),
+                headers=envelope_headers(event, service="orchestrator"),
             )
         except KafkaError as exc:  # the DLQ has the record and its reason either way
             log.warning("ingress: could not send execution.rejected to %s: %s", reply_to, exc)

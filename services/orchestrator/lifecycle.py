@@ -25,7 +25,7 @@ from schemas.agents import AgentSpec
 from schemas.events import ExecutionCancelRequested, ExecutionRequested, Message
 from schemas.status import ExecutionStatus
 from schemas.topics import Priority
-from services.common.kafka import encode, event_headers
+from services.common.kafka import encode, envelope_headers, status_headers
 from services.common.observability import metrics
 from services.common.observability.tracing import producer_span
 from services.common.statusview import StatusView
@@ -230,9 +230,11 @@ class Lifecycle:
                     lane,
                     value=encode(event),
                     key=sub.tenant_id.encode(),
-                    headers=event_headers(type_=event.type, tenant_id=sub.tenant_id, traceparent=traceparent),
+                    headers=envelope_headers(event, service="orchestrator", traceparent=traceparent),
                 ),
-                self.producer.send_and_wait(topics.status, value=encode(status), key=sub.execution_id.encode()),
+                self.producer.send_and_wait(
+                    topics.status, value=encode(status), key=sub.execution_id.encode(), headers=status_headers(status, "orchestrator")
+                ),
             )
         self.status.apply(status)
         metrics.EXECUTIONS.labels(state="queued", lane=sub.priority).inc()
@@ -260,7 +262,7 @@ class Lifecycle:
                 topics.control,
                 value=encode(event),
                 key=execution_id.encode(),
-                headers=event_headers(type_=event.type, tenant_id=tenant_id),
+                headers=envelope_headers(event, service="orchestrator"),
             )
         ]
         snapshot = None
@@ -268,7 +270,11 @@ class Lifecycle:
             current = self.status.get(execution_id)
             base = current or ExecutionStatus(execution_id=execution_id, tenant_id=tenant_id)
             snapshot = base.model_copy(update={"state": terminal_state, "error": error, "updated_at": datetime.now(UTC)})
-            sends.append(self.producer.send_and_wait(topics.status, value=encode(snapshot), key=execution_id.encode()))
+            sends.append(
+                self.producer.send_and_wait(
+                    topics.status, value=encode(snapshot), key=execution_id.encode(), headers=status_headers(snapshot, "orchestrator")
+                )
+            )
         await asyncio.gather(*sends)
         if snapshot is not None:
             self.status.apply(snapshot)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.common.errors import PoisonRecord
+from services.common.kafka import snapshot_headers
 from services.common.reader import Reader
 from services.common.settings import KafkaSettings
 from services.common.sources import Record, open_tail, reopen_tail
@@ -63,7 +65,9 @@ class TaskFeed:
 
     async def _send(self, tenant_id: str, update: dict[str, Any]) -> None:
         try:
-            await self._producer.send_and_wait(self._topic, value=orjson.dumps(update), key=tenant_id.encode())
+            subject = str(update.get("task_id", ""))
+            headers = snapshot_headers("task.updated", service="orchestrator", subject=subject, time=datetime.now(UTC), tenant_id=tenant_id)
+            await self._producer.send_and_wait(self._topic, value=orjson.dumps(update), key=tenant_id.encode(), headers=headers)
         except KafkaError as exc:  # a live feed, not a record of truth: the task row has the state
             log.warning("task update of %s not shared with the other replicas: %s", update.get("task_id"), exc)
             self._hub.publish(tenant_id, update)  # at least this replica's clients see it

@@ -13,7 +13,7 @@ import asyncio
 from aiokafka import AIOKafkaProducer
 
 from schemas.tenants import TenantRecord
-from services.common.kafka import encode
+from services.common.kafka import encode, snapshot_headers
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store, tenants
 from services.orchestrator.store.tenants import Tenant
@@ -25,7 +25,8 @@ def tenant_record(tenant: Tenant, settings: OrchestratorSettings) -> TenantRecor
 
 async def publish(producer: AIOKafkaProducer, settings: OrchestratorSettings, tenant: Tenant) -> None:
     record = tenant_record(tenant, settings)
-    await producer.send_and_wait(settings.kafka.topics.tenants, key=tenant.id.encode(), value=encode(record))
+    headers = snapshot_headers("tenant.record", service="orchestrator", subject=tenant.id, time=record.updated_at, tenant_id=tenant.id)
+    await producer.send_and_wait(settings.kafka.topics.tenants, key=tenant.id.encode(), value=encode(record), headers=headers)
 
 
 async def publish_all(producer: AIOKafkaProducer, settings: OrchestratorSettings, store: Store) -> int:
