@@ -353,7 +353,7 @@ class Executor:
             "agent_id": request.agent_id,
             "attempt": attempt,
         }
-        emitter = EventEmitter(self.producer, topic=self.topics.events, envelope=envelope, interval_s=0.01, max_chars=1)
+        emitter = EventEmitter(self.producer, topic=self.topics.events, envelope=envelope, max_chars=1)
         try:
             meta = await (await emitter.emit(ExecutionFailed, reason=reason, retriable=False))
             await self._publish_status(
@@ -429,7 +429,6 @@ class Executor:
             self.producer,
             topic=topic,
             envelope=envelope,
-            interval_s=self.settings.coalesce_interval_ms / 1000,
             max_chars=self.settings.coalesce_max_chars,
             traceparent=tracing.current_traceparent(),
             tenure=tenure,

@@ -67,7 +67,6 @@ def executor_settings(kafka: KafkaSettings, fake: FakeOpenAI, **overrides: Any) 
         "timeouts": TimeoutSettings(connect_s=2, first_token_s=3, total_s=20, read_s=10),
         "tool_timeout_s": 0.5,
         "tool_retry_backoff_s": 0.01,
-        "coalesce_interval_ms": 5,
     }
     return ExecutorSettings(**(values | overrides))
 
