@@ -211,7 +211,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
             out.append(
                 (
                     f"TTFT overhead p50 over the floor <= {bound:g} ms ({row['label']})",
-                    f"+{added:.1f} ms ({_f(a['ttft_overhead_ms']['p50'])} vs floor {_f(floor['ttft_overhead_ms']['p50'])})",
+                    f"{added:+.1f} ms ({_f(a['ttft_overhead_ms']['p50'])} vs floor {_f(floor['ttft_overhead_ms']['p50'])}; "
+                    "one sample per stream)",
                     added <= bound,
                 )
             )
