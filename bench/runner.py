@@ -58,8 +58,6 @@ class Run:
         self.workers = scenario.client_processes
         self.pool: multiprocessing.pool.Pool = ctx.Pool(self.workers + 1)
         self.coalesce_env = {"AGENTSTREAM_EXECUTOR_COALESCE_MAX_CHARS": str(MAX_CHARS)}
-        if scenario.coalesce_interval_ms is not None:
-            self.coalesce_env["AGENTSTREAM_EXECUTOR_COALESCE_INTERVAL_MS"] = str(scenario.coalesce_interval_ms)
 
     # -- set-up ----------------------------------------------------------------------------
     def _models(self) -> dict[str, str]:
@@ -298,15 +296,12 @@ class Run:
         c = self.s.coalesce
         assert c is not None
         rows = []
-        for interval in c.intervals_ms:
-            extra = {"AGENTSTREAM_EXECUTOR_COALESCE_INTERVAL_MS": str(interval)}
-            if interval == 0:
-                extra["AGENTSTREAM_EXECUTOR_COALESCE_MAX_CHARS"] = "1"
-            self._start_executor(extra)
+        for max_chars in c.max_chars:
+            self._start_executor({"AGENTSTREAM_EXECUTOR_COALESCE_MAX_CHARS": str(max_chars)})
             for load in c.loads:
-                console.log(f"coalesce {interval:g} ms:")
+                console.log(f"coalesce at most {max_chars} chars per record:")
                 out = self.stream_step("agentstream", load)
-                rows.append({"interval_ms": interval, "concurrency": load.concurrency, "rate": load.rate, "label": load.label, **out})
+                rows.append({"max_chars": max_chars, "concurrency": load.concurrency, "rate": load.rate, "label": load.label, **out})
                 time.sleep(0.5)
         self.results["coalesce"] = rows
         self._start_executor({})
@@ -341,6 +336,42 @@ class Run:
         console.log(
             f"accepted {r['per_s']:.0f} executions/s, p50 {_f(r['latency_ms']['p50'])} p99 {_f(r['latency_ms']['p99'])} ms, "
             f"errors {r['errors']}, client cpu {r['client_cpu_s']:.2f}s"
+        )
+
+    def quiet(self) -> None:
+        """An idle stack: Kafka and the services, no executions, for ``quiet_seconds``; then Kafka alone
+        (the services stopped) as long: on a shared broker, that is the floor of the broker's own CPU."""
+        seconds = self.s.quiet_seconds
+        time.sleep(2.0)  # what the last step left behind (commits, evictions) settles
+        cpu0 = self._cpu()
+        time.sleep(seconds)
+        cpu1 = self._cpu()
+        stack = _delta(cpu0, cpu1)
+        self._note_peaks()
+        for proc in (self.svc.executor, self.svc.orchestrator):
+            if proc is not None:
+                self.watched.remove(proc)
+        self.svc.stop()
+        time.sleep(2.0)
+        cpu2 = self._cpu()
+        time.sleep(seconds)
+        cpu3 = self._cpu()
+        alone = _delta(cpu2, cpu3)
+        pct = {k: 100 * v / seconds for k, v in stack.items()}
+        ours = sum(v for k, v in pct.items() if k in ("orchestrator", "executor"))
+        kafka_added = max(0.0, pct.get("kafka", 0.0) - 100 * alone.get("kafka", 0.0) / seconds)
+        self.results["quiet"] = {
+            "seconds": seconds,
+            "core_pct": pct,
+            "kafka_alone_core_pct": 100 * alone.get("kafka", 0.0) / seconds,
+            "services_core_pct": ours,
+            "kafka_added_core_pct": kafka_added,
+            "total_core_pct": ours + kafka_added,
+        }
+        console.log(
+            f"idle stack over {seconds:g}s: orchestrator {pct.get('orchestrator', 0):.2f}%, executor {pct.get('executor', 0):.2f}%, "
+            f"kafka {pct.get('kafka', 0):.2f}% (alone {100 * alone.get('kafka', 0.0) / seconds:.2f}%), "
+            f"other {pct.get('other', 0):.1f}% of one core"
         )
 
     def memory_idle(self) -> None:
@@ -439,7 +470,7 @@ def run(scenario: Scenario, *, bootstrap: str, out_dir: Path, phases: set[str] |
     facts = machine()
     with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp:
         bench = Run(scenario, bootstrap=bootstrap, work=Path(tmp))
-        wanted = phases or {"kafka", "loads", "fanout", "idle", "coalesce", "accept"}
+        wanted = phases or {"kafka", "loads", "fanout", "idle", "coalesce", "accept", "quiet"}
         try:
             with bench.running():
                 bench.memory_idle()
@@ -449,12 +480,14 @@ def run(scenario: Scenario, *, bootstrap: str, out_dir: Path, phases: set[str] |
                     bench.loads()
                 if "fanout" in wanted and scenario.fanout is not None:
                     bench.fanout()
-                if "idle" in wanted and scenario.fanout is not None:
+                if "idle" in wanted and scenario.fanout is not None and scenario.fanout.idle:
                     bench.idle()
                 if "coalesce" in wanted and scenario.coalesce is not None:
                     bench.coalescing()
                 if "accept" in wanted and scenario.accept is not None:
                     bench.accept()
+                if "quiet" in wanted and scenario.quiet_seconds:
+                    bench.quiet()  # last: it stops the services
         except BaseException:
             console.print(f"[red]bench failed[/]; service logs: {tmp}")
             for name in ("orchestrator", "executor", "fake-model"):
@@ -469,7 +502,6 @@ def run(scenario: Scenario, *, bootstrap: str, out_dir: Path, phases: set[str] |
     results["settings"] = {
         "first_token_delay_ms": scenario.first_token_delay_ms,
         "coalesce_max_chars": MAX_CHARS,
-        "coalesce_interval_ms": scenario.coalesce_interval_ms,
         "client_processes": scenario.client_processes,
         "bootstrap": bootstrap,
         "services": os.environ.get("BENCH_SERVICES_PATH") or f"schemas/ and services/ at {facts['commit']} (git archive)",

@@ -39,7 +39,8 @@ class Fanout:
 
 @dataclass(frozen=True)
 class Coalesce:
-    intervals_ms: tuple[float, ...] = (0, 5, 10, 20, 50)
+    # The executor's coalesce_max_chars per run (1: a record per token); 1152 holds 64 stamped tokens.
+    max_chars: tuple[int, ...] = (1, 1152)
     loads: tuple[Load, ...] = (Load(1, 1000, 2000), Load(100, 50, 100))
 
 
@@ -56,8 +57,8 @@ class Scenario:
     kafka_floor_rate: float = 1000.0  # records/s of the raw aiokafka round trip
     kafka_floor_seconds: float = 3.0
     client_processes: int = 2
-    # The executor's coalescing for every phase but the coalescing sweep (None: the executor's default).
-    coalesce_interval_ms: float | None = None
+    # The idle stack (Kafka + services, no executions): how long its CPU is measured; 0: not measured.
+    quiet_seconds: float = 20.0
 
 
 def _loads(raw: list[dict[str, Any]]) -> tuple[Load, ...]:
@@ -78,8 +79,8 @@ def parse(raw: dict[str, Any]) -> Scenario:
             raw[key] = cls(**value)
     if raw.get("coalesce") is not None:
         value = dict(raw["coalesce"])
-        if "intervals_ms" in value:
-            value["intervals_ms"] = tuple(value["intervals_ms"])
+        if "max_chars" in value:
+            value["max_chars"] = tuple(value["max_chars"])
         if "loads" in value:
             value["loads"] = _loads(value["loads"])
         raw["coalesce"] = Coalesce(**value)

@@ -10,7 +10,11 @@ Handling is total: whatever one record raises, the reader decides, by the error'
   or when the retries are used up,
 
 and then goes on with the next record. No record stops a reader or holds back the ones behind it
-for longer than the retry cap. Group readers commit what they handled after each batch.
+for longer than the retry cap. Group readers commit what they handled: after a batch when their last
+commit is ``commit_interval_s`` old, else when the source next goes quiet (a fetch that returns
+nothing) or the reader stops, so a busy reader commits a few times a second, not once per batch, and
+an idle one not at all. A record handled but not yet committed is handled again after a crash or a
+rebalance, as one handled in the batch a commit failed for always could be (effects are idempotent).
 
 The fetch loop runs in a task under a supervisor: when it dies (a bug, a broken client) it is
 restarted with backoff (on a new source when ``reopen`` is given: the old client may be what
@@ -92,12 +96,13 @@ class Reader:
         retry: Retry = Retry(),
         restart: Restart = Restart(),
         max_records: int = 500,
-        fetch_timeout_ms: int = 200,
+        fetch_timeout_ms: int = 1000,
         around_batch: Callable[[list[Record]], AbstractContextManager[None]] | None = None,
         after_batch: Callable[[Batches], Awaitable[None]] | None = None,
         positions: dict[TopicPartition, int] | None = None,
         reopen: Callable[[], Awaitable[RecordSource]] | None = None,
         commit_after_batch: bool = True,
+        commit_interval_s: float = 0.5,
     ) -> None:
         self.name = name
         self.source = source
@@ -119,6 +124,9 @@ class Reader:
         self._next: dict[TopicPartition, int] = dict(positions or {})
         self._reopen = reopen
         self._commits = commit_after_batch  # False: the handler commits (e.g. a watermark of finished work)
+        self._commit_interval = commit_interval_s
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._committed_at = float("-inf")
         self._supervisor: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None  # the fetch loop now running
 
@@ -134,6 +142,9 @@ class Reader:
             supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
+        if self.state != "stopped" and self._uncommitted:
+            with contextlib.suppress(Exception):  # best effort: what is not committed is read again
+                await self._commit_pending()
         if self.state != "stopped":
             self.state = "stopped"
             metrics.READER_UP.remove(self)
@@ -210,11 +221,12 @@ class Reader:
                 else:
                     with self._around(records):
                         await self._handle_all(tp, records)
-            if batches:
-                if self._commits:
-                    await self._commit(batches)
-                if self._after is not None:
-                    await self._after(batches)
+            if batches and self._commits:
+                self._uncommitted.update({tp: self._next[tp] for tp in batches if tp in self._next})
+            if self._uncommitted and (not batches or time.monotonic() - self._committed_at >= self._commit_interval):
+                await self._commit_pending()
+            if batches and self._after is not None:
+                await self._after(batches)
 
     async def _handle_all(self, tp: TopicPartition, records: list[Record]) -> None:
         handled = -1
@@ -257,8 +269,11 @@ class Reader:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry.max_s)
 
-    async def _commit(self, batches: Batches) -> None:
-        offsets = {tp: self._next[tp] for tp in batches if tp in self._next}
+    async def _commit_pending(self) -> None:
+        pending, self._uncommitted = self._uncommitted, {}
+        self._committed_at = time.monotonic()
+        assigned = self.source.assignment()
+        offsets = {tp: offset for tp, offset in pending.items() if tp in assigned}  # not a partition a rebalance took
         try:
             await self.source.commit(offsets)
         except KafkaError as exc:  # a rebalance took the partition: its new owner reads it again (effects are idempotent)

@@ -153,6 +153,7 @@ class MemorySource:
         self.log: dict[TopicPartition, list[Record]] = log if log is not None else {}
         self.positions: dict[TopicPartition, int] = dict.fromkeys(self.log, 0)
         self.committed: dict[TopicPartition, int] = {}
+        self.commits = 0  # commit calls
         self.closed = False
         self._failures: list[BaseException] = []
         self._arrived = asyncio.Event()
@@ -227,6 +228,7 @@ class MemorySource:
             self.positions[tp] = offset
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits += 1
         self.committed.update(offsets)
 
     async def close(self) -> None:

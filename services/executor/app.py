@@ -8,7 +8,6 @@ acknowledged; the committed offset is the contiguous watermark of finished reque
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections import OrderedDict
@@ -17,17 +16,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.agents import AgentSpec
 from schemas.events import (
-    ExecutionCancelled,
     ExecutionCancelRequested,
-    ExecutionCompleted,
     ExecutionFailed,
     ExecutionRequested,
-    ExecutionStarted,
 )
 from schemas.status import ExecutionStatus
 from services.common.agents import AgentCatalog, AgentSource, HttpAgents, StaticAgents, load_agents
@@ -40,16 +35,17 @@ from services.common.sources import Record
 from services.common.statusview import StatusView
 from services.common.urlguard import guarded_client
 from services.executor.admission import Refusal, check_key, check_request
+from services.executor.attempt import AttemptRun, Ended
 from services.executor.control import ControlTail
 from services.executor.emitter import EventEmitter
-from services.executor.fence import Claim, Fenced, Tenure
+from services.executor.fence import Claim, Tenure
 from services.executor.httptools import ToolRegistry, load_http_tools
 from services.executor.jobtools import JobClient, job_tools
 from services.executor.lanes import LaneOpener, Lanes, group_opener
-from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent, started_fields
+from services.executor.loop import ExecutionError, LoopSettings
 from services.executor.mcptools import McpTools
 from services.executor.metrics_server import MetricsServer, watch
-from services.executor.providers.base import Provider, ProviderError
+from services.executor.providers.base import Provider
 from services.executor.providers.registry import PROVIDER_NAMES, build_providers, close_providers, default_agent
 from services.executor.settings import ExecutorSettings
 from services.executor.slots import PrioritySlots
@@ -356,7 +352,7 @@ class Executor:
             "agent_id": request.agent_id,
             "attempt": attempt,
         }
-        emitter = EventEmitter(self.producer, topic=self.topics.events, envelope=envelope, interval_s=0.01, max_chars=1)
+        emitter = EventEmitter(self.producer, topic=self.topics.events, envelope=envelope, max_chars=1)
         try:
             meta = await (await emitter.emit(ExecutionFailed, reason=reason, retriable=False))
             await self._publish_status(
@@ -432,7 +428,6 @@ class Executor:
             self.producer,
             topic=topic,
             envelope=envelope,
-            interval_s=self.settings.coalesce_interval_ms / 1000,
             max_chars=self.settings.coalesce_max_chars,
             traceparent=tracing.current_traceparent(),
             tenure=tenure,
@@ -452,63 +447,21 @@ class Executor:
         self._cancels[request.execution_id] = (request.tenant_id, cancel)
         if self._cancel_requested(request):
             cancel.set()
-        finished = fenced = False
+        ended = Ended(finished=False)
+        run = AttemptRun(
+            providers=self.providers,
+            tools=self.tools,
+            settings=self.loop_settings,
+            cancel_grace_s=self.settings.cancel_grace_s,
+            lookup=self._lookup,
+            mcp=self.mcp,
+        )
         try:
-            if cancel.is_set():  # cancelled before it started: no execution.started, just the end
-                meta = await (await emitter.emit(ExecutionCancelled, reason="cancelled before start"))
-                await publish(
-                    base.model_copy(
-                        update={"state": "cancelled", "error": "cancelled before start"}
-                        | {"events_partition": meta.partition, "events_start_offset": meta.offset}
-                    )
-                )
+            ended = await run.run(request, emitter=emitter, publish=publish, base=base, cancel=cancel)
+            if ended.state == "completed":
+                self.completed += 1
+            elif ended.state == "cancelled":
                 self.cancelled += 1
-                finished = True
-                return
-            spec, lookup_error = await self._lookup(request.agent_id)
-            started = await emitter.emit(ExecutionStarted, **started_fields(request, spec))
-            meta = await started
-            await publish(
-                base.model_copy(update={"state": "running", "events_partition": meta.partition, "events_start_offset": meta.offset})
-            )
-            try:
-                if spec is None:
-                    raise lookup_error or ExecutionError(f"unknown agent {request.agent_id!r}")
-                outcome = await self._run(spec, request, emitter, cancel)
-            except (ExecutionError, ProviderError) as exc:
-                await emitter.emit(ExecutionFailed, reason=str(exc), retriable=exc.retriable)
-                await emitter.drain()
-                await publish(base.model_copy(update={"state": "failed", "error": str(exc)}))
-            else:
-                if outcome is None:
-                    await emitter.emit(ExecutionCancelled, reason="cancelled by request")
-                    await emitter.drain()
-                    await publish(base.model_copy(update={"state": "cancelled", "error": "cancelled by request"}))
-                    self.cancelled += 1
-                else:
-                    await emitter.emit(ExecutionCompleted, output=outcome.output, usage=outcome.usage)
-                    await emitter.drain()
-                    await publish(base.model_copy(update={"state": "completed", "output": outcome.output, "usage": outcome.usage}))
-                    self.completed += 1
-            finished = True
-        except asyncio.CancelledError:
-            raise
-        except Fenced as exc:
-            # Nothing more is written for this attempt, and it is not run again here: the partition's new
-            # owner runs it (or, if it is us again, its record comes again and runs as the next attempt).
-            fenced = True
-            log.warning("execution %s (attempt %s): %s", request.execution_id, attempt, exc)
-        except KafkaError as exc:
-            # Kafka trouble is not the execution's fault: it is not failed but run again as the next
-            # attempt once the broker answers (finished stays False: see _schedule_retry below).
-            log.warning("execution %s: Kafka error %s; it will run again", request.execution_id, type(exc).__name__)
-        except Exception as exc:  # never lose a request silently: record why, then commit
-            log.exception("execution %s crashed", request.execution_id)
-            with contextlib.suppress(Exception):
-                await emitter.emit(ExecutionFailed, reason=f"internal error: {type(exc).__name__}: {exc}")
-                await emitter.drain()
-                await publish(base.model_copy(update={"state": "failed", "error": str(exc)}))
-                finished = True
         finally:
             emitter.close()
             self._slots.release()
@@ -518,10 +471,10 @@ class Executor:
                 self._running.pop(request.execution_id, None)
             if self._attempts.get(request.execution_id) == attempt:
                 del self._attempts[request.execution_id]
-            if finished:
+            if ended.finished:
                 self._retries.pop(request.execution_id, None)
                 await self._finish(tp, offset)
-            elif not self._stopping and not fenced:
+            elif not self._stopping and not ended.fenced:
                 # No terminal event reached the broker (e.g. Kafka was down): the request is not
                 # committed, and nothing would deliver it again while we keep the partition. Run it
                 # again, as the next attempt, once the broker may be back.
@@ -555,41 +508,6 @@ class Executor:
             return await self.catalog.get(agent_id), None
         except AgentstreamError as exc:
             return None, ExecutionError(str(exc), retriable=exc.retriable)
-
-    async def _run(self, spec: AgentSpec, request: ExecutionRequested, emitter: EventEmitter, cancel: asyncio.Event) -> Outcome | None:
-        """Run the loop until it ends, the execution times out, or a cancel arrives (None)."""
-        if spec.provider not in self.providers:
-            raise ExecutionError(f"agent {spec.name!r} names provider {spec.provider!r}, which is not configured")
-        work = asyncio.create_task(
-            self._agent(spec, request, emitter),
-            name=f"{request.execution_id}-loop",
-        )
-        cancelled = asyncio.create_task(cancel.wait())
-        try:
-            done, _ = await asyncio.wait({work, cancelled}, timeout=spec.timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancelled.cancel()
-            if not work.done():
-                work.cancel()
-                # Stops the provider stream and the tools; bounded, so a tool that ignores
-                # cancellation cannot hold the execution (or its partition's commits) forever.
-                await asyncio.wait({work}, timeout=self.settings.cancel_grace_s)
-        if work in done:
-            return work.result()
-        if cancel.is_set():
-            return None
-        raise ExecutionError(f"execution exceeded its timeout of {spec.timeout_s:g}s", retriable=True)
-
-    async def _agent(self, spec: AgentSpec, request: ExecutionRequested, emitter: EventEmitter) -> Outcome:
-        """The loop, with the agent's MCP servers' tools (mcptools.py) beside the executor's."""
-        tools, notices = self.tools, list[str]()
-        if spec.mcp_servers:
-            found, notices = await self.mcp.tools_for(spec, request.tenant_id)
-            tools = self.tools | found
-            spec = spec.model_copy(update={"tools": (*spec.tools, *found)})
-        return await run_agent(
-            spec=spec, request=request, providers=self.providers, tools=tools, emitter=emitter, settings=self.loop_settings, notices=notices
-        )
 
     async def _publish_status(self, status: ExecutionStatus, *, tenure: Tenure | None = None) -> None:
         if tenure is not None and not tenure.ok():

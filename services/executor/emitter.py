@@ -1,8 +1,12 @@
-"""Publishes one execution attempt's events in order, coalescing token deltas.
+"""Publishes one execution attempt's events in order, coalescing token deltas the way Nagle does.
 
-Deltas are buffered and flushed as one ``token.delta`` record when the buffer reaches
-``max_chars`` or ``interval`` has passed since its first delta, and before any other event,
-so a 500 tok/s model does not mean 500 records/s and order is kept.
+A delta goes out at once when no record of this execution is in flight to the broker (sent, not
+yet acknowledged); deltas that arrive while one is in flight are buffered and go out as one
+``token.delta`` record when it is acknowledged (or when the buffer reaches ``max_chars``), and
+before any other event, so order is kept. A slow stream pays no timer, and a fast or loaded one
+(a broker that acknowledges slowly) batches more: a 500 tok/s model does not mean 500 records/s.
+
+Token values are built from a per-execution template (records.py), not a pydantic model each.
 
 With a ``tenure`` (fence.py), every record is sent only while this member still holds the lane
 partition the execution came from; a run that lost it raises ``Fenced`` before its next record.
@@ -11,14 +15,17 @@ partition the execution came from; a run that lost it raises ``Fenced`` before i
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from schemas.events import Envelope, TokenDelta
+from schemas.events import Envelope
 from services.common.kafka import encode, record_headers, shared_headers
-from services.executor.fence import Fenced, Tenure
+from services.executor.fence import Tenure
+from services.executor.records import TokenRecords
 
 
 class EventEmitter:
@@ -28,7 +35,6 @@ class EventEmitter:
         *,
         topic: str,
         envelope: dict[str, Any],
-        interval_s: float,
         max_chars: int,
         traceparent: str | None = None,
         tenure: Tenure | None = None,
@@ -38,7 +44,6 @@ class EventEmitter:
         self._topic = topic
         self._envelope = envelope
         self._key = str(envelope["execution_id"]).encode()
-        self._interval = interval_s
         self._max_chars = max_chars
         # Built once per execution attempt: a record adds only its type, id and time (CloudEvents too).
         self._shared = shared_headers(
@@ -48,15 +53,20 @@ class EventEmitter:
             attempt=envelope["attempt"],
             traceparent=traceparent,
         )
+        self._tokens = TokenRecords(envelope)
         self._seq = 0
         self._buffer: list[str] = []
         self._buffered = 0
         self._buffer_step = 0
-        self._timer: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()
         self._inflight: list[asyncio.Future[RecordMetadata]] = []
+        self._last: asyncio.Future[RecordMetadata] | None = None  # the newest record sent
+        self._waiting = False  # a flush is due when ``_last`` is acknowledged
         self._flusher: asyncio.Task[None] | None = None
+        self._failed: Exception | None = None  # what a flush on an acknowledgement raised
         self.records = 0
+        self.token_records = 0
+        self.tokens = 0  # deltas handed to ``text``: token_records / tokens is the records per token
 
     @property
     def envelope(self) -> dict[str, Any]:
@@ -70,30 +80,51 @@ class EventEmitter:
             await self._tenure.check()
 
     async def emit(self, cls: type[Envelope], **fields: Any) -> asyncio.Future[RecordMetadata]:
+        """Send one event after the buffered text; returns its acknowledgement (not awaited here)."""
         async with self._lock:
             await self._flush_locked()
-            return await self._send_locked(cls, **fields)
+            await self.check_tenure()
+            self._seq += 1
+            event = cls(**self._envelope, seq=self._seq, **fields)
+            return await self._send(fields.get("type") or cls.model_fields["type"].default, encode(event), event.event_id, event.ts)
 
     async def text(self, delta: str, *, step: int) -> None:
+        self.tokens += 1
         if self._buffer and step != self._buffer_step:
             await self.flush()
         self._buffer.append(delta)
         self._buffered += len(delta)
         self._buffer_step = step
-        if self._buffered >= self._max_chars:
+        if self._buffered >= self._max_chars or not self._in_flight():
             await self.flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._interval, self._on_timer)
+        else:
+            self._arm()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._flusher = asyncio.create_task(self._timed_flush())
+    def _in_flight(self) -> bool:
+        return self._last is not None and not self._last.done()
 
-    async def _timed_flush(self) -> None:
+    def _arm(self) -> None:
+        """Buffered text goes out when the record in flight is acknowledged (at once if none is)."""
+        if not self._buffer or self._waiting:
+            return
+        if self._last is not None and not self._last.done():
+            self._waiting = True
+            self._last.add_done_callback(self._on_ack)
+        elif self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_on_ack())
+
+    def _on_ack(self, _: asyncio.Future[RecordMetadata]) -> None:
+        self._waiting = False
+        if self._flusher is None or self._flusher.done():  # a running flusher re-arms when it is done
+            self._arm()
+
+    async def _flush_on_ack(self) -> None:
         try:
             await self.flush()
-        except Fenced:
-            pass  # the run's next record raises it again, where the run handles it
+        except Exception as exc:  # Fenced or a failed send: drain() raises it, where the run handles it
+            self._failed = self._failed or exc
+            return
+        self._arm()  # text that arrived while this record was sent
 
     def discard(self, step: int) -> None:
         """Drop buffered, unsent text of ``step`` (its model call restarts)."""
@@ -106,40 +137,45 @@ class EventEmitter:
             await self._flush_locked()
 
     async def _flush_locked(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if not self._buffer:
             return
+        await self.check_tenure()
         text = "".join(self._buffer)
         self._buffer.clear()
         self._buffered = 0
-        await self._send_locked(TokenDelta, text=text, step=self._buffer_step)
-
-    async def _send_locked(self, cls: type[Envelope], **fields: Any) -> asyncio.Future[RecordMetadata]:
-        if self._tenure is not None and not self._tenure.ok():
-            await self._tenure.check()
         self._seq += 1
-        event = cls(**self._envelope, seq=self._seq, **fields)
-        type_ = fields.get("type") or cls.model_fields["type"].default
+        self.token_records += 1
+        event_id, ts = uuid.uuid4(), datetime.now(UTC)
+        value = self._tokens.value(text=text, seq=self._seq, step=self._buffer_step, event_id=event_id, ts=ts)
+        await self._send("token.delta", value, event_id, ts)
+
+    async def _send(self, type_: str, value: bytes, event_id: uuid.UUID, ts: datetime) -> asyncio.Future[RecordMetadata]:
+        """The one place a record of this execution goes to the producer (and gets its headers)."""
         future: asyncio.Future[RecordMetadata] = await self._producer.send(
             self._topic,
-            value=encode(event),
+            value=value,
             key=self._key,
-            headers=record_headers(type_, event.event_id, event.ts, self._shared),
+            headers=record_headers(type_, event_id, ts, self._shared),
         )
+        if len(self._inflight) >= 512:  # a long stream: keep only what drain() still has to wait for or report
+            self._inflight = [f for f in self._inflight if not f.done() or f.cancelled() or f.exception() is not None]
         self._inflight.append(future)
+        self._last = future
         self.records += 1
         return future
 
     async def drain(self) -> None:
         """Flush text and wait until the broker acknowledged every record sent so far."""
         await self.flush()
+        if self._failed is not None:
+            raise self._failed
         pending, self._inflight = self._inflight, []
         if pending:
             await asyncio.gather(*pending)
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+        self._buffer.clear()
+        self._buffered = 0

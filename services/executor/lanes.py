@@ -62,7 +62,7 @@ class Lanes:
         dlq: Publisher | None,
         name: str,
         retry: Retry | None = None,
-        fetch_timeout_ms: int = 200,
+        fetch_timeout_ms: int = 1000,
     ) -> None:
         self._handle = handle
         self.listeners = dict(listeners)

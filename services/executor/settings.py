@@ -36,8 +36,8 @@ class ExecutorSettings(BaseSettings):
     # After the event loop stalled for half the session timeout (a paused process), writes wait this long
     # for a rebalance that would say the group moved our partitions on; none: still a member (fence.py).
     fence_confirm_s: float = 3.0
-    # Token deltas are coalesced into one record per flush: whichever comes first.
-    coalesce_interval_ms: float = 10.0  # measured: docs/performance.md, token coalescing
+    # Token deltas: a delta goes out at once when no record of its execution is in flight; what arrives
+    # meanwhile goes in one record on its acknowledgement, or at this many characters (emitter.py).
     coalesce_max_chars: int = 256
     agents_file: Path | None = None
     scripted_token_delay_ms: float = 15.0

@@ -37,7 +37,7 @@ from services.common.reader import Reader
 from services.common.settings import KafkaSettings
 from services.common.sources import KafkaSource, open_tail
 from services.common.statusview import StatusView
-from services.orchestrator.sinks import CLOSE_SHUTDOWN, Sink
+from services.orchestrator.sinks import CLOSE_SHUTDOWN, EventItem, Sink
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +80,19 @@ class Subscription:
         start = status.events_start_offset
         return status.attempt if cursor is not None and start is not None and cursor >= start else 0
 
-    def offer(self, record: Record) -> None:
+    def offer(self, record: Record, item: EventItem | None = None) -> None:
         if self.catching_up:
             self.buffer.append(record)
         else:
             if record.timestamp and header(record.headers, "type") == "token.delta":
                 metrics.TOKEN_DELIVERY.observe(max(0.0, time.time() - record.timestamp / 1000))
-            self.deliver(record)
+            self.deliver(record, item)
 
-    def deliver(self, record: Record) -> None:
+    def deliver(self, record: Record, item: EventItem | None = None) -> None:
+        """``item``: the record as every live subscriber gets it (built once by the bridge); else built here."""
         if self.done:
             return
-        type_ = header(record.headers, "type") or ""
+        type_ = item.type if item is not None else header(record.headers, "type") or ""
         attempt = _attempt(record)
         if type_ == "execution.started":
             self.attempt = max(self.attempt, attempt)
@@ -103,7 +104,7 @@ class Subscription:
         self.last_offset = record.offset
         if fenced:
             return
-        self.sink.push_event(self._id_json, record.offset, type_, record.value or b"null")
+        self.sink.push_shared(item if item is not None else EventItem(self._id_json, record.offset, type_, record.value or b"null"))
         if type_ in TERMINAL_TYPES:
             self.done = True
 
@@ -341,9 +342,10 @@ class Bridge:
             self._record_terminal(record)
         subs = self._subs.get(execution_id)
         if subs:
+            item = EventItem(orjson.dumps(execution_id), record.offset, type_ or "", record.value or b"null")  # one for all of them
             for sub in tuple(subs):
                 try:
-                    sub.offer(record)
+                    sub.offer(record, item)
                 except Exception:
                     # One subscription's failure ends it; the record is fine for the others (and not parked).
                     log.exception("subscription to %s failed on %s@%s; ending it", execution_id, record.partition, record.offset)

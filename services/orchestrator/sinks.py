@@ -28,6 +28,38 @@ CLOSE_INTERNAL_ERROR = 1011
 _CONTROL = b"\x00"
 
 
+class EventItem:
+    """One event record as its subscribers get it. The bridge makes one per record and hands the same
+    one to every subscriber, so the bytes (and a WebSocket frame holding just this event, what a client
+    that keeps up is sent) are built once per record, not once per subscriber."""
+
+    __slots__ = ("_sse", "_ws", "_ws_frame", "id_json", "offset", "type", "value")
+
+    def __init__(self, execution_id_json: bytes, offset: int, type_: str, value: bytes) -> None:
+        self.id_json = execution_id_json
+        self.offset = offset
+        self.type = type_
+        self.value = value
+        self._ws: bytes | None = None
+        self._ws_frame: str | None = None
+        self._sse: bytes | None = None
+
+    def ws(self) -> bytes:
+        if self._ws is None:
+            self._ws = b'{"execution_id":' + self.id_json + b',"cursor":' + str(self.offset).encode() + b',"event":' + self.value + b"}"
+        return self._ws
+
+    def ws_frame(self) -> str:
+        if self._ws_frame is None:
+            self._ws_frame = _events_frame([self.ws()])
+        return self._ws_frame
+
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = b"id: " + str(self.offset).encode() + b"\nevent: " + self.type.encode() + b"\ndata: " + self.value + b"\n\n"
+        return self._sse
+
+
 class Sink:
     """Encoded items for one client, bounded in bytes, with a cut-off when the client falls behind.
 
@@ -37,7 +69,7 @@ class Sink:
 
     def __init__(self, *, max_bytes: int) -> None:
         self.tenant_id = ""
-        self._items: deque[bytes] = deque()
+        self._items: deque[bytes | EventItem] = deque()
         self._bytes = 0
         self._max_bytes = max_bytes
         self._ready = asyncio.Event()
@@ -47,17 +79,17 @@ class Sink:
         self.close_code = 0
         self.close_reason = ""
 
-    def push(self, item: bytes) -> None:
+    def push(self, item: bytes | EventItem, size: int | None = None) -> None:
         if self.closed.is_set():
             return
-        self._bytes += len(item)
+        self._bytes += len(item) if isinstance(item, bytes) else (size or 0)
         if self._bytes > self._max_bytes:
             self.kill(CLOSE_SLOW_CONSUMER, "slow consumer: send buffer overflowed")
             return
         self._items.append(item)
         self._ready.set()
 
-    async def take(self, timeout: float) -> list[bytes]:
+    async def take(self, timeout: float) -> list[bytes | EventItem]:
         """Everything queued (waiting up to ``timeout`` for something); [] on timeout."""
         if not self._items:
             self._ready.clear()
@@ -72,6 +104,11 @@ class Sink:
 
     def push_event(self, execution_id_json: bytes, offset: int, type_: str, value: bytes) -> None:
         raise NotImplementedError
+
+    def push_shared(self, item: EventItem) -> None:
+        """An event the bridge hands to every subscriber of its execution; sinks that send the same bytes
+        to every client use the item's, built once (a sink of its own format gets the parts)."""
+        self.push_event(item.id_json, item.offset, item.type, item.value)
 
     def push_control(self, message: dict[str, Any]) -> None:
         self.push(_CONTROL + self._encode(message))
@@ -112,7 +149,10 @@ class WebSocketSink(Sink):
         self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
 
     def push_event(self, execution_id_json: bytes, offset: int, type_: str, value: bytes) -> None:
-        self.push(b'{"execution_id":' + execution_id_json + b',"cursor":' + str(offset).encode() + b',"event":' + value + b"}")
+        self.push_shared(EventItem(execution_id_json, offset, type_, value))
+
+    def push_shared(self, item: EventItem) -> None:
+        self.push(item, len(item.ws()))
 
     def _on_kill(self) -> None:
         if self._writer is not None and self._writer is not asyncio.current_task():
@@ -151,21 +191,26 @@ class WebSocketSink(Sink):
                 await self._writer
 
 
-def _ws_frames(items: list[bytes]) -> list[str]:
-    """Control messages go alone; consecutive events share one ``events`` frame."""
+def _ws_frames(items: list[bytes | EventItem]) -> list[str]:
+    """Control messages go alone; consecutive events share one ``events`` frame (one event alone: the
+    item's frame, shared by every subscriber that keeps up)."""
     frames: list[str] = []
-    events: list[bytes] = []
+    events: list[EventItem] = []
     for item in items:
-        if item[:1] == _CONTROL:
+        if isinstance(item, bytes):  # control messages are the only bytes on a WebSocket sink
             if events:
-                frames.append(_events_frame(events))
+                frames.append(_shared_frame(events))
                 events = []
             frames.append(item[1:].decode())
         else:
             events.append(item)
     if events:
-        frames.append(_events_frame(events))
+        frames.append(_shared_frame(events))
     return frames
+
+
+def _shared_frame(events: list[EventItem]) -> str:
+    return events[0].ws_frame() if len(events) == 1 else _events_frame([e.ws() for e in events])
 
 
 def _events_frame(events: list[bytes]) -> str:
@@ -180,7 +225,10 @@ class SSESink(Sink):
         self._heartbeat = heartbeat_s
 
     def push_event(self, execution_id_json: bytes, offset: int, type_: str, value: bytes) -> None:
-        self.push(b"id: " + str(offset).encode() + b"\nevent: " + type_.encode() + b"\ndata: " + value + b"\n\n")
+        self.push_shared(EventItem(execution_id_json, offset, type_, value))
+
+    def push_shared(self, item: EventItem) -> None:
+        self.push(item, len(item.sse()))
 
     def push_control(self, message: dict[str, Any]) -> None:
         self.push(_CONTROL + b"event: " + str(message.get("type", "message")).encode() + b"\ndata: " + self._encode(message) + b"\n\n")
@@ -194,7 +242,7 @@ class SSESink(Sink):
                     return
                 yield b": heartbeat\n\n"
                 continue
-            yield b"".join(i[1:] if i[:1] == _CONTROL else i for i in items)
+            yield b"".join(i[1:] if isinstance(i, bytes) else i.sse() for i in items)
             if not self._items and until_done():
                 return
         if self.close_reason:

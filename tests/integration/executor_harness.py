@@ -67,7 +67,6 @@ def executor_settings(kafka: KafkaSettings, fake: FakeOpenAI, **overrides: Any) 
         "timeouts": TimeoutSettings(connect_s=2, first_token_s=3, total_s=20, read_s=10),
         "tool_timeout_s": 0.5,
         "tool_retry_backoff_s": 0.01,
-        "coalesce_interval_ms": 5,
     }
     return ExecutorSettings(**(values | overrides))
 
@@ -153,4 +152,10 @@ def text_of(events: list[dict[str, Any]], step: int | None = None) -> str:
 
 
 def types_of(events: list[dict[str, Any]]) -> list[str]:
-    return [e["type"] for e in events]
+    """The events' types, consecutive ``token.delta`` records as one: how many records a text takes is
+    the emitter's coalescing (emitter.py), which depends on when the broker acknowledges."""
+    types: list[str] = []
+    for e in events:
+        if not (e["type"] == "token.delta" and types and types[-1] == "token.delta"):
+            types.append(e["type"])
+    return types

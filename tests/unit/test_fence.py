@@ -42,7 +42,6 @@ def emitter_with(claim: Claim) -> tuple[EventEmitter, RecordingProducer]:
         cast(AIOKafkaProducer, producer),
         topic="events",
         envelope={"tenant_id": "t", "execution_id": "e1", "session_id": None, "agent_id": "default", "attempt": 1},
-        interval_s=10.0,
         max_chars=1,
         tenure=Tenure(claim),
     )

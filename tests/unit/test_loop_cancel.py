@@ -48,7 +48,6 @@ async def test_cancel_as_the_tools_are_scheduled_leaves_no_coroutine_unawaited()
         cast(AIOKafkaProducer, RecordingProducer()),
         topic="events",
         envelope={"tenant_id": "t", "execution_id": "e1", "session_id": None, "agent_id": "a", "attempt": 1},
-        interval_s=10.0,
         max_chars=1,
     )
     victim: list[asyncio.Task[Any]] = []

@@ -189,6 +189,35 @@ async def test_a_group_reader_commits_what_it_handled(running: Callable[..., Rea
     await _until(lambda: source.committed == {TopicPartition(TOPIC, 0): 3, TopicPartition(TOPIC, 1): 2})
 
 
+async def test_a_busy_group_reader_does_not_commit_after_every_batch(running: Callable[..., Reader]) -> None:
+    """Fifty batches of one record: one commit when it begins, one when the source goes quiet."""
+    source = MemorySource()
+    for i in range(50):
+        source.append(TOPIC, str(i).encode())
+    handled: list[bytes] = []
+    running(source, lambda r: handled.append(r.value or b""), max_records=1, commit_interval_s=3600)
+    await _until(lambda: source.committed == {TopicPartition(TOPIC, 0): 50})
+    assert len(handled) == 50 and source.commits == 2
+    await asyncio.sleep(0.1)  # quiet: fetches that return nothing, and nothing more to commit
+    assert source.commits == 2
+
+
+async def test_stop_commits_what_was_handled_since_the_last_commit() -> None:
+    source = MemorySource()
+    source.append(TOPIC, b"first")
+    handled: list[bytes] = []
+    # A fetch that waits longer than the test: only stop() can commit the second record.
+    reader = Reader(
+        _name(), source, lambda r: handled.append(r.value or b""), topics=TOPICS, dlq=None, fetch_timeout_ms=60_000, commit_interval_s=3600
+    )
+    reader.start()
+    await _until(lambda: handled == [b"first"])
+    source.append(TOPIC, b"second")
+    await _until(lambda: handled == [b"first", b"second"])
+    await reader.stop()
+    assert source.committed == {TopicPartition(TOPIC, 0): 2}
+
+
 async def test_stop_is_idempotent_and_closes_the_source() -> None:
     source = MemorySource()
     reader = Reader(_name(), source, lambda r: None, topics=TOPICS, dlq=None, fetch_timeout_ms=20)

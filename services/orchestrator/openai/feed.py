@@ -19,7 +19,7 @@ import orjson
 from schemas.events import TERMINAL_TYPES
 from services.orchestrator.bridge import Bridge, Gone
 from services.orchestrator.http import HTTPError
-from services.orchestrator.sinks import _CONTROL, Sink
+from services.orchestrator.sinks import EventItem, Sink
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,10 @@ class Feed(Sink):
         self._bridge.detach(self)
 
     def push_event(self, execution_id_json: bytes, offset: int, type_: str, value: bytes) -> None:
-        self.push(b"%d\n" % offset + value)
+        self.push_shared(EventItem(execution_id_json, offset, type_, value))
+
+    def push_shared(self, item: EventItem) -> None:
+        self.push(item, len(item.value))
 
     async def so_far(self, execution_id: str, *, timeout: float) -> list[Item | Ended]:
         """What the execution has emitted until now, without waiting for more (a poll of a running one).
@@ -84,14 +87,13 @@ class Feed(Sink):
         yield Ended(None, self.close_reason or "the stream was closed")
 
 
-def _parse(raw: bytes) -> Item | Ended | None:
-    if raw[:1] == _CONTROL:
-        message = orjson.loads(raw[1:])
-        if message.get("type") in ("end", "error"):
-            return Ended(message.get("status"), message.get("error") if message.get("type") == "error" else None)
-        return None
-    head, _, value = raw.partition(b"\n")
-    return Item(int(head), orjson.loads(value))
+def _parse(raw: bytes | EventItem) -> Item | Ended | None:
+    if isinstance(raw, EventItem):
+        return Item(raw.offset, orjson.loads(raw.value))
+    message = orjson.loads(raw[1:])  # a control message (the only bytes this sink queues)
+    if message.get("type") in ("end", "error"):
+        return Ended(message.get("status"), message.get("error") if message.get("type") == "error" else None)
+    return None
 
 
 async def follow(bridge: Bridge, tenant_id: str, execution_id: str, *, max_bytes: int, heartbeat_s: float) -> Feed:

@@ -1,0 +1,182 @@
+"""One attempt of one execution: its events and status snapshots, in order, from start to end.
+
+The model is called without waiting for acknowledgements it does not need: ``execution.started``
+goes to the producer, and the ``running`` snapshot (which holds where the events start, so it
+needs that record's offset) is published when the broker acknowledged it, while the model
+request is already out. Order is kept where it matters: on the events topic by the one emitter
+(records go to the producer in order; one key, one partition), on the status topic by awaiting
+the ``running`` snapshot before the terminal one. Nothing is counted finished (and the request
+committed) before the terminal event and snapshot are acknowledged. Fencing is the emitter's and
+the publisher's: both check the run's tenure before each record (fence.py).
+
+The executor (app.py) owns the bookkeeping around an attempt: its number, its cancel event, its
+slot, the commit or retry that follows what ``AttemptRun.run`` answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
+
+from schemas.agents import AgentSpec
+from schemas.events import ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionRequested, ExecutionStarted
+from schemas.status import ExecutionStatus
+from services.executor.emitter import EventEmitter
+from services.executor.fence import Fenced
+from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent, started_fields
+from services.executor.mcptools import McpTools
+from services.executor.providers.base import Provider, ProviderError
+from services.executor.tools import Tool
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[ExecutionStatus], Awaitable[None]]
+Lookup = Callable[[str], Awaitable[tuple[AgentSpec | None, ExecutionError | None]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """How an attempt ended. ``finished``: its terminal event and snapshot are acknowledged (commit it).
+    ``fenced``: this member lost the execution's partition; another runs it. Neither: Kafka failed, run it again."""
+
+    finished: bool
+    fenced: bool = False
+    state: Literal["completed", "failed", "cancelled"] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRun:
+    """What running one attempt needs from the executor."""
+
+    providers: dict[str, Provider]
+    tools: dict[str, Tool]
+    settings: LoopSettings
+    cancel_grace_s: float
+    lookup: Lookup
+    mcp: McpTools | None = None  # the agents' MCP servers' tools (mcptools.py)
+
+    async def run(
+        self,
+        request: ExecutionRequested,
+        *,
+        emitter: EventEmitter,
+        publish: Publish,
+        base: ExecutionStatus,
+        cancel: asyncio.Event,
+    ) -> Ended:
+        running: asyncio.Future[None] | None = None
+
+        async def publish_after_running(status: ExecutionStatus) -> None:
+            if running is not None:
+                await running  # the running snapshot first: the status topic keeps the order
+            await publish(status)
+
+        try:
+            if cancel.is_set():  # cancelled before it started: no execution.started, just the end
+                meta = await (await emitter.emit(ExecutionCancelled, reason="cancelled before start"))
+                await publish(
+                    base.model_copy(
+                        update={"state": "cancelled", "error": "cancelled before start"}
+                        | {"events_partition": meta.partition, "events_start_offset": meta.offset}
+                    )
+                )
+                return Ended(finished=True, state="cancelled")
+            spec, lookup_error = await self.lookup(request.agent_id)
+            started = await emitter.emit(ExecutionStarted, **started_fields(request, spec))
+            running = asyncio.ensure_future(_publish_running(started, publish, base))
+            try:
+                if spec is None:
+                    raise lookup_error or ExecutionError(f"unknown agent {request.agent_id!r}")
+                outcome = await self._until_end(spec, request, emitter, cancel)
+            except (ExecutionError, ProviderError) as exc:
+                await emitter.emit(ExecutionFailed, reason=str(exc), retriable=exc.retriable)
+                await emitter.drain()
+                await publish_after_running(base.model_copy(update={"state": "failed", "error": str(exc)}))
+                return Ended(finished=True, state="failed")
+            if outcome is None:
+                await emitter.emit(ExecutionCancelled, reason="cancelled by request")
+                await emitter.drain()
+                await publish_after_running(base.model_copy(update={"state": "cancelled", "error": "cancelled by request"}))
+                return Ended(finished=True, state="cancelled")
+            await emitter.emit(ExecutionCompleted, output=outcome.output, usage=outcome.usage)
+            await emitter.drain()
+            await publish_after_running(base.model_copy(update={"state": "completed", "output": outcome.output, "usage": outcome.usage}))
+            return Ended(finished=True, state="completed")
+        except asyncio.CancelledError:
+            raise
+        except Fenced as exc:
+            # Nothing more is written for this attempt, and it is not run again here: the partition's new
+            # owner runs it (or, if it is us again, its record comes again and runs as the next attempt).
+            log.warning("execution %s (attempt %s): %s", request.execution_id, base.attempt, exc)
+            return Ended(finished=False, fenced=True)
+        except KafkaError as exc:
+            # Kafka trouble is not the execution's fault: it is not failed but run again as the next
+            # attempt once the broker answers.
+            log.warning("execution %s: Kafka error %s; it will run again", request.execution_id, type(exc).__name__)
+            return Ended(finished=False)
+        except Exception as exc:  # never lose a request silently: record why, then commit
+            log.exception("execution %s crashed", request.execution_id)
+            try:
+                await emitter.emit(ExecutionFailed, reason=f"internal error: {type(exc).__name__}: {exc}")
+                await emitter.drain()
+                if running is not None:
+                    with contextlib.suppress(Exception):
+                        await running
+                await publish(base.model_copy(update={"state": "failed", "error": str(exc)}))
+            except Exception:
+                return Ended(finished=False)
+            return Ended(finished=True, state="failed")
+        finally:
+            if running is not None:
+                if not running.done():
+                    running.cancel()
+                with contextlib.suppress(BaseException):
+                    await running  # its outcome is known (or irrelevant) by now; never left unretrieved
+
+    async def _until_end(
+        self, spec: AgentSpec, request: ExecutionRequested, emitter: EventEmitter, cancel: asyncio.Event
+    ) -> Outcome | None:
+        """Run the loop until it ends, the execution times out, or a cancel arrives (None)."""
+        if spec.provider not in self.providers:
+            raise ExecutionError(f"agent {spec.name!r} names provider {spec.provider!r}, which is not configured")
+        work = asyncio.create_task(self._agent(spec, request, emitter), name=f"{request.execution_id}-loop")
+        cancelled = asyncio.create_task(cancel.wait())
+        try:
+            done, _ = await asyncio.wait({work, cancelled}, timeout=spec.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            if not work.done():
+                work.cancel()
+                # Stops the provider stream and the tools; bounded, so a tool that ignores
+                # cancellation cannot hold the execution (or its partition's commits) forever.
+                await asyncio.wait({work}, timeout=self.cancel_grace_s)
+        if work in done:
+            return work.result()
+        if cancel.is_set():
+            return None
+        raise ExecutionError(f"execution exceeded its timeout of {spec.timeout_s:g}s", retriable=True)
+
+
+    async def _agent(self, spec: AgentSpec, request: ExecutionRequested, emitter: EventEmitter) -> Outcome:
+        """The loop, with the agent's MCP servers' tools (mcptools.py) beside the executor's."""
+        tools, notices = self.tools, list[str]()
+        if spec.mcp_servers and self.mcp is not None:
+            found, notices = await self.mcp.tools_for(spec, request.tenant_id)
+            tools = self.tools | found
+            spec = spec.model_copy(update={"tools": (*spec.tools, *found)})
+        return await run_agent(
+            spec=spec, request=request, providers=self.providers, tools=tools, emitter=emitter, settings=self.settings, notices=notices
+        )
+
+
+async def _publish_running(started: asyncio.Future[RecordMetadata], publish: Publish, base: ExecutionStatus) -> None:
+    """The ``running`` snapshot, once ``execution.started`` is acknowledged: it says where the events start."""
+    meta = await started
+    await publish(base.model_copy(update={"state": "running", "events_partition": meta.partition, "events_start_offset": meta.offset}))
