@@ -72,7 +72,10 @@ def test_calm_filter_says_a_kafka_outage_once_then_backs_off() -> None:
     passed: list[str] = []
     for i in range(2500):  # 25 s of ten clients failing every 100 ms
         now[0] = i * 0.01
-        record = _record(f'Unable connect to "127.0.0.1:{9000 + i % 10}": [Errno 111] Connect call failed')
+        if i % 2:
+            record = _record(f'Unable connect to "127.0.0.1:{9000 + i % 10}": [Errno 111] Connect call failed')
+        else:  # what consumers say about the same outage
+            record = _record("Failed fetch messages from 1: NodeNotReadyError: node 1 not ready", logger="aiokafka.consumer.fetcher")
         if calm.filter(record):
             passed.append(record.getMessage())
     assert passed[0].startswith("Kafka does not answer") and passed[0].endswith("; retrying")

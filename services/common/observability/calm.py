@@ -14,7 +14,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-_KAFKA_DOWN = ("Unable connect to", "Connect call failed", "Unable to bootstrap", "KafkaConnectionError", "Unable to update metadata")
+_KAFKA_DOWN = (
+    "Unable connect to",
+    "Connect call failed",
+    "Unable to bootstrap",
+    "KafkaConnectionError",
+    "Unable to update metadata",
+    "NodeNotReadyError",
+    "GroupCoordinatorNotAvailable",
+    "coordinator dead",
+    "Heartbeat session expired",
+)
 
 
 @dataclass
