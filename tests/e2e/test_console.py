@@ -95,7 +95,10 @@ async def test_console_streams_resumes_after_a_drop_and_chats(page: Any, console
     log = await page.evaluate("window.agentstreamConsole.log")
     assert [e["cursor"] for e in log] == [i["cursor"] for i in truth]  # each event once, in order, none lost
     text = "".join(i["event"]["text"] for i in truth if i["event"]["type"] == "token.delta")
-    assert await page.text_content(".turn .output") == text
+    segments = await page.eval_on_selector_all(".turn .output > *", "nodes => nodes.map(n => [n.className, n.textContent])")
+    assert "".join(t for kind, t in segments if kind == "text") == text
+    # In stream order: the text before the tool call, its card, then the answer (two steps, two blocks).
+    assert [kind for kind, _ in segments] == ["text", "tool", "text"], segments
     assert "The calculator says 84" in text
     assert "84" in (await page.text_content(".turn .tool .result") or "")
     async with httpx.AsyncClient(base_url=console_url, headers={"Authorization": "Bearer console-key"}) as http:
@@ -118,3 +121,52 @@ async def test_console_streams_resumes_after_a_drop_and_chats(page: Any, console
     SCREENSHOT.parent.mkdir(exist_ok=True)
     await page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+@pytest.fixture
+async def phone(console_url: str) -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            context = await browser.new_context(viewport={"width": 390, "height": 844})
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"{console_url}/console")
+            yield page
+            assert not errors, errors
+        finally:
+            await browser.close()
+
+
+async def test_console_history_agents_cancel_and_reload_at_phone_width(phone: Any, console_url: str) -> None:
+    page = phone
+    await page.fill("#api-key", "console-key")
+    await page.click("#signin button")
+    await page.wait_for_selector("#conn.on")
+    assert await page.eval_on_selector_all("#agent option", "o => o.map(x => x.value)") == ["default", "docs"]  # from /v1/agents
+
+    await page.fill("#prompt", "what is 12*7?")
+    await page.click("#send")
+    await page.wait_for_selector(".turn .status.completed", timeout=30_000)
+    first = await page.get_attribute(".turn", "data-execution-id")
+    await page.wait_for_selector(f"#history li[data-execution-id='{first}'] .status.completed")  # the list API
+
+    await page.fill("#prompt", "a long one to cancel")
+    await page.click("#send")
+    await page.wait_for_function(f"document.querySelector('.turn').dataset.executionId !== '{first}'")
+    second = await page.get_attribute(".turn", "data-execution-id")
+    await page.click(f".turn[data-execution-id='{second}'] button.cancel")
+    await page.wait_for_selector(f".turn[data-execution-id='{second}'] .status.cancelled", timeout=30_000)
+    async with httpx.AsyncClient(base_url=console_url, headers={"Authorization": "Bearer console-key"}) as http:
+        assert (await http.get(f"/v1/executions/{second}")).json()["status"] == "cancelled"
+
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+    await page.reload()  # the turns come back, replayed from their first event
+    await page.wait_for_selector(f".turn[data-execution-id='{first}'] .status.completed", timeout=30_000)
+    await page.wait_for_selector(f".turn[data-execution-id='{second}'] .status.cancelled", timeout=30_000)
+    assert "The calculator says 84" in (await page.text_content(f".turn[data-execution-id='{first}'] .output") or "")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    await page.screenshot(path=str(SCREENSHOT.with_name("console-phone.png")), full_page=True)
