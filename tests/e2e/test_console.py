@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from services.common.settings import KafkaSettings
 from services.executor.app import Executor
@@ -43,9 +44,13 @@ SCREENSHOT = _ROOT / ("docs" if os.environ.get("AGENTSTREAM_UPDATE_SCREENSHOT") 
 
 
 @pytest.fixture
-async def console_url(kafka_settings: KafkaSettings) -> AsyncIterator[str]:
-    # A slow scripted model (40 ms a word), so the test can drop the connection mid-stream.
-    orch = OrchestratorSettings(kafka=kafka_settings, api_keys={"console-key": "console-tenant"}, session_policy="reject")
+async def console_url(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterator[str]:
+    # A slow scripted model (40 ms a word), so the test can drop the connection mid-stream. A store of
+    # the test's own: the history list shows only this test's runs.
+    database_url = SecretStr(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+    orch = OrchestratorSettings(
+        kafka=kafka_settings, api_keys={"console-key": "console-tenant"}, session_policy="reject", database_url=database_url
+    )
     async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=40)):
         async with serve(create_app(orch)) as url:
             yield url
