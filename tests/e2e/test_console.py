@@ -173,5 +173,9 @@ async def test_console_history_agents_cancel_and_reload_at_phone_width(phone: An
     await page.wait_for_selector(f".turn[data-execution-id='{first}'] .status.completed", timeout=30_000)
     await page.wait_for_selector(f".turn[data-execution-id='{second}'] .status.cancelled", timeout=30_000)
     assert "The calculator says 84" in (await page.text_content(f".turn[data-execution-id='{first}'] .output") or "")
+    await page.click(f".turn[data-execution-id='{first}'] .timeline summary")  # the plan's service calls, then the stream's counts
+    timeline = await page.text_content(f".turn[data-execution-id='{first}'] .timeline") or ""
+    assert "agent_config default" in timeline and "execution default · completed" in timeline, timeline
+    assert "attempts 1 · model steps 2 · restarts 0 · tool calls 1" in timeline, timeline
     assert await page.evaluate("document.documentElement.scrollWidth") <= 390
     await page.screenshot(path=str(SCREENSHOT.with_name("console-phone.png")), full_page=True)

@@ -171,6 +171,7 @@ function onEvent(item) {
   turn.cursor = item.cursor;
   const ev = item.event;
   state.log.push({ cursor: item.cursor, type: ev.type, execution_id: item.execution_id });
+  turn.log.push({ type: ev.type, step: ev.step });
   const li = el("li");
   li.append(el("span", "id", item.execution_id.slice(0, 6)), el("span", "", item.cursor), " " + ev.type); // cursors are per execution
   $("events").prepend(li);
@@ -241,10 +242,28 @@ async function finish(turn, ev) {
     if (view.usage) turn.usage.textContent = "tokens: " + view.usage.prompt_tokens + " in · " + view.usage.completion_tokens + " out · " + view.usage.total_tokens + " total";
     showUsage(await api("GET", "/v1/usage?group_by=tenant"));
     loadHistory();
+    showTimeline(turn, (await api("GET", "/v1/executions/" + turn.id + "/plan")).calls);
   } catch (e) {
     notice(turn, String(e));
   }
   $("send").disabled = false;
+}
+
+// The run's timeline: the service calls of its plan (agent config, history, the execution, each
+// delegated job) with their durations, then what the stream said (attempts, model calls, tools).
+function showTimeline(turn, calls) {
+  const box = el("details", "timeline");
+  box.append(el("summary", "muted", "timeline"));
+  const list = el("ol");
+  for (const call of calls) {
+    const took = call.duration_ms === null || call.duration_ms === undefined ? "" : " · " + Math.round(call.duration_ms) + " ms";
+    list.append(el("li", "call", call.kind + " " + call.target + " · " + call.outcome + took));
+  }
+  const steps = new Set(turn.log.filter((e) => e.type === "token.delta" || e.type.startsWith("tool.call")).map((e) => e.step));
+  list.append(el("li", "muted", "attempts " + turn.attempt + " · model steps " + steps.size + " · restarts " + turn.log.filter((e) => e.type === "execution.restarted").length + " · tool calls " + turn.tools.size));
+  box.append(list);
+  turn.timeline.replaceWith(box);
+  turn.timeline = box;
 }
 
 function setStatus(turn, status, detail) {
@@ -267,7 +286,7 @@ function addTurn(executionId, prompt) {
   box.dataset.executionId = executionId;
   const turn = {
     id: executionId, prompt, cursor: null, attempt: 0, text: "", stepStart: {}, done: false, tools: new Map(), segment: null,
-    output: el("div", "output"), notices: el("div"),
+    output: el("div", "output"), notices: el("div"), timeline: el("div"), log: [],
     status: el("span", "status queued", "queued"), detail: el("span"), usage: el("span"),
     cancel: el("button", "cancel", "Cancel"),
   };
@@ -278,7 +297,7 @@ function addTurn(executionId, prompt) {
   });
   const meta = el("div", "meta");
   meta.append(turn.status, turn.detail, turn.usage, el("span", "muted id", executionId), turn.cancel);
-  box.append(el("div", "user", prompt), turn.output, turn.notices, meta);
+  box.append(el("div", "user", prompt), turn.output, turn.notices, meta, turn.timeline);
   $("transcript").prepend(box);
   state.turns.set(executionId, turn);
   saveView();
