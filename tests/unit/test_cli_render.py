@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
@@ -83,3 +83,35 @@ def test_calm_filter_says_a_kafka_outage_once_then_backs_off() -> None:
     assert "held back" in passed[1] and ": start it" in passed[1]
     other = _record("a different warning", logger="services.x", level=logging.WARNING)
     assert calm.filter(other) and calm.filter(_record("info is never held", level=logging.INFO))
+
+
+class _Terminal(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_up_logs_coloured_lines_on_a_terminal_and_json_elsewhere_or_when_asked(monkeypatch: Any) -> None:
+    from services.common.observability.settings import TelemetrySettings, configure
+
+    root = logging.getLogger()
+    kept, level = list(root.handlers), root.level
+    try:
+        cases: list[tuple[bool, Literal["json"] | None, bool]] = [(True, None, False), (False, None, True), (True, "json", True)]
+        for tty, asked, json_expected in cases:
+            stream = _Terminal(tty)
+            monkeypatch.setattr("sys.stderr", stream)
+            configure("agentstream", settings=TelemetrySettings(log_format=asked), default_format="auto")
+            logging.getLogger("services.test").warning("the orchestrator is up")
+            line = stream.getvalue().strip()
+            assert line.startswith("{") is json_expected, line
+            assert ("\x1b[" in line) is not json_expected and "the orchestrator is up" in line
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in kept:
+            root.addHandler(handler)
+        root.setLevel(level)
