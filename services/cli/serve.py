@@ -189,7 +189,8 @@ def up(host: str | None = None, port: int | None = None, log_format: LogFormat =
         done, _ = await asyncio.wait({ready, executor_task, server_task, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED")
         if ready in done:
             where = f"http://{server.config.host}:{server.config.port}"
-            console.print(f"[green]agentstream up[/] on {where} (console {where}/console; Ctrl-C stops)", highlight=False)
+            console.print(f"[green]agentstream up[/] on {where} (console {where}/console; Ctrl-C stops)", highlight=False, soft_wrap=True)
+            console.file.flush()  # a log file (make demo's) is block-buffered
             await stop.wait()
         ready.cancel()
         server.should_exit = True
