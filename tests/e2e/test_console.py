@@ -122,6 +122,8 @@ async def test_console_streams_resumes_after_a_drop_and_chats(page: Any, console
     await page.click("#send")
     await page.wait_for_function("document.querySelectorAll('.turn .status.completed').length === 3", timeout=30_000)
     assert "The calculator says 5" in (await page.text_content(".turn .output") or "")
+    session_id = (await page.text_content("#session-info") or "").removeprefix("session ")
+    await page.wait_for_selector(f"#sessions li.current[data-session-id='{session_id}']")  # the sessions list (GET /v1/sessions)
 
     SCREENSHOT.parent.mkdir(exist_ok=True)
     await page.screenshot(path=str(SCREENSHOT), full_page=True)

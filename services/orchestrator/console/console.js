@@ -113,6 +113,30 @@ async function loadHistory() {
     list.append(li);
   }
   if (!page.executions.length) list.append(el("li", "muted", "no executions yet"));
+  await loadSessions();
+}
+
+// Sessions: pick one to go on with its conversation (the next message runs with its history).
+async function loadSessions() {
+  const page = await api("GET", "/v1/sessions?limit=10");
+  const list = $("sessions");
+  list.replaceChildren();
+  for (const s of page.sessions) {
+    const li = el("li", s.session_id === state.sessionId ? "current" : "");
+    li.dataset.sessionId = s.session_id;
+    li.append(el("span", "status " + (s.state === "running" ? "running" : "completed"), s.state), " ", el("span", "", s.agent + " · " + s.session_id.slice(0, 12)));
+    li.title = s.session_id + " · " + s.created_at;
+    li.addEventListener("click", () => {
+      document.querySelector("input[name=mode][value=session]").checked = true;
+      if (state.agents.some((a) => a.name === s.agent)) { $("agent").value = s.agent; showVariables(); }
+      state.sessionId = s.session_id;
+      $("session-info").textContent = "session " + s.session_id;
+      saveView();
+      loadSessions();
+    });
+    list.append(li);
+  }
+  if (!page.sessions.length) list.append(el("li", "muted", "no sessions yet"));
 }
 
 function signOut() {
@@ -320,6 +344,7 @@ async function send(prompt) {
     state.sessionId = session.session_id;
     $("session-info").textContent = "session " + state.sessionId;
     saveView();
+    loadSessions();
   }
   const reply = await api("POST", "/v1/sessions/" + state.sessionId + "/chat", { content: prompt, priority, variables: variables() });
   if (reply.execution_id) addTurn(reply.execution_id, prompt);
