@@ -53,6 +53,8 @@ async def test_every_error_a_newcomer_meets_is_one_line_with_the_fix(launch: Lau
     for args in (["run", "hi"], ["ls"], ["status", "x"], ["attach", "x"], ["cancel", "x"], ["sessions"], ["agents"]):
         line = one_error_line(*(await cli(*args, url=nowhere))[::2])
         assert f"nothing answers at {nowhere}" in line and "agentstream up" in line, line
+    code, _, err = await cli("--debug", "run", "hi", url=nowhere)
+    assert code == 1 and "Traceback" in err and "httpx.ConnectError" in err  # the traceback, on request
 
     async with launch(sqlite_url, executor=False, agents_file=agents_file(tmp_path)) as orch:
         code, _, err = await cli("run", "hi", url=orch.url, key="wrong")
