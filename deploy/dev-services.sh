@@ -1,18 +1,34 @@
 #!/usr/bin/env bash
 # PostgreSQL and Redis for development and tests, from Debian's packages, on 127.0.0.1 and
-# non-default ports, with data in git-ignored folders under deploy/dev-services/.
+# non-default ports.
 #
-#   deploy/dev-services.sh start|stop|status
+#   deploy/dev-services.sh start|stop|status|where
 #
 # Ports: AGENTSTREAM_DEV_PG_PORT (55432), AGENTSTREAM_DEV_REDIS_PORT (56379). Idempotent.
+#
+# Where the data lives: run as a normal user, everything is under deploy/dev-services/ of this
+# clone (PostgreSQL runs as you). Run as root, PostgreSQL must run as the `postgres` user, which
+# may not be allowed to enter the clone's parents (a clone under /root, mode 0700): its data and
+# log then live under /var/tmp/agentstream-dev-services/<clone key>/, a directory `postgres` owns,
+# keyed by this clone's absolute path so two clones never share a cluster; deploy/dev-services/
+# postgres-data links to it. Redis always runs as the caller, under deploy/dev-services/.
 set -euo pipefail
 cd "$(dirname "$0")"
 HERE="$(pwd)/dev-services"
 PG_PORT="${AGENTSTREAM_DEV_PG_PORT:-55432}"
 REDIS_PORT="${AGENTSTREAM_DEV_REDIS_PORT:-56379}"
-PG_DATA="$HERE/data/postgres-$PG_PORT"
 REDIS_DIR="$HERE/data/redis-$REDIS_PORT"
 LOGS="$HERE/logs"
+
+if [[ "$(id -u)" == "0" ]]; then
+  # 16 hex digits of the clone's path: unique per clone, stable across runs (stop finds start's data).
+  KEY="$(printf '%s' "$(pwd)" | sha256sum | cut -c1-16)"
+  PG_ROOT="${AGENTSTREAM_DEV_PG_ROOT:-/var/tmp/agentstream-dev-services}/$KEY"
+else
+  PG_ROOT="$HERE/postgres"
+fi
+PG_DATA="$PG_ROOT/data-$PG_PORT"
+PG_LOG="$PG_ROOT/postgres-$PG_PORT.log"
 
 pg_bin() {
   local dir
@@ -20,8 +36,9 @@ pg_bin() {
   [[ -n "$dir" ]] && echo "$dir"
 }
 
+# As root, PostgreSQL's tools run as `postgres`, from / (the caller's directory may be closed to it).
 as_postgres() {
-  if [[ "$(id -u)" == "0" ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [[ "$(id -u)" == "0" ]]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 install_missing() {
@@ -40,10 +57,20 @@ install_missing() {
   fi
 }
 
+prepare_pg_root() {
+  mkdir -p "$PG_ROOT" "$HERE"
+  if [[ "$(id -u)" == "0" ]]; then
+    mkdir -p "$(dirname "$PG_ROOT")"
+    chmod 0755 "$(dirname "$PG_ROOT")"
+    chown postgres: "$PG_ROOT"
+    chmod 0700 "$PG_ROOT"
+    ln -sfn "$PG_ROOT" "$HERE/postgres-data"
+  fi
+}
+
 start_postgres() {
   local bin; bin="$(pg_bin)"
-  mkdir -p "$LOGS" "$(dirname "$PG_DATA")"
-  if [[ "$(id -u)" == "0" ]]; then chown postgres "$(dirname "$PG_DATA")" "$LOGS"; fi
+  prepare_pg_root
   if [[ ! -f "$PG_DATA/PG_VERSION" ]]; then
     as_postgres "$bin/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >/dev/null
   fi
@@ -51,8 +78,12 @@ start_postgres() {
     echo "postgres already running on 127.0.0.1:$PG_PORT"
     return
   fi
-  as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$LOGS/postgres-$PG_PORT.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k /tmp -c max_connections=300 -c fsync=off -c synchronous_commit=off" start >/dev/null
+  if ! as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k /tmp -c max_connections=300 -c fsync=off -c synchronous_commit=off" start >/dev/null; then
+    echo "postgres did not start on 127.0.0.1:$PG_PORT; its log: $PG_LOG" >&2
+    tail -5 "$PG_LOG" >&2 || true
+    exit 1
+  fi
   echo "postgres up on 127.0.0.1:$PG_PORT (data $PG_DATA)"
 }
 
@@ -87,5 +118,6 @@ case "${1:-start}" in
   status)
     as_postgres "$(pg_bin)/pg_ctl" -D "$PG_DATA" status || true
     redis_cli ping || true ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  where) echo "$PG_ROOT" ;;  # `make clean` removes it
+  *) echo "usage: $0 start|stop|status|where" >&2; exit 2 ;;
 esac

@@ -49,6 +49,45 @@ class ExecutionView(BaseModel):
     callbacks: list[CallbackDelivery] = Field(default_factory=list)
 
 
+class ExecutionSummary(BaseModel):
+    """One row of ``GET /v1/executions``: what the task registry knows, without the output."""
+
+    execution_id: str
+    agent: str
+    priority: Priority
+    status: State
+    attempt: int
+    origin: str = Field(description="api | chat | batch | kafka: the door it came through")
+    input_preview: str | None = Field(default=None, description="The first 200 characters of the input")
+    session_id: str | None = None
+    batch_id: str | None = None
+    error: str | None = None
+    usage: Usage | None = None
+    created_at: str
+    updated_at: str
+
+
+class ExecutionList(BaseModel):
+    executions: list[ExecutionSummary]
+    next_cursor: str | None = Field(default=None, description="Pass as `cursor` for the next (older) page; null: the last page")
+
+
+class AgentInfo(BaseModel):
+    name: str
+    provider: str
+    model: str
+    tools: list[str]
+    fallback: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list)
+    variables: list[str] = Field(description="Template variables its prompt reads: give them in `variables` (`input` and `agent` are ours)")
+    max_steps: int
+    structured_output: bool = Field(description="Whether the agent has an output schema of its own")
+
+
+class AgentList(BaseModel):
+    agents: list[AgentInfo]
+
+
 class ErrorBody(BaseModel):
     error: str
     detail: Any = None
@@ -93,6 +132,11 @@ class SessionState(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: str
     updated_at: str
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionState]
+    next_cursor: str | None = Field(default=None, description="Pass as `cursor` for the next (older) page; null: the last page")
 
 
 class ToolCallRecord(BaseModel):

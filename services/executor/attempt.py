@@ -163,7 +163,6 @@ class AttemptRun:
             return None
         raise ExecutionError(f"execution exceeded its timeout of {spec.timeout_s:g}s", retriable=True)
 
-
     async def _agent(self, spec: AgentSpec, request: ExecutionRequested, emitter: EventEmitter) -> Outcome:
         """The loop, with the agent's MCP servers' tools (mcptools.py) beside the executor's."""
         tools, notices = self.tools, list[str]()

@@ -11,21 +11,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from jinja2 import StrictUndefined, TemplateError, UndefinedError
-from jinja2.sandbox import SandboxedEnvironment
 
 from schemas.agents import AgentSpec
 from schemas.bounds import json_problem
 from schemas.events import ExecutionRequested, ExecutionRestarted, ToolCallCompleted, ToolCallStarted, Usage
 from schemas.outputs import output_mismatch
 from services.common.observability.tracing import traced_tool_call
+from services.common.prompts import PromptError, render_prompt
 from services.executor.emitter import EventEmitter
 from services.executor.providers.base import ModelRequest, Provider, TextDelta, ToolCall, TurnEnd
 from services.executor.resilience import Restart, Route, parse_route, resilient_stream
 from services.executor.settings import RetrySettings, TimeoutSettings
 from services.executor.tools import Tool, ToolContext, ToolError, current_tool_call, parse_arguments
-
-_templates = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
 
 class ExecutionError(Exception):
@@ -52,12 +49,11 @@ class LoopSettings:
 
 
 def render_system_prompt(spec: AgentSpec, request: ExecutionRequested) -> str:
+    # The orchestrator rendered it at submit (services/common/prompts.py); a request from elsewhere may still fail here.
     try:
-        return _templates.from_string(spec.system_prompt).render(**request.variables, input=request.input, agent=spec.name)
-    except UndefinedError as exc:
-        raise ExecutionError(f"prompt template of agent {spec.name!r}: {exc.message}") from exc
-    except TemplateError as exc:
-        raise ExecutionError(f"prompt template of agent {spec.name!r} cannot be rendered: {exc}") from exc
+        return render_prompt(spec, request.variables, request.input)
+    except PromptError as exc:
+        raise ExecutionError(str(exc)) from exc
 
 
 def routes_of(spec: AgentSpec, providers: dict[str, Provider]) -> list[Route]:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.api import BatchAccepted, BatchRequest, BatchResult, BatchView
-from schemas.events import Usage
 from services.orchestrator.auth import TenantContext
-from services.orchestrator.executions import checked_callback, delivery_view, traceparent_of
+from services.orchestrator.executions import checked_callback, checked_prompt, delivery_view, traceparent_of, usage_view
 from services.orchestrator.http import HTTPError, iso, parse_json, path_id, require_tenant, state_of, validate
 from services.orchestrator.idempotency import idempotent
 from services.orchestrator.lifecycle import Submission, new_id
@@ -27,6 +25,11 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
     unknown = {i: item.agent for i, item in enumerate(req.items) if item.agent not in state.agents}
     if unknown:
         raise HTTPError(422, f"unknown agents; known agents: {sorted(state.agents)}", detail={"items": unknown})
+    for i, item in enumerate(req.items):
+        try:
+            checked_prompt(state.agents, item.agent, item.variables, item.input)
+        except HTTPError as exc:
+            raise HTTPError(422, f"items[{i}]: {exc.error}", detail={"item": i, **(exc.detail or {})}) from exc
     callback = await checked_callback(state.settings, req.callback_url)
     batch_id = "bat_" + new_id()
     traceparent = traceparent_of(request)
@@ -58,14 +61,6 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
     return 202, BatchAccepted(batch_id=batch_id, execution_ids=[s.execution_id for s in subs]).model_dump()
 
 
-def _usage_view(stored: dict[str, Any] | None) -> Usage | None:
-    # A row written before token counts were bounded may hold one out of range: show none rather than fail.
-    try:
-        return Usage.model_validate(stored) if stored else None
-    except ValidationError:
-        return None
-
-
 async def get_batch(request: Request) -> Response:
     ctx = await require_tenant(request)
     batch_id = path_id(request, "batch_id", "batch")
@@ -91,7 +86,7 @@ async def get_batch(request: Request) -> Response:
                 status=t.state,
                 output=t.output,
                 error=t.error,
-                usage=_usage_view(t.usage),
+                usage=usage_view(t.usage),
             )
             for t in members
         ],

@@ -49,6 +49,22 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", "/v1/executions"): Op(
         "Submit an execution", "executions", api.ExecutionRequest, {202: api.ExecutionAccepted}, idempotent=True
     ),
+    ("GET", "/v1/executions"): Op(
+        "The tenant's executions, newest first (run history)",
+        "executions",
+        None,
+        {200: api.ExecutionList},
+        query=(
+            ("status", "string", "states separated by commas: queued,running,completed,failed,cancelled,timed_out"),
+            ("agent", "string", "only this agent's"),
+            ("session_id", "string", "only this session's"),
+            ("batch_id", "string", "only this batch's"),
+            ("since", "string", "created at or after (ISO time with a zone, or epoch seconds)"),
+            ("until", "string", "created before (ISO time with a zone, or epoch seconds)"),
+            ("limit", "integer", "at most this many (1-200, default 50)"),
+            ("cursor", "string", "the next_cursor of the page before"),
+        ),
+    ),
     ("GET", "/v1/executions/{execution_id}"): Op("Status, output and usage of an execution", "executions", None, {200: api.ExecutionView}),
     ("POST", "/v1/executions/{execution_id}/cancel"): Op(
         "Cancel an execution", "executions", None, {202: api.CancelResponse, 200: api.CancelResponse}, idempotent=True
@@ -93,7 +109,24 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/models"): Op("The agents, as OpenAI models", "openai", None, {200: door.ModelList}),
     ("GET", "/v1/models/{model}"): Op("One agent as an OpenAI model", "openai", None, {200: door.ModelObject}),
     ("POST", "/v1/sessions"): Op("Create a chat session", "sessions", api.SessionCreate, {201: api.SessionState}, idempotent=True),
+    ("GET", "/v1/sessions"): Op(
+        "The tenant's sessions, newest first",
+        "sessions",
+        None,
+        {200: api.SessionList},
+        query=(
+            ("agent", "string", "only this agent's"),
+            ("limit", "integer", "at most this many (1-200, default 50)"),
+            ("cursor", "string", "the next_cursor of the page before"),
+        ),
+    ),
     ("GET", "/v1/sessions/{session_id}"): Op("A session's state", "sessions", None, {200: api.SessionState}),
+    ("DELETE", "/v1/sessions/{session_id}"): Op(
+        "Delete a session and its history (409 while an execution runs in it)", "sessions", None, {204: None, 409: api.ErrorBody}
+    ),
+    ("GET", "/v1/agents"): Op(
+        "The agents: provider, model, tools and the variables their prompts need", "agents", None, {200: api.AgentList}
+    ),
     ("GET", "/v1/sessions/{session_id}/messages"): Op(
         "The session's conversation",
         "sessions",

@@ -1,24 +1,37 @@
-"""``/v1/executions``: submit, read, cancel."""
+"""``/v1/executions``: submit, list, read, cancel."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from schemas.api import CallbackDelivery, CancelResponse, ExecutionAccepted, ExecutionRequest, ExecutionView
+from schemas.agents import AgentSpec
+from schemas.api import (
+    CallbackDelivery,
+    CancelResponse,
+    ExecutionAccepted,
+    ExecutionList,
+    ExecutionRequest,
+    ExecutionSummary,
+    ExecutionView,
+)
+from schemas.events import Usage
 from schemas.status import ExecutionStatus
+from services.common.prompts import PromptError, render_prompt, template_variables
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.callbacks import CallbackURLError, check_url
-from services.orchestrator.http import HTTPError, iso, parse_json, path_id, require_tenant, state_of, validate
+from services.orchestrator.http import HTTPError, iso, parse_json, path_id, query_time, require_tenant, state_of, validate
 from services.orchestrator.idempotency import idempotent
 from services.orchestrator.lifecycle import Submission, new_traceparent
+from services.orchestrator.pages import Key, next_cursor, page_request, query_id
 from services.orchestrator.plans import PlannedCall, timed
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import records, tasks
 from services.orchestrator.store.records import Delivery
-from services.orchestrator.store.tasks import Task
+from services.orchestrator.store.tasks import FINAL_STATES, OPEN_STATES, Task, TaskFilter
 
 
 async def checked_callback(settings: OrchestratorSettings, url: str | None) -> str | None:
@@ -34,6 +47,24 @@ async def checked_callback(settings: OrchestratorSettings, url: str | None) -> s
 def known_agent(agents: dict[str, Any], agent: str) -> None:
     if agent not in agents:
         raise HTTPError(422, f"unknown agent {agent!r}; known agents: {sorted(agents)}")
+
+
+def checked_prompt(agents: dict[str, AgentSpec], agent: str, variables: dict[str, Any], input: str) -> None:
+    """The agent's prompt renders with these variables, as the executor will render it: else a 422
+    that names the missing variable, at submit rather than as a failed execution after a 202."""
+    spec = agents.get(agent)
+    if spec is None:
+        return
+    try:
+        render_prompt(spec, variables, input)
+    except PromptError as exc:
+        if exc.missing is not None:
+            raise HTTPError(
+                422,
+                f"agent {agent!r} needs the variable {exc.missing!r}: pass it in `variables`",
+                detail={"missing": exc.missing, "variables": list(template_variables(spec.system_prompt))},
+            ) from exc
+        raise HTTPError(422, str(exc)) from exc
 
 
 def traceparent_of(request: Request) -> str:
@@ -69,6 +100,7 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
     plan: list[PlannedCall] = []
     with timed("agent_config", req.agent, plan):
         known_agent(state.agents, req.agent)
+    checked_prompt(state.agents, req.agent, req.variables, req.input)
     callback = await checked_callback(state.settings, req.callback_url)
     if req.reply_to is not None and req.reply_to not in state.settings.reply_topics.get(ctx.id, ()):
         raise HTTPError(422, f"reply_to topic {req.reply_to!r} is not in this tenant's allowlist")
@@ -137,6 +169,67 @@ async def get_execution(request: Request) -> Response:
     if status is None and (task is None or task.kind != "execution"):
         raise HTTPError(404, "execution not found")
     return JSONResponse(execution_view(status, task, deliveries).model_dump(mode="json"))
+
+
+def usage_view(stored: dict[str, Any] | None) -> Usage | None:
+    # A row written before token counts were bounded may hold one out of range: show none rather than fail.
+    try:
+        return Usage.model_validate(stored) if stored else None
+    except ValidationError:
+        return None
+
+
+def summary_view(task: Task) -> ExecutionSummary:
+    return ExecutionSummary(
+        execution_id=task.id,
+        agent=task.agent_id,
+        priority=task.priority,  # type: ignore[arg-type]
+        status=task.state,  # type: ignore[arg-type]
+        attempt=task.attempt,
+        origin=task.origin,
+        input_preview=task.input_preview,
+        session_id=task.session_id,
+        batch_id=task.batch_id,
+        error=task.error,
+        usage=usage_view(task.usage),
+        created_at=iso(task.created_at) or "",
+        updated_at=iso(task.updated_at) or "",
+    )
+
+
+_STATES = (*OPEN_STATES, *FINAL_STATES)
+
+
+def _states(request: Request) -> tuple[str, ...]:
+    raw = request.query_params.get("status")
+    if raw is None:
+        return ()
+    states = tuple(dict.fromkeys(s.strip() for s in raw[:200].split(",") if s.strip()))
+    if not states or any(s not in _STATES for s in states):
+        raise HTTPError(
+            400, f"query parameter 'status' must be states separated by commas, of {list(_STATES)}", detail={"status": raw[:100]}
+        )
+    return states
+
+
+async def list_executions(request: Request) -> Response:
+    """The tenant's executions, newest first; filters: status (a,b), agent, session_id, batch_id, since, until."""
+    state = state_of(request)
+    ctx = await require_tenant(request)
+    where = TaskFilter(
+        states=_states(request),
+        agent_id=query_id(request, "agent"),
+        session_id=query_id(request, "session_id"),
+        batch_id=query_id(request, "batch_id"),
+        since=query_time(request, "since"),
+        until=query_time(request, "until"),
+    )
+    page = page_request(request)
+    async with state.runtime.store.begin() as conn:
+        rows = await tasks.page(conn, ctx.id, where, limit=page.limit + 1, after=page.after_key)
+    cursor = next_cursor([Key(t.created_at, t.id) for t in rows], page.limit)
+    body = ExecutionList(executions=[summary_view(t) for t in rows[: page.limit]], next_cursor=cursor)
+    return JSONResponse(body.model_dump(mode="json"))
 
 
 async def _cancel(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:

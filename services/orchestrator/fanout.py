@@ -57,7 +57,10 @@ async def open_fanout(stack: contextlib.AsyncExitStack, settings: OrchestratorSe
 
 
 async def live(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    # `instance` (AGENTSTREAM_INSTANCE_ID): how a launcher (`agentstream demo`) knows it talks to the server it started.
+    settings = getattr(getattr(request.app.state, "agentstream", None), "settings", None)
+    instance = getattr(settings, "instance_id", None)
+    return JSONResponse({"status": "ok", **({"instance": instance} if instance else {})})
 
 
 async def ready(bootstrap: str, readers: Iterable[Reader]) -> Response:

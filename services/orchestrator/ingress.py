@@ -28,7 +28,7 @@ from services.common.kafka import encode, envelope_headers, header
 from services.common.observability import metrics
 from services.orchestrator.auth import Authenticator
 from services.orchestrator.completions import _Follower
-from services.orchestrator.executions import checked_callback, continued_traceparent, known_agent, submission_of
+from services.orchestrator.executions import checked_callback, checked_prompt, continued_traceparent, known_agent, submission_of
 from services.orchestrator.http import HTTPError, validate
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.signatures import SignatureRejected, Signed, verify
@@ -90,6 +90,7 @@ class IngressFollower(_Follower):
         ctx = await self._auth.tenant_context(signed.tenant_id)
         req = validate(ExecutionRequest, raw, "execution request")
         known_agent(lifecycle.agents, req.agent)
+        checked_prompt(lifecycle.agents, req.agent, req.variables, req.input)
         callback = await checked_callback(settings, req.callback_url)
         if req.reply_to is not None and req.reply_to not in settings.reply_topics.get(ctx.id, ()):
             raise HTTPError(422, f"reply_to topic {req.reply_to!r} is not in this tenant's allowlist")

@@ -174,6 +174,7 @@ class Lifecycle:
                     callback_url=sub.callback_url,
                     origin=sub.origin,
                     deadline=deadline,
+                    input=sub.input,
                 )
                 await _record_plan(conn, sub)
         try:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from services.orchestrator import a2a, admin, agui, batches, executions, openai, plans, sessions, tasks, usage
+from services.orchestrator import a2a, admin, agents, agui, batches, executions, openai, plans, sessions, tasks, usage
 
 
 def routes() -> list[BaseRoute]:
     return [
         Route("/v1/executions", executions.create_execution, methods=["POST"]),
+        Route("/v1/executions", executions.list_executions, methods=["GET"]),
         Route("/v1/executions/{execution_id}", executions.get_execution, methods=["GET"]),
         Route("/v1/executions/{execution_id}/cancel", executions.cancel_execution, methods=["POST"]),
         Route("/v1/executions/{execution_id}/plan", plans.get_plan, methods=["GET"]),
         Route("/v1/sessions", sessions.create_session, methods=["POST"]),
+        Route("/v1/sessions", sessions.list_sessions, methods=["GET"]),
         Route("/v1/sessions/{session_id}", sessions.get_session, methods=["GET"]),
+        Route("/v1/sessions/{session_id}", sessions.delete_session, methods=["DELETE"]),
         Route("/v1/sessions/{session_id}/messages", sessions.get_messages, methods=["GET"]),
         Route("/v1/sessions/{session_id}/chat", sessions.chat, methods=["POST"]),
         Route("/v1/batches", batches.create_batch, methods=["POST"]),
@@ -22,6 +25,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/jobs", tasks.create_job, methods=["POST"]),
         Route("/v1/tasks/{task_id}", tasks.get_task, methods=["GET"]),
         Route("/v1/usage", usage.get_usage, methods=["GET"]),
+        Route("/v1/agents", agents.list_agents, methods=["GET"]),
         Route("/v1/admin/tenants", admin.create_tenant, methods=["POST"]),
         Route("/v1/admin/tenants", admin.list_tenants, methods=["GET"]),
         Route("/v1/admin/tenants/{tenant_id}", admin.get_tenant, methods=["GET"]),

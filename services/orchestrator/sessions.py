@@ -16,13 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from schemas.api import ChatRequest, ChatResponse, SessionCreate, SessionMessage, SessionState
+from schemas.api import ChatRequest, ChatResponse, SessionCreate, SessionList, SessionMessage, SessionState
 from schemas.bounds import MAX_INT32, json_problem
 from services.orchestrator.auth import TenantContext
-from services.orchestrator.executions import checked_callback, known_agent, traceparent_of
+from services.orchestrator.executions import checked_callback, checked_prompt, known_agent, traceparent_of
 from services.orchestrator.http import HTTPError, iso, parse_json, path_id, query_int, require_tenant, shown, state_of, validate
 from services.orchestrator.idempotency import idempotent
 from services.orchestrator.lifecycle import Submission, history_messages, new_id
+from services.orchestrator.pages import Key, next_cursor, page_request, query_id
 from services.orchestrator.plans import PlannedCall, timed
 from services.orchestrator.store import sessions
 from services.orchestrator.store.sessions import Session, StoredMessage
@@ -105,6 +106,35 @@ async def get_session(request: Request) -> Response:
     return JSONResponse(session_view(await _settled(request, ctx, await _session(request, ctx))).model_dump(mode="json"))
 
 
+async def list_sessions(request: Request) -> Response:
+    """The tenant's sessions, newest first; filter: agent."""
+    ctx = await require_tenant(request)
+    agent = query_id(request, "agent")
+    page = page_request(request)
+    async with state_of(request).runtime.store.begin() as conn:
+        rows = await sessions.page(conn, ctx.id, agent_id=agent, limit=page.limit + 1, after=page.after_key)
+    cursor = next_cursor([Key(s.created_at, s.id) for s in rows], page.limit)
+    return JSONResponse(SessionList(sessions=[session_view(s) for s in rows[: page.limit]], next_cursor=cursor).model_dump(mode="json"))
+
+
+async def delete_session(request: Request) -> Response:
+    """Delete a session and its history; 409 while an execution runs in it (cancel it first). The
+    executions it ran stay in ``GET /v1/executions`` (their ``session_id`` is a label there)."""
+    ctx = await require_tenant(request)
+    session = await _session(request, ctx)
+    async with state_of(request).runtime.store.begin() as conn:
+        if not await sessions.delete_idle(conn, session.id, tenant_id=ctx.id):
+            current = await sessions.get(conn, session.id, tenant_id=ctx.id)
+            if current is None:
+                raise HTTPError(404, "session not found")
+            raise HTTPError(  # raised inside the transaction: the messages deleted above come back
+                409,
+                "an execution runs in this session: cancel it (or wait for it), then delete",
+                detail={"active_execution_id": current.active_execution_id},
+            )
+    return Response(status_code=204)
+
+
 async def get_messages(request: Request) -> Response:
     ctx = await require_tenant(request)
     session = await _settled(request, ctx, await _session(request, ctx))  # its last answer in the history
@@ -127,6 +157,7 @@ async def send_message(request: Request, ctx: TenantContext, req: ChatRequest, s
     with timed("agent_config", "session", plan):
         session = await _settled(request, ctx, await _session(request, ctx, session_id))
         known_agent(state.agents, session.agent_id)
+    checked_prompt(state.agents, session.agent_id, req.variables, req.content)
     callback = await checked_callback(state.settings, req.callback_url)
     sub = Submission(
         tenant_id=ctx.id,

@@ -25,6 +25,8 @@ class OrchestratorSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     host: str = "127.0.0.1"
     port: int = 8000
+    # Echoed by /health/live, so whoever started this server can tell it from another on the same port.
+    instance_id: str | None = Field(default=None, max_length=128)
     # Bootstrap/dev API keys: key -> tenant id. JSON in AGENTSTREAM_API_KEYS, e.g. {"dev-key": "acme"}.
     # Keys created with `agentstream keys create` live (hashed) in the state store; both work.
     api_keys: dict[str, str] = Field(default_factory=lambda: {"dev-key": "demo"})

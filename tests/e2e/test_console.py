@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from services.common.settings import KafkaSettings
 from services.executor.app import Executor
@@ -43,9 +44,13 @@ SCREENSHOT = _ROOT / ("docs" if os.environ.get("AGENTSTREAM_UPDATE_SCREENSHOT") 
 
 
 @pytest.fixture
-async def console_url(kafka_settings: KafkaSettings) -> AsyncIterator[str]:
-    # A slow scripted model (40 ms a word), so the test can drop the connection mid-stream.
-    orch = OrchestratorSettings(kafka=kafka_settings, api_keys={"console-key": "console-tenant"}, session_policy="reject")
+async def console_url(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterator[str]:
+    # A slow scripted model (40 ms a word), so the test can drop the connection mid-stream. A store of
+    # the test's own: the history list shows only this test's runs.
+    database_url = SecretStr(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+    orch = OrchestratorSettings(
+        kafka=kafka_settings, api_keys={"console-key": "console-tenant"}, session_policy="reject", database_url=database_url
+    )
     async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=40)):
         async with serve(create_app(orch)) as url:
             yield url
@@ -95,7 +100,10 @@ async def test_console_streams_resumes_after_a_drop_and_chats(page: Any, console
     log = await page.evaluate("window.agentstreamConsole.log")
     assert [e["cursor"] for e in log] == [i["cursor"] for i in truth]  # each event once, in order, none lost
     text = "".join(i["event"]["text"] for i in truth if i["event"]["type"] == "token.delta")
-    assert await page.text_content(".turn .output") == text
+    segments = await page.eval_on_selector_all(".turn .output > *", "nodes => nodes.map(n => [n.className, n.textContent])")
+    assert "".join(t for kind, t in segments if kind == "text") == text
+    # In stream order: the text before the tool call, its card, then the answer (two steps, two blocks).
+    assert [kind for kind, _ in segments] == ["text", "tool", "text"], segments
     assert "The calculator says 84" in text
     assert "84" in (await page.text_content(".turn .tool .result") or "")
     async with httpx.AsyncClient(base_url=console_url, headers={"Authorization": "Bearer console-key"}) as http:
@@ -114,7 +122,62 @@ async def test_console_streams_resumes_after_a_drop_and_chats(page: Any, console
     await page.click("#send")
     await page.wait_for_function("document.querySelectorAll('.turn .status.completed').length === 3", timeout=30_000)
     assert "The calculator says 5" in (await page.text_content(".turn .output") or "")
+    session_id = (await page.text_content("#session-info") or "").removeprefix("session ")
+    await page.wait_for_selector(f"#sessions li.current[data-session-id='{session_id}']")  # the sessions list (GET /v1/sessions)
 
     SCREENSHOT.parent.mkdir(exist_ok=True)
     await page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+@pytest.fixture
+async def phone(console_url: str) -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            context = await browser.new_context(viewport={"width": 390, "height": 844})
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"{console_url}/console")
+            yield page
+            assert not errors, errors
+        finally:
+            await browser.close()
+
+
+async def test_console_history_agents_cancel_and_reload_at_phone_width(phone: Any, console_url: str) -> None:
+    page = phone
+    await page.fill("#api-key", "console-key")
+    await page.click("#signin button")
+    await page.wait_for_selector("#conn.on")
+    assert await page.eval_on_selector_all("#agent option", "o => o.map(x => x.value)") == ["default", "docs"]  # from /v1/agents
+
+    await page.fill("#prompt", "what is 12*7?")
+    await page.click("#send")
+    await page.wait_for_selector(".turn .status.completed", timeout=30_000)
+    first = await page.get_attribute(".turn", "data-execution-id")
+    await page.wait_for_selector(f"#history li[data-execution-id='{first}'] .status.completed")  # the list API
+
+    await page.fill("#prompt", "a long one to cancel")
+    await page.click("#send")
+    await page.wait_for_function(f"document.querySelector('.turn').dataset.executionId !== '{first}'")
+    second = await page.get_attribute(".turn", "data-execution-id")
+    await page.click(f".turn[data-execution-id='{second}'] button.cancel")
+    await page.wait_for_selector(f".turn[data-execution-id='{second}'] .status.cancelled", timeout=30_000)
+    async with httpx.AsyncClient(base_url=console_url, headers={"Authorization": "Bearer console-key"}) as http:
+        assert (await http.get(f"/v1/executions/{second}")).json()["status"] == "cancelled"
+
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+    await page.reload()  # the turns come back, replayed from their first event
+    await page.wait_for_selector(f".turn[data-execution-id='{first}'] .status.completed", timeout=30_000)
+    await page.wait_for_selector(f".turn[data-execution-id='{second}'] .status.cancelled", timeout=30_000)
+    assert "The calculator says 84" in (await page.text_content(f".turn[data-execution-id='{first}'] .output") or "")
+    await page.click(f".turn[data-execution-id='{first}'] .timeline summary")  # the plan's service calls, then the stream's counts
+    timeline = await page.text_content(f".turn[data-execution-id='{first}'] .timeline") or ""
+    assert "agent_config default" in timeline and "execution default · completed" in timeline, timeline
+    assert "attempts 1 · model steps 2 · restarts 0 · tool calls 1" in timeline, timeline
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    await page.screenshot(path=str(SCREENSHOT.with_name("console-phone.png")), full_page=True)

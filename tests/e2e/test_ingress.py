@@ -61,6 +61,13 @@ def signed(secret: str, body: dict[str, Any], *, message_id: str | None = None, 
     return value, {"webhook-id": message_id, "webhook-timestamp": str(int(at.timestamp())), "webhook-signature": signature}
 
 
+def _agents(tmp_path: Path) -> Path:
+    # The built-in default, and one whose prompt needs a variable (the orchestrator's catalog; the executor keeps its own).
+    path = tmp_path / "agents.yaml"
+    path.write_text('agents:\n  default: {}\n  support:\n    system_prompt: "You help {{ customer }}."\n')
+    return path
+
+
 @pytest.fixture
 async def door(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterator[Door]:
     reply = f"{kafka_settings.topic_prefix}tenant-a.replies"
@@ -71,6 +78,7 @@ async def door(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterator[D
         reply_topics={"tenant-a": [reply]},
         ingress_signing_keys={"tenant-a": SecretStr(SECRET_A), "tenant-b": SecretStr(SECRET_B)},
         max_body_bytes=8192,
+        agents_file=_agents(tmp_path),
     )
     async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=1)):
         async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url) as http:
@@ -166,7 +174,12 @@ async def test_a_signed_but_invalid_request_is_rejected_on_its_reply_topic(door:
     assert header(rejected.headers, "type") == event["type"] == "execution.rejected"
     assert event["tenant_id"] == "tenant-a" and event["request_id"] == headers["webhook-id"] and not event["retriable"]
     assert event["reason"].startswith("unknown agent 'no-such-agent'")
+    lacking, lacking_headers = signed(SECRET_A, {"input": "hi", "agent": "support", "reply_to": door.reply})
+    await door.send(lacking, headers=lacking_headers)  # refused at the door, like the 422 over HTTP: no execution after an accept
+    (_, second) = await _records(door.kafka, door.reply, until=2)
+    assert orjson.loads(second.value)["reason"].startswith("agent 'support' needs the variable 'customer'")
     big_value, big = signed(SECRET_A, {"input": "x" * 9000})
     await door.send(big_value, headers=big)
-    refused = await _records(door.kafka, door.kafka.topics.dlq, until=2)
-    assert header(refused[1].headers, "dlq.reason") == "ingress: request body is larger than 8192 bytes"
+    refused = await _records(door.kafka, door.kafka.topics.dlq, until=3)
+    assert (header(refused[1].headers, "dlq.reason") or "").startswith("ingress: agent 'support' needs the variable 'customer'")
+    assert header(refused[2].headers, "dlq.reason") == "ingress: request body is larger than 8192 bytes"

@@ -82,6 +82,10 @@ def _legacy_tables(version: int) -> MetaData:
 
 def _make_legacy_store(conn: Connection, version: int) -> None:
     _legacy_tables(version).create_all(conn)
+    # What revisions after the old runner added (0005: the history lists' column and indexes).
+    for index in ("ix_tasks_tenant_created", "ix_sessions_tenant_created"):
+        conn.execute(text(f"DROP INDEX {index}"))
+    conn.execute(text("ALTER TABLE tasks DROP COLUMN input_preview"))
     if version < 3:
         conn.execute(text("ALTER TABLE tasks DROP COLUMN attempt"))
     legacy_version.create(conn)

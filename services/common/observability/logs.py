@@ -84,14 +84,25 @@ class ContextFilter(logging.Filter):
 
 
 def configure_logging(
-    *, service: str, level: str = "INFO", secrets: Iterable[str] = (), stream: TextIO | None = None, json: bool = True
+    *,
+    service: str,
+    level: str = "INFO",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    json: bool = True,
+    pretty: bool = False,
+    filters: Iterable[logging.Filter] = (),
 ) -> logging.Handler:
-    """Replace the root logger's handlers with one JSON (or plain, redacted) handler; return it."""
+    """Replace the root logger's handlers with one JSON (or plain, or coloured, redacted) handler; return it."""
     redactor = Redactor(secrets)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(ContextFilter())
+    for extra in filters:
+        handler.addFilter(extra)
     if json:
         handler.setFormatter(JSONFormatter(service=service, redactor=redactor))
+    elif pretty:
+        handler.setFormatter(PrettyFormatter(redactor))
     else:
         handler.setFormatter(_PlainFormatter(redactor))
     root = logging.getLogger()
@@ -109,3 +120,23 @@ class _PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return self.redact(super().format(record))
+
+
+class PrettyFormatter(logging.Formatter):
+    """For a person at a terminal: time, a coloured level, the message, then the log context."""
+
+    _COLOURS = {"DEBUG": "2", "INFO": "36", "WARNING": "33", "ERROR": "31", "CRITICAL": "1;31"}
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redact = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        level = f"\x1b[{self._COLOURS.get(record.levelname, '0')}m{record.levelname.lower():<7}\x1b[0m"
+        context = getattr(record, "agentstream_context", None) or {}
+        extra = "".join(f" \x1b[2m{k}={v}\x1b[0m" for k, v in context.items())
+        line = f"\x1b[2m{when}\x1b[0m {level} {record.getMessage()}{extra} \x1b[2m({record.name})\x1b[0m"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return self.redact(line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable
 from typing import Literal
 
@@ -28,13 +29,26 @@ class TelemetrySettings(BaseSettings):
     service_name: str | None = Field(default=None, validation_alias=AliasChoices("OTEL_SERVICE_NAME", "AGENTSTREAM_SERVICE_NAME"))
     traces_sampler_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     log_level: str = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    # auto: coloured lines on a terminal, JSON elsewhere (`agentstream up`); services default to JSON.
+    log_format: Literal["json", "text", "pretty", "auto"] | None = None  # None: the entry point's default
 
 
-def configure(service: str, *, settings: TelemetrySettings | None = None, secrets: Iterable[str] = ()) -> None:
+def configure(
+    service: str,
+    *,
+    settings: TelemetrySettings | None = None,
+    secrets: Iterable[str] = (),
+    filters: Iterable[logging.Filter] = (),
+    default_format: str = "json",
+) -> None:
     """Logs always; traces when an OTLP endpoint is set. Call once per process, from its entry point."""
     settings = settings or TelemetrySettings()
-    configure_logging(service=service, level=settings.log_level, secrets=secrets, json=settings.log_format == "json")
+    fmt = settings.log_format or default_format
+    if fmt == "auto":
+        fmt = "pretty" if sys.stderr.isatty() else "json"
+    configure_logging(
+        service=service, level=settings.log_level, secrets=secrets, json=fmt == "json", pretty=fmt == "pretty", filters=filters
+    )
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace.export import BatchSpanProcessor

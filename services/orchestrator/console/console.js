@@ -13,13 +13,17 @@ const el = (tag, cls, text) => {
   return node;
 };
 
+// What survives a reload of the tab (sessionStorage: the key never outlives the tab): the open
+// turns (replayed from their first event), the session, the agent and the mode.
+const saved = JSON.parse(sessionStorage.getItem("agentstream.view") || "{}");
 const state = {
   key: sessionStorage.getItem("agentstream.key") || "",
+  agents: [],
   tenant: null,
   socket: null,
   reconnects: 0,
   wantOpen: false,
-  sessionId: null,
+  sessionId: saved.sessionId || null,
   turns: new Map(), // execution_id -> turn
   log: [], // every event applied, for the event list (and the end-to-end test)
 };
@@ -44,11 +48,100 @@ async function signIn(key) {
   $("signin").hidden = true;
   $("app").hidden = false;
   showUsage(usage);
+  await loadAgents();
+  restoreView();
   connect();
+  loadHistory();
+}
+
+function saveView() {
+  const turns = [...state.turns.values()].map((t) => ({ id: t.id, prompt: t.prompt }));
+  const mode = document.querySelector("input[name=mode]:checked").value;
+  sessionStorage.setItem("agentstream.view", JSON.stringify({ turns: turns.slice(-20), sessionId: state.sessionId, agent: $("agent").value, mode }));
+}
+
+function restoreView() {
+  if (saved.mode) document.querySelector("input[name=mode][value=" + saved.mode + "]").checked = true;
+  if (saved.agent && state.agents.some((a) => a.name === saved.agent)) $("agent").value = saved.agent;
+  showVariables();
+  if (state.sessionId) $("session-info").textContent = "session " + state.sessionId;
+  for (const t of saved.turns || []) if (!state.turns.has(t.id)) addTurn(t.id, t.prompt);
+}
+
+// -- agents and their variables ------------------------------------------------------------------
+async function loadAgents() {
+  state.agents = (await api("GET", "/v1/agents")).agents;
+  const select = $("agent");
+  select.replaceChildren(...state.agents.map((a) => { const o = el("option", "", a.name); o.value = a.name; o.title = a.provider + "/" + a.model; return o; }));
+  showVariables();
+}
+
+function showVariables() {
+  const agent = state.agents.find((a) => a.name === $("agent").value);
+  const box = $("variables");
+  box.replaceChildren();
+  for (const name of (agent && agent.variables) || []) {
+    const label = el("label", "", name + " ");
+    const input = el("input");
+    input.dataset.var = name;
+    input.required = true;
+    label.append(input);
+    box.append(label);
+  }
+}
+
+function variables() {
+  const out = {};
+  for (const input of document.querySelectorAll("#variables input")) {
+    try { out[input.dataset.var] = JSON.parse(input.value); } catch { out[input.dataset.var] = input.value; }
+  }
+  return out;
+}
+
+// -- history: the list API -----------------------------------------------------------------------
+async function loadHistory() {
+  const status = $("history-status").value;
+  const page = await api("GET", "/v1/executions?limit=20" + (status ? "&status=" + status : ""));
+  const list = $("history");
+  list.replaceChildren();
+  for (const row of page.executions) {
+    const li = el("li");
+    li.dataset.executionId = row.execution_id;
+    li.append(el("span", "status " + row.status, row.status), " ", el("span", "", row.input_preview || row.execution_id));
+    li.title = row.agent + " · " + row.created_at;
+    li.addEventListener("click", () => { if (!state.turns.has(row.execution_id)) addTurn(row.execution_id, row.input_preview || ""); });
+    list.append(li);
+  }
+  if (!page.executions.length) list.append(el("li", "muted", "no executions yet"));
+  await loadSessions();
+}
+
+// Sessions: pick one to go on with its conversation (the next message runs with its history).
+async function loadSessions() {
+  const page = await api("GET", "/v1/sessions?limit=10");
+  const list = $("sessions");
+  list.replaceChildren();
+  for (const s of page.sessions) {
+    const li = el("li", s.session_id === state.sessionId ? "current" : "");
+    li.dataset.sessionId = s.session_id;
+    li.append(el("span", "status " + (s.state === "running" ? "running" : "completed"), s.state), " ", el("span", "", s.agent + " · " + s.session_id.slice(0, 12)));
+    li.title = s.session_id + " · " + s.created_at;
+    li.addEventListener("click", () => {
+      document.querySelector("input[name=mode][value=session]").checked = true;
+      if (state.agents.some((a) => a.name === s.agent)) { $("agent").value = s.agent; showVariables(); }
+      state.sessionId = s.session_id;
+      $("session-info").textContent = "session " + s.session_id;
+      saveView();
+      loadSessions();
+    });
+    list.append(li);
+  }
+  if (!page.sessions.length) list.append(el("li", "muted", "no sessions yet"));
 }
 
 function signOut() {
   sessionStorage.removeItem("agentstream.key");
+  sessionStorage.removeItem("agentstream.view");
   state.wantOpen = false;
   if (state.socket) state.socket.close();
   location.reload();
@@ -102,8 +195,9 @@ function onEvent(item) {
   turn.cursor = item.cursor;
   const ev = item.event;
   state.log.push({ cursor: item.cursor, type: ev.type, execution_id: item.execution_id });
+  turn.log.push({ type: ev.type, step: ev.step });
   const li = el("li");
-  li.append(el("span", "", item.cursor), " " + ev.type);
+  li.append(el("span", "id", item.execution_id.slice(0, 6)), el("span", "", item.cursor), " " + ev.type); // cursors are per execution
   $("events").prepend(li);
   if (ev.attempt < turn.attempt) return; // a late event of an older attempt
   switch (ev.type) {
@@ -111,20 +205,30 @@ function onEvent(item) {
       if (turn.attempt && ev.attempt > turn.attempt) {
         turn.text = "";
         turn.stepStart = {};
+        turn.output.replaceChildren();
+        turn.segment = null;
         notice(turn, "attempt " + ev.attempt + " started again: earlier output discarded");
       }
       turn.attempt = ev.attempt;
       setStatus(turn, "running", ev.provider ? ev.provider + (ev.model ? " · " + ev.model : "") : "");
       break;
     case "token.delta":
+      // Text and tool cards in stream order: each step's text is a block of its own, after what came before it.
       if (!(ev.step in turn.stepStart)) turn.stepStart[ev.step] = turn.text.length;
       turn.text += ev.text;
-      turn.output.textContent = turn.text;
+      if (!turn.segment || turn.segment.dataset.step !== String(ev.step)) {
+        turn.segment = el("div", "text");
+        turn.segment.dataset.step = ev.step;
+        turn.output.append(turn.segment);
+      }
+      turn.segment.textContent += ev.text;
       break;
     case "execution.restarted":
       if (ev.text_discarded && ev.step in turn.stepStart) {
         turn.text = turn.text.slice(0, turn.stepStart[ev.step]);
-        turn.output.textContent = turn.text;
+        delete turn.stepStart[ev.step];
+        for (const seg of turn.output.querySelectorAll(".text[data-step='" + ev.step + "']")) seg.remove();
+        turn.segment = null;
       }
       notice(turn, "model call restarted (" + ev.reason + ")" + (ev.fallback ? " → " + ev.provider : ""));
       break;
@@ -134,7 +238,8 @@ function onEvent(item) {
       const result = el("div", "result muted", "running…");
       card.append(result);
       turn.tools.set(ev.call_id, { card, result });
-      turn.toolsBox.append(card);
+      turn.output.append(card);
+      turn.segment = null;
       break;
     }
     case "tool.call.completed": {
@@ -151,6 +256,7 @@ function onEvent(item) {
 
 async function finish(turn, ev) {
   turn.done = true;
+  turn.cancel.hidden = true;
   const state_ = ev.type.split(".")[1];
   setStatus(turn, state_, ev.reason || "");
   if (ev.usage) turn.usage.textContent = "tokens: " + ev.usage.prompt_tokens + " in · " + ev.usage.completion_tokens + " out";
@@ -159,10 +265,29 @@ async function finish(turn, ev) {
     setStatus(turn, view.status, ev.reason || "");
     if (view.usage) turn.usage.textContent = "tokens: " + view.usage.prompt_tokens + " in · " + view.usage.completion_tokens + " out · " + view.usage.total_tokens + " total";
     showUsage(await api("GET", "/v1/usage?group_by=tenant"));
+    loadHistory();
+    showTimeline(turn, (await api("GET", "/v1/executions/" + turn.id + "/plan")).calls);
   } catch (e) {
     notice(turn, String(e));
   }
   $("send").disabled = false;
+}
+
+// The run's timeline: the service calls of its plan (agent config, history, the execution, each
+// delegated job) with their durations, then what the stream said (attempts, model calls, tools).
+function showTimeline(turn, calls) {
+  const box = el("details", "timeline");
+  box.append(el("summary", "muted", "timeline"));
+  const list = el("ol");
+  for (const call of calls) {
+    const took = call.duration_ms === null || call.duration_ms === undefined ? "" : " · " + Math.round(call.duration_ms) + " ms";
+    list.append(el("li", "call", call.kind + " " + call.target + " · " + call.outcome + took));
+  }
+  const steps = new Set(turn.log.filter((e) => e.type === "token.delta" || e.type.startsWith("tool.call")).map((e) => e.step));
+  list.append(el("li", "muted", "attempts " + turn.attempt + " · model steps " + steps.size + " · restarts " + turn.log.filter((e) => e.type === "execution.restarted").length + " · tool calls " + turn.tools.size));
+  box.append(list);
+  turn.timeline.replaceWith(box);
+  turn.timeline = box;
 }
 
 function setStatus(turn, status, detail) {
@@ -184,15 +309,22 @@ function addTurn(executionId, prompt) {
   const box = el("div", "turn");
   box.dataset.executionId = executionId;
   const turn = {
-    id: executionId, cursor: null, attempt: 0, text: "", stepStart: {}, done: false, tools: new Map(),
-    output: el("div", "output"), toolsBox: el("div", "tools"), notices: el("div"),
+    id: executionId, prompt, cursor: null, attempt: 0, text: "", stepStart: {}, done: false, tools: new Map(), segment: null,
+    output: el("div", "output"), notices: el("div"), timeline: el("div"), log: [],
     status: el("span", "status queued", "queued"), detail: el("span"), usage: el("span"),
+    cancel: el("button", "cancel", "Cancel"),
   };
+  turn.cancel.type = "button";
+  turn.cancel.addEventListener("click", () => {
+    turn.cancel.disabled = true;
+    api("POST", "/v1/executions/" + executionId + "/cancel").catch((err) => notice(turn, String(err.message || err)));
+  });
   const meta = el("div", "meta");
-  meta.append(turn.status, turn.detail, turn.usage, el("span", "muted", executionId));
-  box.append(el("div", "user", prompt), turn.toolsBox, turn.output, turn.notices, meta);
+  meta.append(turn.status, turn.detail, turn.usage, el("span", "muted id", executionId), turn.cancel);
+  box.append(el("div", "user", prompt), turn.output, turn.notices, meta, turn.timeline);
   $("transcript").prepend(box);
   state.turns.set(executionId, turn);
+  saveView();
   subscribe(turn);
   return turn;
 }
@@ -203,7 +335,7 @@ async function send(prompt) {
   const agent = $("agent").value || "default";
   const priority = $("priority").value;
   if (mode === "execution") {
-    const accepted = await api("POST", "/v1/executions", { input: prompt, agent, priority });
+    const accepted = await api("POST", "/v1/executions", { input: prompt, agent, priority, variables: variables() });
     addTurn(accepted.execution_id, prompt);
     return;
   }
@@ -211,8 +343,10 @@ async function send(prompt) {
     const session = await api("POST", "/v1/sessions", { agent });
     state.sessionId = session.session_id;
     $("session-info").textContent = "session " + state.sessionId;
+    saveView();
+    loadSessions();
   }
-  const reply = await api("POST", "/v1/sessions/" + state.sessionId + "/chat", { content: prompt, priority });
+  const reply = await api("POST", "/v1/sessions/" + state.sessionId + "/chat", { content: prompt, priority, variables: variables() });
   if (reply.execution_id) addTurn(reply.execution_id, prompt);
   else $("prompt-error").textContent = "queued behind the running message";
 }
@@ -232,5 +366,8 @@ $("prompt-form").addEventListener("submit", (e) => {
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("send").click(); } });
 $("drop").addEventListener("click", () => { if (state.socket) state.socket.close(); });
 $("signout").addEventListener("click", signOut);
-document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", () => { state.sessionId = null; $("session-info").textContent = ""; }));
+document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", () => { state.sessionId = null; $("session-info").textContent = ""; saveView(); }));
+$("agent").addEventListener("change", () => { showVariables(); state.sessionId = null; $("session-info").textContent = ""; saveView(); });
+$("history-status").addEventListener("change", () => loadHistory().catch((err) => { $("prompt-error").textContent = String(err.message || err); }));
+$("clear").addEventListener("click", () => { state.turns.clear(); $("transcript").replaceChildren(); saveView(); });
 if (state.key) signIn(state.key).catch(() => sessionStorage.removeItem("agentstream.key"));

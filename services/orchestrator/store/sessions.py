@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.orchestrator.store.tables import messages, sessions
@@ -68,6 +68,19 @@ async def create(conn: AsyncConnection, *, id: str, tenant_id: str, agent_id: st
 async def get(conn: AsyncConnection, session_id: str, *, tenant_id: str) -> Session | None:
     row = (await conn.execute(select(sessions).where(sessions.c.id == session_id, sessions.c.tenant_id == tenant_id))).first()
     return _session(row) if row else None
+
+
+async def page(
+    conn: AsyncConnection, tenant_id: str, *, agent_id: str | None, limit: int, after: tuple[float, str] | None = None
+) -> list[Session]:
+    """A tenant's sessions, newest first (``created_at``, then ``id``, descending), after the key ``after``."""
+    query = select(sessions).where(sessions.c.tenant_id == tenant_id)
+    if agent_id is not None:
+        query = query.where(sessions.c.agent_id == agent_id)
+    if after is not None:
+        query = query.where(or_(sessions.c.created_at < after[0], and_(sessions.c.created_at == after[0], sessions.c.id < after[1])))
+    query = query.order_by(sessions.c.created_at.desc(), sessions.c.id.desc()).limit(limit)
+    return [_session(r) for r in await conn.execute(query)]
 
 
 async def claim(conn: AsyncConnection, session_id: str, execution_id: str, *, expect_active: str | None) -> bool:
@@ -144,6 +157,16 @@ async def promote(conn: AsyncConnection, message: StoredMessage, execution_id: s
 
 async def delete_message(conn: AsyncConnection, message_id: int) -> None:
     await conn.execute(messages.delete().where(messages.c.id == message_id))
+
+
+async def delete_idle(conn: AsyncConnection, session_id: str, *, tenant_id: str) -> bool:
+    """Delete a session of the tenant and its messages unless an execution runs in it (False then; the
+    caller rolls back). A message claiming the session at the same moment either comes first (the
+    session is running: False) or finds no session (its claim fails: a 409 for it)."""
+    idle = (sessions.c.id == session_id, sessions.c.tenant_id == tenant_id, sessions.c.active_execution_id.is_(None))
+    await conn.execute(messages.delete().where(messages.c.session_id.in_(select(sessions.c.id).where(*idle))))
+    result = await conn.execute(sessions.delete().where(*idle))
+    return bool(result.rowcount)
 
 
 async def delete(conn: AsyncConnection, session_id: str) -> None:

@@ -43,6 +43,7 @@ sessions = Table(
     Column("metadata", JSON, nullable=False, default=dict),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Index("ix_sessions_tenant_created", "tenant_id", "created_at"),  # GET /v1/sessions, newest first (revision 0005)
 )
 
 messages = Table(
@@ -86,7 +87,10 @@ tasks = Table(
     # The newest attempt whose execution.started the events follower applied (revision 0003): an older
     # attempt's end (a paused executor that woke up) is not projected.
     Column("attempt", Integer, nullable=False, default=0, server_default="0"),
+    # The first 200 characters of the request's input (revision 0005): what a history list shows.
+    Column("input_preview", String(200)),
     Index("ix_tasks_open_deadline", "state", "deadline"),
+    Index("ix_tasks_tenant_created", "tenant_id", "created_at"),  # GET /v1/executions, newest first
 )
 
 tool_calls = Table(

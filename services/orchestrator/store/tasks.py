@@ -6,13 +6,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.orchestrator.store.tables import tasks, tool_calls
 
 OPEN_STATES = ("queued", "running")
 FINAL_STATES = ("completed", "failed", "cancelled", "timed_out")
+INPUT_PREVIEW_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Task:
     created_at: float
     updated_at: float
     attempt: int = 0
+    input_preview: str | None = None
 
     @property
     def open(self) -> bool:
@@ -62,6 +64,7 @@ async def create(
     priority: str = "standard",
     callback_url: str | None = None,
     origin: str = "api",
+    input: str | None = None,
 ) -> None:
     now = time.time()
     await conn.execute(
@@ -81,6 +84,7 @@ async def create(
             callback_url=callback_url,
             created_at=now,
             updated_at=now,
+            input_preview=None if input is None else input[:INPUT_PREVIEW_CHARS],
         )
     )
 
@@ -91,6 +95,38 @@ async def get(conn: AsyncConnection, task_id: str, *, tenant_id: str | None = No
         query = query.where(tasks.c.tenant_id == tenant_id)
     row = (await conn.execute(query)).first()
     return _task(row) if row else None
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """What ``GET /v1/executions`` narrows a tenant's executions to; None: any."""
+
+    states: tuple[str, ...] = ()
+    agent_id: str | None = None
+    session_id: str | None = None
+    batch_id: str | None = None
+    since: float | None = None  # created at or after
+    until: float | None = None  # created before
+
+
+async def page(
+    conn: AsyncConnection, tenant_id: str, where: TaskFilter, *, limit: int, after: tuple[float, str] | None = None
+) -> list[Task]:
+    """A tenant's executions, newest first (``created_at``, then ``id``, descending), after the key ``after``."""
+    query = select(tasks).where(tasks.c.tenant_id == tenant_id, tasks.c.kind == "execution")
+    if where.states:
+        query = query.where(tasks.c.state.in_(where.states))
+    for column, value in ((tasks.c.agent_id, where.agent_id), (tasks.c.session_id, where.session_id), (tasks.c.batch_id, where.batch_id)):
+        if value is not None:
+            query = query.where(column == value)
+    if where.since is not None:
+        query = query.where(tasks.c.created_at >= where.since)
+    if where.until is not None:
+        query = query.where(tasks.c.created_at < where.until)
+    if after is not None:
+        query = query.where(or_(tasks.c.created_at < after[0], and_(tasks.c.created_at == after[0], tasks.c.id < after[1])))
+    query = query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit)
+    return [_task(r) for r in await conn.execute(query)]
 
 
 async def delete(conn: AsyncConnection, task_ids: list[str]) -> None:

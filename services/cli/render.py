@@ -1,0 +1,133 @@
+"""One execution's stream in a terminal: a spinner until the first token, text and tool calls in
+stream order, a summary line at the end.
+
+``Transcript`` is the fold (events in, lines to print out), so what voids text is decided in one
+place and tested without a terminal: the text of the step being written stays pending until the
+step ends (a tool call, the end), so an ``execution.restarted`` with ``text_discarded`` takes it
+back, like the console does. A new attempt (another executor took over) starts the answer again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.text import Text
+
+TERMINAL = {"execution.completed", "execution.failed", "execution.cancelled"}
+
+
+@dataclass
+class Transcript:
+    submitted_at: float = field(default_factory=time.monotonic)
+    pending: str = ""  # text of the step being written: a restart may still void it
+    pending_step: int | None = None
+    attempt: int = 0
+    status: str = "queued"
+    first_token_s: float | None = None
+    outcome: dict[str, Any] | None = None  # the terminal event
+    cursor: int | None = None  # the last event's cursor: where `attach --cursor` resumes
+
+    def apply(self, event: dict[str, Any], *, cursor: int | None = None) -> list[RenderableType]:
+        """Fold one event in; returns what is final and can be printed above the live line."""
+        if cursor is not None:
+            self.cursor = cursor
+        kind = event.get("type", "")
+        out: list[RenderableType] = []
+        if kind == "execution.started":
+            attempt = int(event.get("attempt", 1))
+            if self.attempt and attempt > self.attempt:
+                self.pending, self.pending_step = "", None
+                out.append(Text(f"↻ attempt {attempt}: another executor took over; its answer replaces the text above", style="yellow"))
+            self.attempt = max(self.attempt, attempt)
+            self.status = f"running on {event.get('provider', '?')}/{event.get('model', '?')}"
+        elif kind == "token.delta":
+            if self.first_token_s is None:
+                self.first_token_s = time.monotonic() - self.submitted_at
+            step = int(event.get("step", 0))
+            if self.pending_step is not None and step != self.pending_step:
+                out += self._commit()
+            self.pending_step = step
+            self.pending += str(event.get("text", ""))
+        elif kind == "tool.call.started":
+            out += self._commit()
+            arguments = json.dumps(event.get("arguments", {}))
+            out.append(Text.assemble(("⚙ ", "cyan"), (str(event.get("tool")), "cyan"), (f"({arguments})", "dim"), " …"))
+            self.status = f"calling {event.get('tool')}"
+        elif kind == "tool.call.completed":
+            if event.get("error"):
+                out.append(Text.assemble((f"✗ {event.get('tool')} failed: ", "red"), str(event["error"])))
+            else:
+                result = json.dumps(event.get("result"))
+                took = f" ({float(event.get('duration_ms', 0)):.0f} ms)"
+                out.append(Text.assemble((f"✓ {event.get('tool')}", "green"), f" → {result}", (took, "dim")))
+            self.status = "thinking"
+        elif kind == "execution.restarted":
+            why = f"{event.get('reason') or 'retry'}; now {event.get('provider')}/{event.get('model')}"
+            if event.get("text_discarded") and self.pending_step == int(event.get("step", 0)):
+                self.pending, self.pending_step = "", None
+                why += "; its text so far is void"
+            out.append(Text(f"↻ model call restarted ({why})", style="yellow"))
+        elif kind in TERMINAL:
+            out += self._commit()
+            self.outcome = event
+        return out
+
+    def _commit(self) -> list[RenderableType]:
+        text, self.pending, self.pending_step = self.pending, "", None
+        return [Text(text)] if text else []
+
+    def live(self) -> RenderableType:
+        if self.pending:
+            return Text(self.pending)
+        return Spinner("dots", text=Text(self.status, style="dim"))
+
+    def summary(self) -> Text:
+        event = self.outcome or {}
+        took = time.monotonic() - self.submitted_at
+        first = f" · first token {self.first_token_s:.2f}s" if self.first_token_s is not None else ""
+        if event.get("type") == "execution.completed":
+            usage = event.get("usage") or {}
+            tokens = f" · tokens {usage.get('prompt_tokens', 0)} in / {usage.get('completion_tokens', 0)} out"
+            return Text.assemble(("✓ completed", "green"), (f" in {took:.2f}s{first}{tokens}", "dim"))
+        if event.get("type") == "execution.failed":
+            return Text.assemble(("✗ failed", "bold red"), f": {event.get('reason', '')}", (f" ({took:.2f}s)", "dim"))
+        if event.get("type") == "execution.cancelled":
+            return Text.assemble(("cancelled", "yellow"), f": {event.get('reason', '')}", (f" ({took:.2f}s)", "dim"))
+        return Text("the stream ended without an end event", style="yellow")
+
+    @property
+    def succeeded(self) -> bool:
+        return (self.outcome or {}).get("type") == "execution.completed"
+
+
+async def render_stream(console: Console, items: AsyncGenerator[dict[str, Any], None], transcript: Transcript) -> Transcript:
+    """Render ``{"cursor", "event"}`` items until the execution ends. On a terminal the pending text is
+    a live region (so it can be taken back); elsewhere lines are printed once they are final."""
+    if not console.is_terminal:
+        async with contextlib.aclosing(items):
+            async for item in items:
+                for line in transcript.apply(item["event"], cursor=item.get("cursor")):
+                    console.print(line, highlight=False, soft_wrap=True)
+                if transcript.outcome is not None:
+                    break
+        console.print(transcript.summary(), highlight=False, soft_wrap=True)
+        return transcript
+    live = Live(transcript.live(), console=console, refresh_per_second=12, transient=True, vertical_overflow="visible")
+    async with contextlib.aclosing(items):
+        with live:
+            async for item in items:
+                for line in transcript.apply(item["event"], cursor=item.get("cursor")):
+                    live.console.print(line, highlight=False, soft_wrap=True)
+                live.update(Group(transcript.live()))
+                if transcript.outcome is not None:
+                    break
+    console.print(transcript.summary(), highlight=False, soft_wrap=True)
+    return transcript
