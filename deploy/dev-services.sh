@@ -78,6 +78,12 @@ start_postgres() {
     echo "postgres already running on 127.0.0.1:$PG_PORT"
     return
   fi
+  # Another clone's (or an older layout's) cluster on the port: use it, as for Redis below; tests
+  # make databases of their own. `stop` leaves it alone (it is not this clone's).
+  if "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" >/dev/null 2>&1; then
+    echo "postgres already answering on 127.0.0.1:$PG_PORT (not this clone's data: left as it is)"
+    return
+  fi
   if ! as_postgres "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k /tmp -c max_connections=300 -c fsync=off -c synchronous_commit=off" start >/dev/null; then
     echo "postgres did not start on 127.0.0.1:$PG_PORT; its log: $PG_LOG" >&2
