@@ -17,6 +17,7 @@ from schemas.agents import AgentSpec
 from schemas.bounds import json_problem
 from schemas.events import ExecutionRequested, ExecutionRestarted, ToolCallCompleted, ToolCallStarted, Usage
 from schemas.outputs import output_mismatch
+from services.common.errors import AgentstreamError
 from services.common.observability.tracing import traced_tool_call
 from services.executor.emitter import EventEmitter
 from services.executor.providers.base import ModelRequest, Provider, TextDelta, ToolCall, TurnEnd
@@ -27,7 +28,7 @@ from services.executor.tools import Tool, ToolContext, ToolError, current_tool_c
 _templates = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
 
-class ExecutionError(Exception):
+class ExecutionError(AgentstreamError):
     """The execution cannot finish; the message is the ``execution.failed`` reason."""
 
     def __init__(self, message: str, *, retriable: bool = False) -> None:

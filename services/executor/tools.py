@@ -13,11 +13,12 @@ from typing import Any, Protocol
 
 import jsonschema
 
+from services.common.errors import AgentstreamError
 from services.executor.emitter import EventEmitter
 from services.executor.providers.base import ToolSpec
 
 
-class ToolError(Exception):
+class ToolError(AgentstreamError):
     """A tool failed; the message goes back to the model as the tool's error result."""
 
     def __init__(self, message: str, *, retriable: bool = False) -> None:
@@ -25,7 +26,7 @@ class ToolError(Exception):
         self.retriable = retriable
 
 
-class ToolDefinitionError(Exception):
+class ToolDefinitionError(AgentstreamError):
     """A tool cannot be registered (bad schema, refused URL); raised at load time, not per call."""
 
     retriable = False

@@ -6,27 +6,26 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.websockets import WebSocket
 
 from schemas.agents import AgentSpec
 from services.common.agents import load_agents
+from services.common.errors import DomainError
 from services.common.kafka import ensure_topics, make_producer, start_client
 from services.common.observability import metrics
 from services.common.observability.asgi import TelemetryMiddleware, metrics_endpoint
 from services.common.statusview import StatusView
-from services.orchestrator import docs, fanout, streaming
+from services.orchestrator import docs, fanout, problems, streaming
 from services.orchestrator import routes as api
 from services.orchestrator.auth import Authenticator
 from services.orchestrator.bridge import Bridge
-from services.orchestrator.http import HTTPError
 from services.orchestrator.runtime import Runtime
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store
@@ -70,12 +69,9 @@ async def ready(request: Request) -> Response:
     return await fanout.ready(state.settings.kafka.bootstrap, readers)
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPError)
-    body: dict[str, Any] = {"error": exc.error}
-    if exc.detail is not None:
-        body["detail"] = exc.detail
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return problems.response(exc)
 
 
 @contextlib.asynccontextmanager
@@ -111,5 +107,5 @@ def create_app(settings: OrchestratorSettings | None = None) -> Starlette:
         *docs.routes(),
     ]
     return Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPError: _http_error}, middleware=[Middleware(TelemetryMiddleware)]
+        routes=routes, lifespan=lifespan, exception_handlers={DomainError: _domain_error}, middleware=[Middleware(TelemetryMiddleware)]
     )

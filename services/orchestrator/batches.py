@@ -11,9 +11,10 @@ from starlette.responses import JSONResponse, Response
 
 from schemas.api import BatchAccepted, BatchRequest, BatchResult, BatchView
 from schemas.events import Usage
+from services.common.errors import InvalidInput, NotFound
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import checked_callback, delivery_view, traceparent_of
-from services.orchestrator.http import HTTPError, iso, parse_json, path_id, require_tenant, state_of, validate
+from services.orchestrator.http import iso, parse_json, path_id, require_tenant, state_of, validate
 from services.orchestrator.idempotency import idempotent
 from services.orchestrator.lifecycle import Submission, new_id
 from services.orchestrator.store import records, tasks
@@ -23,10 +24,10 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
     state = state_of(request)
     req = validate(BatchRequest, parse_json(body), "batch")
     if len(req.items) > state.settings.max_batch_items:
-        raise HTTPError(422, f"a batch holds at most {state.settings.max_batch_items} items, got {len(req.items)}")
+        raise InvalidInput(f"a batch holds at most {state.settings.max_batch_items} items, got {len(req.items)}")
     unknown = {i: item.agent for i, item in enumerate(req.items) if item.agent not in state.agents}
     if unknown:
-        raise HTTPError(422, f"unknown agents; known agents: {sorted(state.agents)}", detail={"items": unknown})
+        raise InvalidInput(f"unknown agents; known agents: {sorted(state.agents)}", detail={"items": unknown})
     callback = await checked_callback(state.settings, req.callback_url)
     batch_id = "bat_" + new_id()
     traceparent = traceparent_of(request)
@@ -72,7 +73,7 @@ async def get_batch(request: Request) -> Response:
     async with state_of(request).runtime.store.begin() as conn:
         batch = await records.get_batch(conn, batch_id, tenant_id=ctx.id)
         if batch is None:
-            raise HTTPError(404, "batch not found")
+            raise NotFound("batch not found")
         members = await tasks.of_batch(conn, batch_id)
         deliveries = await records.deliveries_of(conn, batch_id, tenant_id=ctx.id)
     counts = {s: 0 for s in ("queued", "running", "completed", "failed", "cancelled", "timed_out")}

@@ -20,10 +20,8 @@ Errors of the service clients::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from schemas.events import JobRequested, JobUpdated, Usage
 from services.common.errors import AgentstreamError, PoisonRecord
 from services.common.kafka import encode, event_headers
+from services.common.taskset import TaskSet
 from services.orchestrator.breaker import CircuitBreaker
 from services.orchestrator.completions import _Follower
 from services.orchestrator.lifecycle import Lifecycle, new_id
@@ -241,7 +240,7 @@ class ServiceCoordinator:
                     transport=transport,
                 )
         self.requests = JobRequests(lifecycle, self)
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskSet("coordinator", log=log)
         lifecycle.end_hooks.append(self._on_end)
         lifecycle.late_hooks.append(self._on_late)
         lifecycle.result_checks.update({"query": check_query_result, "embedding": check_embedding_result})
@@ -251,9 +250,7 @@ class ServiceCoordinator:
 
     async def stop(self) -> None:
         await self.requests.stop()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.stop()
         for client in self.clients.values():
             await client.aclose()
 
@@ -303,7 +300,7 @@ class ServiceCoordinator:
             log.warning("job request %s of execution %s refused: %s", request.request_id, request.execution_id, problem)
             await self._publish(request, "", "failed", error=problem)
             return
-        self._spawn(self._delegate(request, job_id, deadline))
+        self._background.spawn(self._delegate(request, job_id, deadline), name=f"delegate-{job_id}")
 
     def _problem(self, request: JobRequested, execution: Task | None) -> str | None:
         if execution is None or execution.kind != "execution":
@@ -430,8 +427,3 @@ class ServiceCoordinator:
         except KafkaError:
             # The executor then ends the wait on its own timeout, with that reason.
             log.exception("could not publish job.updated (%s) of job %s", update.status, update.job_id)
-
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

@@ -9,9 +9,10 @@ from starlette.responses import JSONResponse, Response
 
 from schemas.api import CallbackDelivery, CancelResponse, ExecutionAccepted, ExecutionRequest, ExecutionView
 from schemas.status import ExecutionStatus
+from services.common.errors import InvalidInput, NotFound
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.callbacks import CallbackURLError, check_url
-from services.orchestrator.http import HTTPError, iso, parse_json, path_id, require_tenant, state_of, validate
+from services.orchestrator.http import iso, parse_json, path_id, require_tenant, state_of, validate
 from services.orchestrator.idempotency import idempotent
 from services.orchestrator.lifecycle import Submission, new_traceparent
 from services.orchestrator.plans import PlannedCall, timed
@@ -27,13 +28,13 @@ async def checked_callback(settings: OrchestratorSettings, url: str | None) -> s
     try:
         await check_url(url, allow_private=settings.callbacks_allow_private)
     except CallbackURLError as exc:
-        raise HTTPError(422, str(exc), detail={"callback_url": url}) from exc
+        raise InvalidInput(str(exc), detail={"callback_url": url}) from exc
     return url
 
 
 def known_agent(agents: dict[str, Any], agent: str) -> None:
     if agent not in agents:
-        raise HTTPError(422, f"unknown agent {agent!r}; known agents: {sorted(agents)}")
+        raise InvalidInput(f"unknown agent {agent!r}; known agents: {sorted(agents)}")
 
 
 def traceparent_of(request: Request) -> str:
@@ -71,7 +72,7 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
         known_agent(state.agents, req.agent)
     callback = await checked_callback(state.settings, req.callback_url)
     if req.reply_to is not None and req.reply_to not in state.settings.reply_topics.get(ctx.id, ()):
-        raise HTTPError(422, f"reply_to topic {req.reply_to!r} is not in this tenant's allowlist")
+        raise InvalidInput(f"reply_to topic {req.reply_to!r} is not in this tenant's allowlist")
     sub = submission_of(ctx.id, req, callback_url=callback, traceparent=traceparent_of(request), plan=plan)
     await state.runtime.lifecycle.accept(ctx, [sub])
     accepted = ExecutionAccepted(execution_id=sub.execution_id, events_url=f"/v1/executions/{sub.execution_id}", stream_url="/v1/stream")
@@ -135,7 +136,7 @@ async def get_execution(request: Request) -> Response:
         task = await tasks.get(conn, execution_id, tenant_id=ctx.id)
         deliveries = await records.deliveries_of(conn, execution_id, tenant_id=ctx.id) if task else []
     if status is None and (task is None or task.kind != "execution"):
-        raise HTTPError(404, "execution not found")
+        raise NotFound("execution not found")
     return JSONResponse(execution_view(status, task, deliveries).model_dump(mode="json"))
 
 

@@ -25,13 +25,14 @@ from schemas.agents import AgentSpec
 from schemas.events import ExecutionCancelRequested, ExecutionRequested, Message
 from schemas.status import ExecutionStatus
 from schemas.topics import Priority
+from services.common.errors import Conflict, NotFound, RateLimited, Unavailable
 from services.common.kafka import encode, event_headers
 from services.common.observability import metrics
 from services.common.observability.tracing import producer_span
 from services.common.statusview import StatusView
+from services.common.taskset import TaskSet
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.callbacks import Dispatcher
-from services.orchestrator.http import HTTPError
 from services.orchestrator.hub import TaskHub
 from services.orchestrator.limits import RateLimiter
 from services.orchestrator.plans import PlannedCall
@@ -101,7 +102,7 @@ class Lifecycle:
         self.hub = hub
         self.dispatcher = dispatcher
         self.agents = agents
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskSet("lifecycle", log=log)
         # The service coordinator's hooks (coordinator.py): every end applied by ``finalize``, job
         # completions that arrived after their job had ended, checks of delegated jobs' results.
         self.end_hooks: list[EndHook] = []
@@ -186,10 +187,9 @@ class Lifecycle:
                 await tasks.delete(conn, [s.execution_id for s in subs])
                 if undo is not None:
                     await undo(conn)
-            raise HTTPError(
-                503,
+            raise Unavailable(
                 f"Kafka did not acknowledge the request ({type(exc).__name__}); nothing was accepted, retry later",
-                headers={"Retry-After": "1"},
+                retry_after=1,
             ) from exc
 
     async def _publish(self, sub: Submission, deadline: float) -> None:
@@ -283,21 +283,19 @@ class Lifecycle:
         if status is not None and status.tenant_id != tenant_id:
             status = None
         if task is None and status is None:
-            raise HTTPError(404, "execution not found")
+            raise NotFound("execution not found")
         state: str = status.state if status is not None else "queued"
         if task is not None and not task.open:
             state = task.state
         if state == "cancelled":
             return "cancelled", False  # cancelling twice is harmless
         if state in ("completed", "failed", "timed_out"):
-            raise HTTPError(409, f"execution already finished ({state}); nothing to cancel", detail={"status": state})
+            raise Conflict(f"execution already finished ({state}); nothing to cancel", detail={"status": state})
         queued = state == "queued"
         try:
             await self.request_cancel(execution_id, tenant_id, terminal_state="cancelled" if queued else None)
         except KafkaError as exc:
-            raise HTTPError(
-                503, f"Kafka did not acknowledge the cancel ({type(exc).__name__}); retry", headers={"Retry-After": "1"}
-            ) from exc
+            raise Unavailable(f"Kafka did not acknowledge the cancel ({type(exc).__name__}); retry", retry_after=1) from exc
         if queued:
             # No executor will report this one: it ends here.
             await self.finalize(execution_id, "cancelled", error="cancelled before it started")
@@ -360,7 +358,7 @@ class Lifecycle:
                 log.exception("end hook failed for %s %s", task.kind, task.id)
         self.dispatcher.wake()
         for sub in follow_up:
-            self._spawn(self._start_enqueued(sub))
+            self._background.spawn(self._start_enqueued(sub), name=f"enqueued-{sub.execution_id}")
         return task
 
     async def _session_effects(self, conn: AsyncConnection, task: Task, attempt: int) -> list[Submission]:
@@ -419,11 +417,6 @@ class Lifecycle:
                 payload={"type": "batch.completed", "batch_id": batch_id, "total": batch.total, "counts": counts},
             )
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     # -- timeouts ---------------------------------------------------------------------------
     async def sweep(self) -> int:
         """Mark open work past its deadline timed out; cancel such executions. Returns how many."""
@@ -444,9 +437,7 @@ class Lifecycle:
         return count
 
     async def stop(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.stop()
 
 
 async def history_messages(
@@ -520,6 +511,5 @@ def _json_text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def _too_many(message: str, retry_after: float) -> HTTPError:
-    seconds = max(1, int(retry_after + 0.999))
-    return HTTPError(429, message, detail={"retry_after_s": round(retry_after, 3)}, headers={"Retry-After": str(seconds)})
+def _too_many(message: str, retry_after: float) -> RateLimited:
+    return RateLimited(message, retry_after=retry_after)

@@ -18,9 +18,10 @@ from starlette.responses import JSONResponse, Response
 
 from schemas.api import ChatRequest, ChatResponse, SessionCreate, SessionMessage, SessionState
 from schemas.bounds import MAX_INT32, json_problem
+from services.common.errors import Conflict, DomainError, NotFound
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import checked_callback, known_agent, traceparent_of
-from services.orchestrator.http import HTTPError, iso, parse_json, path_id, query_int, require_tenant, shown, state_of, validate
+from services.orchestrator.http import iso, parse_json, path_id, query_int, require_tenant, shown, state_of, validate
 from services.orchestrator.idempotency import idempotent
 from services.orchestrator.lifecycle import Submission, history_messages, new_id
 from services.orchestrator.plans import PlannedCall, timed
@@ -78,7 +79,7 @@ async def _session(request: Request, ctx: TenantContext, session_id: str | None 
     async with state_of(request).runtime.store.begin() as conn:
         session = await sessions.get(conn, session_id, tenant_id=ctx.id)
     if session is None:
-        raise HTTPError(404, "session not found")
+        raise NotFound("session not found")
     return session
 
 
@@ -146,10 +147,10 @@ async def send_message(request: Request, ctx: TenantContext, req: ChatRequest, s
     )
     active = session.active_execution_id
     if active is not None and session.policy == "reject":
-        raise HTTPError(409, "the session has an execution running; wait for it, or cancel it", detail={"active_execution_id": active})
+        raise Conflict("the session has an execution running; wait for it, or cancel it", detail={"active_execution_id": active})
     if active is not None and session.policy == "enqueue":
         if req.output_schema is not None or req.instructions is not None or req.params or req.model is not None:
-            raise HTTPError(409, "only plain messages are enqueued (not output_schema, instructions, params, model); wait or cancel")
+            raise Conflict("only plain messages are enqueued (not output_schema, instructions, params, model); wait or cancel")
         await lifecycle.admit(ctx, [], slots=False)
         async with state.runtime.store.begin() as conn:
             message = await sessions.append(conn, session.id, role="user", content=req.content, status="pending")
@@ -170,7 +171,7 @@ async def send_message(request: Request, ctx: TenantContext, req: ChatRequest, s
 
     async def writes(conn: AsyncConnection) -> None:
         if not await sessions.claim(conn, session.id, sub.execution_id, expect_active=active):
-            raise HTTPError(409, "the session changed meanwhile (another message started); retry")
+            raise Conflict("the session changed meanwhile (another message started); retry")
         with timed("history_load", session.id, sub.plan):
             sub.history = await history_messages(conn, session.id, before_seq=None, exclude_execution=None)
         appended.append(await sessions.append(conn, session.id, role="user", content=req.content, execution_id=sub.execution_id))
@@ -185,7 +186,7 @@ async def send_message(request: Request, ctx: TenantContext, req: ChatRequest, s
         await lifecycle.release_slots(ctx.id, [sub.execution_id])
         raise
     if active is not None:  # policy "interrupt": the old one no longer owns the session
-        with contextlib.suppress(HTTPError):  # it may have finished meanwhile
+        with contextlib.suppress(DomainError):  # it may have finished meanwhile
             await lifecycle.cancel(active, ctx.id)
     return 202, _accepted(sub, appended[0].seq, active)
 

@@ -30,12 +30,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from schemas.api import StreamCommand
 from schemas.bounds import ID_PATTERN, MAX_ID_LENGTH, Cursor
 from schemas.status import ExecutionStatus
+from services.common.errors import Gone, Unauthorized
 from services.common.observability.metrics import STREAM_CONNECTIONS
+from services.orchestrator import problems
 from services.orchestrator.auth import Authenticator
-from services.orchestrator.bridge import Bridge, Gone, Subscription
+from services.orchestrator.bridge import Bridge, Subscription
 from services.orchestrator.http import HTTPError, api_key, cursor_of, validation_errors
 from services.orchestrator.settings import OrchestratorSettings
-from services.orchestrator.sinks import CLOSE_UNAUTHORIZED, Sink, SSESink, WebSocketSink
+from services.orchestrator.sinks import Sink, SSESink, WebSocketSink
 from services.orchestrator.store import Store, sessions
 
 
@@ -88,14 +90,14 @@ async def _owned(conn: HTTPConnection, tenant: str, execution_id: str) -> Execut
 def _close_when_revoked(conn: HTTPConnection, sink: Sink) -> Callable[[], None]:
     """Close this stream (4401) once its API key stops resolving; returns the function that stops watching."""
     key = api_key(conn) or ""
-    return _streams(conn).auth.connections.watch(key, lambda: sink.kill(CLOSE_UNAUTHORIZED, "API key revoked"))
+    return _streams(conn).auth.connections.watch(key, lambda: sink.kill(problems.close_code(Unauthorized("")), "API key revoked"))
 
 
 async def stream(websocket: WebSocket) -> None:
     await websocket.accept()
     tenant = await _tenant(websocket)
     if tenant is None:
-        await websocket.close(code=CLOSE_UNAUTHORIZED, reason="missing or invalid API key")
+        await problems.close(websocket, Unauthorized("missing or invalid API key"))
         return
     settings = _streams(websocket).settings
     bridge = _bridge(websocket)

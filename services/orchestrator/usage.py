@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.api import UsageReport, UsageRow
+from services.common.errors import InvalidInput
 from services.orchestrator.http import HTTPError, iso, query_time, require_tenant, state_of
 from services.orchestrator.store import records
 
@@ -15,10 +16,10 @@ async def get_usage(request: Request) -> Response:
     q = request.query_params
     unknown = set(q) - {"group_by", "since", "until", "agent", "session_id", "api_key"}
     if unknown:
-        raise HTTPError(422, f"unknown query parameters: {sorted(unknown)}")
+        raise InvalidInput(f"unknown query parameters: {sorted(unknown)}")
     group_by = q.get("group_by", "tenant")
     if group_by not in records.USAGE_GROUPS:
-        raise HTTPError(422, f"group_by must be one of {list(records.USAGE_GROUPS)}")
+        raise InvalidInput(f"group_by must be one of {list(records.USAGE_GROUPS)}")
     since, until = query_time(request, "since"), query_time(request, "until")
     for name in ("agent", "session_id"):
         if len(q.get(name, "")) > 128:

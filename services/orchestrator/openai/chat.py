@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from schemas.events import Message
 from schemas.openai_door import ChatCompletionRequest
+from services.common.errors import Conflict
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.http import HTTPError, require_tenant, state_of
 from services.orchestrator.idempotency import run_idempotently
@@ -130,7 +131,7 @@ async def chat_completions(request: Request) -> Response:
     if mapper.state == "completed":
         return JSONResponse(mapper.completion())
     if mapper.state == "cancelled":
-        raise HTTPError(409, f"the execution was cancelled: {mapper.error}", detail={"code": "cancelled"})
+        raise Conflict(f"the execution was cancelled: {mapper.error}", detail={"code": "cancelled"})
     reason = mapper.error or (ended.error if ended else None) or f"the execution ended {ended.status if ended else 'without an answer'}"
     raise HTTPError(502, f"the agent failed: {reason}", detail={"code": "execution_failed"})
 

@@ -21,8 +21,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from schemas.api import ChatRequest
 from schemas.events import Message
 from schemas.openai_door import ResponseCreateRequest
+from services.common.errors import Conflict, DomainError, NotFound
 from services.orchestrator.auth import TenantContext
-from services.orchestrator.http import HTTPError, require_tenant, state_of
+from services.orchestrator.http import require_tenant, state_of
 from services.orchestrator.idempotency import run_idempotently
 from services.orchestrator.lifecycle import new_id
 from services.orchestrator.openai import common
@@ -69,7 +70,7 @@ def _inputs(raw: Any) -> list[Message]:
 
 def _execution_id(response_id: str, param: str) -> str:
     if not response_id.startswith("resp_") or not 5 < len(response_id) <= 133:
-        raise HTTPError(404, f"response {response_id!r} not found", detail={"param": param, "code": "not_found"})
+        raise NotFound(f"response {response_id!r} not found", detail={"param": param, "code": "not_found"})
     return response_id.removeprefix("resp_")
 
 
@@ -169,7 +170,7 @@ async def _submit(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
         )
         try:
             _, chat = await send_message(request, ctx, message, session_id)
-        except HTTPError:
+        except DomainError:
             # Refused (limits, Kafka; nothing was accepted): the conversation it was to start goes too.
             # Only then: after a cancellation the execution may be running and will write to the session.
             if fresh:
@@ -339,7 +340,7 @@ async def delete_response(request: Request) -> Response:
     task = await _own_task(request, ctx, _execution_id(str(request.path_params["response_id"]), "response_id"))
     status = state_of(request).status.get(task.id)
     if task.open and (status is None or not status.terminal):
-        raise HTTPError(409, "the response is still in progress: cancel it first", detail={"code": "conflict"})
+        raise Conflict("the response is still in progress: cancel it first", detail={"code": "conflict"})
     async with state_of(request).runtime.store.begin() as conn:
         await tasks.delete(conn, [task.id])
     return JSONResponse({"id": "resp_" + task.id, "object": "response.deleted", "deleted": True})
