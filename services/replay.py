@@ -146,7 +146,7 @@ async def topic_records(
         await consumer.stop()
 
 
-class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints
     def __init__(self) -> None:
         self.event = asyncio.Event()
 

@@ -88,9 +88,9 @@ def _eval(node: ast.AST) -> float | int:
         left, right = _eval(node.left), _eval(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > 100:
             raise ToolError("exponent too large")
-        return _OPS[type(node.op)](left, right)  # type: ignore[no-any-return]
+        return _OPS[type(node.op)](left, right)  # type: ignore[no-any-return]  # operator.* return Any in typeshed
     if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
-        return _OPS[type(node.op)](_eval(node.operand))  # type: ignore[no-any-return]
+        return _OPS[type(node.op)](_eval(node.operand))  # type: ignore[no-any-return]  # operator.* return Any in typeshed
     raise ToolError(f"unsupported expression element: {type(node).__name__}")
 
 

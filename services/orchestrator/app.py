@@ -13,7 +13,6 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.websockets import WebSocket
 
 from schemas.agents import AgentSpec
 from services.common.agents import load_agents
@@ -26,6 +25,7 @@ from services.orchestrator import docs, fanout, problems, streaming
 from services.orchestrator import routes as api
 from services.orchestrator.auth import Authenticator
 from services.orchestrator.bridge import Bridge
+from services.orchestrator.http import state_of
 from services.orchestrator.runtime import Runtime
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store
@@ -57,21 +57,11 @@ class State:
         return 0.0  # the API applies a new execution's snapshot to its own view before it answers 202
 
 
-def _state(request: Request | WebSocket) -> State:
-    state: State = request.app.state.agentstream
-    return state
-
-
 async def ready(request: Request) -> Response:
     """Ready when Kafka answers and every reader is fetching; 503 names what is not."""
-    state = _state(request)
+    state = state_of(request)
     readers = [r for r in (state.status.reader, state.bridge.reader) if r is not None] + state.runtime.readers()
     return await fanout.ready(state.settings.kafka.bootstrap, readers)
-
-
-async def _domain_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, DomainError)
-    return problems.response(exc)
 
 
 @contextlib.asynccontextmanager
@@ -107,5 +97,5 @@ def create_app(settings: OrchestratorSettings | None = None) -> Starlette:
         *docs.routes(),
     ]
     return Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={DomainError: _domain_error}, middleware=[Middleware(TelemetryMiddleware)]
+        routes=routes, lifespan=lifespan, exception_handlers={DomainError: problems.handler}, middleware=[Middleware(TelemetryMiddleware)]
     )

@@ -16,8 +16,9 @@ from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import checked_callback, delivery_view, traceparent_of
 from services.orchestrator.http import iso, parse_json, path_id, require_tenant, state_of, validate
 from services.orchestrator.idempotency import idempotent
-from services.orchestrator.lifecycle import Submission, new_id
+from services.orchestrator.ids import new_id
 from services.orchestrator.store import records, tasks
+from services.orchestrator.submission import Submission
 
 
 async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:
@@ -82,7 +83,7 @@ async def get_batch(request: Request) -> Response:
     view = BatchView(
         batch_id=batch.id,
         status="completed" if batch.completed_at is not None else "running",
-        priority=batch.priority,  # type: ignore[arg-type]
+        priority=batch.priority,
         total=batch.total,
         counts=counts,
         results=[

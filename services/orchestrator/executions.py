@@ -14,12 +14,13 @@ from services.orchestrator.auth import TenantContext
 from services.orchestrator.callbacks import CallbackURLError, check_url
 from services.orchestrator.http import iso, parse_json, path_id, require_tenant, state_of, validate
 from services.orchestrator.idempotency import idempotent
-from services.orchestrator.lifecycle import Submission, new_traceparent
+from services.orchestrator.ids import new_traceparent
 from services.orchestrator.plans import PlannedCall, timed
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import records, tasks
 from services.orchestrator.store.records import Delivery
 from services.orchestrator.store.tasks import Task
+from services.orchestrator.submission import Submission
 
 
 async def checked_callback(settings: OrchestratorSettings, url: str | None) -> str | None:
@@ -83,7 +84,7 @@ def delivery_view(d: Delivery) -> CallbackDelivery:
     return CallbackDelivery(
         delivery_id=d.id,
         url=d.url,
-        state=d.state,  # type: ignore[arg-type]
+        state=d.state,
         attempts=d.attempts,
         last_status=d.last_status,
         last_error=d.last_error,
@@ -113,8 +114,8 @@ def execution_view(status: ExecutionStatus | None, task: Task | None, deliveries
         view = ExecutionView(
             execution_id=task.id,
             agent=task.agent_id,
-            priority=task.priority,  # type: ignore[arg-type]
-            status=task.state,  # type: ignore[arg-type]
+            priority=task.priority,
+            status=task.state,
             attempt=0,
             session_id=task.session_id,
             output=task.output,

@@ -52,7 +52,7 @@ def view(rows: list[plans.CallRow], execution_id: str) -> OrchestrationPlan:
     calls = [
         ServiceCall(
             seq=i,
-            kind=r.kind,  # type: ignore[arg-type]
+            kind=r.kind,
             target=r.target,
             job_id=r.job_id,
             outcome=r.outcome,

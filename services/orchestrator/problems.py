@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket
 
 from services.common.errors import (
@@ -86,6 +87,12 @@ def body_of(p: Problem) -> dict[str, Any]:
 def response(exc: DomainError) -> JSONResponse:
     p = problem(exc)
     return JSONResponse(body_of(p), status_code=p.status, headers=p.headers)
+
+
+async def handler(request: Request, exc: Exception) -> Response:
+    """The apps' exception handler for ``DomainError`` (``exception_handlers={DomainError: handler}``)."""
+    assert isinstance(exc, DomainError)
+    return response(exc)
 
 
 def close_code(exc: BaseException) -> int:

@@ -21,20 +21,22 @@ from schemas.bounds import MAX_INT32, json_problem
 from services.common.errors import Conflict, DomainError, NotFound
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import checked_callback, known_agent, traceparent_of
+from services.orchestrator.finalize import history_messages
 from services.orchestrator.http import iso, parse_json, path_id, query_int, require_tenant, shown, state_of, validate
 from services.orchestrator.idempotency import idempotent
-from services.orchestrator.lifecycle import Submission, history_messages, new_id
+from services.orchestrator.ids import new_id
 from services.orchestrator.plans import PlannedCall, timed
 from services.orchestrator.store import sessions
 from services.orchestrator.store.sessions import Session, StoredMessage
+from services.orchestrator.submission import Submission
 
 
 def session_view(s: Session) -> SessionState:
     return SessionState(
         session_id=s.id,
         agent=s.agent_id,
-        policy=s.policy,  # type: ignore[arg-type]
-        state=s.state,  # type: ignore[arg-type]
+        policy=s.policy,
+        state=s.state,
         active_execution_id=s.active_execution_id,
         metadata=shown(s.metadata),
         created_at=iso(s.created_at) or "",

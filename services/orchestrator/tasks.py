@@ -24,7 +24,8 @@ from services.orchestrator.auth import TenantContext
 from services.orchestrator.completions import apply_job_completed
 from services.orchestrator.http import api_key, iso, parse_json, path_id, require_tenant, shown, state_of, validate
 from services.orchestrator.idempotency import idempotent
-from services.orchestrator.lifecycle import Lifecycle, new_id
+from services.orchestrator.ids import new_id
+from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.store import sessions, tasks
 from services.orchestrator.store.tasks import Task
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 def task_view(t: Task) -> TaskView:
     return TaskView(
         task_id=t.id,
-        kind=t.kind,  # type: ignore[arg-type]
+        kind=t.kind,
         service=t.service,
         agent=t.agent_id,
         session_id=t.session_id,

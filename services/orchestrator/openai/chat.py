@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from schemas.events import Message
+from schemas.events import Message, Role
 from schemas.openai_door import ChatCompletionRequest
 from services.common.errors import Conflict
 from services.orchestrator.auth import TenantContext
@@ -40,7 +40,7 @@ REFUSED = {
     "audio": "only text is supported",
     "modalities": "only text is supported",
 }
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES: dict[str, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 def _messages(raw: Any) -> tuple[tuple[Message, ...], str]:
@@ -58,7 +58,7 @@ def _messages(raw: Any) -> tuple[tuple[Message, ...], str]:
             )
         if m.get("tool_calls"):
             raise invalid("assistant tool_calls are not supported: the agent's tools run server-side", param=f"messages[{i}].tool_calls")
-        out.append(Message(role=_ROLES[role], content=common.text_of(m.get("content") or "", f"messages[{i}].content")))  # type: ignore[arg-type]
+        out.append(Message(role=_ROLES[role], content=common.text_of(m.get("content") or "", f"messages[{i}].content")))
     if out[-1].role != "user" or not out[-1].content:
         raise invalid("the last message must be a non-empty user message: it is the agent's input", param=f"messages[{len(out) - 1}]")
     return tuple(out[:-1]), out[-1].content

@@ -15,8 +15,8 @@ from services.common.errors import NotFound
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import traceparent_of
 from services.orchestrator.http import state_of
-from services.orchestrator.lifecycle import Submission
 from services.orchestrator.openai.errors import invalid
+from services.orchestrator.submission import Submission
 
 PRIORITY_HEADER = "x-agentstream-priority"
 MAX_TEXT = 200_000  # what /v1/executions takes as input

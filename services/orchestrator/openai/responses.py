@@ -19,13 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from schemas.api import ChatRequest
-from schemas.events import Message
+from schemas.events import Message, Role
 from schemas.openai_door import ResponseCreateRequest
 from services.common.errors import Conflict, DomainError, NotFound
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.http import require_tenant, state_of
 from services.orchestrator.idempotency import run_idempotently
-from services.orchestrator.lifecycle import new_id
+from services.orchestrator.ids import new_id
 from services.orchestrator.openai import common
 from services.orchestrator.openai.errors import invalid, openai_errors
 from services.orchestrator.openai.feed import Ended, Feed, Item, follow
@@ -46,7 +46,7 @@ REFUSED = {
     "top_logprobs": "log probabilities are not streamed through Kafka",
     "max_tool_calls": "the agent's max_steps bounds its tool calls",
 }
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES: dict[str, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 def _inputs(raw: Any) -> list[Message]:
@@ -62,7 +62,7 @@ def _inputs(raw: Any) -> list[Message]:
     for i, item in enumerate(items):
         if not isinstance(item, dict) or item.get("type", "message") != "message" or item.get("role") not in _ROLES:
             raise invalid("only message items (role system, developer, user or assistant) are supported", param=f"input[{i}]")
-        out.append(Message(role=_ROLES[item["role"]], content=common.text_of(item.get("content") or "", f"input[{i}].content")))  # type: ignore[arg-type]
+        out.append(Message(role=_ROLES[item["role"]], content=common.text_of(item.get("content") or "", f"input[{i}].content")))
     if out[-1].role != "user" or not out[-1].content:
         raise invalid("the last input item must be a non-empty user message: it is the agent's input", param=f"input[{len(out) - 1}]")
     return out

@@ -9,6 +9,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from schemas.api import TaskKind
+from schemas.status import State
+from schemas.topics import Priority
 from services.orchestrator.store.tables import tasks, tool_calls
 
 OPEN_STATES = ("queued", "running")
@@ -18,7 +21,7 @@ FINAL_STATES = ("completed", "failed", "cancelled", "timed_out")
 @dataclass(frozen=True)
 class Task:
     id: str
-    kind: str
+    kind: TaskKind
     origin: str
     tenant_id: str
     session_id: str | None
@@ -26,8 +29,8 @@ class Task:
     service: str | None
     batch_id: str | None
     custom_id: str | None
-    priority: str
-    state: str
+    priority: Priority
+    state: State
     deadline: float
     callback_url: str | None
     output: str | None
