@@ -1,6 +1,7 @@
-"""HTTP plumbing every endpoint shares: the error type, body parsing, credentials, state access.
+"""HTTP plumbing every endpoint shares: the edge's own error, body parsing, credentials, state access.
 
-``HTTPError`` is rendered as ``{"error": "...", "detail": ...}`` by the app's exception handler.
+``HTTPError`` (a ``DomainError`` with its status) and the domain's errors are rendered as
+``{"error": "...", "detail": ...}`` by ``problems.handler``, the apps' exception handler.
 """
 
 from __future__ import annotations
