@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.bounds import MAX_TOKENS, Id, JsonObject, TopicName
-from schemas.events import MAX_INPUT_CHARS, Message, Usage
+from schemas.events import MAX_INPUT_CHARS, Message, Role, Usage
 from schemas.outputs import OutputSchema
 from schemas.status import State
 from schemas.topics import Priority
@@ -112,6 +112,11 @@ class StreamCommand(BaseModel):
 # -- sessions and chat ------------------------------------------------------------------------
 
 SessionPolicy = Literal["reject", "enqueue", "interrupt"]
+SessionRunState = Literal["idle", "running"]
+MessageStatus = Literal["done", "pending"]
+DeliveryState = Literal["pending", "delivered", "failed"]
+TaskKind = Literal["execution", "job"]
+UsageGroup = Literal["tenant", "agent", "session"]
 
 
 class SessionCreate(BaseModel):
@@ -127,7 +132,7 @@ class SessionState(BaseModel):
     session_id: str
     agent: str
     policy: SessionPolicy
-    state: Literal["idle", "running"]
+    state: SessionRunState
     active_execution_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: str
@@ -149,11 +154,11 @@ class ToolCallRecord(BaseModel):
 
 class SessionMessage(BaseModel):
     seq: int
-    role: Literal["system", "user", "assistant", "tool"]
+    role: Role
     content: str
     name: str | None = None
     execution_id: str | None = None
-    status: Literal["done", "pending"] = "done"
+    status: MessageStatus = "done"
     tool_calls: list[ToolCallRecord] | None = None
     created_at: str
 
@@ -226,7 +231,7 @@ class BatchResult(BaseModel):
 class CallbackDelivery(BaseModel):
     delivery_id: str
     url: str
-    state: Literal["pending", "delivered", "failed"]
+    state: DeliveryState
     attempts: int
     last_status: int | None = None
     last_error: str | None = None
@@ -257,7 +262,7 @@ class JobCreate(BaseModel):
 
 class TaskView(BaseModel):
     task_id: str
-    kind: Literal["execution", "job"]
+    kind: TaskKind
     service: str | None = None
     agent: str
     session_id: str | None = None
@@ -282,7 +287,7 @@ class UsageRow(BaseModel):
 
 
 class UsageReport(BaseModel):
-    group_by: Literal["tenant", "agent", "session"]
+    group_by: UsageGroup
     since: str | None = None
     until: str | None = None
     rows: list[UsageRow]

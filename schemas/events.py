@@ -57,12 +57,16 @@ class Envelope(BaseModel):
     ts: datetime = Field(default_factory=_now)
 
 
+Role = Literal["system", "user", "assistant", "tool"]
+JobStatus = Literal["accepted", "completed", "failed", "timed_out", "cancelled"]
+
+
 class Message(BaseModel):
     """One chat message of the history handed to an execution."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    role: Literal["system", "user", "assistant", "tool"]
+    role: Role
     content: str = ""
     name: str | None = None
     tool_call_id: str | None = None
@@ -211,7 +215,7 @@ class JobUpdated(Envelope):
     request_id: str
     job_id: str = ""
     service: str = ""
-    status: Literal["accepted", "completed", "failed", "timed_out", "cancelled"]
+    status: JobStatus
     result: JsonValue = None
     error: str | None = None
     usage: Usage | None = None

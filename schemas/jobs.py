@@ -43,3 +43,53 @@ class JobCompletion(BaseModel):
         if isinstance(self.result, dict) and self.result.get("usage") is not None:
             return Usage.model_validate(self.result["usage"])
         return None
+
+
+# -- the external services' wire (``POST {service}/jobs``), shared by the orchestrator's client and
+#    the reference services in ``examples/services``.
+class JobSubmission(BaseModel):
+    """``POST {service}/jobs``: the job id is the orchestrator's, so a retried POST names the same job."""
+
+    job_id: str
+    tenant_id: str
+    service: str
+    input: dict[str, Any]
+    deadline: str  # ISO 8601 with its zone, e.g. 2026-01-01T00:00:00+00:00
+
+
+class JobAccepted(BaseModel):
+    """The service's answer (2xx): it names our job id, so we know it took this job."""
+
+    job_id: str
+    status: Literal["accepted"] = "accepted"
+
+
+class QueryInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1, max_length=2000)
+    top_k: int = Field(default=3, ge=1, le=10)
+
+
+class EmbeddingInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(min_length=1, max_length=64)
+
+
+class Document(BaseModel):
+    id: str
+    text: str
+    title: str = ""
+    score: float = 0.0
+
+
+class QueryResult(BaseModel):
+    answer: str
+    documents: list[Document] = Field(max_length=50)
+
+
+class EmbeddingResult(BaseModel):
+    model: str
+    embeddings: list[list[float]] = Field(min_length=1)
+
+
+SERVICE_INPUTS: dict[str, type[BaseModel]] = {"query": QueryInput, "embedding": EmbeddingInput}

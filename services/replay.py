@@ -15,13 +15,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from httpx_sse import SSEError, aconnect_sse
 
+from services.common.errors import AgentstreamError
 from services.common.kafka import client_options, partitions_of, start_client
 from services.common.settings import KafkaSettings
 
 TERMINAL = {"execution.completed", "execution.failed", "execution.cancelled"}
 
 
-class ReplayError(Exception):
+class ReplayError(AgentstreamError):
     retriable = False
 
 
@@ -145,7 +146,7 @@ async def topic_records(
         await consumer.stop()
 
 
-class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints
     def __init__(self) -> None:
         self.event = asyncio.Event()
 

@@ -7,14 +7,14 @@ from typing import Any
 
 from examples.services.embedders import Embedder
 from examples.services.jobs import JobService, Reporter
+from schemas.jobs import EmbeddingInput, EmbeddingResult
 
 
 def embedding_service(embedder: Embedder, *, token: str, reporter: Reporter, delay_s: float = 0.3) -> JobService:
     async def work(data: dict[str, Any]) -> tuple[Any, dict[str, int] | None]:
-        texts = [str(t) for t in data.get("texts", [])]
-        if not texts:
-            raise ValueError("texts must be a non-empty list of strings")
+        texts = EmbeddingInput.model_validate(data).texts  # a ValidationError is the job's failure reason
         vectors = await asyncio.to_thread(embedder.embed, texts)
-        return {"model": embedder.name, "dim": embedder.dim, "embeddings": vectors.tolist()}, None
+        result = EmbeddingResult(model=embedder.name, embeddings=vectors.tolist())
+        return {"model": result.model, "dim": embedder.dim, "embeddings": result.embeddings}, None
 
     return JobService("embedding", work, token=token, reporter=reporter, delay_s=delay_s)

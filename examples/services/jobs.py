@@ -28,6 +28,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from schemas.jobs import JobAccepted, JobSubmission
+
 log = logging.getLogger(__name__)
 
 Work = Callable[[dict[str, Any]], Awaitable[tuple[Any, dict[str, int] | None]]]
@@ -128,15 +130,16 @@ class JobService:
             return JSONResponse({"error": "bad token"}, status_code=401)
         try:
             body = orjson.loads(await request.body())
-            job_id, tenant_id, data = str(body["job_id"]), str(body["tenant_id"]), dict(body["input"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            submission = JobSubmission.model_validate(body)
+            job_id, tenant_id, data = submission.job_id, submission.tenant_id, submission.input
+        except (orjson.JSONDecodeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
             return JSONResponse({"error": f"bad request: {exc}"}, status_code=400)
         if self.behaviour == "garbage_answer":
             return PlainTextResponse("<html>surprise</html>")
         if job_id not in self._jobs:
             self.received.append(body)
             self._jobs[job_id] = asyncio.create_task(self._run(job_id, tenant_id, data))
-        return JSONResponse({"job_id": job_id, "status": "accepted"}, status_code=202)
+        return JSONResponse(JobAccepted(job_id=job_id).model_dump(), status_code=202)
 
     async def _run(self, job_id: str, tenant_id: str, data: dict[str, Any]) -> None:
         if self.behaviour == "never":

@@ -15,6 +15,7 @@ import numpy as np
 
 from examples.services.embedders import Embedder
 from examples.services.jobs import JobService, Reporter
+from schemas.jobs import QueryInput, QueryResult
 
 DOCS_DIR = Path(__file__).resolve().parents[1] / "docs"
 
@@ -57,12 +58,14 @@ class Index:
 
 def query_service(index: Index, *, token: str, reporter: Reporter, delay_s: float = 0.3) -> JobService:
     async def work(data: dict[str, Any]) -> tuple[Any, dict[str, int] | None]:
-        query = str(data.get("query", "")).strip()
+        request = QueryInput.model_validate(data)  # a ValidationError is the job's failure reason
+        query = request.query.strip()
         if not query:
             raise ValueError("query must be a non-empty string")
-        result = await asyncio.to_thread(index.search, query, int(data.get("top_k", 3)))
+        result = await asyncio.to_thread(index.search, query, request.top_k)
         prompt = len(query.split()) + sum(len(d["text"].split()) for d in result["documents"])
         completion = len(result["answer"].split())
+        QueryResult.model_validate(result)  # what the orchestrator checks it against
         return result, {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     return JobService("query", work, token=token, reporter=reporter, delay_s=delay_s)

@@ -127,7 +127,7 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str, *, wait_s: float
         await asyncio.sleep(0.05)
 
 
-class Producer(AIOKafkaProducer):  # type: ignore[misc]
+class Producer(AIOKafkaProducer):  # type: ignore[misc]  # aiokafka ships no type hints
     """The idempotent producer, able to start a new idempotent session after a sequence error.
 
     When a broker restarts while batches are in flight, some of them fail after their sequence

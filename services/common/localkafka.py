@@ -24,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.errors import AgentstreamError
+
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 _JAAS = "org.apache.kafka.common.security"
 
 
-class LocalKafkaError(Exception):
+class LocalKafkaError(AgentstreamError):
     """The local broker could not be fetched, started or stopped; the message says what to do."""
 
 

@@ -16,6 +16,7 @@ from schemas.agents import AgentSpec
 from schemas.bounds import json_problem
 from schemas.events import ExecutionRequested, ExecutionRestarted, ToolCallCompleted, ToolCallStarted, Usage
 from schemas.outputs import output_mismatch
+from services.common.errors import AgentstreamError
 from services.common.observability.tracing import traced_tool_call
 from services.common.prompts import PromptError, render_prompt
 from services.executor.emitter import EventEmitter
@@ -25,7 +26,7 @@ from services.executor.settings import RetrySettings, TimeoutSettings
 from services.executor.tools import Tool, ToolContext, ToolError, current_tool_call, parse_arguments
 
 
-class ExecutionError(Exception):
+class ExecutionError(AgentstreamError):
     """The execution cannot finish; the message is the ``execution.failed`` reason."""
 
     def __init__(self, message: str, *, retriable: bool = False) -> None:

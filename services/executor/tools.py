@@ -13,11 +13,12 @@ from typing import Any, Protocol
 
 import jsonschema
 
+from services.common.errors import AgentstreamError
 from services.executor.emitter import EventEmitter
 from services.executor.providers.base import ToolSpec
 
 
-class ToolError(Exception):
+class ToolError(AgentstreamError):
     """A tool failed; the message goes back to the model as the tool's error result."""
 
     def __init__(self, message: str, *, retriable: bool = False) -> None:
@@ -25,7 +26,7 @@ class ToolError(Exception):
         self.retriable = retriable
 
 
-class ToolDefinitionError(Exception):
+class ToolDefinitionError(AgentstreamError):
     """A tool cannot be registered (bad schema, refused URL); raised at load time, not per call."""
 
     retriable = False
@@ -87,9 +88,9 @@ def _eval(node: ast.AST) -> float | int:
         left, right = _eval(node.left), _eval(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > 100:
             raise ToolError("exponent too large")
-        return _OPS[type(node.op)](left, right)  # type: ignore[no-any-return]
+        return _OPS[type(node.op)](left, right)  # type: ignore[no-any-return]  # operator.* return Any in typeshed
     if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
-        return _OPS[type(node.op)](_eval(node.operand))  # type: ignore[no-any-return]
+        return _OPS[type(node.op)](_eval(node.operand))  # type: ignore[no-any-return]  # operator.* return Any in typeshed
     raise ToolError(f"unsupported expression element: {type(node).__name__}")
 
 

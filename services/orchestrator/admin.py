@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.api import KeyCreate, TenantCreate
+from services.common.errors import Conflict, NotFound
 from services.orchestrator import tenantlog
 from services.orchestrator.http import HTTPError, header_credential, iso, json_body, path_id, state_of, validate
 from services.orchestrator.store import tenants
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 def _require_admin(request: Request) -> None:
     auth = state_of(request).runtime.auth
     if state_of(request).settings.admin_token is None:
-        raise HTTPError(404, "not found")
+        raise NotFound("not found")
     # Only a header: a token in the URL ends up in access logs, proxies and browser history.
     if not auth.is_admin(header_credential(request)):
         raise HTTPError(401, "missing or invalid admin token", headers={"WWW-Authenticate": "Bearer"})
@@ -53,7 +54,7 @@ async def create_tenant(request: Request) -> Response:
     async with state.runtime.store.begin() as conn:
         tenant = await tenants.create_tenant(conn, req.tenant_id, name=req.name, limits=limits)
     if tenant is None:
-        raise HTTPError(409, f"tenant {req.tenant_id!r} exists")
+        raise Conflict(f"tenant {req.tenant_id!r} exists")
     try:
         await tenantlog.publish(state.producer, state.settings, tenant)  # executors run its work once they read this
     except KafkaError as exc:  # the tenant exists; every orchestrator start publishes every tenant again
@@ -73,7 +74,7 @@ async def get_tenant(request: Request) -> Response:
     async with state_of(request).runtime.store.begin() as conn:
         tenant = await tenants.get_tenant(conn, path_id(request, "tenant_id", "tenant"))
     if tenant is None:
-        raise HTTPError(404, "tenant not found")
+        raise NotFound("tenant not found")
     return JSONResponse(tenant_json(tenant, secret=True))
 
 
@@ -84,7 +85,7 @@ async def create_key(request: Request) -> Response:
     async with state.runtime.store.begin() as conn:
         tenant = await tenants.get_tenant(conn, path_id(request, "tenant_id", "tenant"))
         if tenant is None:
-            raise HTTPError(404, "tenant not found")
+            raise NotFound("tenant not found")
         key, secret = await tenants.create_key(conn, tenant.id, name=req.name)
     # The only time the key is visible: the store keeps its SHA-256 digest.
     return JSONResponse({**key_json(key), "api_key": secret}, status_code=201)
@@ -95,7 +96,7 @@ async def list_keys(request: Request) -> Response:
     async with state_of(request).runtime.store.begin() as conn:
         tenant_id = path_id(request, "tenant_id", "tenant")
         if await tenants.get_tenant(conn, tenant_id) is None:
-            raise HTTPError(404, "tenant not found")
+            raise NotFound("tenant not found")
         items = await tenants.list_keys(conn, tenant_id)
     return JSONResponse({"keys": [key_json(k) for k in items]})
 
@@ -106,6 +107,6 @@ async def revoke_key(request: Request) -> Response:
     async with state.runtime.store.begin() as conn:
         key = await tenants.revoke_key(conn, path_id(request, "key_id", "key"))
     if key is None:
-        raise HTTPError(404, "key not found")
+        raise NotFound("key not found")
     state.runtime.auth.forget()
     return JSONResponse(key_json(key))

@@ -6,27 +6,26 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
-from starlette.websockets import WebSocket
 
 from schemas.agents import AgentSpec
 from services.common.agents import load_agents
+from services.common.errors import DomainError
 from services.common.kafka import ensure_topics, make_producer, start_client
 from services.common.observability import metrics
 from services.common.observability.asgi import TelemetryMiddleware, metrics_endpoint
 from services.common.statusview import StatusView
-from services.orchestrator import docs, fanout, streaming
+from services.orchestrator import docs, fanout, problems, streaming
 from services.orchestrator import routes as api
 from services.orchestrator.auth import Authenticator
 from services.orchestrator.bridge import Bridge
-from services.orchestrator.http import HTTPError
+from services.orchestrator.http import state_of
 from services.orchestrator.runtime import Runtime
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store
@@ -58,24 +57,11 @@ class State:
         return 0.0  # the API applies a new execution's snapshot to its own view before it answers 202
 
 
-def _state(request: Request | WebSocket) -> State:
-    state: State = request.app.state.agentstream
-    return state
-
-
 async def ready(request: Request) -> Response:
     """Ready when Kafka answers and every reader is fetching; 503 names what is not."""
-    state = _state(request)
+    state = state_of(request)
     readers = [r for r in (state.status.reader, state.bridge.reader) if r is not None] + state.runtime.readers()
     return await fanout.ready(state.settings.kafka.bootstrap, readers)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPError)
-    body: dict[str, Any] = {"error": exc.error}
-    if exc.detail is not None:
-        body["detail"] = exc.detail
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
 @contextlib.asynccontextmanager
@@ -111,5 +97,5 @@ def create_app(settings: OrchestratorSettings | None = None) -> Starlette:
         *docs.routes(),
     ]
     return Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPError: _http_error}, middleware=[Middleware(TelemetryMiddleware)]
+        routes=routes, lifespan=lifespan, exception_handlers={DomainError: problems.handler}, middleware=[Middleware(TelemetryMiddleware)]
     )

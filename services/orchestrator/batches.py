@@ -9,27 +9,29 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.api import BatchAccepted, BatchRequest, BatchResult, BatchView
+from services.common.errors import InvalidInput, NotFound
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import checked_callback, checked_prompt, delivery_view, traceparent_of, usage_view
-from services.orchestrator.http import HTTPError, iso, parse_json, path_id, require_tenant, state_of, validate
+from services.orchestrator.http import iso, parse_json, path_id, require_tenant, state_of, validate
 from services.orchestrator.idempotency import idempotent
-from services.orchestrator.lifecycle import Submission, new_id
+from services.orchestrator.ids import new_id
 from services.orchestrator.store import records, tasks
+from services.orchestrator.submission import Submission
 
 
 async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:
     state = state_of(request)
     req = validate(BatchRequest, parse_json(body), "batch")
     if len(req.items) > state.settings.max_batch_items:
-        raise HTTPError(422, f"a batch holds at most {state.settings.max_batch_items} items, got {len(req.items)}")
+        raise InvalidInput(f"a batch holds at most {state.settings.max_batch_items} items, got {len(req.items)}")
     unknown = {i: item.agent for i, item in enumerate(req.items) if item.agent not in state.agents}
     if unknown:
-        raise HTTPError(422, f"unknown agents; known agents: {sorted(state.agents)}", detail={"items": unknown})
+        raise InvalidInput(f"unknown agents; known agents: {sorted(state.agents)}", detail={"items": unknown})
     for i, item in enumerate(req.items):
         try:
             checked_prompt(state.agents, item.agent, item.variables, item.input)
-        except HTTPError as exc:
-            raise HTTPError(422, f"items[{i}]: {exc.error}", detail={"item": i, **(exc.detail or {})}) from exc
+        except InvalidInput as exc:
+            raise InvalidInput(f"items[{i}]: {exc.error}", detail={"item": i, **(exc.detail or {})}) from exc
     callback = await checked_callback(state.settings, req.callback_url)
     batch_id = "bat_" + new_id()
     traceparent = traceparent_of(request)
@@ -67,7 +69,7 @@ async def get_batch(request: Request) -> Response:
     async with state_of(request).runtime.store.begin() as conn:
         batch = await records.get_batch(conn, batch_id, tenant_id=ctx.id)
         if batch is None:
-            raise HTTPError(404, "batch not found")
+            raise NotFound("batch not found")
         members = await tasks.of_batch(conn, batch_id)
         deliveries = await records.deliveries_of(conn, batch_id, tenant_id=ctx.id)
     counts = {s: 0 for s in ("queued", "running", "completed", "failed", "cancelled", "timed_out")}
@@ -76,7 +78,7 @@ async def get_batch(request: Request) -> Response:
     view = BatchView(
         batch_id=batch.id,
         status="completed" if batch.completed_at is not None else "running",
-        priority=batch.priority,  # type: ignore[arg-type]
+        priority=batch.priority,
         total=batch.total,
         counts=counts,
         results=[

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from schemas.events import TERMINAL_TYPES, EventAdapter, ExecutionCancelled, ExecutionCompleted, ExecutionFailed
 from schemas.status import ExecutionStatus
-from services.common.errors import PoisonRecord
+from services.common.errors import Gone, PoisonRecord
 from services.common.kafka import client_options, header
 from services.common.observability import metrics
 from services.common.observability.tracing import delivery_spans
@@ -45,10 +45,6 @@ Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 _STARTED_KEPT = 200_000  # executions whose newest start the tail remembers (~100 bytes each)
-
-
-class Gone(Exception):
-    """The execution's events are past the topic's retention (HTTP 410)."""
 
 
 class Subscription:

@@ -26,11 +26,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from services.common.errors import DomainError
 from services.common.kafka import ensure_topics, make_producer, start_client
 from services.common.observability import metrics
 from services.common.observability.asgi import TelemetryMiddleware, metrics_endpoint
 from services.common.statusview import StatusView
-from services.orchestrator import fanout, streaming
+from services.orchestrator import fanout, problems, streaming
 from services.orchestrator.auth import Authenticator
 from services.orchestrator.bridge import Bridge
 from services.orchestrator.settings import OrchestratorSettings
@@ -71,15 +72,10 @@ async def open_bridge(settings: OrchestratorSettings) -> AsyncIterator[BridgeSta
         yield BridgeState(settings, producer, parts.status, parts.bridge, Authenticator(settings, store), store)
 
 
-def _state(request: Request) -> BridgeState:
-    state: BridgeState = request.app.state.agentstream
-    return state
-
-
 async def ready(request: Request) -> Response:
     """Ready when Kafka answers and the status view and the bridge tail are fetching."""
-    state = _state(request)
-    return await fanout.ready(state.settings.kafka.bootstrap, fanout.Fanout(state.status, state.bridge).readers())
+    state = streaming.stream_state_of(request)
+    return await fanout.ready(state.settings.kafka.bootstrap, fanout.Fanout(state.bridge.status, state.bridge).readers())
 
 
 def create_bridge_app(settings: OrchestratorSettings | None = None) -> Starlette:
@@ -97,4 +93,9 @@ def create_bridge_app(settings: OrchestratorSettings | None = None) -> Starlette
         *streaming.routes(),
         Route("/metrics", metrics_endpoint(metrics.ORCHESTRATOR), methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(TelemetryMiddleware)])
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={DomainError: problems.handler},
+        middleware=[Middleware(TelemetryMiddleware)],
+    )

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from services.common.errors import InvalidInput
 from services.common.urlguard import RefusedAddress, Resolver, SystemResolver, UnresolvedHost, guarded_client, public_addresses
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store, records, tenants
@@ -28,8 +29,8 @@ from services.orchestrator.store.records import Delivery
 log = logging.getLogger(__name__)
 
 
-class CallbackURLError(ValueError):
-    retriable = False
+class CallbackURLError(InvalidInput, ValueError):
+    """A refused ``callback_url``; still a ``ValueError`` for the pydantic validators that raise it."""
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

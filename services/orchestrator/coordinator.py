@@ -9,104 +9,47 @@ when the sweeper finds it past its deadline. Every end goes through ``Lifecycle.
 coordinator's end hook then publishes ``job.updated`` on ``jobs.updates``, where the waiting
 executor picks it up.
 
-Errors of the service clients::
-
-    ServiceError (AgentstreamError)
-     ├── ServiceUnavailable   retriable: connect error, timeout, 408/425/429/5xx
-     ├── CircuitOpen          retriable: too many failures lately; not called until the breaker resets
-     ├── ServiceRejected      4xx: the service refused the job
-     └── BadServiceAnswer     the answer is not JSON or does not carry our job id
+The parts: the wire models in ``schemas/jobs.py``, the errors in ``serviceerrors.py``, the HTTP
+client in ``serviceclient.py``, the ``jobs.requested`` consumer in ``jobrequests.py``; this module is
+the domain logic (checks, registration, delegation, ends).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from pydantic import ValidationError
 
-from schemas.events import JobRequested, JobUpdated, Usage
-from services.common.errors import AgentstreamError, PoisonRecord
+from schemas.events import JobRequested, JobStatus, JobUpdated, Usage
+from schemas.jobs import SERVICE_INPUTS, EmbeddingResult, QueryResult
 from services.common.kafka import encode, envelope_headers
+from services.common.taskset import TaskSet
 from services.orchestrator.breaker import CircuitBreaker
-from services.orchestrator.completions import _Follower
-from services.orchestrator.lifecycle import Lifecycle, new_id
-from services.orchestrator.settings import OrchestratorSettings, ServiceEndpoint
+from services.orchestrator.ids import new_id
+from services.orchestrator.jobrequests import JobRequests
+from services.orchestrator.lifecycle import Lifecycle
+from services.orchestrator.serviceclient import ServiceClient
+from services.orchestrator.serviceerrors import ServiceError
+from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import plans, tasks
 from services.orchestrator.store.tables import service_calls
 from services.orchestrator.store.tasks import Task
+from services.orchestrator.validation import first_error
 
 log = logging.getLogger(__name__)
 
 SERVICES = ("query", "embedding")
 
 
-class ServiceError(AgentstreamError):
-    counts_against_service = True
-
-
-class ServiceUnavailable(ServiceError):
-    retriable = True
-
-
-class CircuitOpen(ServiceError):
-    retriable = True
-    counts_against_service = False
-
-
-class ServiceRejected(ServiceError):
-    counts_against_service = False  # our request was refused; the service itself is fine
-
-
-class BadServiceAnswer(ServiceError):
-    pass
-
-
-# -- what the services take and give -------------------------------------------------------------
-class QueryInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    query: str = Field(min_length=1, max_length=2000)
-    top_k: int = Field(default=3, ge=1, le=10)
-
-
-class EmbeddingInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    texts: list[str] = Field(min_length=1, max_length=64)
-
-
-class Document(BaseModel):
-    id: str
-    text: str
-    title: str = ""
-    score: float = 0.0
-
-
-class QueryResult(BaseModel):
-    answer: str
-    documents: list[Document] = Field(max_length=50)
-
-
-class EmbeddingResult(BaseModel):
-    model: str
-    embeddings: list[list[float]] = Field(min_length=1)
-
-
-INPUTS: dict[str, type[BaseModel]] = {"query": QueryInput, "embedding": EmbeddingInput}
-
-
 def check_query_result(result: Any) -> str | None:
     try:
         QueryResult.model_validate(result)
     except ValidationError as exc:
-        return f"the query service reported an invalid result: {_first_error(exc)}"
+        return f"the query service reported an invalid result: {first_error(exc)}"
     return None
 
 
@@ -114,114 +57,19 @@ def check_embedding_result(result: Any) -> str | None:
     try:
         parsed = EmbeddingResult.model_validate(result)
     except ValidationError as exc:
-        return f"the embedding service reported an invalid result: {_first_error(exc)}"
+        return f"the embedding service reported an invalid result: {first_error(exc)}"
     if len({len(v) for v in parsed.embeddings}) != 1 or not parsed.embeddings[0]:
         return "the embedding service reported vectors of different or zero dimensions"
     return None
 
 
-def _first_error(exc: ValidationError) -> str:
-    e = exc.errors(include_url=False, include_input=False)[0]
-    return f"{'.'.join(str(p) for p in e['loc']) or 'result'}: {e['msg']}"
-
-
-# -- one external service ---------------------------------------------------------------------------
-class ServiceClient:
-    """``POST {url}/jobs`` with ``{job_id, tenant_id, service, input, deadline}`` -> 2xx ``{job_id}``.
-
-    The job id is ours, so a retried POST names the same job (the service answers it again) and a
-    completion can never arrive for a job we have not registered yet.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        endpoint: ServiceEndpoint,
-        *,
-        attempts: int,
-        backoff_s: float,
-        breaker: CircuitBreaker,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.name = name
-        self.endpoint = endpoint
-        self.breaker = breaker
-        self._attempts = max(1, attempts)
-        self._backoff_s = backoff_s
-        headers = {"Authorization": f"Bearer {endpoint.token.get_secret_value()}"} if endpoint.token else {}
-        self._http = httpx.AsyncClient(base_url=endpoint.url, timeout=endpoint.timeout_s, headers=headers, transport=transport)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def submit(self, *, job_id: str, tenant_id: str, payload: dict[str, Any], deadline: float) -> None:
-        if not self.breaker.allow():
-            raise CircuitOpen(
-                f"the {self.name} service is unavailable: circuit open after repeated failures "
-                f"(next try in {self.breaker.retry_after():.1f}s)"
-            )
-        body = {
-            "job_id": job_id,
-            "tenant_id": tenant_id,
-            "service": self.name,
-            "input": payload,
-            "deadline": datetime.fromtimestamp(deadline, UTC).isoformat(),
-        }
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(multiplier=self._backoff_s, max=max(self._backoff_s, 2.0)),
-            retry=retry_if_exception(lambda e: isinstance(e, ServiceError) and e.retriable),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    await self._post(body, job_id)
-        except ServiceError as exc:
-            if exc.counts_against_service:
-                self.breaker.failure()
-            else:
-                self.breaker.success()
-            raise
-        self.breaker.success()
-
-    async def _post(self, body: dict[str, Any], job_id: str) -> None:
-        try:
-            response = await self._http.post("/jobs", json=body)
-        except httpx.TimeoutException as exc:
-            raise ServiceUnavailable(f"the {self.name} service did not answer within {self.endpoint.timeout_s:g}s") from exc
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(f"the {self.name} service is unreachable at {self.endpoint.url}: {type(exc).__name__}") from exc
-        status = response.status_code
-        if status in (408, 425, 429) or status >= 500:
-            raise ServiceUnavailable(f"the {self.name} service answered {status}")
-        if status >= 400:
-            raise ServiceRejected(f"the {self.name} service refused the job: {status} {response.text[:200]}")
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise BadServiceAnswer(f"the {self.name} service answered with something that is not JSON: {response.text[:80]!r}") from exc
-        if not isinstance(data, dict) or data.get("job_id") != job_id:
-            raise BadServiceAnswer(f"the {self.name} service answered without the job id {job_id!r}: {str(data)[:120]}")
-
-
-# -- the coordinator ----------------------------------------------------------------------------------
-class JobRequests(_Follower):
-    """``jobs.requested``, one consumer group for every orchestrator replica."""
-
-    name = "coordinator"
-
-    def __init__(self, lifecycle: Lifecycle, coordinator: ServiceCoordinator) -> None:
-        kafka = lifecycle.settings.kafka
-        super().__init__(lifecycle, kafka.topics.jobs_requested, f"{kafka.topic_prefix}orchestrator-delegate")
-        self._coordinator = coordinator
-
-    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        try:
-            request = JobRequested.model_validate_json(record.value or b"")
-        except ValidationError as exc:
-            raise PoisonRecord(f"invalid job.requested: {_first_error(exc)}") from exc
-        await self._coordinator.accept(request)
+def job_status(job: Task) -> JobStatus:
+    """A delegated job's row as ``job.updated`` tells it: its end, or ``accepted`` while it is open."""
+    match job.state:
+        case "completed" | "failed" | "timed_out" | "cancelled" as end:
+            return end
+        case _:
+            return "accepted"
 
 
 class ServiceCoordinator:
@@ -241,7 +89,7 @@ class ServiceCoordinator:
                     transport=transport,
                 )
         self.requests = JobRequests(lifecycle, self)
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskSet("coordinator", log=log)
         lifecycle.end_hooks.append(self._on_end)
         lifecycle.late_hooks.append(self._on_late)
         lifecycle.result_checks.update({"query": check_query_result, "embedding": check_embedding_result})
@@ -251,9 +99,7 @@ class ServiceCoordinator:
 
     async def stop(self) -> None:
         await self.requests.stop()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.stop()
         for client in self.clients.values():
             await client.aclose()
 
@@ -297,13 +143,13 @@ class ServiceCoordinator:
                     )
         if known is not None:
             if job is not None:
-                await self._publish(request, job.id, "accepted" if job.open else job.state, job=job)
+                await self._publish(request, job.id, job_status(job), job=job)
             return
         if problem is not None:
             log.warning("job request %s of execution %s refused: %s", request.request_id, request.execution_id, problem)
             await self._publish(request, "", "failed", error=problem)
             return
-        self._spawn(self._delegate(request, job_id, deadline))
+        self._background.spawn(self._delegate(request, job_id, deadline), name=f"delegate-{job_id}")
 
     def _problem(self, request: JobRequested, execution: Task | None) -> str | None:
         if execution is None or execution.kind != "execution":
@@ -316,9 +162,9 @@ class ServiceCoordinator:
             env = f"AGENTSTREAM_{request.service.upper()}_SERVICE"
             return f"the {request.service} service is not configured on the orchestrator (set {env})"
         try:
-            INPUTS[request.service].model_validate(request.payload)
+            SERVICE_INPUTS[request.service].model_validate(request.payload)
         except ValidationError as exc:
-            return f"invalid {request.service} input: {_first_error(exc)}"
+            return f"invalid {request.service} input: {first_error(exc)}"
         return None
 
     async def _delegate(self, request: JobRequested, job_id: str, deadline: float) -> None:
@@ -373,7 +219,7 @@ class ServiceCoordinator:
             request_id=row.request_id or "",
             job_id=task.id,
             service=task.service or "",
-            status=task.state,  # type: ignore[arg-type]
+            status=job_status(task),
             result=task.result if task.state == "completed" else None,
             error=task.error,
             usage=Usage.model_validate(task.usage) if task.usage else None,
@@ -403,7 +249,9 @@ class ServiceCoordinator:
                 meta={"error": message.get("error")} if message.get("error") else None,
             )
 
-    async def _publish(self, request: JobRequested, job_id: str, status: str, *, job: Task | None = None, error: str | None = None) -> None:
+    async def _publish(
+        self, request: JobRequested, job_id: str, status: JobStatus, *, job: Task | None = None, error: str | None = None
+    ) -> None:
         update = JobUpdated(
             tenant_id=request.tenant_id,
             execution_id=request.execution_id,
@@ -413,7 +261,7 @@ class ServiceCoordinator:
             request_id=request.request_id,
             job_id=job_id,
             service=request.service,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             result=job.result if job is not None and status == "completed" else None,
             error=error or (job.error if job is not None else None),
         )
@@ -430,8 +278,3 @@ class ServiceCoordinator:
         except KafkaError:
             # The executor then ends the wait on its own timeout, with that reason.
             log.exception("could not publish job.updated (%s) of job %s", update.status, update.job_id)
-
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

@@ -20,18 +20,20 @@ from schemas.api import (
 )
 from schemas.events import Usage
 from schemas.status import ExecutionStatus
+from services.common.errors import InvalidInput, NotFound
 from services.common.prompts import PromptError, render_prompt, template_variables
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.callbacks import CallbackURLError, check_url
 from services.orchestrator.http import HTTPError, iso, parse_json, path_id, query_time, require_tenant, state_of, validate
 from services.orchestrator.idempotency import idempotent
-from services.orchestrator.lifecycle import Submission, new_traceparent
+from services.orchestrator.ids import new_traceparent
 from services.orchestrator.pages import Key, next_cursor, page_request, query_id
 from services.orchestrator.plans import PlannedCall, timed
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import records, tasks
 from services.orchestrator.store.records import Delivery
 from services.orchestrator.store.tasks import FINAL_STATES, OPEN_STATES, Task, TaskFilter
+from services.orchestrator.submission import Submission
 
 
 async def checked_callback(settings: OrchestratorSettings, url: str | None) -> str | None:
@@ -40,13 +42,13 @@ async def checked_callback(settings: OrchestratorSettings, url: str | None) -> s
     try:
         await check_url(url, allow_private=settings.callbacks_allow_private)
     except CallbackURLError as exc:
-        raise HTTPError(422, str(exc), detail={"callback_url": url}) from exc
+        raise InvalidInput(str(exc), detail={"callback_url": url}) from exc
     return url
 
 
 def known_agent(agents: dict[str, Any], agent: str) -> None:
     if agent not in agents:
-        raise HTTPError(422, f"unknown agent {agent!r}; known agents: {sorted(agents)}")
+        raise InvalidInput(f"unknown agent {agent!r}; known agents: {sorted(agents)}")
 
 
 def checked_prompt(agents: dict[str, AgentSpec], agent: str, variables: dict[str, Any], input: str) -> None:
@@ -59,12 +61,11 @@ def checked_prompt(agents: dict[str, AgentSpec], agent: str, variables: dict[str
         render_prompt(spec, variables, input)
     except PromptError as exc:
         if exc.missing is not None:
-            raise HTTPError(
-                422,
+            raise InvalidInput(
                 f"agent {agent!r} needs the variable {exc.missing!r}: pass it in `variables`",
                 detail={"missing": exc.missing, "variables": list(template_variables(spec.system_prompt))},
             ) from exc
-        raise HTTPError(422, str(exc)) from exc
+        raise InvalidInput(str(exc)) from exc
 
 
 def traceparent_of(request: Request) -> str:
@@ -103,7 +104,7 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
     checked_prompt(state.agents, req.agent, req.variables, req.input)
     callback = await checked_callback(state.settings, req.callback_url)
     if req.reply_to is not None and req.reply_to not in state.settings.reply_topics.get(ctx.id, ()):
-        raise HTTPError(422, f"reply_to topic {req.reply_to!r} is not in this tenant's allowlist")
+        raise InvalidInput(f"reply_to topic {req.reply_to!r} is not in this tenant's allowlist")
     sub = submission_of(ctx.id, req, callback_url=callback, traceparent=traceparent_of(request), plan=plan)
     await state.runtime.lifecycle.accept(ctx, [sub])
     accepted = ExecutionAccepted(execution_id=sub.execution_id, events_url=f"/v1/executions/{sub.execution_id}", stream_url="/v1/stream")
@@ -114,7 +115,7 @@ def delivery_view(d: Delivery) -> CallbackDelivery:
     return CallbackDelivery(
         delivery_id=d.id,
         url=d.url,
-        state=d.state,  # type: ignore[arg-type]
+        state=d.state,
         attempts=d.attempts,
         last_status=d.last_status,
         last_error=d.last_error,
@@ -144,8 +145,8 @@ def execution_view(status: ExecutionStatus | None, task: Task | None, deliveries
         view = ExecutionView(
             execution_id=task.id,
             agent=task.agent_id,
-            priority=task.priority,  # type: ignore[arg-type]
-            status=task.state,  # type: ignore[arg-type]
+            priority=task.priority,
+            status=task.state,
             attempt=0,
             session_id=task.session_id,
             output=task.output,
@@ -167,7 +168,7 @@ async def get_execution(request: Request) -> Response:
         task = await tasks.get(conn, execution_id, tenant_id=ctx.id)
         deliveries = await records.deliveries_of(conn, execution_id, tenant_id=ctx.id) if task else []
     if status is None and (task is None or task.kind != "execution"):
-        raise HTTPError(404, "execution not found")
+        raise NotFound("execution not found")
     return JSONResponse(execution_view(status, task, deliveries).model_dump(mode="json"))
 
 
@@ -183,8 +184,8 @@ def summary_view(task: Task) -> ExecutionSummary:
     return ExecutionSummary(
         execution_id=task.id,
         agent=task.agent_id,
-        priority=task.priority,  # type: ignore[arg-type]
-        status=task.state,  # type: ignore[arg-type]
+        priority=task.priority,
+        status=task.state,
         attempt=task.attempt,
         origin=task.origin,
         input_preview=task.input_preview,

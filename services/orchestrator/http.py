@@ -1,6 +1,7 @@
-"""HTTP plumbing every endpoint shares: the error type, body parsing, credentials, state access.
+"""HTTP plumbing every endpoint shares: the edge's own error, body parsing, credentials, state access.
 
-``HTTPError`` is rendered as ``{"error": "...", "detail": ...}`` by the app's exception handler.
+``HTTPError`` (a ``DomainError`` with its status) and the domain's errors are rendered as
+``{"error": "...", "detail": ...}`` by ``problems.handler``, the apps' exception handler.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import HTTPConnection, Request
 
 from schemas.bounds import ID_PATTERN, MAX_ID_LENGTH, json_problem, parse_cursor
+from services.common.errors import DomainError, InvalidInput
 from services.common.observability.logs import bind
 
 if TYPE_CHECKING:
@@ -24,14 +26,14 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound=BaseModel)
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(error)
-        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+class HTTPError(DomainError):
+    """A refusal of the HTTP edge itself (a body too large, a query parameter out of range): it knows
+    its status. Below the edge the domain raises ``DomainError``'s kinds; problems.py maps both."""
 
-    @property
-    def retriable(self) -> bool:
-        return self.status in (408, 429, 503)
+    def __init__(self, status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(error, detail=detail)
+        self.status, self.headers = status, headers
+        self.retriable = status in (408, 429, 503)
 
 
 def state_of(conn: HTTPConnection) -> State:
@@ -83,7 +85,7 @@ def validate(model: type[M], raw: Any, what: str) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise HTTPError(422, f"invalid {what}", detail=validation_errors(exc)) from exc
+        raise InvalidInput(f"invalid {what}", detail=validation_errors(exc)) from exc
 
 
 _ID = re.compile(ID_PATTERN)

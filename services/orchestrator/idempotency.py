@@ -17,6 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from services.common.errors import Conflict
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.http import HTTPError, read_body, require_tenant, state_of
 from services.orchestrator.store import records
@@ -72,9 +73,9 @@ async def with_key(request: Request, context: TenantContext, body: bytes, key: s
             held = await records.claim_idempotency_key(conn, context.id, key, fingerprint)
     if held is not None:
         if held.request_hash != fingerprint:
-            raise HTTPError(409, "Idempotency-Key was already used with a different request", detail={"idempotency_key": key})
+            raise Conflict("Idempotency-Key was already used with a different request", detail={"idempotency_key": key})
         if held.status_code is None:
-            raise HTTPError(409, "a request with this Idempotency-Key is still in progress; retry later", headers={"Retry-After": "1"})
+            raise Conflict("a request with this Idempotency-Key is still in progress; retry later", retry_after=1)
         return held.status_code, held.response, True
     try:
         status, payload = await handler(request, context, body)

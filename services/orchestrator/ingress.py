@@ -23,14 +23,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from schemas.api import ExecutionRequest
 from schemas.events import ExecutionRejected
-from services.common.errors import KafkaUnavailable
+from services.common.errors import Conflict, DomainError, InvalidInput, KafkaUnavailable
 from services.common.kafka import encode, envelope_headers, header
 from services.common.observability import metrics
 from services.orchestrator.auth import Authenticator
 from services.orchestrator.completions import _Follower
 from services.orchestrator.executions import checked_callback, checked_prompt, continued_traceparent, known_agent, submission_of
-from services.orchestrator.http import HTTPError, validate
+from services.orchestrator.http import validate
 from services.orchestrator.lifecycle import Lifecycle
+from services.orchestrator.problems import status_of
 from services.orchestrator.signatures import SignatureRejected, Signed, verify
 from services.orchestrator.store import StoreError, records, tasks
 
@@ -73,11 +74,12 @@ class IngressFollower(_Follower):
         reply_to = raw.get("reply_to") if isinstance(raw, dict) and raw.get("reply_to") in allowed else None
         try:
             await self._submit(signed, raw, record)
-        except HTTPError as exc:
-            if exc.status >= 500:  # Kafka did not acknowledge: not the request's fault; the reader tries again
+        except DomainError as exc:
+            status = status_of(exc)
+            if status >= 500:  # Kafka did not acknowledge: not the request's fault; the reader tries again
                 raise KafkaUnavailable(settings.kafka.bootstrap, exc) from exc
             reason = exc.error if not exc.detail else f"{exc.error}: {orjson.dumps(exc.detail).decode()}"
-            await self._refuse(record, signed, reply_to, reason, retriable=exc.status in (409, 429))
+            await self._refuse(record, signed, reply_to, reason, retriable=status in (409, 429))
         except _TRANSIENT:
             raise  # the broker or the store: the reader retries what is transient (services/orchestrator/transient.py)
         except Exception as exc:  # anything else is this record's doing: it must not stall the partition
@@ -93,7 +95,7 @@ class IngressFollower(_Follower):
         checked_prompt(lifecycle.agents, req.agent, req.variables, req.input)
         callback = await checked_callback(settings, req.callback_url)
         if req.reply_to is not None and req.reply_to not in settings.reply_topics.get(ctx.id, ()):
-            raise HTTPError(422, f"reply_to topic {req.reply_to!r} is not in this tenant's allowlist")
+            raise InvalidInput(f"reply_to topic {req.reply_to!r} is not in this tenant's allowlist")
         execution_id = execution_id_for(ctx.id, signed.message_id)
         key = f"ingress:{signed.message_id}"
         fingerprint = hashlib.sha256(record.value or b"").hexdigest()
@@ -101,7 +103,7 @@ class IngressFollower(_Follower):
             held = await records.claim_idempotency_key(conn, ctx.id, key, fingerprint)
             if held is not None:
                 if held.request_hash != fingerprint:
-                    raise HTTPError(409, f"webhook-id {signed.message_id!r} was already used with a different request")
+                    raise Conflict(f"webhook-id {signed.message_id!r} was already used with a different request")
                 if held.status_code is not None or await tasks.get(conn, execution_id) is not None:
                     metrics.INGRESS_RECORDS.labels(outcome="duplicate").inc()
                     return  # read again after a crash or a rebalance: it was accepted the first time

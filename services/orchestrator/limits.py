@@ -165,14 +165,14 @@ class RedisLimiter:
     async def stop(self) -> None:
         client, self._redis = self._redis, None
         if client is not None:
-            await client.aclose()  # type: ignore[attr-defined]
+            await client.aclose()  # type: ignore[attr-defined]  # redis-py's stubs lack aclose (added in 5.0.1)
 
     def _key(self, tenant: str, what: str) -> str:
         return f"{self._prefix}limits:{{{tenant}}}:{what}"
 
     async def _run(self, name: str, key: str, *args: object) -> float | None:
         script = self._scripts[name]
-        result = await script(keys=[key], args=list(args))  # type: ignore[operator]
+        result = await script(keys=[key], args=list(args))  # type: ignore[operator]  # redis-py types a script's call as sync or async
         value = float(result.decode() if isinstance(result, bytes) else result)
         return value if value > 0 else None
 
@@ -196,7 +196,7 @@ class RedisLimiter:
         return await self._run("acquire", self._key(tenant, "slots"), limit, ttl_s, execution_id)
 
     async def release_slot(self, tenant: str, execution_id: str) -> None:
-        await self._redis.zrem(self._key(tenant, "slots"), execution_id)  # type: ignore[union-attr]
+        await self._redis.zrem(self._key(tenant, "slots"), execution_id)  # type: ignore[union-attr]  # started before use; redis-py types zrem as sync or async
 
 
 LIMITERS: dict[str, type[LocalLimiter] | type[RedisLimiter]] = {"local": LocalLimiter, "redis": RedisLimiter}

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.plans import OrchestrationPlan, ServiceCall
-from services.orchestrator.http import HTTPError, iso, path_id, require_tenant, state_of
+from services.common.errors import NotFound
+from services.orchestrator.http import iso, path_id, require_tenant, state_of
 from services.orchestrator.store import plans, tasks
 
 
@@ -51,7 +52,7 @@ def view(rows: list[plans.CallRow], execution_id: str) -> OrchestrationPlan:
     calls = [
         ServiceCall(
             seq=i,
-            kind=r.kind,  # type: ignore[arg-type]
+            kind=r.kind,
             target=r.target,
             job_id=r.job_id,
             outcome=r.outcome,
@@ -73,5 +74,5 @@ async def get_plan(request: Request) -> Response:
         task = await tasks.get(conn, execution_id, tenant_id=ctx.id)
         rows = await plans.of_execution(conn, execution_id, tenant_id=ctx.id) if task is not None else []
     if task is None or task.kind != "execution":
-        raise HTTPError(404, "execution not found")
+        raise NotFound("execution not found")
     return JSONResponse(view(rows, execution_id).model_dump(mode="json"))

@@ -18,23 +18,26 @@ from starlette.responses import JSONResponse, Response
 
 from schemas.api import ChatRequest, ChatResponse, SessionCreate, SessionList, SessionMessage, SessionState
 from schemas.bounds import MAX_INT32, json_problem
+from services.common.errors import Conflict, DomainError, NotFound
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import checked_callback, checked_prompt, known_agent, traceparent_of
-from services.orchestrator.http import HTTPError, iso, parse_json, path_id, query_int, require_tenant, shown, state_of, validate
+from services.orchestrator.finalize import history_messages
+from services.orchestrator.http import iso, parse_json, path_id, query_int, require_tenant, shown, state_of, validate
 from services.orchestrator.idempotency import idempotent
-from services.orchestrator.lifecycle import Submission, history_messages, new_id
+from services.orchestrator.ids import new_id
 from services.orchestrator.pages import Key, next_cursor, page_request, query_id
 from services.orchestrator.plans import PlannedCall, timed
 from services.orchestrator.store import sessions
 from services.orchestrator.store.sessions import Session, StoredMessage
+from services.orchestrator.submission import Submission
 
 
 def session_view(s: Session) -> SessionState:
     return SessionState(
         session_id=s.id,
         agent=s.agent_id,
-        policy=s.policy,  # type: ignore[arg-type]
-        state=s.state,  # type: ignore[arg-type]
+        policy=s.policy,
+        state=s.state,
         active_execution_id=s.active_execution_id,
         metadata=shown(s.metadata),
         created_at=iso(s.created_at) or "",
@@ -79,7 +82,7 @@ async def _session(request: Request, ctx: TenantContext, session_id: str | None 
     async with state_of(request).runtime.store.begin() as conn:
         session = await sessions.get(conn, session_id, tenant_id=ctx.id)
     if session is None:
-        raise HTTPError(404, "session not found")
+        raise NotFound("session not found")
     return session
 
 
@@ -126,9 +129,8 @@ async def delete_session(request: Request) -> Response:
         if not await sessions.delete_idle(conn, session.id, tenant_id=ctx.id):
             current = await sessions.get(conn, session.id, tenant_id=ctx.id)
             if current is None:
-                raise HTTPError(404, "session not found")
-            raise HTTPError(  # raised inside the transaction: the messages deleted above come back
-                409,
+                raise NotFound("session not found")
+            raise Conflict(  # raised inside the transaction: the messages deleted above come back
                 "an execution runs in this session: cancel it (or wait for it), then delete",
                 detail={"active_execution_id": current.active_execution_id},
             )
@@ -177,10 +179,10 @@ async def send_message(request: Request, ctx: TenantContext, req: ChatRequest, s
     )
     active = session.active_execution_id
     if active is not None and session.policy == "reject":
-        raise HTTPError(409, "the session has an execution running; wait for it, or cancel it", detail={"active_execution_id": active})
+        raise Conflict("the session has an execution running; wait for it, or cancel it", detail={"active_execution_id": active})
     if active is not None and session.policy == "enqueue":
         if req.output_schema is not None or req.instructions is not None or req.params or req.model is not None:
-            raise HTTPError(409, "only plain messages are enqueued (not output_schema, instructions, params, model); wait or cancel")
+            raise Conflict("only plain messages are enqueued (not output_schema, instructions, params, model); wait or cancel")
         await lifecycle.admit(ctx, [], slots=False)
         async with state.runtime.store.begin() as conn:
             message = await sessions.append(conn, session.id, role="user", content=req.content, status="pending")
@@ -201,7 +203,7 @@ async def send_message(request: Request, ctx: TenantContext, req: ChatRequest, s
 
     async def writes(conn: AsyncConnection) -> None:
         if not await sessions.claim(conn, session.id, sub.execution_id, expect_active=active):
-            raise HTTPError(409, "the session changed meanwhile (another message started); retry")
+            raise Conflict("the session changed meanwhile (another message started); retry")
         with timed("history_load", session.id, sub.plan):
             sub.history = await history_messages(conn, session.id, before_seq=None, exclude_execution=None)
         appended.append(await sessions.append(conn, session.id, role="user", content=req.content, execution_id=sub.execution_id))
@@ -216,7 +218,7 @@ async def send_message(request: Request, ctx: TenantContext, req: ChatRequest, s
         await lifecycle.release_slots(ctx.id, [sub.execution_id])
         raise
     if active is not None:  # policy "interrupt": the old one no longer owns the session
-        with contextlib.suppress(HTTPError):  # it may have finished meanwhile
+        with contextlib.suppress(DomainError):  # it may have finished meanwhile
             await lifecycle.cancel(active, ctx.id)
     return 202, _accepted(sub, appended[0].seq, active)
 

@@ -30,12 +30,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from schemas.api import StreamCommand
 from schemas.bounds import ID_PATTERN, MAX_ID_LENGTH, Cursor
 from schemas.status import ExecutionStatus
+from services.common.errors import Gone, Unauthorized
 from services.common.observability.metrics import STREAM_CONNECTIONS
+from services.orchestrator import problems
 from services.orchestrator.auth import Authenticator
-from services.orchestrator.bridge import Bridge, Gone, Subscription
+from services.orchestrator.bridge import Bridge, Subscription
 from services.orchestrator.http import HTTPError, api_key, cursor_of, validation_errors
 from services.orchestrator.settings import OrchestratorSettings
-from services.orchestrator.sinks import CLOSE_UNAUTHORIZED, Sink, SSESink, WebSocketSink
+from services.orchestrator.sinks import Sink, SSESink, WebSocketSink
 from services.orchestrator.store import Store, sessions
 
 
@@ -61,22 +63,23 @@ class StreamState(Protocol):
         ...
 
 
-def _streams(conn: HTTPConnection) -> StreamState:
+def stream_state_of(conn: HTTPConnection) -> StreamState:
+    """The streaming endpoints' ``state_of``: what both apps' lifespans put on ``app.state.agentstream``."""
     state: StreamState = conn.app.state.agentstream
     return state
 
 
 async def _tenant(conn: HTTPConnection) -> str | None:
     """The tenant of the connection's API key: settings-configured keys, then hashed keys in the store."""
-    return await _streams(conn).auth.tenant_for(api_key(conn))
+    return await stream_state_of(conn).auth.tenant_for(api_key(conn))
 
 
 def _bridge(conn: HTTPConnection) -> Bridge:
-    return _streams(conn).bridge
+    return stream_state_of(conn).bridge
 
 
 async def _owned(conn: HTTPConnection, tenant: str, execution_id: str) -> ExecutionStatus | None:
-    state = _streams(conn)
+    state = stream_state_of(conn)
     status = state.bridge.status.get(execution_id)
     if status is None and state.status_wait_s > 0 and _possible_id(execution_id):
         # A bridge apart from the API learns of a new execution from the status topic, a moment after
@@ -88,16 +91,16 @@ async def _owned(conn: HTTPConnection, tenant: str, execution_id: str) -> Execut
 def _close_when_revoked(conn: HTTPConnection, sink: Sink) -> Callable[[], None]:
     """Close this stream (4401) once its API key stops resolving; returns the function that stops watching."""
     key = api_key(conn) or ""
-    return _streams(conn).auth.connections.watch(key, lambda: sink.kill(CLOSE_UNAUTHORIZED, "API key revoked"))
+    return stream_state_of(conn).auth.connections.watch(key, lambda: sink.kill(problems.close_code(Unauthorized("")), "API key revoked"))
 
 
 async def stream(websocket: WebSocket) -> None:
     await websocket.accept()
     tenant = await _tenant(websocket)
     if tenant is None:
-        await websocket.close(code=CLOSE_UNAUTHORIZED, reason="missing or invalid API key")
+        await problems.close(websocket, Unauthorized("missing or invalid API key"))
         return
-    settings = _streams(websocket).settings
+    settings = stream_state_of(websocket).settings
     bridge = _bridge(websocket)
     sink = WebSocketSink(
         websocket, max_bytes=settings.stream_buffer_kb * 1024, send_timeout_s=settings.ws_send_timeout_s, heartbeat_s=settings.heartbeat_s
@@ -139,7 +142,7 @@ async def _session_known(conn: HTTPConnection, tenant: str, session_id: str, bri
         return True
     if len(session_id) > 128:
         return False
-    async with _streams(conn).store.begin() as db:
+    async with stream_state_of(conn).store.begin() as db:
         return await sessions.get(db, session_id, tenant_id=tenant) is not None
 
 
@@ -213,7 +216,7 @@ async def events(request: Request) -> Response:
         await bridge.check_retained(status)
     except Gone as exc:
         return JSONResponse({"error": str(exc)}, status_code=410)
-    settings = _streams(request).settings
+    settings = stream_state_of(request).settings
     sink = SSESink(max_bytes=settings.stream_buffer_kb * 1024, heartbeat_s=settings.heartbeat_s)
     sink.tenant_id = tenant
     bridge.attach(sink)

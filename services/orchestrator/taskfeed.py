@@ -8,7 +8,6 @@ of its tenant on whichever replica it is connected to, its own replica's include
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +21,7 @@ from services.common.kafka import snapshot_headers
 from services.common.reader import Reader
 from services.common.settings import KafkaSettings
 from services.common.sources import Record, open_tail, reopen_tail
+from services.common.taskset import TaskSet
 from services.orchestrator.hub import TaskHub
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class TaskFeed:
         self._producer = producer
         self._name = name
         self.reader: Reader | None = None
-        self._sends: set[asyncio.Task[None]] = set()
+        self._sends = TaskSet("taskfeed", log=log)
 
     async def start(self) -> None:
         source, start = await open_tail(self._settings, [self._topic], client_id=self._name)
@@ -51,17 +51,14 @@ class TaskFeed:
         self.reader.start()
 
     async def stop(self) -> None:
-        if self._sends:
-            await asyncio.wait(self._sends, timeout=5)
+        await self._sends.stop(grace_s=5)  # what is still in flight after 5 s is only a live feed's update
         reader, self.reader = self.reader, None
         if reader is not None:
             await reader.stop()
 
     def publish(self, tenant_id: str, update: dict[str, Any]) -> None:
         """Same signature as ``TaskHub.publish``: what ``Lifecycle`` calls when it applied an update."""
-        send = asyncio.create_task(self._send(tenant_id, update))
-        self._sends.add(send)
-        send.add_done_callback(self._sends.discard)
+        self._sends.spawn(self._send(tenant_id, update))
 
     async def _send(self, tenant_id: str, update: dict[str, Any]) -> None:
         try:

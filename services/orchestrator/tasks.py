@@ -18,23 +18,24 @@ from starlette.requests import Request
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from schemas.api import JobCreate, TaskView
+from services.common.errors import Conflict, NotFound, Unauthorized
+from services.orchestrator import problems
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.completions import apply_job_completed
-from services.orchestrator.http import HTTPError, api_key, iso, parse_json, path_id, require_tenant, shown, state_of, validate
+from services.orchestrator.http import api_key, iso, parse_json, path_id, require_tenant, shown, state_of, validate
 from services.orchestrator.idempotency import idempotent
-from services.orchestrator.lifecycle import Lifecycle, new_id
+from services.orchestrator.ids import new_id
+from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.store import sessions, tasks
 from services.orchestrator.store.tasks import Task
 
 log = logging.getLogger(__name__)
 
-CLOSE_UNAUTHORIZED = 4401
-
 
 def task_view(t: Task) -> TaskView:
     return TaskView(
         task_id=t.id,
-        kind=t.kind,  # type: ignore[arg-type]
+        kind=t.kind,
         service=t.service,
         agent=t.agent_id,
         session_id=t.session_id,
@@ -55,9 +56,9 @@ async def _create_job(request: Request, ctx: TenantContext, body: bytes) -> tupl
     job_id = req.job_id or "job_" + new_id()
     async with state.runtime.store.begin() as conn:
         if req.session_id is not None and await sessions.get(conn, req.session_id, tenant_id=ctx.id) is None:
-            raise HTTPError(404, "session not found")
+            raise NotFound("session not found")
         if await tasks.get(conn, job_id) is not None:
-            raise HTTPError(409, f"job id {job_id!r} is taken")
+            raise Conflict(f"job id {job_id!r} is taken")
         await tasks.create(
             conn,
             id=job_id,
@@ -82,7 +83,7 @@ async def get_task(request: Request) -> Any:
     async with state_of(request).runtime.store.begin() as conn:
         task = await tasks.get(conn, task_id, tenant_id=ctx.id)
     if task is None:
-        raise HTTPError(404, "task not found")
+        raise NotFound("task not found")
     return JSONResponse(task_view(task).model_dump(mode="json"))
 
 
@@ -96,7 +97,7 @@ async def task_updates(websocket: WebSocket) -> None:
     token = api_key(websocket) or websocket.query_params.get("token")
     service = state.runtime.auth.service_for(token)
     if service is None:
-        await websocket.close(code=CLOSE_UNAUTHORIZED, reason="missing or invalid service token")
+        await problems.close(websocket, Unauthorized("missing or invalid service token"))
         return
     while True:
         frame = await websocket.receive()
@@ -135,7 +136,7 @@ async def task_stream(websocket: WebSocket) -> None:
     await websocket.accept()
     context = await state.runtime.auth.context_for(api_key(websocket))
     if context is None:
-        await websocket.close(code=CLOSE_UNAUTHORIZED, reason="missing or invalid API key")
+        await problems.close(websocket, Unauthorized("missing or invalid API key"))
         return
     hub = state.runtime.hub
     queue = hub.subscribe(context.id)
@@ -153,7 +154,7 @@ async def task_stream(websocket: WebSocket) -> None:
                 break
             await asyncio.wait_for(websocket.send_text(_encoded(getter.result())), state.settings.ws_send_timeout_s)
         if revoked.is_set():
-            await asyncio.wait_for(websocket.close(code=CLOSE_UNAUTHORIZED, reason="API key revoked"), state.settings.ws_send_timeout_s)
+            await asyncio.wait_for(problems.close(websocket, Unauthorized("API key revoked")), state.settings.ws_send_timeout_s)
     except (WebSocketDisconnect, TimeoutError, RuntimeError, OSError):
         pass
     finally:

@@ -18,10 +18,11 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from schemas.events import TERMINAL_TYPES
 from schemas.status import ExecutionStatus
+from services.common.errors import Gone
 from services.common.kafka import ensure_topics
 from services.common.settings import KafkaSettings
 from services.common.statusview import StatusView
-from services.orchestrator.bridge import Bridge, Gone
+from services.orchestrator.bridge import Bridge
 from services.orchestrator.sinks import Sink
 
 pytestmark = pytest.mark.kafka

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from schemas.events import Usage
+from services.common.errors import AgentstreamError
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class ModelRequest:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-class ProviderError(Exception):
+class ProviderError(AgentstreamError):
     """A model call failed. ``retry_after`` is the server's own hint (Retry-After), in seconds."""
 
     def __init__(self, message: str, *, retriable: bool, retry_after: float | None = None) -> None:

@@ -58,7 +58,7 @@ class ChatCompletionsProvider:
                         continue
                     if piece is DONE:
                         break
-                    yield TextDelta(piece)  # type: ignore[arg-type]
+                    yield TextDelta(piece)  # type: ignore[arg-type]  # feed gives str or the DONE sentinel, handled above; a sentinel object cannot narrow
         except self._sdk.APIStatusError as exc:
             raise _status_error(self.name, exc) from exc
         except self._sdk.APITimeoutError as exc:

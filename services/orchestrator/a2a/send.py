@@ -24,7 +24,7 @@ from services.orchestrator.a2a.tasks import own_task
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.http import HTTPError, state_of
 from services.orchestrator.idempotency import with_key
-from services.orchestrator.lifecycle import new_id
+from services.orchestrator.ids import new_id
 from services.orchestrator.openai import common
 from services.orchestrator.sessions import send_message
 from services.orchestrator.store import sessions

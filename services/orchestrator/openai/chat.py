@@ -16,8 +16,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from schemas.events import Message
+from schemas.events import Message, Role
 from schemas.openai_door import ChatCompletionRequest
+from services.common.errors import Conflict
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.http import HTTPError, require_tenant, state_of
 from services.orchestrator.idempotency import run_idempotently
@@ -39,7 +40,7 @@ REFUSED = {
     "audio": "only text is supported",
     "modalities": "only text is supported",
 }
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES: dict[str, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 def _messages(raw: Any) -> tuple[tuple[Message, ...], str]:
@@ -57,7 +58,7 @@ def _messages(raw: Any) -> tuple[tuple[Message, ...], str]:
             )
         if m.get("tool_calls"):
             raise invalid("assistant tool_calls are not supported: the agent's tools run server-side", param=f"messages[{i}].tool_calls")
-        out.append(Message(role=_ROLES[role], content=common.text_of(m.get("content") or "", f"messages[{i}].content")))  # type: ignore[arg-type]
+        out.append(Message(role=_ROLES[role], content=common.text_of(m.get("content") or "", f"messages[{i}].content")))
     if out[-1].role != "user" or not out[-1].content:
         raise invalid("the last message must be a non-empty user message: it is the agent's input", param=f"messages[{len(out) - 1}]")
     return tuple(out[:-1]), out[-1].content
@@ -130,7 +131,7 @@ async def chat_completions(request: Request) -> Response:
     if mapper.state == "completed":
         return JSONResponse(mapper.completion())
     if mapper.state == "cancelled":
-        raise HTTPError(409, f"the execution was cancelled: {mapper.error}", detail={"code": "cancelled"})
+        raise Conflict(f"the execution was cancelled: {mapper.error}", detail={"code": "cancelled"})
     reason = mapper.error or (ended.error if ended else None) or f"the execution ended {ended.status if ended else 'without an answer'}"
     raise HTTPError(502, f"the agent failed: {reason}", detail={"code": "execution_failed"})
 

@@ -11,11 +11,12 @@ from starlette.requests import Request
 
 from schemas.outputs import check_schema
 from schemas.topics import Priority
+from services.common.errors import NotFound
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import traceparent_of
-from services.orchestrator.http import HTTPError, state_of
-from services.orchestrator.lifecycle import Submission
+from services.orchestrator.http import state_of
 from services.orchestrator.openai.errors import invalid
+from services.orchestrator.submission import Submission
 
 PRIORITY_HEADER = "x-agentstream-priority"
 MAX_TEXT = 200_000  # what /v1/executions takes as input
@@ -140,5 +141,5 @@ def stream_settings(request: Request) -> dict[str, Any]:
     return {"max_bytes": settings.stream_buffer_kb * 1024, "heartbeat_s": settings.heartbeat_s}
 
 
-def not_found() -> HTTPError:
-    return HTTPError(404, "response not found", detail={"code": "not_found"})
+def not_found() -> NotFound:
+    return NotFound("response not found", detail={"code": "not_found"})

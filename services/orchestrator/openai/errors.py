@@ -2,8 +2,9 @@
 maps to its typed exceptions (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError,
 409 ConflictError, 429 RateLimitError with ``Retry-After``, 503 InternalServerError ...).
 
-The door's handlers raise the orchestrator's ``HTTPError`` like every other endpoint; ``openai_errors``
-renders it the OpenAI way. Validation errors (422 elsewhere) are 400 here, as OpenAI answers them.
+The door's handlers raise domain errors (or the edge's ``HTTPError``) like every other endpoint;
+``openai_errors`` renders them the OpenAI way, with the status and headers of ``problems.problem``.
+Validation errors (422 elsewhere) are 400 here, as OpenAI answers them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from services.common.errors import DomainError
 from services.orchestrator.http import HTTPError
+from services.orchestrator.problems import problem
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -42,23 +45,24 @@ def error_body(status: int, message: str, *, param: str | None = None, code: str
     return {"error": {"message": message, "type": kind, "param": param, "code": code or default_code}}
 
 
-def render(exc: HTTPError) -> Response:
-    detail = exc.detail if isinstance(exc.detail, dict) else {}
+def render(exc: DomainError) -> Response:
+    mapped = problem(exc)
+    detail = mapped.detail if isinstance(mapped.detail, dict) else {}
     param, code = detail.get("param"), detail.get("code")
-    message = exc.error
-    if isinstance(exc.detail, list) and exc.detail:  # pydantic validation errors: name the first field
-        first = exc.detail[0]
+    message = mapped.error
+    if isinstance(mapped.detail, list) and mapped.detail:  # pydantic validation errors: name the first field
+        first = mapped.detail[0]
         param = ".".join(str(p) for p in first.get("loc", ()))
-        message = f"{exc.error}: {param}: {first.get('msg')}"
-    status = 400 if exc.status == 422 else exc.status
-    return JSONResponse(error_body(status, message, param=param, code=code), status_code=status, headers=exc.headers)
+        message = f"{mapped.error}: {param}: {first.get('msg')}"
+    status = 400 if mapped.status == 422 else mapped.status
+    return JSONResponse(error_body(status, message, param=param, code=code), status_code=status, headers=mapped.headers)
 
 
 def openai_errors(endpoint: Endpoint) -> Endpoint:
     async def wrapped(request: Request) -> Response:
         try:
             return await endpoint(request)
-        except HTTPError as exc:
+        except DomainError as exc:
             return render(exc)
 
     wrapped.__doc__ = endpoint.__doc__

@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 from schemas.events import TERMINAL_TYPES
-from services.orchestrator.bridge import Bridge, Gone
-from services.orchestrator.http import HTTPError
+from services.common.errors import Gone, NotFound
+from services.orchestrator.bridge import Bridge
 from services.orchestrator.sinks import EventItem, Sink
 
 
@@ -102,11 +102,11 @@ async def follow(bridge: Bridge, tenant_id: str, execution_id: str, *, max_bytes
     The caller reads ``feed.items()`` and must ``feed.close()`` when done (a ``finally``)."""
     status = bridge.status.get(execution_id)
     if status is None or status.tenant_id != tenant_id:
-        raise HTTPError(404, "response not found", detail={"code": "not_found"})
+        raise NotFound("response not found", detail={"code": "not_found"})
     try:
         await bridge.check_retained(status)
     except Gone as exc:
-        raise HTTPError(410, str(exc), detail={"code": "gone"}) from exc
+        raise Gone(str(exc), detail={"code": "gone"}) from exc
     feed = Feed(max_bytes=max_bytes, heartbeat_s=heartbeat_s, bridge=bridge)
     feed.tenant_id = tenant_id
     bridge.attach(feed)

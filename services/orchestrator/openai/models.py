@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.agents import AgentSpec
-from services.orchestrator.http import HTTPError, require_tenant, state_of
+from services.common.errors import NotFound
+from services.orchestrator.http import require_tenant, state_of
 from services.orchestrator.openai.errors import invalid, openai_errors
 
 _STARTED = int(time.time())  # "created" of every model: agents have no creation time of their own
@@ -34,13 +35,12 @@ def resolve(agents: dict[str, AgentSpec], name: object, *, param: str = "model")
     agent_name, _, model = name.partition(":")
     spec = agents.get(agent_name)
     if spec is None:
-        raise HTTPError(
-            404, f"the model {name!r} does not exist: known agents are {sorted(agents)}", detail={"param": param, "code": "model_not_found"}
+        raise NotFound(
+            f"the model {name!r} does not exist: known agents are {sorted(agents)}", detail={"param": param, "code": "model_not_found"}
         )
     if model and model != spec.model and model not in spec.models:
         allowed = [f"{spec.name}:{m}" for m in (spec.model, *spec.models)]
-        raise HTTPError(
-            404,
+        raise NotFound(
             f"agent {spec.name!r} does not allow model {model!r}; use one of {allowed}",
             detail={"param": param, "code": "model_not_found"},
         )

@@ -19,12 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from schemas.api import ChatRequest
-from schemas.events import Message
+from schemas.events import Message, Role
 from schemas.openai_door import ResponseCreateRequest
+from services.common.errors import Conflict, DomainError, NotFound
 from services.orchestrator.auth import TenantContext
-from services.orchestrator.http import HTTPError, require_tenant, state_of
+from services.orchestrator.http import require_tenant, state_of
 from services.orchestrator.idempotency import run_idempotently
-from services.orchestrator.lifecycle import new_id
+from services.orchestrator.ids import new_id
 from services.orchestrator.openai import common
 from services.orchestrator.openai.errors import invalid, openai_errors
 from services.orchestrator.openai.feed import Ended, Feed, Item, follow
@@ -45,7 +46,7 @@ REFUSED = {
     "top_logprobs": "log probabilities are not streamed through Kafka",
     "max_tool_calls": "the agent's max_steps bounds its tool calls",
 }
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES: dict[str, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 def _inputs(raw: Any) -> list[Message]:
@@ -61,7 +62,7 @@ def _inputs(raw: Any) -> list[Message]:
     for i, item in enumerate(items):
         if not isinstance(item, dict) or item.get("type", "message") != "message" or item.get("role") not in _ROLES:
             raise invalid("only message items (role system, developer, user or assistant) are supported", param=f"input[{i}]")
-        out.append(Message(role=_ROLES[item["role"]], content=common.text_of(item.get("content") or "", f"input[{i}].content")))  # type: ignore[arg-type]
+        out.append(Message(role=_ROLES[item["role"]], content=common.text_of(item.get("content") or "", f"input[{i}].content")))
     if out[-1].role != "user" or not out[-1].content:
         raise invalid("the last input item must be a non-empty user message: it is the agent's input", param=f"input[{len(out) - 1}]")
     return out
@@ -69,7 +70,7 @@ def _inputs(raw: Any) -> list[Message]:
 
 def _execution_id(response_id: str, param: str) -> str:
     if not response_id.startswith("resp_") or not 5 < len(response_id) <= 133:
-        raise HTTPError(404, f"response {response_id!r} not found", detail={"param": param, "code": "not_found"})
+        raise NotFound(f"response {response_id!r} not found", detail={"param": param, "code": "not_found"})
     return response_id.removeprefix("resp_")
 
 
@@ -169,7 +170,7 @@ async def _submit(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
         )
         try:
             _, chat = await send_message(request, ctx, message, session_id)
-        except HTTPError:
+        except DomainError:
             # Refused (limits, Kafka; nothing was accepted): the conversation it was to start goes too.
             # Only then: after a cancellation the execution may be running and will write to the session.
             if fresh:
@@ -339,7 +340,7 @@ async def delete_response(request: Request) -> Response:
     task = await _own_task(request, ctx, _execution_id(str(request.path_params["response_id"]), "response_id"))
     status = state_of(request).status.get(task.id)
     if task.open and (status is None or not status.terminal):
-        raise HTTPError(409, "the response is still in progress: cancel it first", detail={"code": "conflict"})
+        raise Conflict("the response is still in progress: cancel it first", detail={"code": "conflict"})
     async with state_of(request).runtime.store.begin() as conn:
         await tasks.delete(conn, [task.id])
     return JSONResponse({"id": "resp_" + task.id, "object": "response.deleted", "deleted": True})

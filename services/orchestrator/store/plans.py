@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from schemas.plans import CallKind
 from services.orchestrator.store.tables import service_calls
 
 
@@ -21,7 +22,7 @@ class CallRow:
     id: int
     execution_id: str
     tenant_id: str
-    kind: str
+    kind: CallKind
     target: str
     job_id: str | None
     request_id: str | None

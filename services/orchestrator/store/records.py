@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from schemas.api import DeliveryState
+from schemas.topics import Priority
 from services.orchestrator.store import insert_ignore
 from services.orchestrator.store.tables import batches, deliveries, idempotency, usage
 
@@ -115,7 +117,7 @@ async def usage_report(
 class Batch:
     id: str
     tenant_id: str
-    priority: str
+    priority: Priority
     total: int
     callback_url: str | None
     completed_at: float | None
@@ -157,7 +159,7 @@ class Delivery:
     target_id: str
     url: str
     payload: dict[str, Any]
-    state: str
+    state: DeliveryState
     attempts: int
     next_attempt_at: float
     last_status: int | None

@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from schemas.api import SessionPolicy, SessionRunState
+from schemas.events import Role
 from services.orchestrator.store.tables import messages, sessions
 
 
@@ -17,8 +19,8 @@ class Session:
     id: str
     tenant_id: str
     agent_id: str
-    policy: str
-    state: str
+    policy: SessionPolicy
+    state: SessionRunState
     active_execution_id: str | None
     metadata: dict[str, Any]
     created_at: float
@@ -30,7 +32,7 @@ class StoredMessage:
     id: int
     session_id: str
     seq: int
-    role: str
+    role: Role
     content: str
     name: str | None
     tool_calls: list[dict[str, Any]] | None
@@ -47,7 +49,9 @@ def _message(row: Any) -> StoredMessage:
     return StoredMessage(**{c.name: getattr(row, c.name) for c in messages.columns})
 
 
-async def create(conn: AsyncConnection, *, id: str, tenant_id: str, agent_id: str, policy: str, metadata: dict[str, Any]) -> Session:
+async def create(
+    conn: AsyncConnection, *, id: str, tenant_id: str, agent_id: str, policy: SessionPolicy, metadata: dict[str, Any]
+) -> Session:
     now = time.time()
     await conn.execute(
         sessions.insert().values(
@@ -129,7 +133,7 @@ async def append(
         "created_at": now,
     }
     result = await conn.execute(messages.insert().values(**values))
-    return StoredMessage(id=result.inserted_primary_key[0], **values)  # type: ignore[index]
+    return StoredMessage(id=result.inserted_primary_key[0], **values)  # type: ignore[index]  # SQLAlchemy types inserted_primary_key as Optional; an INSERT has one
 
 
 async def history(

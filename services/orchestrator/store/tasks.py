@@ -9,6 +9,9 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from schemas.api import TaskKind
+from schemas.status import State
+from schemas.topics import Priority
 from services.orchestrator.store.tables import tasks, tool_calls
 
 OPEN_STATES = ("queued", "running")
@@ -19,7 +22,7 @@ INPUT_PREVIEW_CHARS = 200
 @dataclass(frozen=True)
 class Task:
     id: str
-    kind: str
+    kind: TaskKind
     origin: str
     tenant_id: str
     session_id: str | None
@@ -27,8 +30,8 @@ class Task:
     service: str | None
     batch_id: str | None
     custom_id: str | None
-    priority: str
-    state: str
+    priority: Priority
+    state: State
     deadline: float
     callback_url: str | None
     output: str | None

@@ -1,0 +1,80 @@
+"""Cancel: ``execution.cancel_requested`` on the control topic (every executor reads it), and for an
+execution that has not started a terminal snapshot, so no executor runs it."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from aiokafka.errors import KafkaError
+
+from schemas.events import ExecutionCancelRequested
+from schemas.status import ExecutionStatus
+from schemas.status import State as ExecutionState
+from services.common.errors import Conflict, NotFound, Unavailable
+from services.common.kafka import encode, envelope_headers, status_headers
+from services.orchestrator.store import tasks
+
+if TYPE_CHECKING:
+    from services.orchestrator.lifecycle import Lifecycle
+
+
+async def request_cancel(
+    lc: Lifecycle, execution_id: str, tenant_id: str, *, terminal_state: ExecutionState | None = None, error: str | None = None
+) -> None:
+    """Publish ``execution.cancel_requested``; with ``terminal_state`` also a terminal snapshot,
+    so an executor that has not started the execution skips it."""
+    topics = lc.settings.kafka.topics
+    event = ExecutionCancelRequested(tenant_id=tenant_id, execution_id=execution_id)
+    sends = [
+        lc.producer.send_and_wait(
+            topics.control,
+            value=encode(event),
+            key=execution_id.encode(),
+            headers=envelope_headers(event, service="orchestrator"),
+        )
+    ]
+    snapshot = None
+    if terminal_state is not None:
+        current = lc.status.get(execution_id)
+        base = current or ExecutionStatus(execution_id=execution_id, tenant_id=tenant_id)
+        snapshot = base.model_copy(update={"state": terminal_state, "error": error, "updated_at": datetime.now(UTC)})
+        sends.append(
+            lc.producer.send_and_wait(
+                topics.status, value=encode(snapshot), key=execution_id.encode(), headers=status_headers(snapshot, "orchestrator")
+            )
+        )
+    await asyncio.gather(*sends)
+    if snapshot is not None:
+        lc.status.apply(snapshot)
+
+
+async def cancel(lc: Lifecycle, execution_id: str, tenant_id: str) -> tuple[str, bool]:
+    """Cancel an execution of this tenant: (state now, whether a cancel was requested)."""
+    async with lc.store.begin() as conn:
+        task = await tasks.get(conn, execution_id, tenant_id=tenant_id)
+    if task is not None and task.kind != "execution":
+        task = None  # a job's id is not an execution's: cancelling it would invent an execution status
+    status = lc.status.get(execution_id)
+    if status is not None and status.tenant_id != tenant_id:
+        status = None
+    if task is None and status is None:
+        raise NotFound("execution not found")
+    state: str = status.state if status is not None else "queued"
+    if task is not None and not task.open:
+        state = task.state
+    if state == "cancelled":
+        return "cancelled", False  # cancelling twice is harmless
+    if state in ("completed", "failed", "timed_out"):
+        raise Conflict(f"execution already finished ({state}); nothing to cancel", detail={"status": state})
+    queued = state == "queued"
+    try:
+        await request_cancel(lc, execution_id, tenant_id, terminal_state="cancelled" if queued else None)
+    except KafkaError as exc:
+        raise Unavailable(f"Kafka did not acknowledge the cancel ({type(exc).__name__}); retry", retry_after=1) from exc
+    if queued:
+        # No executor will report this one: it ends here.
+        await lc.finalize(execution_id, "cancelled", error="cancelled before it started")
+        return "cancelled", True
+    return "cancelling", True

@@ -1,0 +1,177 @@
+"""Submission: record the tasks, publish ``execution.requested`` to its lane and the ``queued``
+snapshot, and answer only once the broker acknowledged both (202 means acknowledged)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from aiokafka.errors import KafkaError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from schemas.events import ExecutionRequested, Message
+from schemas.status import ExecutionStatus
+from schemas.topics import Priority
+from services.common.errors import Unavailable
+from services.common.kafka import encode, envelope_headers, status_headers
+from services.common.observability import metrics
+from services.common.observability.tracing import producer_span
+from services.orchestrator.ids import new_id
+from services.orchestrator.plans import PlannedCall
+from services.orchestrator.store import plans, tasks
+
+if TYPE_CHECKING:
+    from services.orchestrator.lifecycle import Lifecycle
+
+log = logging.getLogger(__name__)
+
+Writes = Callable[[AsyncConnection], Awaitable[None]]
+
+
+@dataclass
+class Submission:
+    tenant_id: str
+    agent_id: str
+    input: str
+    priority: Priority = "standard"
+    variables: dict[str, Any] = field(default_factory=dict)
+    history: tuple[Message, ...] = ()
+    session_id: str | None = None
+    callback_url: str | None = None
+    batch_id: str | None = None
+    custom_id: str | None = None
+    traceparent: str | None = None
+    origin: str = "api"  # api | chat | batch: only chat executions write the session's history
+    reply_to: str | None = None  # an allowlisted topic of the tenant's; None: the shared events topic
+    execution_id: str = field(default_factory=new_id)
+    plan: list[PlannedCall] = field(default_factory=list)  # service calls made before submission (plans.py)
+    # What the OpenAI door adds (openai/): see ExecutionRequested.
+    mode: Literal["agent", "completion"] = "agent"
+    params: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    instructions: str | None = None
+    output_schema: dict[str, Any] | None = None
+
+
+async def submit(lc: Lifecycle, subs: Sequence[Submission], *, writes: Writes | None = None, undo: Writes | None = None) -> None:
+    """Record the tasks (with the caller's ``writes``, one transaction), then publish them.
+
+    If Kafka does not acknowledge, the tasks and the caller's writes are undone (``undo``) and
+    the request is ``Unavailable`` (503): nothing is accepted that is not stored, and nothing
+    half-written stays.
+    """
+    deadline = time.time() + lc.settings.execution_timeout_s
+    async with lc.store.begin() as conn:
+        if writes is not None:
+            await writes(conn)
+        for sub in subs:
+            await tasks.create(
+                conn,
+                id=sub.execution_id,
+                kind="execution",
+                tenant_id=sub.tenant_id,
+                agent_id=sub.agent_id,
+                session_id=sub.session_id,
+                batch_id=sub.batch_id,
+                custom_id=sub.custom_id,
+                priority=sub.priority,
+                callback_url=sub.callback_url,
+                origin=sub.origin,
+                deadline=deadline,
+                input=sub.input,
+            )
+            await _record_plan(conn, sub)
+    try:
+        # aiokafka retries an unreachable broker without end: bound the wait, so an outage is a 503.
+        async with asyncio.timeout(lc.settings.kafka.request_timeout_ms / 1000):
+            await asyncio.gather(*(_publish(lc, sub, deadline) for sub in subs))
+    except (KafkaError, TimeoutError) as exc:
+        await _cancel_published(lc, subs)
+        async with lc.store.begin() as conn:
+            await tasks.delete(conn, [s.execution_id for s in subs])
+            if undo is not None:
+                await undo(conn)
+        raise Unavailable(
+            f"Kafka did not acknowledge the request ({type(exc).__name__}); nothing was accepted, retry later",
+            retry_after=1,
+        ) from exc
+
+
+async def _publish(lc: Lifecycle, sub: Submission, deadline: float) -> None:
+    event = ExecutionRequested(
+        tenant_id=sub.tenant_id,
+        execution_id=sub.execution_id,
+        session_id=sub.session_id,
+        agent_id=sub.agent_id,
+        input=sub.input,
+        priority=sub.priority,
+        variables=sub.variables,
+        history=sub.history,
+        reply_to=sub.reply_to,
+        deadline=datetime.fromtimestamp(deadline, UTC),
+        mode=sub.mode,
+        params=sub.params,
+        model=sub.model,
+        instructions=sub.instructions,
+        output_schema=sub.output_schema,
+    )
+    status = ExecutionStatus(
+        execution_id=sub.execution_id,
+        tenant_id=sub.tenant_id,
+        agent_id=sub.agent_id,
+        session_id=sub.session_id,
+        priority=sub.priority,
+        events_topic=sub.reply_to or lc.settings.kafka.topics.events,
+        created_at=event.ts,
+        updated_at=event.ts,
+    )
+    topics = lc.settings.kafka.topics
+    lane = topics.lane(sub.priority)
+    # 202 only after the broker acknowledged both (acks=all, idempotent producer).
+    span = producer_span(lane, fallback_traceparent=sub.traceparent, tenant_id=sub.tenant_id, execution_id=sub.execution_id)
+    with span as traceparent:
+        await asyncio.gather(
+            lc.producer.send_and_wait(
+                lane,
+                value=encode(event),
+                key=sub.tenant_id.encode(),
+                headers=envelope_headers(event, service="orchestrator", traceparent=traceparent),
+            ),
+            lc.producer.send_and_wait(
+                topics.status, value=encode(status), key=sub.execution_id.encode(), headers=status_headers(status, "orchestrator")
+            ),
+        )
+    lc.status.apply(status)
+    metrics.EXECUTIONS.labels(state="queued", lane=sub.priority).inc()
+
+
+async def _cancel_published(lc: Lifecycle, subs: Sequence[Submission]) -> None:
+    # Some of a failed group may have been acknowledged: make sure they never run.
+    for sub in subs:
+        try:
+            # Bounded too: what is not acknowledged now stays queued and is delivered when Kafka is back.
+            async with asyncio.timeout(2):
+                await lc.request_cancel(sub.execution_id, sub.tenant_id, terminal_state="cancelled")
+        except (KafkaError, TimeoutError):
+            log.warning("could not cancel %s after a failed submission", sub.execution_id)
+
+
+async def _record_plan(conn: AsyncConnection, sub: Submission) -> None:
+    for call in sub.plan:
+        await plans.add(
+            conn,
+            execution_id=sub.execution_id,
+            tenant_id=sub.tenant_id,
+            kind=call.kind,
+            target=call.target,
+            outcome=call.outcome,
+            detail=call.detail,
+            started_at=call.started_at,
+            ended_at=call.ended_at,
+        )
+    await plans.add(conn, execution_id=sub.execution_id, tenant_id=sub.tenant_id, kind="execution", target=sub.agent_id, outcome="pending")

@@ -1,0 +1,37 @@
+"""Timeouts: open work past its deadline ends ``timed_out`` (through ``finalize``), and such an
+execution is cancelled on the control topic so an executor still running it stops."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from aiokafka.errors import KafkaError
+
+from services.orchestrator.store import tasks
+
+if TYPE_CHECKING:
+    from services.orchestrator.lifecycle import Lifecycle
+
+log = logging.getLogger(__name__)
+
+
+async def sweep(lc: Lifecycle) -> int:
+    """Mark open work past its deadline timed out; cancel such executions. Returns how many."""
+    async with lc.store.begin() as conn:
+        expired = await tasks.expired(conn, now=time.time())
+    count = 0
+    for task in expired:
+        error = f"deadline passed ({datetime.fromtimestamp(task.deadline, UTC).isoformat()})"
+        if await lc.finalize(task.id, "timed_out", error=error) is None:
+            continue
+        count += 1
+        log.warning("%s %s of tenant %s timed out", task.kind, task.id, task.tenant_id)
+        if task.kind == "execution":
+            try:
+                await lc.request_cancel(task.id, task.tenant_id, terminal_state="timed_out", error=error)
+            except KafkaError:
+                log.warning("could not publish the cancel of timed-out execution %s", task.id)
+    return count
