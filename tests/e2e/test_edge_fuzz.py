@@ -338,5 +338,9 @@ async def _canary(stack: Stack) -> None:
     execution_id = await stack.submit("key-b", input="canary")
     items = await collect_events(stack.ws_url, "key-b", execution_id, timeout=30)
     assert items[-1]["event"]["type"] == "execution.completed"
-    ready = await stack.http.get("/health/ready")
+    # Every reader running: group readers may still be joining their group on a loaded broker (a
+    # join waits for the group's rebalance), so wait for it, bounded; a dead reader never gets there.
+    async with asyncio.timeout(60):
+        while (ready := await stack.http.get("/health/ready")).status_code != 200:
+            await asyncio.sleep(0.2)
     assert ready.status_code == 200, ready.text

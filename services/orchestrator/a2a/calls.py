@@ -14,8 +14,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from schemas.bounds import parse_cursor
+from services.common.errors import DomainError
 from services.orchestrator.auth import TenantContext
-from services.orchestrator.http import HTTPError
+from services.orchestrator.problems import problem
 
 CALL = "agentstream.a2a"  # the key of the call in the request's scope and the SDK's call context
 _ALL = 1 << 30
@@ -46,20 +47,21 @@ def call_of(context: ServerCallContext, tenant: str = "") -> Call:
     return call
 
 
-def translated(exc: HTTPError) -> Exception:
-    """Our HTTP errors as A2A errors; limits and outages stay HTTP statuses (429/503 + Retry-After)."""
-    if exc.status in (413, 429, 503):
-        return HTTPException(exc.status, exc.error, headers=exc.headers)
-    if exc.status == 404:
-        return TaskNotFoundError(exc.error)
-    return InvalidParamsError(exc.error)
+def translated(exc: DomainError) -> Exception:
+    """Our refusals as A2A errors; limits and outages stay HTTP statuses (429/503 + Retry-After)."""
+    p = problem(exc)
+    if p.status in (413, 429, 503):
+        return HTTPException(p.status, p.error, headers=p.headers)
+    if p.status == 404:
+        return TaskNotFoundError(p.error)
+    return InvalidParamsError(p.error)
 
 
 @contextlib.contextmanager
 def a2a_errors() -> Iterator[None]:
     try:
         yield
-    except HTTPError as exc:
+    except DomainError as exc:
         raise translated(exc) from None
 
 

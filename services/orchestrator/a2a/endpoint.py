@@ -21,6 +21,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message
 
 from schemas.bounds import json_problem
+from services.common.errors import DomainError
+from services.orchestrator import problems
 from services.orchestrator.a2a.calls import CALL, Call, ContextBuilder
 from services.orchestrator.a2a.card import agent_card
 from services.orchestrator.a2a.handler import AgentstreamHandler
@@ -55,8 +57,9 @@ async def get_card(request: Request) -> Response:
     """A2A: the agent card of an agent (for the tenant's key): its JSON-RPC endpoint, skills, auth."""
     try:
         _, agent = await _agent(request)
-    except HTTPError as exc:
-        return JSONResponse({"error": exc.error}, status_code=exc.status, headers=exc.headers)
+    except DomainError as exc:
+        p = problems.problem(exc)
+        return JSONResponse({"error": p.error}, status_code=p.status, headers=p.headers)
     card = agent_card(state_of(request).agents[agent], str(request.base_url))
     return JSONResponse(agent_card_to_dict(card))
 
@@ -66,8 +69,9 @@ async def rpc(request: Request) -> Response:
     try:
         call, _ = await _agent(request)
         body = await read_body(request, state_of(request).settings.max_body_bytes)
-    except HTTPError as exc:
-        return _rpc_error(exc.status, _INVALID_REQUEST if exc.status < 500 else _SERVER_ERROR, exc.error, exc.headers)
+    except DomainError as exc:
+        p = problems.problem(exc)
+        return _rpc_error(p.status, _INVALID_REQUEST if p.status < 500 else _SERVER_ERROR, p.error, p.headers)
     try:
         problem = json_problem(orjson.loads(body))
     except orjson.JSONDecodeError:

@@ -44,11 +44,12 @@ from a2a.utils.errors import (
     UnsupportedOperationError,
 )
 
+from services.common.errors import Conflict, DomainError
 from services.orchestrator.a2a.calls import START, call_of, position, translated
 from services.orchestrator.a2a.mapping import TaskMapper
 from services.orchestrator.a2a.send import send
 from services.orchestrator.a2a.tasks import ended, events, feed_of, history_length_of, history_of, own_task, task_now
-from services.orchestrator.http import HTTPError, state_of
+from services.orchestrator.http import state_of
 from services.orchestrator.openai.feed import Ended, Item
 
 
@@ -101,8 +102,8 @@ class AgentstreamHandler(RequestHandler):
         state = state_of(call.request)
         try:
             await state.runtime.lifecycle.cancel(task.id, call.tenant.id)
-        except HTTPError as exc:
-            if exc.status == 409:
+        except DomainError as exc:
+            if isinstance(exc, Conflict):
                 raise TaskNotCancelableError(f"task {task.id!r} cannot be cancelled: {exc.error}") from None
             raise translated(exc) from None
         await state.status.wait_until(task.id, lambda s: s.terminal, timeout=5.0)

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from schemas.api import ChatRequest
 from schemas.events import MAX_INPUT_CHARS
 from schemas.topics import Priority
+from services.common.errors import DomainError
 from services.orchestrator.a2a.calls import Call, a2a_errors
 from services.orchestrator.a2a.tasks import own_task
 from services.orchestrator.auth import TenantContext
@@ -93,7 +94,7 @@ async def send(call: Call, params: SendMessageRequest) -> tuple[str, str, Messag
         session_id, fresh = await context_of(call, message.context_id)
         try:
             _, chat = await send_message(request, ctx, ChatRequest(content=text, priority=priority), session_id)
-        except HTTPError:
+        except DomainError:
             if fresh:  # refused (limits, Kafka): the context it was to start goes too
                 async with state_of(request).runtime.store.begin() as conn:
                     await sessions.delete(conn, session_id)

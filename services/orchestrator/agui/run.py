@@ -34,6 +34,7 @@ from schemas.api import ChatRequest
 from schemas.bounds import ID_PATTERN, MAX_ID_LENGTH, json_problem, parse_cursor
 from schemas.events import MAX_INPUT_CHARS
 from schemas.topics import Priority
+from services.common.errors import Conflict, DomainError
 from services.orchestrator.agui.mapping import RunMapper
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.http import HTTPError, read_body, require_tenant, state_of
@@ -195,7 +196,7 @@ async def run_agent(request: Request) -> Response:
         fresh = await _thread(request, ctx, agent, run.thread_id, earlier)
         try:
             _, chat = await send_message(request, ctx, message, run.thread_id)
-        except HTTPError:
+        except DomainError:
             if fresh:  # refused (limits, Kafka): the thread it was to start goes too
                 async with state.runtime.store.begin() as conn:
                     await sessions.delete(conn, run.thread_id)
@@ -204,8 +205,8 @@ async def run_agent(request: Request) -> Response:
 
     try:
         _, accepted, _ = await with_key(request, ctx, body, f"agui-run:{run.run_id}", submit)
-    except HTTPError as exc:
-        if exc.status == 409 and isinstance(exc.detail, dict) and "idempotency_key" in exc.detail:
+    except Conflict as exc:
+        if isinstance(exc.detail, dict) and "idempotency_key" in exc.detail:
             raise HTTPError(409, f"runId {run.run_id!r} was already used with another input", detail={"field": "runId"}) from None
         raise
     execution_id = accepted["execution_id"]
