@@ -34,6 +34,7 @@ from services.common.observability import metrics, tracing
 from services.common.reader import Reader
 from services.common.sources import Record
 from services.common.statusview import StatusView
+from services.common.taskset import TaskSet
 from services.common.urlguard import guarded_client
 from services.executor.admission import Refusal, check_key, check_request
 from services.executor.attempt import AttemptRun, Ended
@@ -150,7 +151,7 @@ class Executor:
         self._closed = False  # the adapters built here (providers, HTTP client, MCP sessions)
         self._stopping = False
         self._retries: dict[str, int] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskSet(f"{settings.instance_id}-background", log=log)  # retries, the claims ticker
         self.completed = 0
         self.cancelled = 0
         # One consumer per lane, all in one group: a lane whose requests wait for a slot does not hold
@@ -158,7 +159,6 @@ class Executor:
         # Each lane consumer's claim on its partitions: a run writes only while it holds (fence.py).
         ttl_s = settings.session_timeout_ms / 2000
         self._claims = {lane: Claim(lane, ttl_s=ttl_s, confirm_s=settings.fence_confirm_s) for lane in self.topics.lanes}
-        self._ticker: asyncio.Task[None] | None = None
         opener = lane_opener or group_opener(
             settings.kafka, group=settings.consumer_group, client_id=settings.instance_id, session_timeout_ms=settings.session_timeout_ms
         )
@@ -186,7 +186,7 @@ class Executor:
             for part in (self.status, self.tenants, self.jobs):
                 await part.start()
                 stack.push_async_callback(part.stop)
-            self._ticker = asyncio.create_task(self._tick_claims(), name=f"{self.settings.instance_id}-claims")
+            self._background.spawn(self._tick_claims(), name=f"{self.settings.instance_id}-claims")
             # Executions, their retries and the ticker end after the lanes and the control tail (nothing
             # starts or cancels them any more), before the job client and producer they write through.
             stack.push_async_callback(self._stop_work)
@@ -194,7 +194,7 @@ class Executor:
             stack.push_async_callback(self.control.stop)
             await self.lanes.start()
             stack.push_async_callback(self.lanes.stop)
-            stack.push_async_callback(watch, self, stop=True)  # before: its gauges are registered ahead of the bind
+            stack.push_async_callback(watch, self, stop=True)  # ahead of watch(): it adds the gauges, then binds
             await watch(self)
             self._stack = stack.pop_all()
 
@@ -224,13 +224,11 @@ class Executor:
 
     async def _stop_work(self) -> None:
         self._stopping = True  # also when a failed start unwinds: an execution cancelled now schedules no retry
-        tasks = [task for _, task in self._running.values()] + list(self._background)
-        if self._ticker is not None:
-            tasks.append(self._ticker)
-            self._ticker = None
-        for task in tasks:
+        running = [task for _, task in self._running.values()]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._background.stop()  # cancels the retries before any could start another execution
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def _close_adapters(self) -> None:
         self._closed = True
@@ -502,9 +500,7 @@ class Executor:
             task = asyncio.create_task(self._execute(request, current, tp, offset), name=request.execution_id)
             self._running[request.execution_id] = (tp, task)
 
-        retry = asyncio.create_task(again(), name=f"retry-{request.execution_id}")
-        self._background.add(retry)
-        retry.add_done_callback(self._background.discard)
+        self._background.spawn(again(), name=f"retry-{request.execution_id}")
 
     async def _lookup(self, agent_id: str) -> tuple[AgentSpec | None, ExecutionError | None]:
         try:
