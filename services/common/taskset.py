@@ -48,11 +48,11 @@ class TaskSet:
         if exc is not None:
             self._log.error("%s: background task %s failed", self.name, task.get_name(), exc_info=exc)
 
-    async def stop(self, *, grace_s: float = 0.0) -> None:
-        """No new tasks; wait up to ``grace_s`` for the running ones, cancel the rest and wait for them.
-        Idempotent."""
+    async def stop(self, *, grace_s: float | None = 0.0) -> None:
+        """No new tasks; wait up to ``grace_s`` for the running ones (None: until they end, for work
+        that bounds itself and must not be cut short), cancel the rest and wait for them. Idempotent."""
         self._stopped = True
-        if self._tasks and grace_s > 0:
+        if self._tasks and (grace_s is None or grace_s > 0):
             await asyncio.wait(set(self._tasks), timeout=grace_s)
         left = list(self._tasks)
         for task in left:

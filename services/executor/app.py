@@ -8,6 +8,7 @@ acknowledged; the committed offset is the contiguous watermark of finished reque
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections import OrderedDict
@@ -33,6 +34,7 @@ from services.common.observability import metrics, tracing
 from services.common.reader import Reader
 from services.common.sources import Record
 from services.common.statusview import StatusView
+from services.common.taskset import TaskSet
 from services.common.urlguard import guarded_client
 from services.executor.admission import Refusal, check_key, check_request
 from services.executor.attempt import AttemptRun, Ended
@@ -145,10 +147,11 @@ class Executor:
         self._recent_cancels: OrderedDict[tuple[str, str], None] = OrderedDict()  # (execution_id, tenant_id) asked to cancel
         self._dropped: OrderedDict[str, int] = OrderedDict()  # execution_id -> attempt it ran when its partition was lost
         self._attempts: dict[str, int] = {}  # execution_id -> the attempt running here
-        self._started = False
+        self._stack: contextlib.AsyncExitStack | None = None  # what start() started, to unwind in stop()
+        self._closed = False  # the adapters built here (providers, HTTP client, MCP sessions)
         self._stopping = False
         self._retries: dict[str, int] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = TaskSet(f"{settings.instance_id}-background", log=log)  # retries, the claims ticker
         self.completed = 0
         self.cancelled = 0
         # One consumer per lane, all in one group: a lane whose requests wait for a slot does not hold
@@ -156,7 +159,6 @@ class Executor:
         # Each lane consumer's claim on its partitions: a run writes only while it holds (fence.py).
         ttl_s = settings.session_timeout_ms / 2000
         self._claims = {lane: Claim(lane, ttl_s=ttl_s, confirm_s=settings.fence_confirm_s) for lane in self.topics.lanes}
-        self._ticker: asyncio.Task[None] | None = None
         opener = lane_opener or group_opener(
             settings.kafka, group=settings.consumer_group, client_id=settings.instance_id, session_timeout_ms=settings.session_timeout_ms
         )
@@ -172,17 +174,29 @@ class Executor:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        await self._load_tools()
-        await ensure_topics(self.settings.kafka)
-        await start_client(self.producer, self.settings.kafka)
-        await self.status.start()
-        await self.tenants.start()
-        await self.control.start()
-        await self.jobs.start()
-        self._ticker = asyncio.create_task(self._tick_claims(), name=f"{self.settings.instance_id}-claims")
-        await self.lanes.start()
-        self._started = True
-        await watch(self)
+        """Start every part in order, each registering its own stop as soon as it runs: a step that fails
+        unwinds exactly what started before it, in reverse order, and ``stop()`` unwinds the same way."""
+        self._stopping = False
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self._close_adapters)  # built in __init__: ours from here on
+            await self._load_tools()
+            await ensure_topics(self.settings.kafka)
+            await start_client(self.producer, self.settings.kafka)
+            stack.push_async_callback(self.producer.stop)
+            for part in (self.status, self.tenants, self.jobs):
+                await part.start()
+                stack.push_async_callback(part.stop)
+            self._background.spawn(self._tick_claims(), name=f"{self.settings.instance_id}-claims")
+            # Executions, their retries and the ticker end after the lanes and the control tail (nothing
+            # starts or cancels them any more), before the job client and producer they write through.
+            stack.push_async_callback(self._stop_work)
+            await self.control.start()
+            stack.push_async_callback(self.control.stop)
+            await self.lanes.start()
+            stack.push_async_callback(self.lanes.stop)
+            stack.push_async_callback(watch, self, stop=True)  # ahead of watch(): it adds the gauges, then binds
+            await watch(self)
+            self._stack = stack.pop_all()
 
     async def _tick_claims(self) -> None:
         while True:
@@ -200,33 +214,24 @@ class Executor:
             self.tools |= await registry.list()
 
     async def stop(self) -> None:
-        if not self._started:
-            if self._ticker is not None:  # start() failed after it began ticking
-                self._ticker.cancel()
-                await asyncio.gather(self._ticker, return_exceptions=True)
-                self._ticker = None
-            await self.lanes.stop()  # if start() failed after the lanes opened (idempotent)
-            await self._close_adapters()
-            return
-        self._started = False
+        """Idempotent; closes what ``__init__`` built also when the executor never started."""
         self._stopping = True
-        await watch(self, stop=True)
-        await self.lanes.stop()
-        await self.control.stop()
-        tasks = [task for _, task in self._running.values()] + list(self._background)
-        if self._ticker is not None:
-            tasks.append(self._ticker)
-            self._ticker = None
-        for task in tasks:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+        elif not self._closed:
+            await self._close_adapters()
+
+    async def _stop_work(self) -> None:
+        self._stopping = True  # also when a failed start unwinds: an execution cancelled now schedules no retry
+        running = [task for _, task in self._running.values()]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.jobs.stop()
-        await self.tenants.stop()
-        await self.status.stop()
-        await self.producer.stop()
-        await self._close_adapters()
+        await self._background.stop()  # cancels the retries before any could start another execution
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def _close_adapters(self) -> None:
+        self._closed = True
         await close_providers(self.providers)
         for source in self.catalog.sources:
             close = getattr(source, "aclose", None)
@@ -236,11 +241,7 @@ class Executor:
         await self.mcp.aclose()
 
     async def __aenter__(self) -> Executor:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
+        await self.start()  # unwinds by itself when a step fails
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -499,9 +500,7 @@ class Executor:
             task = asyncio.create_task(self._execute(request, current, tp, offset), name=request.execution_id)
             self._running[request.execution_id] = (tp, task)
 
-        retry = asyncio.create_task(again(), name=f"retry-{request.execution_id}")
-        self._background.add(retry)
-        retry.add_done_callback(self._background.discard)
+        self._background.spawn(again(), name=f"retry-{request.execution_id}")
 
     async def _lookup(self, agent_id: str) -> tuple[AgentSpec | None, ExecutionError | None]:
         try:

@@ -36,6 +36,7 @@ from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT, CallTo
 from schemas.agents import AgentSpec, McpServer
 from schemas.bounds import json_problem
 from schemas.events import ToolCallProgress
+from services.common.taskset import TaskSet
 from services.common.urlguard import SystemResolver
 from services.executor.fence import Fenced
 from services.executor.httptools import _check_resolved, check_url
@@ -336,7 +337,7 @@ class McpTools:
         self._max = settings.mcp_max_sessions
         self._allow_private = settings.allow_private_tool_urls
         self._sessions: OrderedDict[str, McpSession] = OrderedDict()
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing = TaskSet("mcp-closing", log=log)  # evicted sessions closing
 
     async def tools_for(self, spec: AgentSpec, tenant_id: str) -> tuple[dict[str, Tool], list[str]]:
         """The tools of the agent's servers for this tenant, and a notice per server whose tools cannot
@@ -388,12 +389,12 @@ class McpTools:
             )
             while len(self._sessions) > self._max:
                 _, evicted = self._sessions.popitem(last=False)
-                closing = asyncio.create_task(evicted.close())
-                self._closing.add(closing)
-                closing.add_done_callback(self._closing.discard)
+                self._closing.spawn(evicted.close(), name=f"mcp-close-{evicted.endpoint.server.name}")
         self._sessions.move_to_end(key)
         return session
 
     async def aclose(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), OrderedDict()
-        await asyncio.gather(*(s.close() for s in sessions), *self._closing, return_exceptions=True)
+        # Each close is bounded (McpSession.close): wait for the evicted ones to end, never cancel them
+        # (a close cancelled mid-way would leave its session's runner behind).
+        await asyncio.gather(*(s.close() for s in sessions), self._closing.stop(grace_s=None), return_exceptions=True)

@@ -37,6 +37,7 @@ from services.common.reader import Reader
 from services.common.settings import KafkaSettings
 from services.common.sources import KafkaSource, open_tail
 from services.common.statusview import StatusView
+from services.common.taskset import TaskSet
 from services.orchestrator.sinks import CLOSE_SHUTDOWN, EventItem, Sink
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ class Bridge:
         self._tail_start: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self.reader: Reader | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("bridge", log=log)  # the evict loop, catch-ups
         status.on_new.append(self._on_new_execution)
 
     @property
@@ -282,18 +283,13 @@ class Bridge:
         metrics.STREAM_SUBSCRIPTIONS.remove(self)
         for sink in list(self._sinks):
             sink.kill(CLOSE_SHUTDOWN, "server shutting down")
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.stop()
         reader, self.reader, self._consumer = self.reader, None, None
         if reader is not None:
             await reader.stop()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, name=name)
 
     def attach(self, sink: Sink) -> None:
         self._sinks.add(sink)

@@ -84,3 +84,21 @@ async def test_work_spawned_after_stop_is_dropped_not_leaked(caplog: pytest.LogC
     await asyncio.sleep(0)
     assert ran == [] and len(tasks) == 0
     assert any("late dropped" in r.getMessage() for r in caplog.records)
+
+
+async def test_stop_without_a_grace_limit_waits_for_every_task_to_end() -> None:
+    tasks = TaskSet("test")
+    release = asyncio.Event()
+    done: list[str] = []
+
+    async def close() -> None:  # work that bounds itself and must not be cut short
+        await release.wait()
+        done.append("closed")
+
+    tasks.spawn(close())
+    stopping = asyncio.create_task(tasks.stop(grace_s=None))
+    await asyncio.sleep(0)
+    assert not stopping.done()
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert done == ["closed"] and len(tasks) == 0
