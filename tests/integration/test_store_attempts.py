@@ -35,6 +35,10 @@ async def test_an_orchestrator_verdict_ends_whichever_attempt_runs(store: Store)
 async def test_revision_0003_adds_the_attempt_column_to_an_older_store(store: Store) -> None:
     async with store.begin() as conn:
         await conn.execute(text("ALTER TABLE tasks DROP COLUMN attempt"))
+        # and what revisions after 0003 add (0005: the history lists' column and indexes)
+        for index in ("ix_tasks_tenant_created", "ix_sessions_tenant_created"):
+            await conn.execute(text(f"DROP INDEX {index}"))
+        await conn.execute(text("ALTER TABLE tasks DROP COLUMN input_preview"))
         await conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
     assert (await migrate(store.engine))[0] == "0003"
     async with store.begin() as conn:

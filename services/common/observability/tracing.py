@@ -162,18 +162,25 @@ async def traced_tool_call(work: Callable[[], Awaitable[str]], *, tool: str, cal
 
 @contextlib.contextmanager
 def delivery_spans(records: Sequence[Any], subscribed: dict[str, Any]) -> Iterator[None]:
-    """Bridge: one span per execution with subscribers in this batch, child of its events' trace."""
+    """Bridge: one span per execution with subscribers in this batch, child of its events' trace,
+    for batches that hold one of its events other than tokens. A batch of only ``token.delta``
+    records has none: since coalescing has no timer, a slow model's tokens each come in a batch of
+    their own, and a span per token would cost more than the delivery it measures."""
     if not enabled() or not subscribed:
         yield
         return
     firsts: dict[bytes, Any] = {}
     counts: dict[bytes, int] = {}
+    marked: set[bytes] = set()
     for record in records:
         key = record.key
         if key is None or key.decode(errors="replace") not in subscribed:
             continue
         firsts.setdefault(key, record)
         counts[key] = counts.get(key, 0) + 1
+        if key not in marked and (b"token.delta" not in (v for k, v in record.headers or () if k == "type")):
+            marked.add(key)
+    firsts = {key: record for key, record in firsts.items() if key in marked}
     spans = []
     for key, record in firsts.items():
         spans.append(
