@@ -13,14 +13,12 @@ from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from schemas.bounds import parse_cursor
 from services.common.errors import DomainError
 from services.orchestrator.auth import TenantContext
+from services.orchestrator.positions import START, group_position
 from services.orchestrator.problems import problem
 
 CALL = "agentstream.a2a"  # the key of the call in the request's scope and the SDK's call context
-_ALL = 1 << 30
-START = (-1, _ALL)
 
 
 @dataclass(frozen=True)
@@ -69,10 +67,7 @@ def position(request: Request) -> tuple[int, int]:
     raw = request.headers.get("last-event-id")
     if raw is None:
         return START
-    cursor, _, index = raw.strip().partition(":")
     try:
-        if index and (not index.isdigit() or len(index) > 4):
-            raise ValueError("the part after ':' is the index of an event within its group, 0-9999")
-        return parse_cursor(cursor), int(index) if index else _ALL
+        return group_position(raw)
     except ValueError as exc:
         raise InvalidParamsError(f"Last-Event-ID: {exc}") from None

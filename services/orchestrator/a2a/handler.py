@@ -45,12 +45,13 @@ from a2a.utils.errors import (
 )
 
 from services.common.errors import Conflict, DomainError
-from services.orchestrator.a2a.calls import START, call_of, position, translated
+from services.orchestrator.a2a.calls import call_of, position, translated
 from services.orchestrator.a2a.mapping import TaskMapper
 from services.orchestrator.a2a.send import send
 from services.orchestrator.a2a.tasks import ended, events, feed_of, history_length_of, history_of, own_task, task_now
 from services.orchestrator.http import state_of
 from services.orchestrator.openai.feed import Ended, Item
+from services.orchestrator.positions import START
 
 
 class AgentstreamHandler(RequestHandler):

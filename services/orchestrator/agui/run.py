@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from schemas.api import ChatRequest
-from schemas.bounds import ID_PATTERN, MAX_ID_LENGTH, json_problem, parse_cursor
+from schemas.bounds import ID_PATTERN, MAX_ID_LENGTH, json_problem
 from schemas.events import MAX_INPUT_CHARS
 from schemas.topics import Priority
 from services.common.errors import Conflict, DomainError
@@ -41,6 +41,7 @@ from services.orchestrator.http import HTTPError, read_body, require_tenant, sta
 from services.orchestrator.idempotency import with_key
 from services.orchestrator.openai import common
 from services.orchestrator.openai.feed import Feed, Item, follow
+from services.orchestrator.positions import START, group_position
 from services.orchestrator.sessions import send_message
 from services.orchestrator.store import sessions
 
@@ -51,8 +52,6 @@ MAX_RUN_ID = 200  # the idempotency key is "agui-run:" + runId, at most 255 char
 _ID = re.compile(ID_PATTERN)
 _SEEDED_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _ENCODER = EventEncoder()
-_ALL = 1 << 30  # "every event of the group"
-_START = (-1, _ALL)
 
 
 def _bad(message: str, field: str) -> HTTPError:
@@ -166,11 +165,8 @@ def _after(request: Request) -> tuple[int, int] | None:
     raw = request.headers.get("last-event-id")
     if raw is None:
         return None
-    cursor, _, index = raw.strip().partition(":")
     try:
-        if index and (not index.isdigit() or len(index) > 4):
-            raise ValueError("the part after ':' is the index of an event within its group, 0-9999")
-        return parse_cursor(cursor), int(index) if index else _ALL
+        return group_position(raw)
     except ValueError as exc:
         raise _bad(f"Last-Event-ID: {exc}", "Last-Event-ID") from None
 
@@ -214,7 +210,7 @@ async def run_agent(request: Request) -> Response:
     mapper = RunMapper(thread_id=run.thread_id, run_id=run.run_id, execution_id=execution_id, prefix=prefix, state=run.state)
     feed = await follow(state.bridge, ctx.id, execution_id, **common.stream_settings(request))
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Agentstream-Execution-Id": execution_id}
-    return StreamingResponse(_stream(request, feed, mapper, after or _START), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(_stream(request, feed, mapper, after or START), media_type="text/event-stream", headers=headers)
 
 
 def _frames(events: list[BaseEvent], cursor: int | None, after: tuple[int, int]) -> bytes:
