@@ -151,6 +151,7 @@ async def real_resources(http: httpx.AsyncClient) -> dict[str, str]:
         "key_id": key,
         "response_id": "resp_" + execution["execution_id"],  # the OpenAI door: a response is an execution
         "model": "default",
+        "agent": "default",  # the AG-UI and A2A doors: /v1/agui/{agent}, /v1/a2a/{agent}
     }
 
 
