@@ -358,10 +358,20 @@ def _reap(pid: int) -> None:
 
 
 def kafka_uuid(seed: str | None = None) -> str:
+    """A Kafka cluster id (URL-safe base64 of 16 bytes). Never one that starts with ``-``, as Kafka's
+    own ``Uuid.randomUuid`` avoids: ``kafka-storage format --cluster-id -x...`` takes it for an option
+    and fails (1 in 64 random ids did)."""
     import base64
 
-    raw = uuid.uuid5(uuid.NAMESPACE_URL, seed) if seed else uuid.uuid4()
-    return base64.urlsafe_b64encode(raw.bytes).decode().rstrip("=")
+    for attempt in range(1000):
+        if seed:
+            raw = uuid.uuid5(uuid.NAMESPACE_URL, seed if attempt == 0 else f"{seed}#{attempt}")
+        else:
+            raw = uuid.uuid4()
+        text = base64.urlsafe_b64encode(raw.bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+    raise AssertionError("unreachable: 1000 ids in a row starting with '-'")
 
 
 def _override(properties: str, changes: dict[str, str | None]) -> str:

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.kafka
 
 
 def _open_clients() -> set[int]:
-    return {id(o) for o in gc.get_objects() if isinstance(o, AIOKafkaProducer | AIOKafkaConsumer) and o._closed is False}
+    # type(o), not isinstance: the collector also holds weak proxies, and isinstance on one whose
+    # referent is gone raises ReferenceError.
+    return {id(o) for o in gc.get_objects() if issubclass(type(o), AIOKafkaProducer | AIOKafkaConsumer) and o._closed is False}
 
 
 @contextlib.asynccontextmanager
