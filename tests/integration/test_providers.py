@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import groq
+import openai
 import orjson
 import pytest
 
 from services.executor.providers.base import ModelRequest, Provider, ProviderError, TextDelta, ToolCall, TurnEnd
-from services.executor.providers.chat import groq_provider, openai_provider
+from services.executor.providers.chat import ChatCompletionsProvider, groq_provider, openai_provider
 from services.executor.resilience import Restart, Route, resilient_stream
 from services.executor.settings import RetrySettings, TimeoutSettings
 from tests.fakes.openai_server import FakeOpenAI, FakeToolCall, Reply
@@ -50,6 +52,21 @@ async def test_openai_streams_text_and_reports_usage(fake: FakeOpenAI, providers
     seen = fake.requests[-1]
     assert seen.path == "/v1/chat/completions" and seen.headers["authorization"] == "Bearer sk-test"
     assert seen.body["stream"] is True and seen.body["stream_options"] == {"include_usage": True}
+
+
+async def test_model_streams_ride_on_the_sdks_aiohttp_transport(fake: FakeOpenAI, providers: dict[str, Provider]) -> None:
+    compatible = openai_provider(name="openai_compatible", api_key="k", base_url=fake.openai_url, default_model="m", timeouts=TIMEOUTS)
+    try:
+        made = {"openai": providers["openai"], "openai_compatible": compatible, "groq": providers["groq"]}
+        for name, provider in made.items():
+            assert isinstance(provider, ChatCompletionsProvider)
+            sdk = groq if name == "groq" else openai
+            assert isinstance(provider.http_client, sdk.DefaultAioHttpClient), name
+            fake.script("m", Reply(text=["x", "y"]))
+            text, _ = await _collect(provider, "m")
+            assert text == "xy"
+    finally:
+        await compatible.aclose()
 
 
 async def test_groq_streams_text_and_reads_usage_from_x_groq(fake: FakeOpenAI, providers: dict[str, Provider]) -> None:

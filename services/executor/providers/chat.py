@@ -4,6 +4,13 @@ The SDK builds the request (auth, base URL, headers) and turns a non-2xx answer 
 error; the stream itself is read as raw SSE lines (``with_streaming_response``) and parsed with
 orjson (see ``sse.py`` for why). SDK retries are off: ``resilience.py`` retries and falls back,
 the same way for every provider, also when a stream breaks half-way.
+
+Transport: each SDK's aiohttp-backed client (``DefaultAioHttpClient``, an official option of both
+SDKs), not its default httpx pool. Measured (shared/measured/http-clients.md, bench/results): one
+httpx pool shared by dozens of concurrent streams queues on itself (~100 req/s at 64 concurrent)
+and reading a stream through httpcore/anyio was ~30 % of the executor's CPU at 100 streams. aiohttp
+errors still arrive as the SDK's httpx(2) exceptions (the adapter maps them), so the handling below
+is the same for both.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
+import aiohttp
 import groq
 import httpx
 import httpx2
@@ -36,6 +44,11 @@ class ChatCompletionsProvider:
         self._client = client
         self._sdk = sdk
         self._stream_options = stream_options
+
+    @property
+    def http_client(self) -> Any:
+        """The SDK client's HTTP client (its transport: see the module docstring)."""
+        return self._client._client
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -62,12 +75,26 @@ class ChatCompletionsProvider:
         except self._sdk.APIStatusError as exc:
             raise _status_error(self.name, exc) from exc
         except self._sdk.APITimeoutError as exc:
+            refused = _not_a_timeout(exc)
+            if refused is not None:
+                raise ProviderError(f"{self.name}: cannot connect ({refused})", retriable=True) from exc
             raise ProviderError(f"{self.name}: the request timed out", retriable=True) from exc
         except self._sdk.APIConnectionError as exc:
             raise ProviderError(f"{self.name}: cannot connect ({exc.__cause__ or exc})", retriable=True) from exc
         except _BROKEN_STREAM as exc:
             raise ProviderError(f"{self.name}: the stream broke off ({type(exc).__name__}: {exc})", retriable=True) from exc
         yield assembler.end()
+
+
+def _not_a_timeout(exc: BaseException) -> aiohttp.ClientConnectionError | None:
+    """The aiohttp connection error behind an SDK "timeout", if it was not one: the adapter maps every
+    ``ClientConnectionError`` (a refused port, a server that closed before answering) to ConnectTimeout."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError):
+            return cause
+        cause = cause.__cause__
+    return None
 
 
 def _status_error(name: str, exc: Any) -> ProviderError:
@@ -95,21 +122,25 @@ def retry_after(headers: Any) -> float | None:
 def openai_provider(
     *, name: str, api_key: str, base_url: str | None, default_model: str, timeouts: TimeoutSettings
 ) -> ChatCompletionsProvider:
+    timeout = openai.Timeout(timeouts.total_s, connect=timeouts.connect_s, read=timeouts.read_s)
     client = openai.AsyncOpenAI(
         api_key=api_key,
         base_url=base_url,
         max_retries=0,
-        timeout=openai.Timeout(timeouts.total_s, connect=timeouts.connect_s, read=timeouts.read_s),
+        timeout=timeout,
+        http_client=openai.DefaultAioHttpClient(timeout=timeout),
     )
     return ChatCompletionsProvider(name=name, client=client, sdk=openai, default_model=default_model)
 
 
 def groq_provider(*, api_key: str, base_url: str | None, default_model: str, timeouts: TimeoutSettings) -> ChatCompletionsProvider:
+    timeout = groq.Timeout(timeouts.total_s, connect=timeouts.connect_s, read=timeouts.read_s)
     client = groq.AsyncGroq(
         api_key=api_key,
         base_url=base_url,
         max_retries=0,
-        timeout=groq.Timeout(timeouts.total_s, connect=timeouts.connect_s, read=timeouts.read_s),
+        timeout=timeout,
+        http_client=groq.DefaultAioHttpClient(timeout=timeout),
     )
     # Groq reports usage in the last chunk's ``x_groq.usage`` and has no stream_options.
     return ChatCompletionsProvider(name="groq", client=client, sdk=groq, default_model=default_model, stream_options=False)
