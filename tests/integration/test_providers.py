@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import groq
@@ -188,3 +189,41 @@ async def test_a_stream_line_that_is_not_json_is_a_clear_error(providers: dict[s
     assembler = TurnAssembler()
     assert assembler.feed(": keep-alive") is None
     assert assembler.feed("data: " + orjson.dumps({"choices": [{"delta": {"content": "x"}}]}).decode()) == "x"
+
+
+async def test_a_stream_cut_anywhere_with_crlf_line_ends_reads_the_same() -> None:
+    """A server that writes its SSE body in odd pieces: inside a multi-byte character, between CR and LF,
+    the last line without its line end. The text comes out whole, through the real SDK."""
+    events = [{"choices": [{"delta": {"content": piece}}]} for piece in ("hé", "llo ", "wörld")]
+    body = b"".join(b"data: " + orjson.dumps(e) + b"\r\n\r\n" for e in events) + b"data: [DONE]"
+    cuts = [3, 20, body.index("é".encode()) + 1, body.index(b"\r\n") + 1, len(body) - 2]
+    pieces = [body[a:b] for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(body)], strict=True)]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(h.split(b":")[1]) for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+        for piece in pieces:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.01)  # separate reads on the client side
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    made = [
+        openai_provider(name="openai", api_key="k", base_url=f"http://127.0.0.1:{port}/v1", default_model="m", timeouts=TIMEOUTS),
+        groq_provider(api_key="k", base_url=f"http://127.0.0.1:{port}", default_model="m", timeouts=TIMEOUTS),
+    ]
+    try:
+        for provider in made:
+            text, end = await _collect(provider, "m")
+            assert text == "héllo wörld" and end.tool_calls == ()
+    finally:
+        for provider in made:
+            await provider.aclose()
+        server.close()
+        await server.wait_closed()

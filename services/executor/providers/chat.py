@@ -1,8 +1,8 @@
 """Chat-completions providers over the official SDKs: ``openai``, ``groq``, ``openai_compatible``.
 
 The SDK builds the request (auth, base URL, headers) and turns a non-2xx answer into its typed
-error; the stream itself is read as raw SSE lines (``with_streaming_response``) and parsed with
-orjson (see ``sse.py`` for why). SDK retries are off: ``resilience.py`` retries and falls back,
+error; the stream itself is read as raw bytes (``with_streaming_response``), cut into SSE lines and
+parsed with orjson (see ``sse.py`` for why). SDK retries are off: ``resilience.py`` retries and falls back,
 the same way for every provider, also when a stream breaks half-way.
 
 Transport: each SDK's aiohttp-backed client (``DefaultAioHttpClient``, an official option of both
@@ -28,7 +28,7 @@ import httpx2
 import openai
 
 from services.executor.providers.base import Chunk, ModelRequest, ProviderError, TextDelta
-from services.executor.providers.sse import DONE, TurnAssembler
+from services.executor.providers.sse import DONE, TurnAssembler, split_lines
 from services.executor.settings import TimeoutSettings
 
 _RETRIABLE_STATUS = frozenset({408, 409, 425, 429})
@@ -65,13 +65,24 @@ class ChatCompletionsProvider:
         assembler = TurnAssembler()
         try:
             async with self._client.chat.completions.with_streaming_response.create(**body) as response:
-                async for line in response.iter_lines():
-                    piece = assembler.feed(line)
-                    if piece is None:
-                        continue
-                    if piece is DONE:
+                rest = b""
+                done = False
+                async for chunk in response.iter_bytes():
+                    lines, rest = split_lines(rest, chunk)
+                    for line in lines:
+                        piece = assembler.feed(line)
+                        if piece is None:
+                            continue
+                        if piece is DONE:
+                            done = True
+                            break
+                        yield TextDelta(piece)  # type: ignore[arg-type]  # feed gives str or the DONE sentinel, handled above; a sentinel object cannot narrow
+                    if done:
                         break
-                    yield TextDelta(piece)  # type: ignore[arg-type]  # feed gives str or the DONE sentinel, handled above; a sentinel object cannot narrow
+                if rest and not done:  # a last line without its line end
+                    piece = assembler.feed(rest)
+                    if piece is not None and piece is not DONE:
+                        yield TextDelta(piece)  # type: ignore[arg-type]  # as above
         except self._sdk.APIStatusError as exc:
             raise _status_error(self.name, exc) from exc
         except self._sdk.APITimeoutError as exc:
