@@ -227,3 +227,21 @@ async def test_a_stream_cut_anywhere_with_crlf_line_ends_reads_the_same() -> Non
             await provider.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_stream_that_goes_silent_ends_at_the_read_timeout(fake: FakeOpenAI) -> None:
+    """``read_s`` is the transport's: the silence between two chunks, also half-way (resilience.py relies on it)."""
+    timeouts = TimeoutSettings(connect_s=2, first_token_s=10, total_s=60, read_s=0.3)
+    made = [
+        openai_provider(name="openai", api_key="k", base_url=fake.openai_url, default_model="m", timeouts=timeouts),
+        groq_provider(api_key="k", base_url=fake.url, default_model="m", timeouts=timeouts),
+    ]
+    try:
+        for provider in made:
+            fake.script("m", Reply(text=["a", "b", "c"], token_delay_s=5.0))
+            with pytest.raises(ProviderError) as info:
+                await _collect(provider, "m")
+            assert info.value.retriable and ("broke off" in str(info.value) or "timed out" in str(info.value)), str(info.value)
+    finally:
+        for provider in made:
+            await provider.aclose()
