@@ -245,3 +245,30 @@ async def test_a_stream_that_goes_silent_ends_at_the_read_timeout(fake: FakeOpen
     finally:
         for provider in made:
             await provider.aclose()
+
+
+async def test_the_events_of_one_read_come_out_as_one_delta() -> None:
+    """A backlog (a busy executor reads late) is one delta per read, not one per event; the text is the same."""
+    events = [{"choices": [{"delta": {"content": piece}}]} for piece in ("a", "b", "c")]
+    body = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(h.split(b":")[1]) for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:"))
+        await reader.readexactly(length)
+        head_out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        writer.write(head_out % len(body) + body)  # the whole stream in one write: one read on the other side
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = openai_provider(name="openai", api_key="k", base_url=f"http://127.0.0.1:{port}/v1", default_model="m", timeouts=TIMEOUTS)
+    try:
+        chunks = [c async for c in provider.stream(ModelRequest(model="m", messages=HELLO))]
+        assert [c.text for c in chunks if isinstance(c, TextDelta)] == ["abc"]
+        assert isinstance(chunks[-1], TurnEnd)
+    finally:
+        await provider.aclose()
+        server.close()
+        await server.wait_closed()

@@ -69,20 +69,15 @@ class ChatCompletionsProvider:
                 done = False
                 async for chunk in response.iter_bytes():
                     lines, rest = split_lines(rest, chunk)
-                    for line in lines:
-                        piece = assembler.feed(line)
-                        if piece is None:
-                            continue
-                        if piece is DONE:
-                            done = True
-                            break
-                        yield TextDelta(piece)  # type: ignore[arg-type]  # feed gives str or the DONE sentinel, handled above; a sentinel object cannot narrow
+                    text, done = _text_of(assembler, lines)
+                    if text:
+                        yield TextDelta(text)
                     if done:
                         break
                 if rest and not done:  # a last line without its line end
-                    piece = assembler.feed(rest)
-                    if piece is not None and piece is not DONE:
-                        yield TextDelta(piece)  # type: ignore[arg-type]  # as above
+                    text, _ = _text_of(assembler, [rest])
+                    if text:
+                        yield TextDelta(text)
         except self._sdk.APIStatusError as exc:
             raise _status_error(self.name, exc) from exc
         except self._sdk.APITimeoutError as exc:
@@ -95,6 +90,21 @@ class ChatCompletionsProvider:
         except _BROKEN_STREAM as exc:
             raise ProviderError(f"{self.name}: the stream broke off ({type(exc).__name__}: {exc})", retriable=True) from exc
         yield assembler.end()
+
+
+def _text_of(assembler: TurnAssembler, lines: list[bytes]) -> tuple[str, bool]:
+    """The text of every event in one read of the body, as one delta, and whether ``[DONE]`` came.
+    A stream read as it arrives is an event a read; one that waited (a busy executor) hands its
+    backlog over at once instead of one delta at a time through every layer up to the emitter."""
+    pieces: list[str] = []
+    for line in lines:
+        piece = assembler.feed(line)
+        if piece is None:
+            continue
+        if piece is DONE:
+            return "".join(pieces), True
+        pieces.append(piece)  # type: ignore[arg-type]  # feed gives str or the DONE sentinel, handled above; a sentinel object cannot narrow
+    return "".join(pieces), False
 
 
 def _not_a_timeout(exc: BaseException) -> aiohttp.ClientConnectionError | None:
