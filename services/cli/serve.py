@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from typing import Annotated, Any
 
 import typer
@@ -41,6 +43,23 @@ def _telemetry(service: str, *, log_format: str | None = None, default_format: s
     configure(service, settings=settings, secrets=secrets, filters=filters, default_format=default_format)
 
 
+def run_service(main: Coroutine[Any, Any, None]) -> None:
+    """Run a service's main coroutine on uvloop (uvicorn picks it too): measured, the executor spent
+    ~15 % of its CPU in the pure-Python selector loop and socket writes at 100 streams."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+def freeze_heap() -> None:
+    """Once a service has started: what is alive now (modules, settings, clients) lives as long as the
+    process, so move it out of the collector's generations; a full collection then walks only what the
+    token path allocates (``gc.freeze``)."""
+    gc.collect()
+    gc.freeze()
+
+
 def _server(host: str | None, port: int | None, *, bridge_only: bool = False) -> Any:
     import uvicorn
 
@@ -63,7 +82,16 @@ def _server(host: str | None, port: int | None, *, bridge_only: bool = False) ->
         log_level="warning",
         log_config=None,  # uvicorn's loggers go through ours (one format, redacted), not its own coloured handler
     )
-    return uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        """uvicorn's server; once its lifespan has started, the long-lived heap is frozen."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                freeze_heap()
+
+    return Server(config)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -83,13 +111,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _run_executor_until_stopped(stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
+async def _run_executor_until_stopped(stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
     from services.executor.app import Executor
     from services.executor.settings import ExecutorSettings
 
     async with Executor(ExecutorSettings()):
-        if started is not None:
-            started.set()
+        if ready is not None:
+            ready.set()
+        else:
+            freeze_heap()
         await stop.wait()
 
 
@@ -163,7 +193,7 @@ def executor() -> None:
     async def main() -> None:
         await _run_executor_until_stopped(_stop_event())
 
-    asyncio.run(main())
+    run_service(main())
 
 
 @app.command()
@@ -191,6 +221,7 @@ def up(host: str | None = None, port: int | None = None, log_format: LogFormat =
             where = f"http://{server.config.host}:{server.config.port}"
             console.print(f"[green]agentstream up[/] on {where} (console {where}/console; Ctrl-C stops)", highlight=False, soft_wrap=True)
             console.file.flush()  # a log file (make demo's) is block-buffered
+            freeze_heap()
             await stop.wait()
         ready.cancel()
         server.should_exit = True
@@ -199,7 +230,7 @@ def up(host: str | None = None, port: int | None = None, log_format: LogFormat =
             await task
 
     try:
-        asyncio.run(main())
+        run_service(main())
     finally:
         sock.close()
 

@@ -251,13 +251,14 @@ async def preflight(settings: KafkaSettings) -> None:
     await admin.close()
 
 
-def make_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProducer:
+def make_producer(settings: KafkaSettings, *, client_id: str, linger_ms: int | None = None) -> AIOKafkaProducer:
+    """acks=all, idempotent; ``linger_ms`` overrides the settings' (the executor's token path: 0)."""
     return Producer(
         **client_options(settings),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
-        linger_ms=settings.linger_ms,
+        linger_ms=settings.linger_ms if linger_ms is None else linger_ms,
         request_timeout_ms=settings.request_timeout_ms,
     )
 

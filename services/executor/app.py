@@ -126,7 +126,9 @@ class Executor:
         )
         self.mcp = McpTools(settings)  # sessions open on first use: a server that is down never fails the start
         self.http = guarded_client(timeout=settings.tool_timeout_s, allow_private=settings.allow_private_tool_urls)
-        self.producer: AIOKafkaProducer = make_producer(settings.kafka, client_id=f"{settings.instance_id}-producer")
+        self.producer: AIOKafkaProducer = make_producer(
+            settings.kafka, client_id=f"{settings.instance_id}-producer", linger_ms=settings.events_linger_ms
+        )
         self.status = StatusView(settings.kafka, dlq=self.producer, name=f"{settings.instance_id}-status-view")
         self.tenants = TenantsView(settings.kafka, dlq=self.producer, name=f"{settings.instance_id}-tenants-view")
         self.control = ControlTail(

@@ -54,6 +54,9 @@ class EventEmitter:
             traceparent=traceparent,
         )
         self._tokens = TokenRecords(envelope)
+        # The partition the key hashes to, from the first acknowledgement on: aiokafka's partitioner
+        # is murmur2 in pure Python (~3-5 % of the executor's CPU at 100 streams, once per record).
+        self._partition: int | None = None
         self._seq = 0
         self._buffer: list[str] = []
         self._buffered = 0
@@ -155,14 +158,21 @@ class EventEmitter:
             self._topic,
             value=value,
             key=self._key,
+            partition=self._partition,
             headers=record_headers(type_, event_id, ts, self._shared),
         )
+        if self._partition is None:
+            future.add_done_callback(self._learn_partition)
         if len(self._inflight) >= 512:  # a long stream: keep only what drain() still has to wait for or report
             self._inflight = [f for f in self._inflight if not f.done() or f.cancelled() or f.exception() is not None]
         self._inflight.append(future)
         self._last = future
         self.records += 1
         return future
+
+    def _learn_partition(self, future: asyncio.Future[RecordMetadata]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._partition = future.result().partition
 
     async def drain(self) -> None:
         """Flush text and wait until the broker acknowledged every record sent so far."""

@@ -39,6 +39,11 @@ class ExecutorSettings(BaseSettings):
     # Token deltas: a delta goes out at once when no record of its execution is in flight; what arrives
     # meanwhile goes in one record on its acknowledgement, or at this many characters (emitter.py).
     coalesce_max_chars: int = 256
+    # The producer's linger for this executor's records (AGENTSTREAM_KAFKA_LINGER_MS stays the others'). 0: the
+    # emitter's own rule above already batches a busy stream, and aiokafka sends nothing to a broker while a
+    # request to it is in flight, so what arrives meanwhile goes in the next request; a linger on top made
+    # every token wait it (and its acknowledgement, for the next one). Measured: +3.6-5.6 -> +1.0-2.2 ms p50.
+    events_linger_ms: int = Field(default=0, ge=0, le=1000)
     agents_file: Path | None = None
     scripted_token_delay_ms: float = 15.0
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
+import groq
+import openai
 import orjson
 import pytest
 
 from services.executor.providers.base import ModelRequest, Provider, ProviderError, TextDelta, ToolCall, TurnEnd
-from services.executor.providers.chat import groq_provider, openai_provider
+from services.executor.providers.chat import ChatCompletionsProvider, groq_provider, openai_provider
 from services.executor.resilience import Restart, Route, resilient_stream
 from services.executor.settings import RetrySettings, TimeoutSettings
 from tests.fakes.openai_server import FakeOpenAI, FakeToolCall, Reply
@@ -50,6 +53,21 @@ async def test_openai_streams_text_and_reports_usage(fake: FakeOpenAI, providers
     seen = fake.requests[-1]
     assert seen.path == "/v1/chat/completions" and seen.headers["authorization"] == "Bearer sk-test"
     assert seen.body["stream"] is True and seen.body["stream_options"] == {"include_usage": True}
+
+
+async def test_model_streams_ride_on_the_sdks_aiohttp_transport(fake: FakeOpenAI, providers: dict[str, Provider]) -> None:
+    compatible = openai_provider(name="openai_compatible", api_key="k", base_url=fake.openai_url, default_model="m", timeouts=TIMEOUTS)
+    try:
+        made = {"openai": providers["openai"], "openai_compatible": compatible, "groq": providers["groq"]}
+        for name, provider in made.items():
+            assert isinstance(provider, ChatCompletionsProvider)
+            sdk = groq if name == "groq" else openai
+            assert isinstance(provider.http_client, sdk.DefaultAioHttpClient), name
+            fake.script("m", Reply(text=["x", "y"]))
+            text, _ = await _collect(provider, "m")
+            assert text == "xy"
+    finally:
+        await compatible.aclose()
 
 
 async def test_groq_streams_text_and_reads_usage_from_x_groq(fake: FakeOpenAI, providers: dict[str, Provider]) -> None:
@@ -171,3 +189,86 @@ async def test_a_stream_line_that_is_not_json_is_a_clear_error(providers: dict[s
     assembler = TurnAssembler()
     assert assembler.feed(": keep-alive") is None
     assert assembler.feed("data: " + orjson.dumps({"choices": [{"delta": {"content": "x"}}]}).decode()) == "x"
+
+
+async def test_a_stream_cut_anywhere_with_crlf_line_ends_reads_the_same() -> None:
+    """A server that writes its SSE body in odd pieces: inside a multi-byte character, between CR and LF,
+    the last line without its line end. The text comes out whole, through the real SDK."""
+    events = [{"choices": [{"delta": {"content": piece}}]} for piece in ("hé", "llo ", "wörld")]
+    body = b"".join(b"data: " + orjson.dumps(e) + b"\r\n\r\n" for e in events) + b"data: [DONE]"
+    cuts = [3, 20, body.index("é".encode()) + 1, body.index(b"\r\n") + 1, len(body) - 2]
+    pieces = [body[a:b] for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(body)], strict=True)]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(h.split(b":")[1]) for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+        for piece in pieces:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.01)  # separate reads on the client side
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    made = [
+        openai_provider(name="openai", api_key="k", base_url=f"http://127.0.0.1:{port}/v1", default_model="m", timeouts=TIMEOUTS),
+        groq_provider(api_key="k", base_url=f"http://127.0.0.1:{port}", default_model="m", timeouts=TIMEOUTS),
+    ]
+    try:
+        for provider in made:
+            text, end = await _collect(provider, "m")
+            assert text == "héllo wörld" and end.tool_calls == ()
+    finally:
+        for provider in made:
+            await provider.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_stream_that_goes_silent_ends_at_the_read_timeout(fake: FakeOpenAI) -> None:
+    """``read_s`` is the transport's: the silence between two chunks, also half-way (resilience.py relies on it)."""
+    timeouts = TimeoutSettings(connect_s=2, first_token_s=10, total_s=60, read_s=0.3)
+    made = [
+        openai_provider(name="openai", api_key="k", base_url=fake.openai_url, default_model="m", timeouts=timeouts),
+        groq_provider(api_key="k", base_url=fake.url, default_model="m", timeouts=timeouts),
+    ]
+    try:
+        for provider in made:
+            fake.script("m", Reply(text=["a", "b", "c"], token_delay_s=5.0))
+            with pytest.raises(ProviderError) as info:
+                await _collect(provider, "m")
+            assert info.value.retriable and ("broke off" in str(info.value) or "timed out" in str(info.value)), str(info.value)
+    finally:
+        for provider in made:
+            await provider.aclose()
+
+
+async def test_the_events_of_one_read_come_out_as_one_delta() -> None:
+    """A backlog (a busy executor reads late) is one delta per read, not one per event; the text is the same."""
+    events = [{"choices": [{"delta": {"content": piece}}]} for piece in ("a", "b", "c")]
+    body = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(h.split(b":")[1]) for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:"))
+        await reader.readexactly(length)
+        head_out = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        writer.write(head_out % len(body) + body)  # the whole stream in one write: one read on the other side
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = openai_provider(name="openai", api_key="k", base_url=f"http://127.0.0.1:{port}/v1", default_model="m", timeouts=TIMEOUTS)
+    try:
+        chunks = [c async for c in provider.stream(ModelRequest(model="m", messages=HELLO))]
+        assert [c.text for c in chunks if isinstance(c, TextDelta)] == ["abc"]
+        assert isinstance(chunks[-1], TurnEnd)
+    finally:
+        await provider.aclose()
+        server.close()
+        await server.wait_closed()

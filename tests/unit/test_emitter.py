@@ -21,13 +21,18 @@ class HeldProducer:
     """The part of AIOKafkaProducer the emitter uses. Records are kept in send order; each one's
     acknowledgement waits until ``ack()`` (``auto_ack``: acknowledged as it is sent)."""
 
-    def __init__(self, *, auto_ack: bool = False) -> None:
+    def __init__(self, *, auto_ack: bool = False, partition: int = 0) -> None:
         self.sent: list[tuple[bytes, list[tuple[str, bytes]]]] = []
+        self.partitions: list[int | None] = []  # each send's explicit partition (None: the key's hash decides)
         self.pending: list[asyncio.Future[RecordMetadata]] = []
         self.auto_ack = auto_ack
+        self.partition = partition  # where the key's hash puts the records
 
-    async def send(self, topic: str, *, value: bytes, key: bytes, headers: Any) -> asyncio.Future[RecordMetadata]:
+    async def send(
+        self, topic: str, *, value: bytes, key: bytes, headers: Any, partition: int | None = None
+    ) -> asyncio.Future[RecordMetadata]:
         self.sent.append((value, list(headers)))
+        self.partitions.append(partition)
         future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         self.pending.append(future)
         if self.auto_ack:
@@ -38,7 +43,7 @@ class HeldProducer:
         """Acknowledge every record sent so far."""
         for i, future in enumerate(self.pending):
             if not future.done():
-                future.set_result(RecordMetadata("events", 0, TopicPartition("events", 0), i, -1, 0, -1))
+                future.set_result(RecordMetadata("events", self.partition, TopicPartition("events", self.partition), i, -1, 0, -1))
 
     def texts(self) -> list[str]:
         return [orjson.loads(value)["text"] for value, headers in self.sent if header(headers, "type") == "token.delta"]
@@ -74,6 +79,18 @@ async def test_tokens_arriving_while_a_record_is_in_flight_go_in_one_record_on_i
     await until(lambda: len(producer.texts()) == 2)
     assert producer.texts() == ["a", "bcd"]
     assert (emitter.tokens, emitter.token_records) == (4, 2)  # the records-per-token figure: 0.5
+    emitter.close()
+
+
+async def test_records_after_the_first_acknowledgement_name_its_partition_instead_of_hashing_the_key() -> None:
+    producer = HeldProducer(partition=4)
+    emitter = emitter_on(producer)
+    await emitter.text("a", step=0)
+    await emitter.text("b", step=0)  # in flight: buffered
+    producer.ack()
+    await until(lambda: len(producer.sent) == 2)
+    await emitter.emit(ExecutionCompleted, output="ab")
+    assert producer.partitions == [None, 4, 4]  # until the first ack the key's hash decides (the same partition)
     emitter.close()
 
 

@@ -161,3 +161,17 @@ def test_sse_assembler() -> None:
         assembler.feed("data: {oops")
     with pytest.raises(ProviderError, match="reported an error: overloaded"):
         assembler.feed('data: {"error": {"message": "overloaded"}}')
+
+
+async def test_the_executors_producer_does_not_linger_by_default() -> None:
+    from services.common.settings import KafkaSettings
+    from services.executor.app import Executor
+
+    kafka = KafkaSettings(linger_ms=2)  # the other producers' linger stays theirs
+    for settings, linger_s in ((ExecutorSettings(kafka=kafka), 0.0), (ExecutorSettings(kafka=kafka, events_linger_ms=5), 0.005)):
+        executor = Executor(settings)
+        try:
+            assert executor.producer._message_accumulator._linger_time == linger_s  # aiokafka keeps it there, in seconds
+        finally:
+            await executor.stop()
+            await executor.producer.stop()  # never started: stop() leaves it to start()'s unwinding

@@ -29,7 +29,9 @@ class RecordingProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
 
-    async def send(self, topic: str, *, value: bytes, key: bytes, headers: Any) -> asyncio.Future[RecordMetadata]:
+    async def send(
+        self, topic: str, *, value: bytes, key: bytes, headers: Any, partition: int | None = None
+    ) -> asyncio.Future[RecordMetadata]:
         self.sent.append((topic, value))
         future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         future.set_result(RecordMetadata(topic, 0, TopicPartition(topic, 0), len(self.sent) - 1, -1, 0, -1))

@@ -3,7 +3,9 @@
 Measured (shared/measured): parsing every chunk into the SDK's pydantic models costs ~350 us of CPU
 per chunk and saturates near 100 streams; reading the raw lines and picking the few fields we need
 out of a dict is an order of magnitude cheaper. The SDK still builds the request and raises its
-typed errors for non-2xx answers.
+typed errors for non-2xx answers. Lines are cut from the body's bytes here (``split_lines``) and
+orjson reads bytes: no text decoding of the whole stream, no line decoder of the HTTP client
+(~5 % of the executor's CPU at 100 streams).
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ from services.executor.providers.usage import reported_usage
 DONE = object()
 
 
+def split_lines(pending: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines of ``pending + chunk`` and the unfinished rest. SSE ends a line with LF,
+    CRLF or CR; a CRLF cut between two chunks gives one blank line more, which SSE ignores anyway."""
+    data = pending + chunk if pending else chunk
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    lines = data.split(b"\n")
+    return lines, lines.pop()
+
+
 class TurnAssembler:
     """Feed it one SSE line at a time; it returns the text delta (if any) and keeps the rest."""
 
@@ -29,23 +41,25 @@ class TurnAssembler:
         self.usage = Usage()
         self.finish_reason: str | None = None
 
-    def feed(self, line: str) -> str | object | None:
+    def feed(self, line: bytes | str) -> str | object | None:
         """Return a text delta, ``DONE`` at ``data: [DONE]``, or None for anything else."""
-        if not line.startswith("data:"):
+        if isinstance(line, str):
+            line = line.encode()
+        if not line.startswith(b"data:"):
             return None  # blank separators, comments (": keep-alive"), event:/id: fields
         data = line[5:].strip()
-        if data == "[DONE]":
+        if data == b"[DONE]":
             return DONE
         try:
             event: Any = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise ProviderError(f"the model stream sent a line that is not JSON: {data[:200]!r}", retriable=True) from exc
+            raise ProviderError(f"the model stream sent a line that is not JSON: {_shown(data)}", retriable=True) from exc
         if not isinstance(event, dict):
-            raise ProviderError(f"the model stream sent a line that is not a JSON object: {data[:200]!r}", retriable=True)
+            raise ProviderError(f"the model stream sent a line that is not a JSON object: {_shown(data)}", retriable=True)
         try:
             return self._take(event)
         except (AttributeError, TypeError, KeyError, IndexError) as exc:  # a field of another type than the API's
-            raise ProviderError(f"the model stream sent a chunk of an unexpected shape: {data[:200]!r}", retriable=True) from exc
+            raise ProviderError(f"the model stream sent a chunk of an unexpected shape: {_shown(data)}", retriable=True) from exc
 
     def _take(self, event: dict[str, Any]) -> str | None:
         if "error" in event:
@@ -91,6 +105,10 @@ class TurnAssembler:
             for index, parts in sorted(self._calls.items())
         )
         return TurnEnd(tool_calls=calls, usage=self.usage)
+
+
+def _shown(data: bytes) -> str:
+    return repr(data[:200].decode(errors="replace"))
 
 
 def _text(value: Any) -> str:
