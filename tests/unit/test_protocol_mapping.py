@@ -133,3 +133,15 @@ def test_a2a_newer_attempt_and_ends_without_an_event() -> None:
     [end] = queued.end("timed_out", "deadline passed")
     assert status(end).status.state == TaskState.TASK_STATE_FAILED and "deadline passed" in status(end).status.message.parts[0].text
     assert queued.end("cancelled", None) == [] and queued.task().status.state == TaskState.TASK_STATE_FAILED
+
+
+def test_a2a_a_resumed_attempt_keeps_the_steps_it_reuses() -> None:
+    mapper = TaskMapper(task_id="x", context_id="ses_1", history=[])
+    mapper.feed(0, started())
+    mapper.feed(1, token("Step zero."))
+    mapper.feed(2, {"type": "token.delta", "text": "cut", "step": 1})
+    mapper.feed(3, started(2))
+    [again] = mapper.feed(4, {"type": "execution.resumed", "attempt": 2, "from_step": 1})
+    assert not artifact(again).append and artifact(again).artifact.parts[0].text == "Step zero."
+    mapper.feed(5, {"type": "token.delta", "text": "Step one.", "step": 1, "attempt": 2})
+    assert mapper.task().artifacts[0].parts[0].text == "Step zero.\n\nStep one."

@@ -39,6 +39,7 @@ class ChatMapper:
         self._structured = structured
         self._include_usage = include_usage
         self._steps: dict[int, list[str]] = {}
+        self._before: dict[int, list[str]] = {}  # the steps as they stood when the newest attempt started
         self._attempt = 0
         self._sent_text = False
         self._last_step: int | None = None
@@ -57,7 +58,7 @@ class ChatMapper:
             first = self._attempt == 0
             self._structured = bool(event.get("structured", self._structured))
             if event.get("attempt", 1) > self._attempt and not first:
-                self._steps.clear()  # a newer attempt starts over
+                self._before, self._steps = self._steps, {}  # a newer attempt starts over, unless it resumes
             self._attempt = max(self._attempt, int(event.get("attempt", 1)))
             return [self._chunk({"role": "assistant", "content": ""})] if first else []
         if kind == "token.delta":
@@ -71,6 +72,10 @@ class ChatMapper:
             return [self._chunk({"content": text})]
         if kind == "execution.restarted" and event.get("text_discarded"):
             self._steps.pop(int(event.get("step", 0)), None)
+            return []
+        if kind == "execution.resumed" and int(event.get("attempt", 1)) == self._attempt:
+            # Steps the new attempt reuses stand (their text was sent once and counts in the content).
+            self._steps = {n: t for n, t in self._before.items() if n < int(event.get("from_step", 0))} | self._steps
             return []
         if kind == "execution.completed":
             self.state = "completed"
