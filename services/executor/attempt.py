@@ -224,4 +224,5 @@ async def _publish_running(
     (for a resumed attempt, where the events it reuses start; the next resume reads from there too)."""
     meta = await started
     start = meta.offset if checkpoint is None else min(checkpoint.from_offset, meta.offset)
-    await publish(base.model_copy(update={"state": "running", "events_partition": meta.partition, "events_start_offset": start}))
+    update = {"state": "running", "events_partition": meta.partition, "events_start_offset": start, "attempt_start_offset": meta.offset}
+    await publish(base.model_copy(update=update))
