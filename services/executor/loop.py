@@ -114,6 +114,7 @@ async def run_agent(
             rerun = [c for c in done.calls if c.id not in results]
             if rerun:  # interrupted mid-call: run again, with the same call id (so the same idempotency key)
                 results |= dict(zip((c.id for c in rerun), await call(rerun, step=done.step), strict=True))
+                await emitter.drain()
             messages += [{"role": "tool", "tool_call_id": c.id, "content": results[c.id]} for c in done.calls]
         step = resume.from_step
     while step < steps:
@@ -151,6 +152,9 @@ async def run_agent(
         # turn (and its call ids, so the tools' idempotency keys) instead of asking the model again.
         await (await emitter.emit(TurnCompleted, step=step, text=text, tool_calls=_turn_calls(end.tool_calls), usage=end.usage))
         contents = await call(end.tool_calls, step=step)
+        # The step's results in the log before the model hears of them: a call the model saw answered
+        # is one a later attempt reuses, never one it runs again.
+        await emitter.drain()
         for tool_call, content in zip(end.tool_calls, contents, strict=True):
             messages.append({"role": "tool", "tool_call_id": tool_call.id, "content": content})
         step += 1
