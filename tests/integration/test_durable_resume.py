@@ -13,30 +13,30 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from schemas.events import ExecutionRequested
-from schemas.tenants import TenantRecord
-from services.common.kafka import encode, ensure_topics
+from services.common.kafka import ensure_topics
 from services.common.settings import KafkaSettings
+from services.orchestrator.app import create_app
+from services.orchestrator.settings import OrchestratorSettings
 from tests.fakes.openai_server import FakeOpenAI, FakeToolCall, Reply
-from tests.integration.executor_harness import announce_tenant, read_events
-from tests.support import serve, spawn_executor
+from tests.integration.executor_harness import read_events
+from tests.support import collect_events, serve, spawn_executor
 
 pytestmark = pytest.mark.kafka
 
 TENANT = "tenant-durable"
+API_KEY = "key-durable"
 WAIT_S = 150.0
 
 
@@ -101,6 +101,22 @@ def _kill(member: subprocess.Popen[bytes]) -> None:
     member.wait(10)
 
 
+async def _kill_twice(
+    execution_id: str, service: BookingService, fake: FakeOpenAI, spawn: Any, first: subprocess.Popen[bytes], kafka: KafkaSettings
+) -> list[dict[str, Any]]:
+    key_a, key_b = f"{execution_id}:call_a", f"{execution_id}:call_b"
+    # Between steps: step 0 and its tool call done, step 1's model turn streaming.
+    await service.wait_for(key_a, 1)
+    await _until(lambda: len(fake.bodies("booker-model")) >= 2, "step 1's model call")
+    _kill(first)
+    # Mid-tool-call: the second executor resumes at step 1 and is killed inside call B.
+    second = spawn(2)
+    await service.wait_for(key_b, 1)
+    _kill(second)
+    spawn(3)
+    return await read_events(kafka, execution_id, timeout=WAIT_S)
+
+
 @pytest.fixture
 async def booking() -> AsyncIterator[tuple[BookingService, str]]:
     service = BookingService(hold={"call_b"})
@@ -141,33 +157,28 @@ async def test_a_killed_executor_resumes_without_running_completed_steps_again(
             members.append(member)
             return member
 
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap, acks="all")
+        orch = OrchestratorSettings(kafka=kafka_settings, api_keys={API_KEY: TENANT}, agents_file=agents)
         await ensure_topics(kafka_settings)
-        await producer.start()
         try:
             first = spawn(1)
-            await announce_tenant(producer, kafka_settings, TenantRecord(tenant_id=TENANT))
-            execution_id = uuid.uuid4().hex
-            request = ExecutionRequested(tenant_id=TENANT, execution_id=execution_id, agent_id="booker", input="book A then B")
-            await producer.send_and_wait(kafka_settings.topics.lane("standard"), key=TENANT.encode(), value=encode(request))
-            key_a, key_b = f"{execution_id}:call_a", f"{execution_id}:call_b"
-
-            # Between steps: step 0 and its tool call done, step 1's model turn streaming.
-            await service.wait_for(key_a, 1)
-            await _until(lambda: len(fake.bodies("booker-model")) >= 2, "step 1's model call")
-            _kill(first)
-            # Mid-tool-call: the second executor resumes at step 1 and is killed inside call B.
-            second = spawn(2)
-            await service.wait_for(key_b, 1)
-            _kill(second)
-            spawn(3)
-            events = await read_events(kafka_settings, execution_id, timeout=WAIT_S)
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                r = await http.post(
+                    "/v1/executions", json={"input": "book A then B", "agent": "booker"}, headers={"Authorization": f"Bearer {API_KEY}"}
+                )
+                assert r.status_code == 202, r.text
+                execution_id = r.json()["execution_id"]
+                stream = asyncio.create_task(collect_events(url.replace("http", "ws", 1), API_KEY, execution_id, timeout=WAIT_S))
+                try:
+                    events = await _kill_twice(execution_id, service, fake, spawn, first, kafka_settings)
+                    items = await stream
+                finally:
+                    stream.cancel()
         finally:
-            await producer.stop()
             for member in members:
                 if member.poll() is None:
                     _kill(member)
 
+    key_a, key_b = f"{execution_id}:call_a", f"{execution_id}:call_b"
     assert events[-1]["type"] == "execution.completed", events[-1]
     assert events[-1]["output"] == "All booked."
     # A completed tool call never runs again; the interrupted one ran twice, both times with the same key.
@@ -184,4 +195,9 @@ async def test_a_killed_executor_resumes_without_running_completed_steps_again(
     # The final turn saw both results, from the log.
     final = fake.bodies("booker-model")[-1]["messages"]
     assert [orjson.loads(m["content"]) for m in final if m["role"] == "tool"] == [{"result": {"booked": "A"}}, {"result": {"booked": "B"}}]
+    # What a client streaming through the bridge saw: every step once, the resumes, one end.
+    seen = [i["event"] for i in items]
+    assert [e["type"] for e in seen].count("execution.resumed") == 2 and seen[-1]["type"] == "execution.completed"
+    completed = [e["call_id"] for e in seen if e["type"] == "tool.call.completed"]
+    assert completed == ["call_a", "call_b"]  # A's result once (reused, not redone); B's once, from the run that finished it
     print(f"\ncalls: A x{service.count(key_a)}, B x{service.count(key_b)} (same key); model turns asked: {asked}")
