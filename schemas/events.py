@@ -11,12 +11,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from schemas.bounds import MAX_TOKENS, Attempt, Id, JsonObject, JsonValue, Seq, TokenCount, TopicName
+from schemas.bounds import MAX_INT32, MAX_TOKENS, Attempt, Cursor, Id, JsonObject, JsonValue, Seq, TokenCount, TopicName
 from schemas.outputs import OutputSchema
 from schemas.topics import Priority
 
 SCHEMA_VERSION = 1
 MAX_INPUT_CHARS = 200_000
+MAX_STEPS = 1_000  # an agent's max_steps, and a step number on the wire
+MAX_TURN_TOOL_CALLS = 128  # tool calls one model turn may ask for
+MAX_CALL_ID_CHARS = 256
+MAX_TOOL_NAME_CHARS = 128
 
 
 def _now() -> datetime:
@@ -119,6 +123,47 @@ class ToolCallCompleted(Envelope):
     error: str | None = None
     duration_ms: float = 0.0
     step: int = 0
+
+
+class TurnToolCall(BaseModel):
+    """One tool call a model turn asked for, as the model wrote it (arguments unparsed)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: str = Field(max_length=MAX_CALL_ID_CHARS)
+    name: str = Field(max_length=MAX_TOOL_NAME_CHARS)
+    arguments: str = Field(default="", max_length=MAX_INPUT_CHARS)
+
+
+class TurnCompleted(Envelope):
+    """A model turn that asked for tools ended: the step's checkpoint, written (and acknowledged)
+    before any of its tools runs. With the step's ``tool.call.completed`` events it is what a later
+    attempt rebuilds the transcript from (services/executor/checkpoint.py); clients may ignore it."""
+
+    type: Literal["turn.completed"] = "turn.completed"
+    step: int = Field(default=0, ge=0, le=MAX_STEPS)
+    text: str = Field(default="", max_length=MAX_INPUT_CHARS)
+    tool_calls: tuple[TurnToolCall, ...] = Field(default=(), max_length=MAX_TURN_TOOL_CALLS)
+    usage: Usage = Field(default_factory=Usage)
+
+
+class ExecutionResumed(Envelope):
+    """This attempt continues from the events of earlier ones instead of starting over.
+
+    Steps before ``from_step`` are done (their ``token.delta`` and tool events, written by
+    ``reused_attempts``, stand); events of ``from_step`` and later written before this attempt's
+    ``execution.started`` are void (a turn cut off mid-stream runs again). ``rerun_calls``: tool calls
+    of the checkpointed step that had started but not completed; they run again with the same
+    idempotency key. ``reused_calls``: completed tool calls whose results are reused (never run again).
+    """
+
+    type: Literal["execution.resumed"] = "execution.resumed"
+    from_step: int = Field(default=0, ge=0, le=MAX_STEPS)
+    previous_attempt: Attempt = 0
+    reused_attempts: tuple[Attempt, ...] = Field(default=(), max_length=MAX_STEPS)
+    reused_from_offset: Cursor = -1  # where the reused events start (events partition of this execution)
+    reused_calls: int = Field(default=0, ge=0, le=MAX_INT32)
+    rerun_calls: tuple[str, ...] = Field(default=(), max_length=MAX_TURN_TOOL_CALLS)
 
 
 class ExecutionRestarted(Envelope):
@@ -228,6 +273,8 @@ Event = Annotated[
     | ToolCallStarted
     | ToolCallCompleted
     | ExecutionRestarted
+    | TurnCompleted
+    | ExecutionResumed
     | ExecutionCompleted
     | ExecutionFailed
     | ExecutionCancelled

@@ -34,6 +34,9 @@ class ExecutionStatus(BaseModel):
     events_topic: str = ""
     events_partition: int | None = None
     events_start_offset: int | None = None
+    # Where the newest attempt's own ``execution.started`` is. The same as ``events_start_offset``
+    # unless the attempt resumed from earlier ones (issue 16): then the events start at theirs.
+    attempt_start_offset: int | None = None
     output: str | None = None
     error: str | None = None
     usage: Usage | None = None
@@ -69,4 +72,6 @@ class ExecutionStatus(BaseModel):
                 "events_start_offset": other.events_start_offset,
                 "events_topic": other.events_topic,
             }
+        if self.attempt_start_offset is None and other.attempt_start_offset is not None and self.attempt == other.attempt:
+            update["attempt_start_offset"] = other.attempt_start_offset
         return self.model_copy(update=update)

@@ -22,6 +22,7 @@ from schemas.events import (
     ExecutionRejected,
     ExecutionRequested,
     ExecutionRestarted,
+    ExecutionResumed,
     ExecutionStarted,
     JobCompleted,
     JobRequested,
@@ -30,6 +31,7 @@ from schemas.events import (
     ToolCallCompleted,
     ToolCallProgress,
     ToolCallStarted,
+    TurnCompleted,
 )
 from schemas.status import ExecutionStatus
 from schemas.tenants import TenantRecord
@@ -42,6 +44,8 @@ ExecutionEvent = (
     | ToolCallProgress
     | ToolCallCompleted
     | ExecutionRestarted
+    | TurnCompleted
+    | ExecutionResumed
     | ExecutionCompleted
     | ExecutionFailed
     | ExecutionCancelled

@@ -60,9 +60,15 @@ async def collect_events(
 
 
 def spawn_executor(
-    kafka: KafkaSettings, *, instance_id: str, token_delay_ms: float = 20, session_timeout_ms: int = 6000
+    kafka: KafkaSettings,
+    *,
+    instance_id: str,
+    token_delay_ms: float = 20,
+    session_timeout_ms: int = 6000,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """An executor in its own process (so it can be SIGKILLed), configured through the environment."""
+    """An executor in its own process (so it can be SIGKILLed), configured through the environment
+    (``env``: more of its settings, e.g. an agents file)."""
     env = {
         **os.environ,
         "AGENTSTREAM_KAFKA_BOOTSTRAP": kafka.bootstrap,
@@ -71,6 +77,7 @@ def spawn_executor(
         "AGENTSTREAM_EXECUTOR_SCRIPTED_TOKEN_DELAY_MS": str(token_delay_ms),
         "AGENTSTREAM_EXECUTOR_SESSION_TIMEOUT_MS": str(session_timeout_ms),
         "AGENTSTREAM_EXECUTOR_INSTANCE_ID": instance_id,
+        **(env or {}),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "services.cli", "executor"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -69,6 +69,11 @@ class Transcript:
                 took = f" ({float(event.get('duration_ms', 0)):.0f} ms)"
                 out.append(Text.assemble((f"✓ {event.get('tool')}", "green"), f" → {result}", (took, "dim")))
             self.status = "thinking"
+        elif kind == "execution.resumed":
+            reused = f"{event.get('reused_calls', 0)} finished tool call(s) reused"
+            rerun = event.get("rerun_calls") or []
+            again = f", {len(rerun)} interrupted one(s) run again" if rerun else ""
+            out.append(Text(f"↻ resumed from step {event.get('from_step', 0)}: the steps above stand ({reused}{again})", style="yellow"))
         elif kind == "execution.restarted":
             why = f"{event.get('reason') or 'retry'}; now {event.get('provider')}/{event.get('model')}"
             if event.get("text_discarded") and self.pending_step == int(event.get("step", 0)):

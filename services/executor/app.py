@@ -40,6 +40,7 @@ from services.executor.admission import Refusal, check_key, check_request
 from services.executor.attempt import AttemptRun, Ended
 from services.executor.control import ControlTail
 from services.executor.emitter import EventEmitter
+from services.executor.eventlog import KafkaEventLog
 from services.executor.fence import Claim, Tenure
 from services.executor.httptools import ToolRegistry, load_http_tools
 from services.executor.jobtools import JobClient, job_tools
@@ -140,6 +141,8 @@ class Executor:
         )
         if tools is None:
             self.tools |= job_tools(self.jobs)
+        # An attempt after the first reads back what earlier ones completed (checkpoint.py): never the same work twice.
+        self.event_log = KafkaEventLog(settings.kafka, client_id=f"{settings.instance_id}-history")
         self._slots = PrioritySlots(settings.max_concurrency)
         self._watermarks: dict[TopicPartition, PartitionWatermark] = {}
         self._running: dict[str, tuple[TopicPartition, asyncio.Task[None]]] = {}
@@ -458,9 +461,10 @@ class Executor:
             cancel_grace_s=self.settings.cancel_grace_s,
             lookup=self._lookup,
             mcp=self.mcp,
+            events=self.event_log,
         )
         try:
-            ended = await run.run(request, emitter=emitter, publish=publish, base=base, cancel=cancel)
+            ended = await run.run(request, emitter=emitter, publish=publish, base=base, cancel=cancel, previous=previous)
             if ended.state == "completed":
                 self.completed += 1
             elif ended.state == "cancelled":

@@ -26,9 +26,18 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
 from schemas.agents import AgentSpec
-from schemas.events import ExecutionCancelled, ExecutionCompleted, ExecutionFailed, ExecutionRequested, ExecutionStarted
+from schemas.events import (
+    ExecutionCancelled,
+    ExecutionCompleted,
+    ExecutionFailed,
+    ExecutionRequested,
+    ExecutionResumed,
+    ExecutionStarted,
+)
 from schemas.status import ExecutionStatus
+from services.executor.checkpoint import Checkpoint, rebuild
 from services.executor.emitter import EventEmitter
+from services.executor.eventlog import EventLog
 from services.executor.fence import Fenced
 from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent, started_fields
 from services.executor.mcptools import McpTools
@@ -61,6 +70,7 @@ class AttemptRun:
     cancel_grace_s: float
     lookup: Lookup
     mcp: McpTools | None = None  # the agents' MCP servers' tools (mcptools.py)
+    events: EventLog | None = None  # where earlier attempts' events are read back from, to resume (eventlog.py)
 
     async def run(
         self,
@@ -70,7 +80,9 @@ class AttemptRun:
         publish: Publish,
         base: ExecutionStatus,
         cancel: asyncio.Event,
+        previous: ExecutionStatus | None = None,
     ) -> Ended:
+        """``previous``: the execution's snapshot before this attempt; where an earlier attempt's events are."""
         running: asyncio.Future[None] | None = None
 
         async def publish_after_running(status: ExecutionStatus) -> None:
@@ -89,12 +101,24 @@ class AttemptRun:
                 )
                 return Ended(finished=True, state="cancelled")
             spec, lookup_error = await self.lookup(request.agent_id)
+            checkpoint = await self._checkpoint(request, previous, base) if spec is not None else None
             started = await emitter.emit(ExecutionStarted, **started_fields(request, spec))
-            running = asyncio.ensure_future(_publish_running(started, publish, base))
+            # A resumed attempt's events start where the ones it reuses do: a replay from the start shows them.
+            running = asyncio.ensure_future(_publish_running(started, publish, base, checkpoint))
             try:
                 if spec is None:
                     raise lookup_error or ExecutionError(f"unknown agent {request.agent_id!r}")
-                outcome = await self._until_end(spec, request, emitter, cancel)
+                if checkpoint is not None:
+                    await emitter.emit(
+                        ExecutionResumed,
+                        from_step=checkpoint.from_step,
+                        previous_attempt=checkpoint.previous_attempt,
+                        reused_attempts=checkpoint.attempts,
+                        reused_from_offset=checkpoint.from_offset,
+                        reused_calls=checkpoint.reused_calls,
+                        rerun_calls=checkpoint.rerun_calls,
+                    )
+                outcome = await self._until_end(spec, request, emitter, cancel, checkpoint)
             except (ExecutionError, ProviderError) as exc:
                 await emitter.emit(ExecutionFailed, reason=str(exc), retriable=exc.retriable)
                 await emitter.drain()
@@ -140,13 +164,24 @@ class AttemptRun:
                 with contextlib.suppress(BaseException):
                     await running  # its outcome is known (or irrelevant) by now; never left unretrieved
 
+    async def _checkpoint(self, request: ExecutionRequested, previous: ExecutionStatus | None, base: ExecutionStatus) -> Checkpoint | None:
+        """What earlier attempts completed, read back from the events topic; None if nothing can be reused."""
+        if self.events is None or previous is None or previous.terminal or request.mode == "completion":
+            return None
+        if previous.events_partition is None or previous.events_start_offset is None or previous.events_topic != base.events_topic:
+            return None
+        start = previous.events_start_offset
+        records = await self.events.records(base.events_topic, previous.events_partition, start, request.execution_id)
+        checkpoint = rebuild(records, from_offset=start)
+        return checkpoint if checkpoint.steps else None
+
     async def _until_end(
-        self, spec: AgentSpec, request: ExecutionRequested, emitter: EventEmitter, cancel: asyncio.Event
+        self, spec: AgentSpec, request: ExecutionRequested, emitter: EventEmitter, cancel: asyncio.Event, checkpoint: Checkpoint | None
     ) -> Outcome | None:
         """Run the loop until it ends, the execution times out, or a cancel arrives (None)."""
         if spec.provider not in self.providers:
             raise ExecutionError(f"agent {spec.name!r} names provider {spec.provider!r}, which is not configured")
-        work = asyncio.create_task(self._agent(spec, request, emitter), name=f"{request.execution_id}-loop")
+        work = asyncio.create_task(self._agent(spec, request, emitter, checkpoint), name=f"{request.execution_id}-loop")
         cancelled = asyncio.create_task(cancel.wait())
         try:
             done, _ = await asyncio.wait({work, cancelled}, timeout=spec.timeout_s, return_when=asyncio.FIRST_COMPLETED)
@@ -163,7 +198,7 @@ class AttemptRun:
             return None
         raise ExecutionError(f"execution exceeded its timeout of {spec.timeout_s:g}s", retriable=True)
 
-    async def _agent(self, spec: AgentSpec, request: ExecutionRequested, emitter: EventEmitter) -> Outcome:
+    async def _agent(self, spec: AgentSpec, request: ExecutionRequested, emitter: EventEmitter, checkpoint: Checkpoint | None) -> Outcome:
         """The loop, with the agent's MCP servers' tools (mcptools.py) beside the executor's."""
         tools, notices = self.tools, list[str]()
         if spec.mcp_servers and self.mcp is not None:
@@ -171,11 +206,23 @@ class AttemptRun:
             tools = self.tools | found
             spec = spec.model_copy(update={"tools": (*spec.tools, *found)})
         return await run_agent(
-            spec=spec, request=request, providers=self.providers, tools=tools, emitter=emitter, settings=self.settings, notices=notices
+            spec=spec,
+            request=request,
+            providers=self.providers,
+            tools=tools,
+            emitter=emitter,
+            settings=self.settings,
+            notices=notices,
+            resume=checkpoint,
         )
 
 
-async def _publish_running(started: asyncio.Future[RecordMetadata], publish: Publish, base: ExecutionStatus) -> None:
-    """The ``running`` snapshot, once ``execution.started`` is acknowledged: it says where the events start."""
+async def _publish_running(
+    started: asyncio.Future[RecordMetadata], publish: Publish, base: ExecutionStatus, checkpoint: Checkpoint | None
+) -> None:
+    """The ``running`` snapshot, once ``execution.started`` is acknowledged: it says where the events start
+    (for a resumed attempt, where the events it reuses start; the next resume reads from there too)."""
     meta = await started
-    await publish(base.model_copy(update={"state": "running", "events_partition": meta.partition, "events_start_offset": meta.offset}))
+    start = meta.offset if checkpoint is None else min(checkpoint.from_offset, meta.offset)
+    update = {"state": "running", "events_partition": meta.partition, "events_start_offset": start, "attempt_start_offset": meta.offset}
+    await publish(base.model_copy(update=update))

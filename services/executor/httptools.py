@@ -30,7 +30,7 @@ import yaml
 
 from services.common.urlguard import RefusedAddress, Resolver, SystemResolver, UnresolvedHost, internal_address, public_addresses
 from services.executor.providers.base import ToolSpec
-from services.executor.tools import Tool, ToolDefinitionError, ToolError, check_schema
+from services.executor.tools import Tool, ToolDefinitionError, ToolError, check_schema, current_tool_call
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,11 @@ async def _read_bounded(response: httpx.Response, url: str) -> bytes:
 async def _post(client: httpx.AsyncClient, url: str, payload: dict[str, Any], secret: bytes | None) -> Any:
     body = orjson.dumps(payload)
     headers = {"content-type": "application/json"}
+    call = current_tool_call.get()
+    if call is not None and call.idempotency_key:
+        # The same for every run of this call (execution id + call id), also after a resume: the
+        # service can tell a call interrupted mid-way and run again from a new one (loop.py).
+        headers["idempotency-key"] = call.idempotency_key
     if secret is not None:
         timestamp = int(time.time())
         headers |= {"x-agentstream-timestamp": str(timestamp), "x-agentstream-signature": sign(secret, body, timestamp)}

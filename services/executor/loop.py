@@ -10,15 +10,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from schemas.agents import AgentSpec
 from schemas.bounds import json_problem
-from schemas.events import ExecutionRequested, ExecutionRestarted, ToolCallCompleted, ToolCallStarted, Usage
+from schemas.events import (
+    ExecutionRequested,
+    ExecutionRestarted,
+    ToolCallCompleted,
+    ToolCallStarted,
+    TurnCompleted,
+    TurnToolCall,
+    Usage,
+)
 from schemas.outputs import output_mismatch
 from services.common.errors import AgentstreamError
 from services.common.observability.tracing import traced_tool_call
 from services.common.prompts import PromptError, render_prompt
+from services.executor.checkpoint import Checkpoint, tool_content
 from services.executor.emitter import EventEmitter
 from services.executor.providers.base import ModelRequest, Provider, TextDelta, ToolCall, TurnEnd
 from services.executor.resilience import Restart, Route, parse_route, resilient_stream
@@ -70,8 +77,11 @@ async def run_agent(
     emitter: EventEmitter,
     settings: LoopSettings,
     notices: Sequence[str] = (),
+    resume: Checkpoint | None = None,
 ) -> Outcome:
-    """``notices``: what the model should know about its tools (an MCP server that is down), as system messages."""
+    """``notices``: what the model should know about its tools (an MCP server that is down), as system messages.
+    ``resume``: steps earlier attempts completed (checkpoint.py): their turns and tool results are the
+    transcript's, not run again; calls of the last one that never completed run now, then the next step."""
     completion = request.mode == "completion"
     spec = _with_model(spec, request.model)
     messages: list[dict[str, Any]] = [] if completion else [{"role": "system", "content": render_system_prompt(spec, request)}]
@@ -95,6 +105,18 @@ async def run_agent(
     usage = Usage()
     steps = 1 if completion else spec.max_steps
     step, retried = 0, False
+    call = functools.partial(_run_calls, allowed, emitter, timeout_s=tool_timeout_s, settings=settings)
+    if resume is not None and resume.steps:
+        usage = resume.usage
+        for done in resume.steps:
+            messages.append(_assistant(done.text, done.calls))
+            results = dict(done.results)
+            rerun = [c for c in done.calls if c.id not in results]
+            if rerun:  # interrupted mid-call: run again, with the same call id (so the same idempotency key)
+                results |= dict(zip((c.id for c in rerun), await call(rerun, step=done.step), strict=True))
+                await emitter.drain()
+            messages += [{"role": "tool", "tool_call_id": c.id, "content": results[c.id]} for c in done.calls]
+        step = resume.from_step
     while step < steps:
         parts: list[str] = []
         end = TurnEnd()
@@ -125,29 +147,46 @@ async def run_agent(
             messages.append({"role": "assistant", "content": text})
             messages.append({"role": "user", "content": _RETRY_PROMPT.format(problem=problem)})
             continue
-        messages.append(
-            {
-                "role": "assistant",
-                "content": text or None,
-                "tool_calls": [
-                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in end.tool_calls
-                ],
-            }
-        )
-        results = await asyncio.gather(
-            *(
-                traced_tool_call(
-                    functools.partial(_call_tool, call, allowed, emitter, step=step, timeout_s=tool_timeout_s, settings=settings),
-                    tool=call.name,
-                    call_id=call.id,
-                )
-                for call in end.tool_calls
-            )
-        )
-        for call, content in zip(end.tool_calls, results, strict=True):
-            messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
+        messages.append(_assistant(text, end.tool_calls))
+        # The step's checkpoint, acknowledged before any of its tools runs: a later attempt reuses this
+        # turn (and its call ids, so the tools' idempotency keys) instead of asking the model again.
+        await (await emitter.emit(TurnCompleted, step=step, text=text, tool_calls=_turn_calls(end.tool_calls), usage=end.usage))
+        contents = await call(end.tool_calls, step=step)
+        # The step's results in the log before the model hears of them: a call the model saw answered
+        # is one a later attempt reuses, never one it runs again.
+        await emitter.drain()
+        for tool_call, content in zip(end.tool_calls, contents, strict=True):
+            messages.append({"role": "tool", "tool_call_id": tool_call.id, "content": content})
         step += 1
     raise ExecutionError(f"agent {spec.name!r} did not finish within max_steps={spec.max_steps}")
+
+
+def _assistant(text: str, calls: Sequence[ToolCall]) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls],
+    }
+
+
+def _turn_calls(calls: Sequence[ToolCall]) -> list[TurnToolCall]:
+    return [TurnToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls]
+
+
+async def _run_calls(
+    tools: dict[str, Tool], emitter: EventEmitter, calls: Sequence[ToolCall], *, step: int, timeout_s: float, settings: LoopSettings
+) -> list[str]:
+    """A step's tool calls, concurrently; each one's tool message content, in order."""
+    return await asyncio.gather(
+        *(
+            traced_tool_call(
+                functools.partial(_call_tool, call, tools, emitter, step=step, timeout_s=timeout_s, settings=settings),
+                tool=call.name,
+                call_id=call.id,
+            )
+            for call in calls
+        )
+    )
 
 
 _RETRY_PROMPT = "Your answer is not valid: {problem}. Answer again with only a JSON document that matches the required schema."
@@ -228,7 +267,8 @@ async def _call_tool(
         args = _bounded("arguments", call.name, parse_arguments(tool, call.arguments))
         await emitter.emit(ToolCallStarted, call_id=call.id, tool=call.name, arguments=args, step=step)
         announced = True
-        current_tool_call.set(ToolContext(emitter=emitter, call_id=call.id, tool=call.name, step=step))
+        key = f"{emitter.envelope['execution_id']}:{call.id}"
+        current_tool_call.set(ToolContext(emitter=emitter, call_id=call.id, tool=call.name, step=step, idempotency_key=key))
         result = _bounded("result", call.name, await _invoke(tool, args, timeout_s=timeout_s, settings=settings))
     except ToolError as exc:
         error = str(exc)
@@ -240,7 +280,4 @@ async def _call_tool(
         await emitter.emit(ToolCallStarted, call_id=call.id, tool=call.name, arguments={}, step=step)
     duration_ms = (time.perf_counter() - started) * 1000
     await emitter.emit(ToolCallCompleted, call_id=call.id, tool=call.name, result=result, error=error, duration_ms=duration_ms, step=step)
-    try:
-        return orjson.dumps({"error": error} if error is not None else {"result": result}).decode()
-    except TypeError:
-        return orjson.dumps({"result": str(result)}).decode()
+    return tool_content(result, error)

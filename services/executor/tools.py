@@ -137,6 +137,7 @@ class ToolContext:
     call_id: str
     tool: str
     step: int
+    idempotency_key: str = ""  # execution id + call id: stable across attempts (HTTP tools send it)
 
 
 # Set by the agent loop around each tool call; each call runs in its own task, so calls never mix.

@@ -74,7 +74,8 @@ class Subscription:
         """The attempt a client resuming after ``cursor`` already saw start: the status view's, if the
         cursor is at or past where it started (its ``running`` snapshot is written after that start
         is in the log, and holds its offset); else 0, and the records themselves tell."""
-        start = status.events_start_offset
+        # A resumed attempt's events start before its own start (at the events it reuses): compare with the latter.
+        start = status.attempt_start_offset if status.attempt_start_offset is not None else status.events_start_offset
         return status.attempt if cursor is not None and start is not None and cursor >= start else 0
 
     def offer(self, record: Record, item: EventItem | None = None) -> None:

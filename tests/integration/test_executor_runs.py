@@ -46,14 +46,18 @@ async def test_two_step_tool_loop_sums_usage(harness: Harness) -> None:
     assert types_of(events) == [
         "execution.started",
         "token.delta",
+        "turn.completed",
         "tool.call.started",
         "tool.call.completed",
         "token.delta",
         "execution.completed",
     ]
-    completed = events[3]
+    turn = events[2]
+    assert turn["step"] == 0 and turn["text"] == "Let me compute." and turn["usage"]["total_tokens"] == 25
+    assert turn["tool_calls"] == [{"id": "c1", "name": "calculator", "arguments": '{"expression": "17*23+4"}'}]
+    completed = events[4]
     assert completed["result"] == 395 and completed["error"] is None and completed["duration_ms"] >= 0
-    assert events[2]["arguments"] == {"expression": "17*23+4"}
+    assert events[3]["arguments"] == {"expression": "17*23+4"}
     assert text_of(events, step=0) == "Let me compute." and text_of(events, step=1) == "It is 395."
     assert events[-1]["usage"] == {"prompt_tokens": 60, "completion_tokens": 9, "total_tokens": 69}
     second = harness.fake.bodies("tool-model")[1]["messages"]

@@ -115,3 +115,15 @@ def test_up_logs_coloured_lines_on_a_terminal_and_json_elsewhere_or_when_asked(m
         for handler in kept:
             root.addHandler(handler)
         root.setLevel(level)
+
+
+def test_a_resumed_attempt_says_what_it_reused() -> None:
+    printed = _printed(
+        Transcript(),
+        [
+            {"type": "execution.started", "attempt": 1},
+            {"type": "execution.started", "attempt": 2},
+            {"type": "execution.resumed", "attempt": 2, "from_step": 2, "reused_calls": 1, "rerun_calls": ["c2"]},
+        ],
+    )
+    assert "resumed from step 2: the steps above stand (1 finished tool call(s) reused, 1 interrupted one(s) run again)" in printed

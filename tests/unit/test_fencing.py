@@ -128,6 +128,18 @@ def test_a_client_resuming_past_the_new_start_gets_no_older_attempt() -> None:
     assert sink.events[-1][2]["output"] == "new"
 
 
+def test_a_client_resuming_inside_the_events_a_resumed_attempt_reuses_still_gets_them() -> None:
+    """Attempt 2 resumed from attempt 1's events (they start at 0, its own start is at 2): a client at
+    cursor 1 has not seen attempt 2 start, so attempt 1's records after its cursor still reach it."""
+    resumed_2 = ExecutionStatus(
+        execution_id="e1", tenant_id="t", state="running", attempt=2, events_partition=0, events_start_offset=0, attempt_start_offset=2
+    )
+    assert Subscription.resumed_attempt(resumed_2, 1) == 0
+    assert Subscription.resumed_attempt(resumed_2, 2) == 2
+    ended = ExecutionStatus(execution_id="e1", tenant_id="t", state="completed", attempt=2)
+    assert ended.merged_over(resumed_2).attempt_start_offset == 2  # the terminal snapshot keeps it, as it keeps the start
+
+
 def test_catch_up_from_memory_learns_the_attempt_from_records_before_the_cursor() -> None:
     """The bridge's memory replays every record of the execution; those up to the cursor are not sent,
     but the start of attempt 2 among them still fences what follows."""

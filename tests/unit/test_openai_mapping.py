@@ -85,3 +85,59 @@ def test_structured_is_known_from_the_started_event_so_a_resumed_fold_matches() 
     again = [o for c, e in events for o in resumed.feed(c, e)]
     assert [o["type"] for o in again] == [o["type"] for o in first]
     assert resumed.snapshot()["output"] == live.snapshot()["output"]
+
+
+def resumed_run() -> list[dict[str, Any]]:
+    """Attempt 1 finishes step 0 and is cut off in step 1; attempt 2 resumes from step 1."""
+    return [
+        {"type": "execution.started", "attempt": 1},
+        {"type": "token.delta", "text": "Let me", "step": 0, "attempt": 1},
+        {"type": "tool.call.started", "call_id": "c1", "tool": "calculator", "step": 0, "attempt": 1},
+        {"type": "tool.call.completed", "call_id": "c1", "tool": "calculator", "result": 42, "step": 0, "attempt": 1},
+        {"type": "token.delta", "text": "cut", "step": 1, "attempt": 1},
+        {"type": "execution.started", "attempt": 2},
+        {"type": "execution.resumed", "attempt": 2, "from_step": 1, "previous_attempt": 1, "reused_calls": 1},
+        {"type": "token.delta", "text": "It is 42", "step": 1, "attempt": 2},
+        {"type": "execution.completed", "output": "It is 42", "attempt": 2},
+    ]
+
+
+def test_a_resumed_attempt_keeps_the_steps_it_reuses_in_the_chat_completion() -> None:
+    mapper = ChatMapper(execution_id="e1", model="default", structured=False, include_usage=False)
+    for e in resumed_run():
+        mapper.feed(e)
+    assert mapper.completion()["choices"][0]["message"]["content"] == "Let me\n\nIt is 42"  # step 0 stands, "cut" is void
+
+
+def resumed_with_a_rerun() -> list[dict[str, Any]]:
+    """Attempt 1 dies inside call c2 of step 0; attempt 2 resumes from step 1 and runs c2 again."""
+    return [
+        {"type": "execution.started", "attempt": 1},
+        {"type": "token.delta", "text": "Let me", "step": 0, "attempt": 1},
+        {"type": "tool.call.started", "call_id": "c1", "tool": "calculator", "step": 0, "attempt": 1},
+        {"type": "tool.call.completed", "call_id": "c1", "tool": "calculator", "result": 42, "step": 0, "attempt": 1},
+        {"type": "tool.call.started", "call_id": "c2", "tool": "calculator", "step": 0, "attempt": 1},
+        {"type": "execution.started", "attempt": 2},
+        {"type": "execution.resumed", "attempt": 2, "from_step": 1, "reused_calls": 1, "rerun_calls": ["c2"]},
+        {"type": "tool.call.started", "call_id": "c2", "tool": "calculator", "step": 0, "attempt": 2},
+        {"type": "tool.call.completed", "call_id": "c2", "tool": "calculator", "result": 7, "step": 0, "attempt": 2},
+        {"type": "token.delta", "text": "It is 42", "step": 1, "attempt": 2},
+        {"type": "execution.completed", "output": "It is 42", "attempt": 2},
+    ]
+
+
+def test_a_resumed_attempt_keeps_the_steps_it_reuses_in_the_response() -> None:
+    mapper = ResponseMapper(execution_id="e1", model="default", created_at=1.0, structured=False, request={})
+    for cursor, e in enumerate(resumed_with_a_rerun()):
+        mapper.feed(cursor, e)
+    final = Response.model_validate(mapper.snapshot())
+    kinds = [(i.type, getattr(i, "call_id", None)) for i in final.output]
+    assert kinds == [
+        ("message", None),
+        ("function_call", "c1"),
+        ("function_call_output", "c1"),
+        ("function_call", "c2"),  # the rerun's, not the interrupted one
+        ("function_call_output", "c2"),
+        ("message", None),
+    ]
+    assert final.output_text == "Let meIt is 42"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from a2a.types import TaskArtifactUpdateEvent, TaskState, TaskStatusUpdateEvent
-from ag_ui.core import AssistantMessage, Event, EventType
+from ag_ui.core import AssistantMessage, Event, EventType, ToolMessage
 from ag_ui.encoder import EventEncoder
 from google.protobuf.json_format import MessageToDict
 from pydantic import TypeAdapter
@@ -133,3 +133,29 @@ def test_a2a_newer_attempt_and_ends_without_an_event() -> None:
     [end] = queued.end("timed_out", "deadline passed")
     assert status(end).status.state == TaskState.TASK_STATE_FAILED and "deadline passed" in status(end).status.message.parts[0].text
     assert queued.end("cancelled", None) == [] and queued.task().status.state == TaskState.TASK_STATE_FAILED
+
+
+def test_a2a_a_resumed_attempt_keeps_the_steps_it_reuses() -> None:
+    mapper = TaskMapper(task_id="x", context_id="ses_1", history=[])
+    mapper.feed(0, started())
+    mapper.feed(1, token("Step zero."))
+    mapper.feed(2, {"type": "token.delta", "text": "cut", "step": 1})
+    mapper.feed(3, started(2))
+    [again] = mapper.feed(4, {"type": "execution.resumed", "attempt": 2, "from_step": 1})
+    assert not artifact(again).append and artifact(again).artifact.parts[0].text == "Step zero."
+    mapper.feed(5, {"type": "token.delta", "text": "Step one.", "step": 1, "attempt": 2})
+    assert mapper.task().artifacts[0].parts[0].text == "Step zero.\n\nStep one."
+
+
+def test_agui_a_resumed_attempt_keeps_the_steps_it_reuses() -> None:
+    from tests.unit.test_openai_mapping import resumed_with_a_rerun
+
+    mapper = RunMapper(thread_id="t", run_id="r", execution_id="x", prefix=[])
+    for event in resumed_with_a_rerun():
+        mapper.feed(event)
+    messages = mapper.snapshot().messages
+    assert [(m.role, m.content) for m in messages if m.role == "assistant"] == [("assistant", "Let me"), ("assistant", "It is 42")]
+    holder = messages[0]
+    assert isinstance(holder, AssistantMessage)
+    assert [c.id for c in holder.tool_calls or ()] == ["x.1.c1", "x.2.c2"]  # the interrupted x.1.c2 is gone
+    assert [m.tool_call_id for m in messages if isinstance(m, ToolMessage)] == ["x.1.c1", "x.2.c2"]

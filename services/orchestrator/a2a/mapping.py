@@ -48,6 +48,7 @@ class TaskMapper:
         self.reason: str | None = None
         self.cursor: str | None = None  # of the last event folded
         self._steps: dict[int, list[str]] = {}  # each model turn's text, as streamed (joined when needed)
+        self._before: dict[int, list[str]] = {}  # the steps as they stood when the newest attempt started
         self._last_step: int | None = None
         self._final: str | None = None
         self._structured = False
@@ -75,10 +76,17 @@ class TaskMapper:
             if previous == 0:
                 self.state = TaskState.TASK_STATE_WORKING
                 return [self._status()]
-            if attempt > previous and self._steps:  # a newer attempt starts over: its text is void
-                self._steps.clear()
+            if attempt > previous and self._steps:  # a newer attempt starts over (its text is void), unless it resumes
+                self._before, self._steps = self._steps, {}
                 return [self._artifact("", append=False)]
             return []
+        if kind == "execution.resumed" and int(event.get("attempt", 1)) == self._attempt:
+            kept = {n: t for n, t in self._before.items() if n < int(event.get("from_step", 0))}
+            if not kept:
+                return []
+            self._steps = kept | self._steps  # the steps the new attempt reuses stand
+            self._last_step = max(self._steps)
+            return [] if self._structured else [self._artifact(self.text(), append=False)]
         if kind == "token.delta":
             step, text = int(event.get("step", 0)), str(event.get("text", ""))
             fresh = not self._steps

@@ -54,6 +54,7 @@ class RunMapper:
         self.messages: list[dict[str, Any]] = []  # this run's messages (wire form)
         self._steps: list[int] = []  # the step each of them belongs to
         self._void: set[int] = set()
+        self._voided_by_start: set[int] = set()  # what the newest attempt's start voided (a resume may keep some)
         self._parts: dict[int, list[str]] = {}  # the text of each text message, as streamed
         self._open: int | None = None  # the text message being streamed
         self._attempt = 0
@@ -75,9 +76,12 @@ class RunMapper:
                     out.append(StateSnapshotEvent(snapshot=self._state))
             elif attempt > self._attempt:  # a newer attempt starts over: what the older one said is void
                 self._close(out)
-                self._void.update(range(len(self.messages)))
+                self._voided_by_start = set(range(len(self.messages))) - self._void
+                self._void.update(self._voided_by_start)
                 out.append(self.snapshot())
             self._attempt = max(self._attempt, attempt)
+        elif kind == "execution.resumed" and int(event.get("attempt", 1)) == self._attempt:
+            out += self._resumed(int(event.get("from_step", 0)), {str(c) for c in event.get("rerun_calls") or ()})
         elif kind == "token.delta" and not self._structured:
             step, text = int(event.get("step", 0)), str(event.get("text", ""))
             if self._open is None or self._steps[self._open] != step:
@@ -152,6 +156,20 @@ class RunMapper:
             self.messages[i]["content"] = "".join(parts)
         kept = [m for i, m in enumerate(self.messages) if i not in self._void]
         return MessagesSnapshotEvent(messages=_MESSAGES.validate_python(self._prefix + kept))
+
+    def _resumed(self, from_step: int, rerun: set[str]) -> list[BaseEvent]:
+        """The steps a resumed attempt reuses stand again (void since its start); calls it runs again
+        are taken out of them (the new attempt announces them anew)."""
+        kept = sorted(i for i in self._voided_by_start if self._steps[i] < from_step)
+        if not kept:
+            return []
+        for i in kept:
+            calls = self.messages[i].get("toolCalls")
+            if calls is not None:
+                self.messages[i]["toolCalls"] = [c for c in calls if c["id"].rsplit(".", 1)[-1] not in rerun]
+            self._void.discard(i)
+        self._voided_by_start = set()
+        return [self.snapshot()]
 
     # -- parts ----------------------------------------------------------------------------
     def _call_id(self, call_id: str) -> str:

@@ -39,6 +39,7 @@ class ChatMapper:
         self._structured = structured
         self._include_usage = include_usage
         self._steps: dict[int, list[str]] = {}
+        self._before: dict[int, list[str]] = {}  # the steps as they stood when the newest attempt started
         self._attempt = 0
         self._sent_text = False
         self._last_step: int | None = None
@@ -57,7 +58,7 @@ class ChatMapper:
             first = self._attempt == 0
             self._structured = bool(event.get("structured", self._structured))
             if event.get("attempt", 1) > self._attempt and not first:
-                self._steps.clear()  # a newer attempt starts over
+                self._before, self._steps = self._steps, {}  # a newer attempt starts over, unless it resumes
             self._attempt = max(self._attempt, int(event.get("attempt", 1)))
             return [self._chunk({"role": "assistant", "content": ""})] if first else []
         if kind == "token.delta":
@@ -71,6 +72,10 @@ class ChatMapper:
             return [self._chunk({"content": text})]
         if kind == "execution.restarted" and event.get("text_discarded"):
             self._steps.pop(int(event.get("step", 0)), None)
+            return []
+        if kind == "execution.resumed" and int(event.get("attempt", 1)) == self._attempt:
+            # Steps the new attempt reuses stand (their text was sent once and counts in the content).
+            self._steps = {n: t for n, t in self._before.items() if n < int(event.get("from_step", 0))} | self._steps
             return []
         if kind == "execution.completed":
             self.state = "completed"
@@ -122,7 +127,9 @@ class ResponseMapper:
         self._structured = structured
         self._request = request  # instructions, metadata, background, previous_response_id, text ...
         self.items: list[dict[str, Any]] = []
+        self._item_steps: dict[int, int] = {}  # the step each item belongs to
         self._void: set[int] = set()
+        self._voided_by_start: set[int] = set()  # what the newest attempt's start voided (a resume may keep some)
         self._open: int | None = None  # the message item text goes to
         self._open_step: int | None = None
         self._attempt = 0
@@ -165,7 +172,8 @@ class ResponseMapper:
             attempt = int(event.get("attempt", 1))
             if self._attempt and attempt > self._attempt:
                 self._close(emit, incomplete=True)
-                self._void.update(range(len(self.items)))  # everything of the older attempt is void
+                self._voided_by_start = set(range(len(self.items))) - self._void
+                self._void.update(self._voided_by_start)  # everything of the older attempt is void, unless it resumes
             first = self._attempt == 0
             # From the event, not the request: a resumed stream folds the same events the same way.
             self._structured = bool(event.get("structured", self._structured))
@@ -191,6 +199,16 @@ class ResponseMapper:
                 delta=text,
                 logprobs=[],
             )
+        elif kind == "execution.resumed" and int(event.get("attempt", 1)) == self._attempt:
+            # The final object keeps the steps the new attempt reuses; calls it runs again come anew.
+            from_step, rerun = int(event.get("from_step", 0)), {str(c) for c in event.get("rerun_calls") or ()}
+            for index in self._voided_by_start:
+                item = self.items[index]
+                if self._item_steps.get(index, from_step) < from_step and not (
+                    item["type"] == "function_call" and item["call_id"] in rerun
+                ):
+                    self._void.discard(index)
+            self._voided_by_start = set()
         elif kind == "execution.restarted" and event.get("text_discarded"):
             if self._open is not None and self._open_step == int(event.get("step", 0)):
                 self._void.add(self._open)
@@ -207,6 +225,7 @@ class ResponseMapper:
             }
             self.items.append(item)
             index = len(self.items) - 1
+            self._item_steps[index] = int(event.get("step", 0))
             emit("response.output_item.added", output_index=index, item=dict(item, arguments=""))
             emit("response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=item["arguments"])
             emit(
@@ -238,6 +257,7 @@ class ResponseMapper:
                 "status": "completed",
             }
             self.items.append(output)
+            self._item_steps[len(self.items) - 1] = int(event.get("step", 0))
             emit("response.output_item.added", output_index=len(self.items) - 1, item=output)
             emit("response.output_item.done", output_index=len(self.items) - 1, item=output)
         elif kind == "execution.completed":
@@ -281,6 +301,7 @@ class ResponseMapper:
         }
         self.items.append(item)
         self._open, self._open_step = len(self.items) - 1, step
+        self._item_steps[self._open] = step
         emit("response.output_item.added", output_index=self._open, item=dict(item, content=[]))
         emit("response.content_part.added", item_id=item["id"], output_index=self._open, content_index=0, part=dict(item["content"][0]))
 
