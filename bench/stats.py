@@ -41,6 +41,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "last_at": max(lasts) if lasts else None,
         "errors": [e for p in parts for e in p["errors"]],
         "client_cpu_s": sum(p["client_cpu_s"] for p in parts),
+        "client_busy": [p["client_busy"] for p in parts if p.get("client_busy") is not None],
     }
 
 
@@ -62,4 +63,7 @@ def summarize(raw: dict[str, Any], *, expected_tokens: int, first_token_delay_s:
         "errors": raw["errors"][:5],
         "error_count": len(raw["errors"]),
         "client_cpu_s": raw["client_cpu_s"],
+        # The busiest client process's share of a core while tokens flowed (clients.busy), and how many shared the step.
+        "client_busy_max": max(raw.get("client_busy") or [0.0]) if raw.get("client_busy") else None,
+        "client_processes": len(raw.get("client_busy") or []),
     }
