@@ -20,6 +20,7 @@ import openai
 import orjson
 import uvloop
 
+from bench import stats
 from bench.procs import API_KEY
 
 TERMINAL = frozenset({"execution.completed", "execution.failed", "execution.cancelled"})
@@ -74,18 +75,8 @@ def _run(work: Callable[[], Coroutine[Any, Any, list[StreamResult]]]) -> dict[st
     cpu0, started = time.process_time(), time.time()
     results: list[StreamResult] = uvloop.run(work())
     cpu_end, wall_end = time.process_time(), time.time()
-    return {**_merge(results, cpu_end - cpu0, started), "client_busy": busy(results, cpu_end, wall_end)}
-
-
-def busy(results: list[StreamResult], cpu_end: float, wall_end: float) -> float | None:
-    """This process's share of a core from the first token it saw to the end: near 1.0, the client
-    was the limit of the step, not the server (connecting and the first-token wait are left out)."""
     marks = [(r.first_at, r.cpu_at_first) for r in results if r.first_at is not None and r.cpu_at_first is not None]
-    if not marks:
-        return None
-    first_at, cpu_at_first = min(marks)
-    wall = wall_end - first_at
-    return (cpu_end - cpu_at_first) / wall if wall > 0 else None
+    return {**_merge(results, cpu_end - cpu0, started), "client_busy": stats.busy(marks, cpu_end, wall_end)}
 
 
 async def _delay_until(at: float | None) -> None:

@@ -236,7 +236,8 @@ class Run:
             "seconds": r.seconds,
             "bound": r.bound,
             "idle_mb": idle,
-            "peak_mb": peak / 2**20,
+            # The step's peak (sampled every 0.25 s) or the window's, if it rose after the last stream ended.
+            "peak_mb": max(peak / 2**20, *(mb for _, mb in samples)),
             "after_mb": samples[-1][1],
             "after_s": samples[-1][0],
             "samples": [[round(t, 1), round(mb, 1)] for t, mb in samples],

@@ -67,3 +67,14 @@ def summarize(raw: dict[str, Any], *, expected_tokens: int, first_token_delay_s:
         "client_busy_max": max(raw.get("client_busy") or [0.0]) if raw.get("client_busy") else None,
         "client_processes": len(raw.get("client_busy") or []),
     }
+
+
+def busy(marks: list[tuple[float, float]], cpu_end: float, wall_end: float) -> float | None:
+    """A client process's share of a core from the first token it saw to the end: near 1.0, the
+    client was the limit of the step, not the server (connecting and the first-token wait are left
+    out). ``marks``: (wall time, this process's CPU seconds) at each stream's first token."""
+    if not marks:
+        return None
+    first_at, cpu_at_first = min(marks)
+    wall = wall_end - first_at
+    return (cpu_end - cpu_at_first) / wall if wall > 0 else None
