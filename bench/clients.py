@@ -106,7 +106,7 @@ def run_sdk(base_url: str, model: str, n: int, start_at: float | None = None) ->
 
     async def work() -> list[StreamResult]:
         limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
-        client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0, http_client=httpx.AsyncClient(limits=limits))  # type: ignore[arg-type]
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0, http_client=httpx.AsyncClient(limits=limits, timeout=60))  # type: ignore[arg-type]
         await _delay_until(start_at)
         try:
             return list(await asyncio.gather(*(one(client) for _ in range(n))))

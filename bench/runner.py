@@ -224,8 +224,12 @@ class Run:
             samples.append((now - start, orch.rss() / 2**20))
             if stack_at is not None and now >= stack_at:
                 stack_at = None
-                self.quiet_stack(settle=0.0, after_s=now - start)
-                continue  # a sample at its end, then on to the window's end
+
+                def sample() -> None:
+                    samples.append((time.monotonic() - start, orch.rss() / 2**20))
+
+                self.quiet_stack(settle=0.0, after_s=now - start, tick=sample, interval=r.interval)
+                continue  # on to the window's end
             if now >= end:
                 break
             next_at = min(now + r.interval, end, stack_at if stack_at is not None else end)
@@ -429,13 +433,20 @@ class Run:
         )
         return out
 
-    def quiet_stack(self, *, settle: float = 2.0, after_s: float | None = None) -> None:
+    def quiet_stack(
+        self, *, settle: float = 2.0, after_s: float | None = None, tick: Callable[[], None] | None = None, interval: float = 5.0
+    ) -> None:
         """An idle stack: Kafka and the services, no executions, for ``quiet_seconds`` (after ``settle``
-        seconds for what the last step left behind: commits, evictions)."""
+        seconds for what the last step left behind: commits, evictions); ``tick`` every ``interval`` s
+        meanwhile (the RSS window's samples)."""
         seconds = self.s.quiet_seconds
         time.sleep(settle)
         cpu0 = self._cpu()
-        time.sleep(seconds)
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            time.sleep(min(interval, left) if tick is not None else left)
+            if tick is not None:
+                tick()
         pct = {k: 100 * v / seconds for k, v in _delta(cpu0, self._cpu()).items()}
         self.results["quiet"] = {"seconds": seconds, "core_pct": pct, "after_recovery_step_s": after_s}
         console.log(
