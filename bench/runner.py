@@ -149,7 +149,7 @@ class Run:
     def stream_step(self, kind: str, load: Load) -> dict[str, Any]:
         start_at = time.time() + 0.3
         model = model_name(load.rate, load.tokens, self.s.first_token_delay_ms)
-        cpu0 = self._cpu()
+        cpu0, wall0 = self._cpu(), time.monotonic()
         if kind == "sdk":
             parts = self._spread(clients.run_sdk, load.concurrency, lambda n: (self.model_url, model, n, start_at))
         elif kind == "raw":
@@ -167,6 +167,8 @@ class Run:
         # CPU seconds spent by processes that are not part of this benchmark (other work on the machine).
         out["foreign_cpu_s"] = max(0.0, machine - ours)
         out["machine_cpu_s"] = machine
+        # The whole machine's share of all its cores over the step: near 1.0, every process (a client too) waited for a core.
+        out["machine_busy"] = machine / max(1e-9, (time.monotonic() - wall0) * (psutil.cpu_count() or 1))
         if out["tokens"]:
             out["cpu_ms_per_token"] = {name: 1000 * cpu / out["tokens"] for name, cpu in out["service_cpu_s"].items()}
         lat = out["latency_ms"]

@@ -44,6 +44,9 @@ def recovery_row(r: dict[str, Any]) -> tuple[str, str, bool | None]:
     )
 
 
+KINDS = (("agentstream", "agentstream"), ("floor_raw", "raw SSE"), ("floor_sdk", "openai SDK"))
+
+
 def client_rows(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     """At the heaviest load: were the bench's own client processes the limit? (busiest process's share of a core)"""
     loads = [r for r in results.get("loads", []) if r["rate"] == 50]
@@ -51,7 +54,7 @@ def client_rows(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         return []
     row = max(loads, key=lambda r: r["concurrency"])
     parts, decide = [], []
-    for key, name in (("agentstream", "agentstream"), ("floor_raw", "raw SSE"), ("floor_sdk", "openai SDK")):
+    for key, name in KINDS:
         busy = (row.get(key) or {}).get("client_busy_max")
         if busy is None:
             continue
@@ -61,11 +64,14 @@ def client_rows(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     if not parts:
         return []
     n = (row.get("agentstream") or {}).get("client_processes") or results.get("settings", {}).get("client_processes")
+    machine = [f"{name} {s['machine_busy']:.0%}" for key, name in KINDS if (s := row.get(key)) and s.get("machine_busy") is not None]
     return [
         (
             f"the bench's clients are not the limit at {row['label']}: busiest client process < {CLIENT_BUSY_LIMIT:.0%} of a core "
             "(agentstream and raw floor; check, not an issue target)",
-            f"{', '.join(parts)} of a core ({n} processes each)",
+            f"{', '.join(parts)} of a core ({n} processes each)"
+            # A client starved of a core reads late without being busy: the machine's load says whether that could be.
+            + (f"; machine busy (all cores): {', '.join(machine)}" if machine else ""),
             all(b < CLIENT_BUSY_LIMIT for b in decide),
         )
     ]

@@ -135,9 +135,10 @@ def test_the_rss_row_says_idle_peak_and_after_and_decides() -> None:
     assert targets.recovery_row(_recovery(170.0, after_s=60.0))[2] is None
 
 
-def _step(tps: float, busy: float | None) -> dict[str, Any]:
+def _step(tps: float, busy: float | None, machine: float | None = None) -> dict[str, Any]:
     latency = {"p50": 1.0, "p99": 2.0, "max": 3.0}
     return {
+        **({"machine_busy": machine} if machine is not None else {}),
         "latency_ms": latency,
         "ttft_overhead_ms": latency,
         "delivered_tps": tps,
@@ -152,9 +153,9 @@ def _load_row(concurrency: int, agentstream_tps: float, floor_tps: float, busy: 
         "rate": 50,
         "tokens": 200,
         "label": f"{concurrency}x50tok/s",
-        "floor_sdk": _step(floor_tps, 0.95),
-        "floor_raw": _step(floor_tps, busy),
-        "agentstream": _step(agentstream_tps, 0.05),
+        "floor_sdk": _step(floor_tps, 0.95, machine=0.99),
+        "floor_raw": _step(floor_tps, busy, machine=0.7),
+        "agentstream": _step(agentstream_tps, 0.05, machine=0.98),
     }
 
 
@@ -170,7 +171,12 @@ def test_500_streams_against_the_floor_and_the_clients_checked_at_the_heaviest_l
     assert _row(rows, "delivered tok/s >= 60% of the floor's (500x50tok/s)")[1:] == ("13000 vs 20000 tok/s = 65%", True)
     clients_row = _row(rows, "the bench's clients are not the limit at 500x50tok/s")
     # The SDK floor's busy client is shown, not decisive: the targets compare against the raw floor.
-    assert clients_row[1:] == ("agentstream 5%, raw SSE 30%, openai SDK 95% of a core (2 processes each)", True)
+    # The machine's load beside it: a client starved of a core reads late without being busy.
+    assert clients_row[1:] == (
+        "agentstream 5%, raw SSE 30%, openai SDK 95% of a core (2 processes each); "
+        "machine busy (all cores): agentstream 98%, raw SSE 70%, openai SDK 99%",
+        True,
+    )
     results = {"loads": [_load_row(500, 11000, 20000, busy=0.9)]}
     rows = targets.targets(results)
     assert _row(rows, "delivered tok/s >= 60% of the floor's (500x50tok/s)")[2] is False
