@@ -10,6 +10,16 @@ def _f(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _failed(a: dict[str, Any], floor: dict[str, Any]) -> str:
+    """Failed streams deliver fewer tokens: on either side they skew the ratio, so the row says so."""
+    parts = [
+        f"{name} {step['error_count']} failed ({(step.get('errors') or ['?'])[0]})"
+        for name, step in (("agentstream", a), ("floor", floor))
+        if step.get("error_count")
+    ]
+    return f"; streams: {', '.join(parts)}" if parts else ""
+
+
 def _p(step: dict[str, Any], key: str, q: str) -> float:
     value = step[key][q]
     return float("inf") if value is None else float(value)
@@ -154,7 +164,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
             out.append(
                 (
                     f"delivered tok/s >= {share:.0%} of the floor's ({row['label']})",
-                    f"{_f(a['delivered_tps'], 0)} vs {_f(floor['delivered_tps'], 0)} tok/s = {ratio:.0%}",
+                    f"{_f(a['delivered_tps'], 0)} vs {_f(floor['delivered_tps'], 0)} tok/s = {ratio:.0%}" + _failed(a, floor),
                     ratio >= share,
                 )
             )
