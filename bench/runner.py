@@ -149,7 +149,7 @@ class Run:
     def stream_step(self, kind: str, load: Load) -> dict[str, Any]:
         start_at = time.time() + 0.3
         model = model_name(load.rate, load.tokens, self.s.first_token_delay_ms)
-        cpu0, wall0 = self._cpu(), time.monotonic()
+        cpu0, wall0, overflows0 = self._cpu(), time.monotonic(), _listen_overflows()
         if kind == "sdk":
             parts = self._spread(clients.run_sdk, load.concurrency, lambda n: (self.model_url, model, n, start_at))
         elif kind == "raw":
@@ -169,6 +169,9 @@ class Run:
         out["machine_cpu_s"] = machine
         # The whole machine's share of all its cores over the step: near 1.0, every process (a client too) waited for a core.
         out["machine_busy"] = machine / max(1e-9, (time.monotonic() - wall0) * (psutil.cpu_count() or 1))
+        overflows1 = _listen_overflows()
+        # Connections a listener had no room for (machine-wide): each waits >= 1 s for a retransmit.
+        out["listen_overflows"] = overflows1 - overflows0 if overflows0 is not None and overflows1 is not None else None
         if out["tokens"]:
             out["cpu_ms_per_token"] = {name: 1000 * cpu / out["tokens"] for name, cpu in out["service_cpu_s"].items()}
         lat = out["latency_ms"]
@@ -176,7 +179,8 @@ class Run:
             f"{kind:11} {load.label:>14}: p50 {_f(lat['p50'])} p99 {_f(lat['p99'])} max {_f(lat['max'])} ms, "
             f"ttft+ p50 {_f(out['ttft_overhead_ms']['p50'])}, {_f(out['delivered_tps'])} tok/s, "
             f"{out['tokens']}/{out['expected_tokens']} tokens, errors {out['error_count']}, client cpu {out['client_cpu_s']:.2f}s, "
-            f"services cpu {', '.join(f'{k} {v:.2f}s' for k, v in out['service_cpu_s'].items())}, foreign cpu {out['foreign_cpu_s']:.2f}s"
+            f"services cpu {', '.join(f'{k} {v:.2f}s' for k, v in out['service_cpu_s'].items())}, foreign cpu {out['foreign_cpu_s']:.2f}s, "
+            f"listen overflows {out['listen_overflows']}"
         )
         return out
 
@@ -515,6 +519,20 @@ def _delta(cpu0: dict[str, float], cpu1: dict[str, float]) -> dict[str, float]:
     out = {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1 if k != "machine"}
     out["other"] = max(0.0, cpu1["machine"] - cpu0["machine"] - sum(out.values()))
     return out
+
+
+def _listen_overflows() -> int | None:
+    """Linux's ListenOverflows counter (connections dropped at a full accept queue), or None."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split(), values.split(), strict=True))
+            return int(row.get("ListenOverflows", 0))
+    return None
 
 
 def _kafka_process(bootstrap: str) -> psutil.Process | None:

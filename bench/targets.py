@@ -75,13 +75,15 @@ def client_rows(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         return []
     n = (row.get("agentstream") or {}).get("client_processes") or results.get("settings", {}).get("client_processes")
     machine = [f"{name} {s['machine_busy']:.0%}" for key, name in KINDS if (s := row.get(key)) and s.get("machine_busy") is not None]
+    dropped = [f"{name} {s['listen_overflows']}" for key, name in KINDS if (s := row.get(key)) and s.get("listen_overflows")]
     return [
         (
             f"the bench's clients are not the limit at {row['label']}: busiest client process < {CLIENT_BUSY_LIMIT:.0%} of a core "
             "(agentstream and raw floor; check, not an issue target)",
             f"{', '.join(parts)} of a core ({n} processes each)"
             # A client starved of a core reads late without being busy: the machine's load says whether that could be.
-            + (f"; machine busy (all cores): {', '.join(machine)}" if machine else ""),
+            + (f"; machine busy (all cores): {', '.join(machine)}" if machine else "")
+            + (f"; connections dropped at a full accept queue (machine-wide): {', '.join(dropped)}" if dropped else ""),
             all(b < CLIENT_BUSY_LIMIT for b in decide),
         )
     ]

@@ -181,6 +181,10 @@ def test_500_streams_against_the_floor_and_the_clients_checked_at_the_heaviest_l
     results["loads"][1]["floor_raw"] |= {"error_count": 26, "errors": ["ReadError: "]}
     row = _row(targets.targets(results), "delivered tok/s >= 60% of the floor's (500x50tok/s)")
     assert row[1] == "13000 vs 20000 tok/s = 65%; streams: floor 26 failed (ReadError: )"
+    # Handshakes dropped at a full accept queue (the fake model's backlog once) are named too.
+    results["loads"][1]["floor_raw"]["listen_overflows"] = 509
+    row = _row(targets.targets(results), "the bench's clients are not the limit")
+    assert row[1].endswith("; connections dropped at a full accept queue (machine-wide): raw SSE 509")
     results = {"loads": [_load_row(500, 11000, 20000, busy=0.9)]}
     rows = targets.targets(results)
     assert _row(rows, "delivered tok/s >= 60% of the floor's (500x50tok/s)")[2] is False
