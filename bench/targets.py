@@ -156,7 +156,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 (
                     f"added per-token latency p50 <= {b50:g} ms, p99 <= {b99:g} ms ({row['label']}; floor p50/p99 "
                     f"{_f(floor['latency_ms']['p50'])} / {_f(floor['latency_ms']['p99'])} ms)",
-                    f"+{add50:.1f} / +{add99:.1f} ms",
+                    f"{add50:+.1f} / {add99:+.1f} ms",
                     add50 <= b50 and add99 <= b99,
                 )
             )

@@ -254,3 +254,11 @@ def test_the_token_scenario_measures_every_target_of_issue_14_in_one_run() -> No
     for table in (targets.TTFT_TARGETS, targets.LATENCY_TARGETS, targets.THROUGHPUT_TARGETS):
         for concurrency, rate in table:
             assert any(load.concurrency == concurrency and load.rate == rate for load in s.loads), (concurrency, rate)
+
+
+def test_an_added_latency_below_the_floor_is_signed_once() -> None:
+    row = _load_row(1, 50, 50)
+    row["floor_raw"]["latency_ms"] = {"p50": 0.3, "p99": 24.6, "max": 30.0}
+    row["agentstream"]["latency_ms"] = {"p50": 4.5, "p99": 7.6, "max": 9.0}
+    measured = _row(targets.targets({"loads": [row]}), "added per-token latency")[1]
+    assert measured == "+4.2 / -17.0 ms"
