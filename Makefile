@@ -60,7 +60,12 @@ demo: kafka-start $(VENV)/.demo-installed
 
 bench: kafka-start
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
-	$(BIN)/agentstream bench $(SCENARIO)
+	@# wrk, the native load generator of the intake step (bench/wrkload.py), is a Debian package: installed
+	@# here when missing and root; otherwise the bench's wrk rows say it is missing.
+	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq wrk; \
+	else echo "wrk is missing (as root: apt-get install -y wrk); the bench runs without its rows"; fi; }
+	$(BIN)/agentstream bench $(SCENARIO) $(if $(OUT),--out $(OUT))
 
 clean: kafka-stop services-stop
 	@# PostgreSQL's data may live outside the clone (deploy/dev-services.sh says where).

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentstream bench", description="Run a benchmark scenario against the floor.")
     parser.add_argument("scenario", nargs="?", type=Path, default=DEFAULT_SCENARIO, help="bench/scenarios/*.yaml or .toml")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the JSON and PNGs go")
-    parser.add_argument("--phases", default="", help="comma-separated subset: kafka,loads,fanout,idle,coalesce,accept,quiet")
+    parser.add_argument("--phases", default="", help="comma-separated subset: kafka,loads,recovery,fanout,idle,coalesce,accept,quiet")
     args = parser.parse_args(argv)
     return bench(args.scenario, out=args.out, phases=set(filter(None, args.phases.split(","))) or None)
 

@@ -20,6 +20,7 @@ import openai
 import orjson
 import uvloop
 
+from bench import stats
 from bench.procs import API_KEY
 
 TERMINAL = frozenset({"execution.completed", "execution.failed", "execution.cancelled"})
@@ -37,6 +38,7 @@ class StreamResult:
     tokens: int = 0
     records: int = 0  # token.delta events (one Kafka record each) or SSE chunks
     error: str | None = None
+    cpu_at_first: float | None = None  # this process's CPU seconds when the stream's first token came
 
     def add_text(self, text: str, arrived: float) -> None:
         for stamp in text.split(";"):
@@ -45,6 +47,7 @@ class StreamResult:
                 self.tokens += 1
         if self.first_at is None:
             self.first_at = arrived
+            self.cpu_at_first = time.process_time()
         self.last_at = arrived
 
 
@@ -71,7 +74,9 @@ def _merge(results: list[StreamResult], cpu_s: float, started: float) -> dict[st
 def _run(work: Callable[[], Coroutine[Any, Any, list[StreamResult]]]) -> dict[str, Any]:
     cpu0, started = time.process_time(), time.time()
     results: list[StreamResult] = uvloop.run(work())
-    return _merge(results, time.process_time() - cpu0, started)
+    cpu_end, wall_end = time.process_time(), time.time()
+    marks = [(r.first_at, r.cpu_at_first) for r in results if r.first_at is not None and r.cpu_at_first is not None]
+    return {**_merge(results, cpu_end - cpu0, started), "client_busy": stats.busy(marks, cpu_end, wall_end)}
 
 
 async def _delay_until(at: float | None) -> None:
@@ -101,7 +106,7 @@ def run_sdk(base_url: str, model: str, n: int, start_at: float | None = None) ->
 
     async def work() -> list[StreamResult]:
         limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
-        client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0, http_client=httpx.AsyncClient(limits=limits))  # type: ignore[arg-type]
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0, http_client=httpx.AsyncClient(limits=limits, timeout=60))  # type: ignore[arg-type]
         await _delay_until(start_at)
         try:
             return list(await asyncio.gather(*(one(client) for _ in range(n))))
@@ -263,15 +268,21 @@ def run_subscribers(id_file: str, n: int, ws_url: str, hold_until: float | None 
 
 def run_accept(url: str, agent: str, seconds: float, concurrency: int) -> dict[str, Any]:
     """POST /v1/executions in ``concurrency`` loops for ``seconds``: latency of each 202 (ms)."""
+    return run_requests(url, "/v1/executions", orjson.dumps({"input": "go", "agent": agent}), 202, seconds, concurrency)
+
+
+def run_requests(url: str, path: str, body: bytes | None, expected: int, seconds: float, concurrency: int) -> dict[str, Any]:
+    """``concurrency`` keep-alive loops for ``seconds``: POST ``body`` (GET without one) to ``path``;
+    the latency of each ``expected`` answer (ms), the others counted by status."""
 
     async def loop(session: aiohttp.ClientSession, deadline: float, out: list[float], errors: list[str]) -> None:
-        body = orjson.dumps({"input": "go", "agent": agent})
         headers = {**_auth(), "Content-Type": "application/json"}
+        method = "GET" if body is None else "POST"
         while time.monotonic() < deadline:
             sent = time.perf_counter()
-            async with session.post(f"{url}/v1/executions", data=body, headers=headers) as response:
+            async with session.request(method, f"{url}{path}", data=body, headers=headers) as response:
                 await response.read()
-                if response.status == 202:
+                if response.status == expected:
                     out.append((time.perf_counter() - sent) * 1000)
                 elif len(errors) < 20:
                     errors.append(f"{response.status}")

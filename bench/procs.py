@@ -38,6 +38,7 @@ class Proc:
     popen: subprocess.Popen[bytes]
     ps: psutil.Process = field(init=False)
     peak_rss: int = 0
+    marked_peak_rss: int = 0  # the peak since the last ``mark()``: one step's
 
     def __post_init__(self) -> None:
         self.ps = psutil.Process(self.popen.pid)
@@ -56,7 +57,12 @@ class Proc:
             return 0
 
     def sample(self) -> None:
-        self.peak_rss = max(self.peak_rss, self.rss())
+        rss = self.rss()
+        self.peak_rss = max(self.peak_rss, rss)
+        self.marked_peak_rss = max(self.marked_peak_rss, rss)
+
+    def mark(self) -> None:
+        self.marked_peak_rss = self.rss()
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen.poll() is not None:

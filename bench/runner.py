@@ -23,7 +23,7 @@ import psutil
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 
-from bench import clients, kafkafloor, stats
+from bench import clients, kafkafloor, stats, wrkload
 from bench.fakemodel import model_name
 from bench.procs import API_KEY, ROOT, Proc, Sampler, Services, agents_yaml, free_port, services_env, start_fake_model
 from bench.scenario import Load, Scenario
@@ -57,6 +57,8 @@ class Run:
         ctx = multiprocessing.get_context("spawn")
         self.workers = scenario.client_processes
         self.pool: multiprocessing.pool.Pool = ctx.Pool(self.workers + 1)
+        # The end of the recovery step (monotonic), the orchestrator's peak RSS in it (bytes), its label.
+        self.recovery_from: tuple[float, int, str] | None = None
         self.coalesce_env = {"AGENTSTREAM_EXECUTOR_COALESCE_MAX_CHARS": str(MAX_CHARS)}
 
     # -- set-up ----------------------------------------------------------------------------
@@ -147,7 +149,7 @@ class Run:
     def stream_step(self, kind: str, load: Load) -> dict[str, Any]:
         start_at = time.time() + 0.3
         model = model_name(load.rate, load.tokens, self.s.first_token_delay_ms)
-        cpu0 = self._cpu()
+        cpu0, wall0, overflows0 = self._cpu(), time.monotonic(), _listen_overflows()
         if kind == "sdk":
             parts = self._spread(clients.run_sdk, load.concurrency, lambda n: (self.model_url, model, n, start_at))
         elif kind == "raw":
@@ -165,6 +167,11 @@ class Run:
         # CPU seconds spent by processes that are not part of this benchmark (other work on the machine).
         out["foreign_cpu_s"] = max(0.0, machine - ours)
         out["machine_cpu_s"] = machine
+        # The whole machine's share of all its cores over the step: near 1.0, every process (a client too) waited for a core.
+        out["machine_busy"] = machine / max(1e-9, (time.monotonic() - wall0) * (psutil.cpu_count() or 1))
+        overflows1 = _listen_overflows()
+        # Connections a listener had no room for (machine-wide): each waits >= 1 s for a retransmit.
+        out["listen_overflows"] = overflows1 - overflows0 if overflows0 is not None and overflows1 is not None else None
         if out["tokens"]:
             out["cpu_ms_per_token"] = {name: 1000 * cpu / out["tokens"] for name, cpu in out["service_cpu_s"].items()}
         lat = out["latency_ms"]
@@ -172,7 +179,8 @@ class Run:
             f"{kind:11} {load.label:>14}: p50 {_f(lat['p50'])} p99 {_f(lat['p99'])} max {_f(lat['max'])} ms, "
             f"ttft+ p50 {_f(out['ttft_overhead_ms']['p50'])}, {_f(out['delivered_tps'])} tok/s, "
             f"{out['tokens']}/{out['expected_tokens']} tokens, errors {out['error_count']}, client cpu {out['client_cpu_s']:.2f}s, "
-            f"services cpu {', '.join(f'{k} {v:.2f}s' for k, v in out['service_cpu_s'].items())}, foreign cpu {out['foreign_cpu_s']:.2f}s"
+            f"services cpu {', '.join(f'{k} {v:.2f}s' for k, v in out['service_cpu_s'].items())}, foreign cpu {out['foreign_cpu_s']:.2f}s, "
+            f"listen overflows {out['listen_overflows']}"
         )
         return out
 
@@ -181,7 +189,13 @@ class Run:
         for load in self.s.loads:
             row: dict[str, Any] = {"concurrency": load.concurrency, "rate": load.rate, "tokens": load.tokens, "label": load.label}
             for kind in ("sdk", "raw", "agentstream"):
+                watched = kind == "agentstream" and self._recovery_step(load)
+                if watched and self.svc.orchestrator is not None:
+                    self.svc.orchestrator.mark()
                 row["floor_sdk" if kind == "sdk" else "floor_raw" if kind == "raw" else kind] = self.stream_step(kind, load)
+                if watched and self.svc.orchestrator is not None:
+                    # Peak while the step ran; the clock of the recovery window starts when its last stream ended.
+                    self.recovery_from = (time.monotonic(), self.svc.orchestrator.marked_peak_rss, load.label)
                 time.sleep(0.5)
             rows.append(row)
         self.results["loads"] = rows
@@ -195,6 +209,55 @@ class Run:
             time.sleep(0.5)
             sweep.append(row)
         self.results["sweep"] = sweep
+
+    def _recovery_step(self, load: Load) -> bool:
+        r = self.s.recovery
+        return r is not None and load.concurrency == r.after and self.recovery_from is None
+
+    def recovery(self, *, quiet: bool) -> None:
+        """The orchestrator's RSS, sampled from the end of the recovery step until ``seconds`` after it.
+
+        Nothing else runs in that window but, with ``quiet``, the idle stack's CPU (``quiet_stack``),
+        measured in its last ``quiet_seconds``: an idle stack is what the window waits for anyway."""
+        r, orch = self.s.recovery, self.svc.orchestrator
+        assert r is not None and orch is not None and self.recovery_from is not None
+        start, peak, label = self.recovery_from
+        end = start + r.seconds
+        stack_at = max(time.monotonic(), end - self.s.quiet_seconds - 1.0) if quiet and self.s.quiet_seconds else None
+        samples: list[tuple[float, float]] = []
+        while True:
+            now = time.monotonic()
+            samples.append((now - start, orch.rss() / 2**20))
+            if stack_at is not None and now >= stack_at:
+                stack_at = None
+
+                def sample() -> None:
+                    samples.append((time.monotonic() - start, orch.rss() / 2**20))
+
+                self.quiet_stack(settle=0.0, after_s=now - start, tick=sample, interval=r.interval)
+                continue  # on to the window's end
+            if now >= end:
+                break
+            next_at = min(now + r.interval, end, stack_at if stack_at is not None else end)
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        idle = self.results.get("rss_idle_mb", {}).get("orchestrator", 0.0)
+        self.results["recovery"] = {
+            "step": label,
+            "seconds": r.seconds,
+            "bound": r.bound,
+            "idle_mb": idle,
+            # The step's peak (sampled every 0.25 s) or the window's, if it rose after the last stream ended.
+            "peak_mb": max(peak / 2**20, *(mb for _, mb in samples)),
+            "after_mb": samples[-1][1],
+            "after_s": samples[-1][0],
+            "samples": [[round(t, 1), round(mb, 1)] for t, mb in samples],
+            "quiet_inside": "quiet" in self.results,
+        }
+        rec = self.results["recovery"]
+        console.log(
+            f"orchestrator RSS after {label}: idle {idle:.0f}, peak {rec['peak_mb']:.0f}, "
+            f"{rec['after_s']:.0f} s after {rec['after_mb']:.0f} MiB"
+        )
 
     def kafka_floor(self) -> None:
         out = self.pool.apply(kafkafloor.run_kafka_floor, (self.bootstrap, self.s.kafka_floor_rate, self.s.kafka_floor_seconds))
@@ -309,20 +372,56 @@ class Run:
     def accept(self) -> None:
         a = self.s.accept
         assert a is not None
-        # The executor is stopped: this measures the orchestrator's intake (auth, limits, task row,
-        # two acknowledged Kafka sends), not executions competing for the same two cores.
+        # The executor is stopped: this measures the orchestrator's intake (auth, limits, the
+        # acknowledged Kafka sends), not executions competing for the same two cores.
         self._note_peaks()
         if self.svc.executor is not None:
             self.watched.remove(self.svc.executor)
             self.svc.stop_executor()
+        body = json.dumps({"input": "go", "agent": "accept"})
+        wrk = wrkload.available() if a.native else None
+        if a.native and wrk is None:
+            self.results["accept_native"] = {"missing": "wrk is not installed (make bench installs it: apt-get install -y wrk)"}
+        if wrk is not None:
+            # First: the target's own figure, on the stack as the earlier steps left it.
+            self.results["accept_native"] = self._wrk(
+                "/v1/executions", seconds=a.seconds, connections=a.concurrency, method="POST", body=body, expect=202, binary=wrk
+            )
+        self.results["accept"] = self._python_requests("/v1/executions", body.encode(), 202)
+        self.results["trivial"] = self._python_requests(a.trivial_path, None, 200)
+        if wrk is not None:
+            self.results["trivial_native"] = self._wrk(a.trivial_path, seconds=a.seconds, connections=a.concurrency, binary=wrk)
+
+    def _wrk(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        cpu0 = self._cpu()
+        try:
+            out = wrkload.run(f"{self.svc.url}{path}", auth=f"Bearer {API_KEY}", **kwargs)
+        except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+            console.log(f"wrk {path}: {exc}")
+            return {"path": path, "failed": str(exc)}
+        out["path"] = path
+        out["service_cpu_s"] = _delta(cpu0, self._cpu())
+        lat = out["latency_ms"]
+        console.log(
+            f"wrk {path}: {out['per_s']:.0f}/s ({out['connections']} connections), p50 {_f(lat['p50'])} p99 {_f(lat['p99'])} ms, "
+            f"errors {out['errors']}, wrk cpu {out['client_cpu_s']:.2f}s"
+        )
+        return out
+
+    def _python_requests(self, path: str, body: bytes | None, expected: int) -> dict[str, Any]:
+        a = self.s.accept
+        assert a is not None
         cpu0 = self._cpu()
         per = max(1, a.concurrency // self.workers)
-        parts = [self.pool.apply_async(clients.run_accept, (self.svc.url, "accept", a.seconds, per)) for _ in range(self.workers)]
+        parts = [
+            self.pool.apply_async(clients.run_requests, (self.svc.url, path, body, expected, a.seconds, per)) for _ in range(self.workers)
+        ]
         outs = [p.get(timeout=120) for p in parts]
         cpu1 = self._cpu()
         lat = [v for o in outs for v in o["latencies_ms"]]
         elapsed = max(o["elapsed_s"] for o in outs)
-        self.results["accept"] = {
+        out = {
+            "path": path,
             "concurrency": per * self.workers,
             "seconds": elapsed,
             "accepted": len(lat),
@@ -330,23 +429,44 @@ class Run:
             "latency_ms": {k: v for k, v in stats.latency(lat).items() if k != "cdf"},
             "errors": [e for o in outs for e in o["errors"]][:5],
             "client_cpu_s": sum(o["client_cpu_s"] for o in outs),
+            # The busiest client process's share of a core: near 1.0, Python was the limit.
+            "client_busy_max": max(o["client_cpu_s"] / o["elapsed_s"] for o in outs if o["elapsed_s"] > 0),
             "service_cpu_s": _delta(cpu0, cpu1),
         }
-        r = self.results["accept"]
         console.log(
-            f"accepted {r['per_s']:.0f} executions/s, p50 {_f(r['latency_ms']['p50'])} p99 {_f(r['latency_ms']['p99'])} ms, "
-            f"errors {r['errors']}, client cpu {r['client_cpu_s']:.2f}s"
+            f"python {path}: {out['per_s']:.0f}/s, p50 {_f(out['latency_ms']['p50'])} p99 {_f(out['latency_ms']['p99'])} ms, "
+            f"errors {out['errors']}, client cpu {out['client_cpu_s']:.2f}s (busiest {out['client_busy_max']:.0%} of a core)"
+        )
+        return out
+
+    def quiet_stack(
+        self, *, settle: float = 2.0, after_s: float | None = None, tick: Callable[[], None] | None = None, interval: float = 5.0
+    ) -> None:
+        """An idle stack: Kafka and the services, no executions, for ``quiet_seconds`` (after ``settle``
+        seconds for what the last step left behind: commits, evictions); ``tick`` every ``interval`` s
+        meanwhile (the RSS window's samples)."""
+        seconds = self.s.quiet_seconds
+        time.sleep(settle)
+        cpu0 = self._cpu()
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            time.sleep(min(interval, left) if tick is not None else left)
+            if tick is not None:
+                tick()
+        pct = {k: 100 * v / seconds for k, v in _delta(cpu0, self._cpu()).items()}
+        self.results["quiet"] = {"seconds": seconds, "core_pct": pct, "after_recovery_step_s": after_s}
+        console.log(
+            f"idle stack over {seconds:g}s: orchestrator {pct.get('orchestrator', 0):.2f}%, executor {pct.get('executor', 0):.2f}%, "
+            f"kafka {pct.get('kafka', 0):.2f}%, other {pct.get('other', 0):.1f}% of one core"
+            + (f" ({after_s:.0f} s after the recovery step)" if after_s is not None else "")
         )
 
     def quiet(self) -> None:
-        """An idle stack: Kafka and the services, no executions, for ``quiet_seconds``; then Kafka alone
-        (the services stopped) as long: on a shared broker, that is the floor of the broker's own CPU."""
+        """The idle stack (unless measured already, in the recovery window); then Kafka alone (the
+        services stopped) as long: on a shared broker, that is the floor of the broker's own CPU."""
+        if "quiet" not in self.results:
+            self.quiet_stack()
         seconds = self.s.quiet_seconds
-        time.sleep(2.0)  # what the last step left behind (commits, evictions) settles
-        cpu0 = self._cpu()
-        time.sleep(seconds)
-        cpu1 = self._cpu()
-        stack = _delta(cpu0, cpu1)
         self._note_peaks()
         for proc in (self.svc.executor, self.svc.orchestrator):
             if proc is not None:
@@ -355,24 +475,21 @@ class Run:
         time.sleep(2.0)
         cpu2 = self._cpu()
         time.sleep(seconds)
-        cpu3 = self._cpu()
-        alone = _delta(cpu2, cpu3)
-        pct = {k: 100 * v / seconds for k, v in stack.items()}
+        alone = _delta(cpu2, self._cpu())
+        q = self.results["quiet"]
+        pct = q["core_pct"]
         ours = sum(v for k, v in pct.items() if k in ("orchestrator", "executor"))
-        kafka_added = max(0.0, pct.get("kafka", 0.0) - 100 * alone.get("kafka", 0.0) / seconds)
-        self.results["quiet"] = {
-            "seconds": seconds,
-            "core_pct": pct,
-            "kafka_alone_core_pct": 100 * alone.get("kafka", 0.0) / seconds,
-            "services_core_pct": ours,
-            "kafka_added_core_pct": kafka_added,
-            "total_core_pct": ours + kafka_added,
-        }
-        console.log(
-            f"idle stack over {seconds:g}s: orchestrator {pct.get('orchestrator', 0):.2f}%, executor {pct.get('executor', 0):.2f}%, "
-            f"kafka {pct.get('kafka', 0):.2f}% (alone {100 * alone.get('kafka', 0.0) / seconds:.2f}%), "
-            f"other {pct.get('other', 0):.1f}% of one core"
+        kafka_alone = 100 * alone.get("kafka", 0.0) / seconds
+        kafka_added = max(0.0, pct.get("kafka", 0.0) - kafka_alone)
+        q.update(
+            {
+                "kafka_alone_core_pct": kafka_alone,
+                "services_core_pct": ours,
+                "kafka_added_core_pct": kafka_added,
+                "total_core_pct": ours + kafka_added,
+            }
         )
+        console.log(f"Kafka alone over {seconds:g}s: {kafka_alone:.2f}% of one core; idle stack in total {ours + kafka_added:.2f}%")
 
     def memory_idle(self) -> None:
         self.results["rss_idle_mb"] = {p.name: p.rss() / 2**20 for p in self.watched}
@@ -402,6 +519,20 @@ def _delta(cpu0: dict[str, float], cpu1: dict[str, float]) -> dict[str, float]:
     out = {k: cpu1[k] - cpu0.get(k, cpu1[k]) for k in cpu1 if k != "machine"}
     out["other"] = max(0.0, cpu1["machine"] - cpu0["machine"] - sum(out.values()))
     return out
+
+
+def _listen_overflows() -> int | None:
+    """Linux's ListenOverflows counter (connections dropped at a full accept queue), or None."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split(), values.split(), strict=True))
+            return int(row.get("ListenOverflows", 0))
+    return None
 
 
 def _kafka_process(bootstrap: str) -> psutil.Process | None:
@@ -470,7 +601,7 @@ def run(scenario: Scenario, *, bootstrap: str, out_dir: Path, phases: set[str] |
     facts = machine()
     with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp:
         bench = Run(scenario, bootstrap=bootstrap, work=Path(tmp))
-        wanted = phases or {"kafka", "loads", "fanout", "idle", "coalesce", "accept", "quiet"}
+        wanted = phases or {"kafka", "loads", "recovery", "fanout", "idle", "coalesce", "accept", "quiet"}
         try:
             with bench.running():
                 bench.memory_idle()
@@ -478,6 +609,9 @@ def run(scenario: Scenario, *, bootstrap: str, out_dir: Path, phases: set[str] |
                     bench.kafka_floor()
                 if "loads" in wanted:
                     bench.loads()
+                if "recovery" in wanted and bench.recovery_from is not None:
+                    # Before anything else loads the orchestrator; the idle stack's CPU inside the window.
+                    bench.recovery(quiet="quiet" in wanted and bool(scenario.quiet_seconds))
                 if "fanout" in wanted and scenario.fanout is not None:
                     bench.fanout()
                 if "idle" in wanted and scenario.fanout is not None and scenario.fanout.idle:
@@ -487,7 +621,7 @@ def run(scenario: Scenario, *, bootstrap: str, out_dir: Path, phases: set[str] |
                 if "accept" in wanted and scenario.accept is not None:
                     bench.accept()
                 if "quiet" in wanted and scenario.quiet_seconds:
-                    bench.quiet()  # last: it stops the services
+                    bench.quiet()  # last: it stops the services (measures the stack first unless the recovery window did)
         except BaseException:
             console.print(f"[red]bench failed[/]; service logs: {tmp}")
             for name in ("orchestrator", "executor", "fake-model"):

@@ -27,6 +27,21 @@ class Load:
 class Accept:
     seconds: float = 5.0
     concurrency: int = 64
+    # wrk beside the Python client (when installed), and a trivial endpoint both measure as a check
+    # that the load generator is not the limit.
+    native: bool = True
+    trivial_path: str = "/health/live"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The orchestrator's RSS after the load step of ``after`` streams, sampled every ``interval``
+    seconds until ``seconds`` after it: back within ``bound`` of its idle value?"""
+
+    after: int = 500
+    seconds: float = 180.0
+    interval: float = 5.0
+    bound: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,8 @@ class Scenario:
     client_processes: int = 2
     # The idle stack (Kafka + services, no executions): how long its CPU is measured; 0: not measured.
     quiet_seconds: float = 20.0
+    # None: not measured. The idle stack's CPU is measured inside its window (a quiet stack is what it waits for).
+    recovery: Recovery | None = None
 
 
 def _loads(raw: list[dict[str, Any]]) -> tuple[Load, ...]:
@@ -71,7 +88,7 @@ def parse(raw: dict[str, Any]) -> Scenario:
         raw["loads"] = _loads(raw["loads"])
     if "sweep" in raw:
         raw["sweep"] = tuple(raw["sweep"])
-    for key, cls in (("accept", Accept), ("fanout", Fanout)):
+    for key, cls in (("accept", Accept), ("fanout", Fanout), ("recovery", Recovery)):
         if key in raw and raw[key] is not None:
             value = dict(raw[key])
             if "subscribers" in value:

@@ -41,6 +41,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "last_at": max(lasts) if lasts else None,
         "errors": [e for p in parts for e in p["errors"]],
         "client_cpu_s": sum(p["client_cpu_s"] for p in parts),
+        "client_busy": [p["client_busy"] for p in parts if p.get("client_busy") is not None],
     }
 
 
@@ -62,4 +63,18 @@ def summarize(raw: dict[str, Any], *, expected_tokens: int, first_token_delay_s:
         "errors": raw["errors"][:5],
         "error_count": len(raw["errors"]),
         "client_cpu_s": raw["client_cpu_s"],
+        # The busiest client process's share of a core while tokens flowed (clients.busy), and how many shared the step.
+        "client_busy_max": max(raw.get("client_busy") or [0.0]) if raw.get("client_busy") else None,
+        "client_processes": len(raw.get("client_busy") or []),
     }
+
+
+def busy(marks: list[tuple[float, float]], cpu_end: float, wall_end: float) -> float | None:
+    """A client process's share of a core from the first token it saw to the end: near 1.0, the
+    client was the limit of the step, not the server (connecting and the first-token wait are left
+    out). ``marks``: (wall time, this process's CPU seconds) at each stream's first token."""
+    if not marks:
+        return None
+    first_at, cpu_at_first = min(marks)
+    wall = wall_end - first_at
+    return (cpu_end - cpu_at_first) / wall if wall > 0 else None

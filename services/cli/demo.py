@@ -102,11 +102,13 @@ def _last_line(log: Path) -> str:
 @app.command()
 def bench(
     scenario: Annotated[Path | None, typer.Argument(help="bench/scenarios/*.yaml or .toml (default: default.yaml)")] = None,
-    phases: Annotated[str, typer.Option(help="Comma-separated subset: kafka,loads,fanout,idle,coalesce,accept.")] = "",
+    phases: Annotated[str, typer.Option(help="Comma-separated subset: kafka,loads,recovery,fanout,idle,coalesce,accept,quiet.")] = "",
+    out: Annotated[Path | None, typer.Option(help="Where the JSON, markdown and PNGs go (default: bench/results).")] = None,
 ) -> None:
     """Benchmark against the floor: table, bench/results/<name>.json and PNG plots (needs the `bench` extra)."""
     root = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(root))  # bench/ and tests/fakes/ live beside the installed packages, not in them
     from bench.__main__ import main as bench_main
 
-    raise typer.Exit(bench_main([*([str(scenario)] if scenario else []), *(["--phases", phases] if phases else [])]))
+    args = [*([str(scenario)] if scenario else []), *(["--phases", phases] if phases else []), *(["--out", str(out)] if out else [])]
+    raise typer.Exit(bench_main(args))
