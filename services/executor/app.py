@@ -30,6 +30,7 @@ from services.common.agents import AgentCatalog, AgentSource, HttpAgents, Static
 from services.common.dlq import Publisher, park
 from services.common.errors import AgentstreamError
 from services.common.kafka import encode, ensure_topics, make_producer, start_client, status_headers
+from services.common.memory import Trimmer
 from services.common.observability import metrics, tracing
 from services.common.reader import Reader
 from services.common.sources import Record
@@ -192,6 +193,7 @@ class Executor:
                 await part.start()
                 stack.push_async_callback(part.stop)
             self._background.spawn(self._tick_claims(), name=f"{self.settings.instance_id}-claims")
+            self._background.spawn(Trimmer().run(), name=f"{self.settings.instance_id}-memory")  # memory.py
             # Executions, their retries and the ticker end after the lanes and the control tail (nothing
             # starts or cancels them any more), before the job client and producer they write through.
             stack.push_async_callback(self._stop_work)

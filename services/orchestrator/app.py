@@ -18,6 +18,7 @@ from schemas.agents import AgentSpec
 from services.common.agents import load_agents
 from services.common.errors import DomainError
 from services.common.kafka import ensure_topics, make_producer, start_client
+from services.common.memory import Trimmer
 from services.common.observability import metrics
 from services.common.observability.asgi import TelemetryMiddleware, metrics_endpoint
 from services.common.statusview import StatusView
@@ -73,6 +74,9 @@ async def open_state(settings: OrchestratorSettings) -> AsyncIterator[State]:
         producer = make_producer(settings.kafka, client_id="orchestrator")
         await start_client(producer, settings.kafka)
         stack.push_async_callback(producer.stop)
+        trimmer = Trimmer()  # a burst's freed memory back to the system once it is over (memory.py)
+        trimmer.start()
+        stack.push_async_callback(trimmer.stop)
         parts = await fanout.open_fanout(stack, settings, producer=producer, name="orchestrator")
         agents = load_agents(settings.agents_file)
         runtime = await stack.enter_async_context(Runtime(settings, producer=producer, status=parts.status, agents=agents))

@@ -1,0 +1,61 @@
+"""The trimmer hands a finished burst's memory back to the system, and leaves steady load alone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from services.common import memory
+
+
+def _burst() -> list[list[dict[str, object]]]:
+    # The shape of a burst of streams: many small and middle-sized objects, spread over the heap.
+    return [[{"k": os.urandom(40), "v": list(range(20)), "b": b"x" * (100 + 37 * (i % 200))} for i in range(400)] for _ in range(300)]
+
+
+@pytest.mark.skipif(memory._malloc_trim() is None or memory.rss_bytes() == 0, reason="needs glibc and /proc")
+def test_a_finished_burst_is_trimmed_and_its_memory_returns() -> None:
+    trimmer = memory.Trimmer(slack_mb=1024)  # growth alone does not trigger: only the burst's end
+    before = memory.rss_bytes()
+    keep = [{"id": i} for i in range(2000)]  # long-lived objects allocated in between pin pages
+    burst = _burst()
+    assert not trimmer.check()  # the burst is live: nothing to give back
+    peak = memory.rss_bytes()
+    assert peak - before > 100 * 2**20
+    del burst
+    assert trimmer.check()
+    after = memory.rss_bytes()
+    assert after - before < (peak - before) / 2, (before, peak, after)
+    assert trimmer.trims == 1
+    assert not trimmer.check()  # nothing changed since: no second trim
+    assert keep
+
+
+@pytest.mark.skipif(memory._malloc_trim() is None or memory.rss_bytes() == 0, reason="needs glibc and /proc")
+def test_growth_past_the_slack_trims_once_then_the_new_level_is_the_baseline() -> None:
+    trimmer = memory.Trimmer(slack_mb=32)
+    held = _burst()
+    assert trimmer.check()
+    assert not trimmer.check()
+    assert held
+
+
+def test_the_loop_survives_a_failing_trim_and_stops() -> None:
+    calls = 0
+
+    def failing() -> None:
+        nonlocal calls
+        calls += 1
+        raise OSError("no")
+
+    async def main() -> None:
+        trimmer = memory.Trimmer(interval_s=0.001, slack_mb=-1, trim=failing)  # every check trims, and fails
+        trimmer.start()
+        while calls < 3:
+            await asyncio.sleep(0.01)
+        await trimmer.stop()
+
+    asyncio.run(main())
+    assert calls >= 3
