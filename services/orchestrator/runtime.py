@@ -25,6 +25,7 @@ from services.orchestrator.hub import TaskHub
 from services.orchestrator.ingress import IngressFollower
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.limits import RateLimiter, make_limiter
+from services.orchestrator.projection import Projection
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store
 from services.orchestrator.taskfeed import TaskFeed
@@ -55,6 +56,8 @@ class Runtime:
             dispatcher=self.dispatcher,
             agents=agents,
         )
+        # The task registry is a projection of the status topic (projection.py): a 202 waits for Kafka only.
+        self.projection = Projection(self.lifecycle)
         self.events = EventsFollower(self.lifecycle)
         self.jobs = JobsFollower(self.lifecycle)
         # The Kafka door (ingress.py) opens when some tenant has a signing key for it.
@@ -72,7 +75,11 @@ class Runtime:
         await self.dispatcher.start()
         await self.feed.start()
         await asyncio.gather(
-            self.events.start(), self.jobs.start(), self.coordinator.start(), *([self.ingress.start()] if self.ingress else [])
+            self.projection.start(),
+            self.events.start(),
+            self.jobs.start(),
+            self.coordinator.start(),
+            *([self.ingress.start()] if self.ingress else []),
         )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="task-sweeper")
 
@@ -87,6 +94,7 @@ class Runtime:
         await self.coordinator.stop()
         await self.jobs.stop()
         await self.events.stop()
+        await self.projection.stop()
         await self.lifecycle.stop()
         await self.feed.stop()
         await self.dispatcher.stop()
@@ -95,7 +103,7 @@ class Runtime:
 
     def readers(self) -> list[Reader]:
         """The readers this runtime runs (for ``/health/ready``)."""
-        readers = [self.events.reader, self.jobs.reader, self.coordinator.requests.reader, self.feed.reader]
+        readers = [self.projection.reader, self.events.reader, self.jobs.reader, self.coordinator.requests.reader, self.feed.reader]
         if self.ingress is not None:
             readers.append(self.ingress.reader)
         return [r for r in readers if r is not None]
