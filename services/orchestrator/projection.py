@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.status import ExecutionStatus
@@ -29,7 +31,8 @@ from services.common.reader import Reader
 from services.common.sources import Batches, Record, open_group
 from services.common.statusview import StatusView
 from services.orchestrator.cancel import WITHDRAWN
-from services.orchestrator.store import insert_ignore, plans, tasks
+from services.orchestrator.store import tasks
+from services.orchestrator.store.tables import service_calls
 from services.orchestrator.store.tables import tasks as tasks_table
 from services.orchestrator.store.tasks import Task
 from services.orchestrator.transient import transient
@@ -47,58 +50,77 @@ class NotProjected(AgentstreamError):
     retriable = True
 
 
-async def ensure_row(conn: AsyncConnection, status: ExecutionStatus) -> bool:
-    """Insert the execution's row and its plan from its snapshot's intake unless the row exists.
-    True if inserted. Idempotent: the plan rows are written only with a new row."""
+def _row(status: ExecutionStatus) -> dict[str, Any]:
     intake = status.intake
-    if intake is None:
-        return False
-    inserted = await insert_ignore(
-        conn,
-        tasks_table,
-        {
-            "id": status.execution_id,
+    assert intake is not None
+    return {
+        "id": status.execution_id,
+        "kind": "execution",
+        "origin": intake.origin,
+        "tenant_id": status.tenant_id,
+        "session_id": status.session_id,
+        "agent_id": status.agent_id,
+        "service": None,
+        "batch_id": intake.batch_id,
+        "custom_id": intake.custom_id,
+        "priority": status.priority,
+        "state": "queued",
+        "deadline": intake.deadline,
+        "callback_url": intake.callback_url,
+        "created_at": intake.accepted_at,
+        "updated_at": intake.accepted_at,
+        "input_preview": intake.input_preview,
+    }
+
+
+def _calls(status: ExecutionStatus) -> list[dict[str, Any]]:
+    intake = status.intake
+    assert intake is not None
+    base: dict[str, Any] = {
+        "execution_id": status.execution_id,
+        "tenant_id": status.tenant_id,
+        "job_id": None,
+        "request_id": None,
+        "meta": None,
+    }
+    calls = [
+        base
+        | {"kind": c.kind, "target": c.target, "outcome": c.outcome, "detail": c.detail, "started_at": c.started_at, "ended_at": c.ended_at}
+        for c in intake.plan
+    ]
+    calls.append(
+        base
+        | {
             "kind": "execution",
-            "origin": intake.origin,
-            "tenant_id": status.tenant_id,
-            "session_id": status.session_id,
-            "agent_id": status.agent_id,
-            "batch_id": intake.batch_id,
-            "custom_id": intake.custom_id,
-            "priority": status.priority,
-            "state": "queued",
-            "deadline": intake.deadline,
-            "callback_url": intake.callback_url,
-            "created_at": intake.accepted_at,
-            "updated_at": intake.accepted_at,
-            "input_preview": intake.input_preview,
-        },
-        ["id"],
+            "target": status.agent_id,
+            "outcome": "pending",
+            "detail": None,
+            "started_at": intake.accepted_at,
+            "ended_at": None,
+        }
     )
-    if not inserted:
-        return False
-    for call in intake.plan:
-        await plans.add(
-            conn,
-            execution_id=status.execution_id,
-            tenant_id=status.tenant_id,
-            kind=call.kind,
-            target=call.target,
-            outcome=call.outcome,
-            detail=call.detail,
-            started_at=call.started_at,
-            ended_at=call.ended_at,
-        )
-    await plans.add(
-        conn,
-        execution_id=status.execution_id,
-        tenant_id=status.tenant_id,
-        kind="execution",
-        target=status.agent_id,
-        outcome="pending",
-        started_at=intake.accepted_at,
-    )
-    return True
+    return calls
+
+
+async def project_rows(conn: AsyncConnection, statuses: Sequence[ExecutionStatus]) -> int:
+    """Insert the rows (and plan rows) of these snapshots' executions unless they exist: one
+    statement for the rows, one for the plans, whatever their number. Returns how many were new.
+    Idempotent: a plan is written only with its new row (``RETURNING`` names the rows inserted)."""
+    fresh = {s.execution_id: s for s in statuses if s.intake is not None}
+    if not fresh:
+        return 0
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(tasks_table).on_conflict_do_nothing(index_elements=["id"]).returning(tasks_table.c.id)
+    inserted = [row[0] for row in await conn.execute(stmt, [_row(s) for s in fresh.values()])]
+    calls = [call for execution_id in inserted for call in _calls(fresh[execution_id])]
+    if calls:
+        await conn.execute(service_calls.insert(), calls)
+    return len(inserted)
+
+
+async def ensure_row(conn: AsyncConnection, status: ExecutionStatus) -> bool:
+    """``project_rows`` of one execution: True if its row was inserted now."""
+    return await project_rows(conn, [status]) == 1
 
 
 async def ensure_row_from_view(conn: AsyncConnection, view: StatusView, execution_id: str) -> bool:
@@ -226,13 +248,12 @@ class Projection:
                 delay = min(delay * 2, self._retry_max_s)
 
     async def _write(self, pending: list[tuple[Record, ExecutionStatus]]) -> None:
-        inserted = 0
+        # A withdrawn snapshot always follows its queued one (one key, one partition): insert, then delete.
+        withdrawn = [status.execution_id for _, status in pending if _withdrawn(status)]
         async with self._lifecycle.store.begin() as conn:
-            for _record, status in pending:
-                if _withdrawn(status):
-                    await tasks.delete(conn, [status.execution_id])
-                else:
-                    inserted += await ensure_row(conn, status)
+            inserted = await project_rows(conn, [status for _, status in pending if not _withdrawn(status)])
+            if withdrawn:
+                await tasks.delete(conn, withdrawn)
         self.projected += inserted
 
     async def _write_each(self, pending: list[tuple[Record, ExecutionStatus]]) -> None:

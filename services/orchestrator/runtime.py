@@ -22,6 +22,7 @@ from services.orchestrator.callbacks import Dispatcher
 from services.orchestrator.completions import EventsFollower, JobsFollower
 from services.orchestrator.coordinator import ServiceCoordinator
 from services.orchestrator.hub import TaskHub
+from services.orchestrator.idemkeys import make_keys
 from services.orchestrator.ingress import IngressFollower
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.limits import RateLimiter, make_limiter
@@ -42,6 +43,7 @@ class Runtime:
         self.auth = Authenticator(settings, self.store)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         self.limiter: RateLimiter = make_limiter(redis_url, prefix=settings.redis_key_prefix)
+        self.keys = make_keys(self.store, redis_url, prefix=settings.redis_key_prefix)  # Idempotency-Key (idemkeys.py)
         self.hub = TaskHub()
         # Updates reach every replica's hub through Kafka (taskfeed.py), not only the one that applied them.
         self.feed = TaskFeed(settings.kafka, hub=self.hub, producer=producer)
@@ -72,6 +74,7 @@ class Runtime:
         # Executors learn tenants (and their reply topics) from the log: every one again at start.
         await tenantlog.publish_all(self.lifecycle.producer, self.settings, self.store)
         await self.limiter.start()
+        await self.keys.start()
         await self.dispatcher.start()
         await self.feed.start()
         await asyncio.gather(
@@ -98,6 +101,7 @@ class Runtime:
         await self.lifecycle.stop()
         await self.feed.stop()
         await self.dispatcher.stop()
+        await self.keys.stop()
         await self.limiter.stop()
         await self.store.stop()
 

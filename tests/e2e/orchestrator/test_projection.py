@@ -55,6 +55,39 @@ async def test_a_202_is_answered_while_the_store_is_locked_and_the_row_follows(l
         assert row["status"] == "queued"
 
 
+async def test_an_idempotency_key_replays_its_response_while_the_store_is_locked_and_after_a_restart(
+    launch: Launcher, sqlite_url: str
+) -> None:
+    body = {"input": "once"}
+    headers = {"Idempotency-Key": "intake-1"}
+    async with launch(sqlite_url, executor=False) as orch:
+        assert (await orch.get("/v1/executions")).status_code == 200  # the tenant is known (auth cache)
+        holder = sqlite3.connect(sqlite_url.removeprefix("sqlite+aiosqlite:///"), isolation_level=None, timeout=30)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            first = await asyncio.wait_for(orch.post("/v1/executions", body, headers=headers), 20)
+            again = await asyncio.wait_for(orch.post("/v1/executions", body, headers=headers), 20)
+            other = await asyncio.wait_for(orch.post("/v1/executions", {"input": "else"}, headers=headers), 20)
+        finally:
+            holder.rollback()
+            holder.close()
+        assert first.status_code == 202 and "idempotent-replayed" not in first.headers
+        assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
+        assert again.json() == first.json()
+        assert other.status_code == 409
+        # The store's durable copy is written behind the answer: a new process replays it too.
+        async with asyncio.timeout(30):
+            while True:
+                with contextlib.closing(sqlite3.connect(sqlite_url.removeprefix("sqlite+aiosqlite:///"), timeout=30)) as db:
+                    if db.execute("SELECT status_code FROM idempotency WHERE key = 'intake-1'").fetchall() == [(202,)]:
+                        break
+                await asyncio.sleep(0.05)
+    async with launch(sqlite_url, executor=False) as orch:
+        replayed = await orch.post("/v1/executions", body, headers=headers)
+        assert replayed.status_code == 202 and replayed.headers["idempotent-replayed"] == "true"
+        assert replayed.json() == first.json()
+
+
 @dataclass
 class Parts:
     lifecycle: Lifecycle
