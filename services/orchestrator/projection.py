@@ -192,6 +192,7 @@ class Projection:
         self._retry_first_s = retry_first_s
         self._retry_max_s = retry_max_s
         self.projected = 0  # rows this reader inserted (a replayed snapshot inserts none)
+        self.applied = 0  # snapshots whose batch transaction committed (inserted or already there)
         self.reader: Reader | None = None
 
     async def start(self) -> None:
@@ -254,7 +255,9 @@ class Projection:
             inserted = await project_rows(conn, [status for _, status in pending if not _withdrawn(status)])
             if withdrawn:
                 await tasks.delete(conn, withdrawn)
+                await conn.execute(service_calls.delete().where(service_calls.c.execution_id.in_(withdrawn)))
         self.projected += inserted
+        self.applied += len(pending)
 
     async def _write_each(self, pending: list[tuple[Record, ExecutionStatus]]) -> None:
         # A data error in one row failed the batch's transaction: one transaction a row, the bad one parked.

@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 
 from services.common.kafka import ensure_topics, make_producer, start_client
 from services.common.settings import KafkaSettings
-from services.common.sources import KafkaSource
 from services.common.statusview import StatusView
 from services.orchestrator.callbacks import Dispatcher
 from services.orchestrator.hub import TaskHub
@@ -135,19 +134,11 @@ async def _count(store: Store, execution_ids: list[str]) -> tuple[int, int]:
     return int(rows), int(calls)
 
 
-async def _caught_up(projection: Projection, kafka: KafkaSettings) -> None:
-    """Until the projection's reader has handled everything on the status topic up to now."""
-    assert projection.reader is not None
-    source = projection.reader.source
-    assert isinstance(source, KafkaSource)
-    consumer = source.consumer
+async def _applied(projection: Projection, n: int) -> None:
+    """Until the projection has committed the batch transactions of ``n`` snapshots."""
     async with asyncio.timeout(60):
-        while not consumer.assignment():
+        while projection.applied < n:
             await asyncio.sleep(0.05)
-        ends = await consumer.end_offsets(list(consumer.assignment()))
-        for tp, end in ends.items():
-            while await projection.reader.position(tp) < end:
-                await asyncio.sleep(0.05)
 
 
 async def test_a_projection_started_after_the_acknowledgement_catches_up_once(kafka_settings: KafkaSettings, sqlite_url: str) -> None:
@@ -167,17 +158,16 @@ async def test_a_projection_started_after_the_acknowledgement_catches_up_once(ka
         first = Projection(p.lifecycle)
         await first.start()
         try:
-            async with asyncio.timeout(60):
-                while await _count(p.store, ids) != (3, 6):  # each: its row, the agent_config and execution calls
-                    await asyncio.sleep(0.05)
-            await _caught_up(first, p.kafka)
+            await _applied(first, 3)
+            assert await _count(p.store, ids) == (3, 6)  # each: its row, the agent_config and execution calls
+            assert first.projected == 3
         finally:
             await first.stop()
         # A replay from the beginning (a new group: every snapshot read again) changes nothing.
         again = Projection(p.lifecycle, group=f"{p.kafka.topic_prefix}replay")
         await again.start()
         try:
-            await _caught_up(again, p.kafka)
+            await _applied(again, 3)
         finally:
             await again.stop()
         assert await _count(p.store, ids) == (3, 6)
@@ -195,7 +185,7 @@ async def test_an_end_before_its_row_finalizes_once(kafka_settings: KafkaSetting
         projection = Projection(p.lifecycle)
         await projection.start()
         try:
-            await _caught_up(projection, p.kafka)
+            await _applied(projection, 1)
         finally:
             await projection.stop()
         async with p.store.begin() as conn:
@@ -204,3 +194,20 @@ async def test_an_end_before_its_row_finalizes_once(kafka_settings: KafkaSetting
         assert task is not None and task.state == "completed" and task.output == "done"
         assert [c.kind for c in calls] == ["execution"]
         assert projection.projected == 0
+
+
+async def test_a_submission_withdrawn_after_a_partial_acknowledgement_leaves_no_row(kafka_settings: KafkaSettings, sqlite_url: str) -> None:
+    """The queued half acknowledged, the request not: the 503 path's withdrawn snapshot undoes the row."""
+    async with parts(kafka_settings, sqlite_url) as p:
+        withdrawn, kept = (Submission(tenant_id="tenant-a", agent_id="default", input=text) for text in ("no", "yes"))
+        await p.lifecycle.submit([withdrawn])
+        await p.lifecycle.request_cancel(withdrawn.execution_id, "tenant-a", terminal_state="cancelled", withdrawn=True)
+        await p.lifecycle.submit([kept])
+        projection = Projection(p.lifecycle)
+        await projection.start()
+        try:
+            await _applied(projection, 3)
+        finally:
+            await projection.stop()
+        assert await _count(p.store, [withdrawn.execution_id]) == (0, 0)
+        assert await _count(p.store, [kept.execution_id]) == (1, 1)
