@@ -4,7 +4,9 @@ decision without a database round trip.
 
 The store stays the durable copy, off the hot path: every answer is written behind the response
 (``Keys`` batches them on a background task), and the in-memory registry loads the answers of the
-last ``ttl_s`` at start, so a key replays the same response after a restart too.
+last ``ttl_s`` at start, so a key replays the same response after a restart too. A key replays for
+``ttl_s`` (24 h, the window payment APIs give their idempotency keys) and, in memory, for the newest
+``max_keys``; after that it is a new request.
 """
 
 from __future__ import annotations
@@ -162,10 +164,11 @@ class RedisKeys:
 class Keys:
     """The registry the doors use, and the durable copy in the store written behind the answers."""
 
-    def __init__(self, registry: KeyRegistry, store: Store, *, ttl_s: float = 86_400.0) -> None:
+    def __init__(self, registry: KeyRegistry, store: Store, *, ttl_s: float = 86_400.0, max_load: int = 200_000) -> None:
         self.registry = registry
         self._store = store
         self._ttl = ttl_s
+        self._max_load = max_load
         self._behind: list[tuple[str, str, Held]] = []
         self._wake = asyncio.Event()
         self._tasks = TaskSet("idempotency-keys", log=log)
@@ -187,8 +190,13 @@ class Keys:
 
         since = time.time() - self._ttl
         async with self._store.begin() as conn:
-            rows = await conn.execute(select(idempotency).where(idempotency.c.status_code.is_not(None), idempotency.c.created_at >= since))
-            for r in rows:
+            rows = await conn.execute(
+                select(idempotency)
+                .where(idempotency.c.status_code.is_not(None), idempotency.c.created_at >= since)
+                .order_by(idempotency.c.created_at.desc())
+                .limit(self._max_load)
+            )
+            for r in reversed(rows.all()):  # oldest first, as the registry keeps them
                 self.registry.load(r.tenant_id, r.key, Held(r.request_hash, r.status_code, r.response, r.created_at))
 
     async def claim(self, tenant_id: str, key: str, request_hash: str, *, stale_s: float) -> Held | None:
