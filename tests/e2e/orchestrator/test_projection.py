@@ -87,6 +87,20 @@ async def test_an_idempotency_key_replays_its_response_while_the_store_is_locked
         assert replayed.json() == first.json()
 
 
+async def test_a_202_after_the_tenant_cache_expired_does_not_wait_for_the_store(launch: Launcher, sqlite_url: str) -> None:
+    async with launch(sqlite_url, executor=False, auth_cache_s=0.05) as orch:
+        assert (await orch.get("/v1/executions")).status_code == 200  # the tenant is known (auth cache)
+        holder = sqlite3.connect(sqlite_url.removeprefix("sqlite+aiosqlite:///"), isolation_level=None, timeout=30)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            await asyncio.sleep(0.1)  # the tenant's cached limits are expired now: their refresh waits for the lock
+            response = await asyncio.wait_for(orch.post("/v1/executions", {"input": "stale limits, fresh answer"}), 20)
+            assert response.status_code == 202, response.text
+        finally:
+            holder.rollback()
+            holder.close()
+
+
 @dataclass
 class Parts:
     lifecycle: Lifecycle
