@@ -206,7 +206,7 @@ class Projection:
             topics=kafka.topics,
             dlq=self._lifecycle.producer,
             transient=transient,
-            max_records=2000,
+            max_records=250,  # a batch's decode and rows stall the event loop the HTTP requests share
             before_commit=self._flush,
             reopen=lambda: open_group(kafka, self._topic, group=self._group, client_id=client_id),
         )
