@@ -69,6 +69,10 @@ class Runtime:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # The producer learns the intake's topics now, not on the first POST: the first 202s after a
+        # start would otherwise wait for a metadata round trip each.
+        topics = self.settings.kafka.topics
+        await asyncio.gather(*(self.lifecycle.producer.partitions_for(t) for t in (*topics.lanes, topics.status, topics.control)))
         await self.store.start()
         await self.auth.bootstrap()
         # Executors learn tenants (and their reply topics) from the log: every one again at start.

@@ -34,19 +34,27 @@ from tests.e2e.orchestrator.conftest import Launcher, settings_for
 pytestmark = pytest.mark.kafka
 
 
+@contextlib.asynccontextmanager
+async def store_locked(sqlite_url: str) -> AsyncIterator[None]:
+    """Another connection holds SQLite's write lock: every transaction of the store waits for it. Taken
+    in a thread: a busy wait on this event loop would stall the orchestrator serving on it."""
+    holder = sqlite3.connect(sqlite_url.removeprefix("sqlite+aiosqlite:///"), isolation_level=None, timeout=30, check_same_thread=False)
+    try:
+        await asyncio.to_thread(holder.execute, "BEGIN IMMEDIATE")
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
 async def test_a_202_is_answered_while_the_store_is_locked_and_the_row_follows(launch: Launcher, sqlite_url: str) -> None:
     async with launch(sqlite_url, executor=False) as orch:
         assert (await orch.get("/v1/executions")).status_code == 200  # the tenant is known (auth cache)
         # Another process holds SQLite's write lock: every transaction of the store waits for it.
-        holder = sqlite3.connect(sqlite_url.removeprefix("sqlite+aiosqlite:///"), isolation_level=None, timeout=30)
-        try:
-            holder.execute("BEGIN IMMEDIATE")
+        async with store_locked(sqlite_url):
             response = await asyncio.wait_for(orch.post("/v1/executions", {"input": "while the store is locked"}), 20)
             assert response.status_code == 202, response.text
             execution_id = response.json()["execution_id"]
-        finally:
-            holder.rollback()
-            holder.close()
         # The list reads the store only: the projection wrote the row from the log.
         listed = await orch.wait_for("/v1/executions", lambda page: any(e["execution_id"] == execution_id for e in page["executions"]))
         [row] = [e for e in listed["executions"] if e["execution_id"] == execution_id]
@@ -61,15 +69,10 @@ async def test_an_idempotency_key_replays_its_response_while_the_store_is_locked
     headers = {"Idempotency-Key": "intake-1"}
     async with launch(sqlite_url, executor=False) as orch:
         assert (await orch.get("/v1/executions")).status_code == 200  # the tenant is known (auth cache)
-        holder = sqlite3.connect(sqlite_url.removeprefix("sqlite+aiosqlite:///"), isolation_level=None, timeout=30)
-        try:
-            holder.execute("BEGIN IMMEDIATE")
+        async with store_locked(sqlite_url):
             first = await asyncio.wait_for(orch.post("/v1/executions", body, headers=headers), 20)
             again = await asyncio.wait_for(orch.post("/v1/executions", body, headers=headers), 20)
             other = await asyncio.wait_for(orch.post("/v1/executions", {"input": "else"}, headers=headers), 20)
-        finally:
-            holder.rollback()
-            holder.close()
         assert first.status_code == 202 and "idempotent-replayed" not in first.headers
         assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
         assert again.json() == first.json()
@@ -90,15 +93,10 @@ async def test_an_idempotency_key_replays_its_response_while_the_store_is_locked
 async def test_a_202_after_the_tenant_cache_expired_does_not_wait_for_the_store(launch: Launcher, sqlite_url: str) -> None:
     async with launch(sqlite_url, executor=False, auth_cache_s=0.05) as orch:
         assert (await orch.get("/v1/executions")).status_code == 200  # the tenant is known (auth cache)
-        holder = sqlite3.connect(sqlite_url.removeprefix("sqlite+aiosqlite:///"), isolation_level=None, timeout=30)
-        try:
-            holder.execute("BEGIN IMMEDIATE")
+        async with store_locked(sqlite_url):
             await asyncio.sleep(0.1)  # the tenant's cached limits are expired now: their refresh waits for the lock
             response = await asyncio.wait_for(orch.post("/v1/executions", {"input": "stale limits, fresh answer"}), 20)
             assert response.status_code == 202, response.text
-        finally:
-            holder.rollback()
-            holder.close()
 
 
 @dataclass
