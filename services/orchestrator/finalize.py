@@ -47,9 +47,9 @@ async def finalize(
         task = await tasks.finish(conn, task_id, state, output=output, result=result, error=error, usage=usage, attempt=attempt)
         if task is None and await tasks.get(conn, task_id) is None:
             # The end came before the projection wrote the row: write it now, in this transaction
-            # (NotProjected, retriable, if this replica's status view does not know it yet).
-            await ensure_row_from_view(conn, lc.status, task_id)
-            task = await tasks.finish(conn, task_id, state, output=output, result=result, error=error, usage=usage, attempt=attempt)
+            # (NotProjected, retriable, if the status view knows the execution but not its intake).
+            if await ensure_row_from_view(conn, lc.status, task_id):
+                task = await tasks.finish(conn, task_id, state, output=output, result=result, error=error, usage=usage, attempt=attempt)
         if task is None:
             if attempt is not None:
                 log.info("end of %s by attempt %s not applied: already ended, or a newer attempt started", task_id, attempt)

@@ -10,8 +10,9 @@ half-done: the projection catches up from its committed offset.
 
 An execution's end may arrive (events topic, another reader) before its row: ``ensure_row`` creates
 the row from the status view in the end's own transaction (``finalize``), so an end is never lost
-nor applied to nothing; when this replica's view does not know the execution yet, ``NotProjected``
-(retriable) makes the events reader try again.
+nor applied to nothing (the view knows every execution accepted here at once: it is applied at
+submit); when the view knows the execution but not its intake, ``NotProjected`` (retriable) makes
+the events reader try again; an id the view does not know at all is not ours, and ignored.
 """
 
 from __future__ import annotations
@@ -124,9 +125,14 @@ async def ensure_row(conn: AsyncConnection, status: ExecutionStatus) -> bool:
 
 
 async def ensure_row_from_view(conn: AsyncConnection, view: StatusView, execution_id: str) -> bool:
-    """``ensure_row`` from what the status view knows; ``NotProjected`` if it knows no intake."""
+    """``ensure_row`` from what the status view knows. An execution the view does not know at all is
+    none of ours (a foreign or forged id: nothing to write, False, as before the projection: an
+    unknown id must not hold back the records behind it for the retries' 16 s); one it knows without
+    its intake yet is ``NotProjected`` (retriable)."""
     status = view.get(execution_id)
-    if status is None or status.intake is None:
+    if status is None:
+        return False
+    if status.intake is None:
         raise NotProjected(f"execution {execution_id} is not projected yet")
     return await ensure_row(conn, status)
 
