@@ -21,6 +21,36 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class PlanCall(BaseModel):
+    """A service call made before submission (an orchestration plan's first rows)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: str
+    target: str
+    outcome: str
+    detail: str | None = None
+    started_at: float
+    ended_at: float | None = None
+
+
+class Intake(BaseModel):
+    """What the store's row of an accepted execution holds beyond the snapshot: written once, in the
+    ``queued`` snapshot, and projected from the log into the task registry (the 202 waits for the
+    log only). Later snapshots carry it over (``merged_over``)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    origin: str = "api"
+    callback_url: str | None = None
+    batch_id: str | None = None
+    custom_id: str | None = None
+    deadline: float
+    input_preview: str | None = None
+    accepted_at: float
+    plan: tuple[PlanCall, ...] = ()
+
+
 class ExecutionStatus(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -43,6 +73,7 @@ class ExecutionStatus(BaseModel):
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
     extra: dict[str, Any] = Field(default_factory=dict)
+    intake: Intake | None = None
 
     @property
     def terminal(self) -> bool:
@@ -66,6 +97,8 @@ class ExecutionStatus(BaseModel):
     def merged_over(self, other: ExecutionStatus) -> ExecutionStatus:
         """Keep fields the newer snapshot does not know (where the events start, creation time)."""
         update: dict[str, Any] = {"created_at": other.created_at}
+        if self.intake is None and other.intake is not None:
+            update["intake"] = other.intake
         if self.events_start_offset is None and other.events_start_offset is not None:
             update |= {
                 "events_partition": other.events_partition,

@@ -15,6 +15,9 @@ commit is ``commit_interval_s`` old, else when the source next goes quiet (a fet
 nothing) or the reader stops, so a busy reader commits a few times a second, not once per batch, and
 an idle one not at all. A record handled but not yet committed is handled again after a crash or a
 rebalance, as one handled in the batch a commit failed for always could be (effects are idempotent).
+A reader whose handler only collects (a projection's group commit) applies the batch in
+``before_commit``, which runs after the batch's records and before its offsets can be committed;
+if it raises, the batch is read again from its first record.
 
 The fetch loop runs in a task under a supervisor: when it dies (a bug, a broken client) it is
 restarted with backoff (on a new source when ``reopen`` is given: the old client may be what
@@ -99,6 +102,7 @@ class Reader:
         fetch_timeout_ms: int = 1000,
         around_batch: Callable[[list[Record]], AbstractContextManager[None]] | None = None,
         after_batch: Callable[[Batches], Awaitable[None]] | None = None,
+        before_commit: Callable[[Batches], Awaitable[None]] | None = None,
         positions: dict[TopicPartition, int] | None = None,
         reopen: Callable[[], Awaitable[RecordSource]] | None = None,
         commit_after_batch: bool = True,
@@ -116,6 +120,7 @@ class Reader:
         self._fetch_timeout_ms = fetch_timeout_ms
         self._around = around_batch
         self._after = after_batch
+        self._before_commit = before_commit
         self.state: State = "starting"
         self.restarts = 0
         self.last_error: str | None = None
@@ -221,12 +226,25 @@ class Reader:
                 else:
                     with self._around(records):
                         await self._handle_all(tp, records)
+            if batches and self._before_commit is not None:
+                await self._settle(batches)
             if batches and self._commits:
                 self._uncommitted.update({tp: self._next[tp] for tp in batches if tp in self._next})
             if self._uncommitted and (not batches or time.monotonic() - self._committed_at >= self._commit_interval):
                 await self._commit_pending()
             if batches and self._after is not None:
                 await self._after(batches)
+
+    async def _settle(self, batches: Batches) -> None:
+        # A handler that only collects (a projection's group commit) applies the batch here, before
+        # its offsets can be committed; if that dies, the batch is read again, not skipped.
+        assert self._before_commit is not None
+        firsts = {tp: records[0].offset for tp, records in batches.items()}
+        try:
+            await self._before_commit(batches)
+        except BaseException:
+            self._next.update(firsts)
+            raise
 
     async def _handle_all(self, tp: TopicPartition, records: list[Record]) -> None:
         handled = -1

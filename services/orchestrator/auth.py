@@ -77,8 +77,18 @@ class Authenticator:
         pending = self._loading.get(tenant_id)
         if pending is None:
             pending = self._loading[tenant_id] = asyncio.ensure_future(self._load_tenant(tenant_id))
-            pending.add_done_callback(lambda _: self._loading.pop(tenant_id, None))
+            pending.add_done_callback(lambda done: self._loaded(tenant_id, done))
+        if cached is not None:
+            # Expired: answer with the limits known and refresh them behind, so no request waits for
+            # the store every auth_cache_s (issue 14: no database round trip before a 202). A tenant
+            # whose limits changed here is dropped from the cache (``forget``) and looked up at once.
+            return cached[1]
         return await asyncio.shield(pending)
+
+    def _loaded(self, tenant_id: str, done: asyncio.Future[TenantContext]) -> None:
+        self._loading.pop(tenant_id, None)
+        if not done.cancelled() and done.exception() is not None:  # retrieved: a refresh nobody awaited failed
+            log.warning("could not refresh tenant %s: %s", tenant_id, done.exception())
 
     async def _load_tenant(self, tenant_id: str) -> TenantContext:
         async with self._store.begin() as conn:

@@ -16,15 +16,24 @@ from services.common.errors import Conflict, NotFound, Unavailable
 from services.common.kafka import encode, envelope_headers, status_headers
 from services.orchestrator.store import tasks
 
+WITHDRAWN = "withdrawn"  # in a terminal snapshot's ``extra``: the submission it ends was never accepted
+
 if TYPE_CHECKING:
     from services.orchestrator.lifecycle import Lifecycle
 
 
 async def request_cancel(
-    lc: Lifecycle, execution_id: str, tenant_id: str, *, terminal_state: ExecutionState | None = None, error: str | None = None
+    lc: Lifecycle,
+    execution_id: str,
+    tenant_id: str,
+    *,
+    terminal_state: ExecutionState | None = None,
+    error: str | None = None,
+    withdrawn: bool = False,
 ) -> None:
     """Publish ``execution.cancel_requested``; with ``terminal_state`` also a terminal snapshot,
-    so an executor that has not started the execution skips it."""
+    so an executor that has not started the execution skips it. ``withdrawn``: the submission was
+    not accepted (its acknowledgement failed): the projection removes a row its queued snapshot made."""
     topics = lc.settings.kafka.topics
     event = ExecutionCancelRequested(tenant_id=tenant_id, execution_id=execution_id)
     sends = [
@@ -39,7 +48,10 @@ async def request_cancel(
     if terminal_state is not None:
         current = lc.status.get(execution_id)
         base = current or ExecutionStatus(execution_id=execution_id, tenant_id=tenant_id)
-        snapshot = base.model_copy(update={"state": terminal_state, "error": error, "updated_at": datetime.now(UTC)})
+        update: dict[str, object] = {"state": terminal_state, "error": error, "updated_at": datetime.now(UTC)}
+        if withdrawn:
+            update["extra"] = {**base.extra, WITHDRAWN: True}
+        snapshot = base.model_copy(update=update)
         sends.append(
             lc.producer.send_and_wait(
                 topics.status, value=encode(snapshot), key=execution_id.encode(), headers=status_headers(snapshot, "orchestrator")

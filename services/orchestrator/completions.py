@@ -25,6 +25,7 @@ from services.common.kafka import header
 from services.common.reader import Reader
 from services.common.sources import open_group
 from services.orchestrator.lifecycle import Lifecycle
+from services.orchestrator.projection import ensure_row_from_view
 from services.orchestrator.store import tasks
 from services.orchestrator.transient import transient
 
@@ -108,6 +109,8 @@ class EventsFollower(_Follower):
             return
         async with store.begin() as conn:
             task = await tasks.get(conn, execution_id)
+            if task is None and await ensure_row_from_view(conn, self._lifecycle.status, execution_id):
+                task = await tasks.get(conn, execution_id)  # it started before the projection wrote its row
             if task is None or not task.open:
                 return
             if type_ == "execution.started":

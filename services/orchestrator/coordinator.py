@@ -32,6 +32,7 @@ from services.orchestrator.breaker import CircuitBreaker
 from services.orchestrator.ids import new_id
 from services.orchestrator.jobrequests import JobRequests
 from services.orchestrator.lifecycle import Lifecycle
+from services.orchestrator.projection import row_of
 from services.orchestrator.serviceclient import ServiceClient
 from services.orchestrator.serviceerrors import ServiceError
 from services.orchestrator.settings import OrchestratorSettings
@@ -112,7 +113,7 @@ class ServiceCoordinator:
             if known is not None:
                 job = await tasks.get(conn, known.job_id) if known.job_id else None
             else:
-                execution = await tasks.get(conn, request.execution_id, tenant_id=request.tenant_id)
+                execution = await row_of(conn, self.lifecycle.status, request.execution_id, tenant_id=request.tenant_id)
                 problem = self._problem(request, execution)
                 if problem is None:
                     assert execution is not None

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from schemas.events import Message
 from services.common.observability import metrics
 from services.orchestrator.ids import new_id
+from services.orchestrator.projection import ensure_row_from_view
 from services.orchestrator.store import records, sessions, tasks
 from services.orchestrator.store.tasks import Task
 from services.orchestrator.submission import Submission
@@ -44,6 +45,11 @@ async def finalize(
     follow_up: list[Submission] = []
     async with lc.store.begin() as conn:
         task = await tasks.finish(conn, task_id, state, output=output, result=result, error=error, usage=usage, attempt=attempt)
+        if task is None and await tasks.get(conn, task_id) is None:
+            # The end came before the projection wrote the row: write it now, in this transaction
+            # (NotProjected, retriable, if the status view knows the execution but not its intake).
+            if await ensure_row_from_view(conn, lc.status, task_id):
+                task = await tasks.finish(conn, task_id, state, output=output, result=result, error=error, usage=usage, attempt=attempt)
         if task is None:
             if attempt is not None:
                 log.info("end of %s by attempt %s not applied: already ended, or a newer attempt started", task_id, attempt)
@@ -127,9 +133,11 @@ async def _batch_effects(conn: AsyncConnection, batch_id: str, tenant_id: str) -
     members = await tasks.of_batch(conn, batch_id)
     if any(t.open for t in members):
         return
+    batch = await records.get_batch(conn, batch_id, tenant_id=tenant_id)
+    if batch is not None and len(members) < batch.total:
+        return  # members not projected yet are open: each one's end (which writes its row) checks again
     if not await records.complete_batch(conn, batch_id):
         return
-    batch = await records.get_batch(conn, batch_id, tenant_id=tenant_id)
     if batch is not None and batch.callback_url:
         counts: dict[str, int] = {}
         for t in members:

@@ -1,5 +1,7 @@
 """``Idempotency-Key`` on POSTs: the same key and payload returns the original response; the same
-key with another payload is a 409. Kept in the state store, so it holds across restarts/replicas.
+key with another payload is a 409. Kept in memory per replica, or in Redis when ``redis_url`` is set
+(idemkeys.py: no database round trip before the 202), with the store as the durable copy written
+behind the answer and read back at start, so it holds across restarts (and replicas, with Redis).
 
 The key is reserved (a row without a response) before the work starts, so two concurrent retries
 cannot both create an execution; a reservation whose request crashed is taken over when stale.
@@ -9,7 +11,6 @@ Failed requests (4xx/5xx) release the key: a corrected retry may use it.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,7 +21,6 @@ from starlette.responses import JSONResponse, Response
 from services.common.errors import Conflict
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.http import HTTPError, read_body, require_tenant, state_of
-from services.orchestrator.store import records
 
 Handler = Callable[[Request, TenantContext, bytes], Awaitable[tuple[int, Any]]]
 
@@ -63,14 +63,9 @@ async def with_key(request: Request, context: TenantContext, body: bytes, key: s
     """``run_idempotently`` with a key the caller found (a door whose protocol names its requests:
     AG-UI's ``runId``, A2A's ``messageId``): same key and payload replays, another payload is a 409."""
     state = state_of(request)
-    store = state.runtime.store
+    keys = state.runtime.keys
     fingerprint = _fingerprint(request, body)
-    async with store.begin() as conn:
-        held = await records.claim_idempotency_key(conn, context.id, key, fingerprint)
-    if held is not None and held.status_code is None and held.created_at < time.time() - state.settings.idempotency_stale_s:
-        async with store.begin() as conn:  # the request that reserved it never finished
-            await records.release_idempotency_key(conn, context.id, key, only_older_than=time.time() - state.settings.idempotency_stale_s)
-            held = await records.claim_idempotency_key(conn, context.id, key, fingerprint)
+    held = await keys.claim(context.id, key, fingerprint, stale_s=state.settings.idempotency_stale_s)
     if held is not None:
         if held.request_hash != fingerprint:
             raise Conflict("Idempotency-Key was already used with a different request", detail={"idempotency_key": key})
@@ -80,9 +75,7 @@ async def with_key(request: Request, context: TenantContext, body: bytes, key: s
     try:
         status, payload = await handler(request, context, body)
     except BaseException:
-        async with store.begin() as conn:
-            await records.release_idempotency_key(conn, context.id, key)
+        await keys.release(context.id, key)
         raise
-    async with store.begin() as conn:
-        await records.complete_idempotency_key(conn, context.id, key, status, payload)
+    await keys.complete(context.id, key, fingerprint, status, payload)
     return status, payload, False

@@ -2,7 +2,8 @@
 coordinator's hooks, and the operations, each in the module of its concern:
 
 - ``admission.py``: limits and concurrency slots (``RateLimited``);
-- ``submission.py``: ``Submission``, record and publish (``Unavailable`` if Kafka does not acknowledge);
+- ``submission.py``: ``Submission``, publish (``Unavailable`` if Kafka does not acknowledge); the rows are
+  projected from the log (``projection.py``);
 - ``cancel.py``: cancel requests and the terminal snapshot of a cancel before start;
 - ``finalize.py``: the one place where work ends, and every effect of its end;
 - ``sweep.py``: deadlines;
@@ -88,9 +89,15 @@ class Lifecycle:
         await submission.submit(self, subs, writes=writes, undo=undo)
 
     async def request_cancel(
-        self, execution_id: str, tenant_id: str, *, terminal_state: ExecutionState | None = None, error: str | None = None
+        self,
+        execution_id: str,
+        tenant_id: str,
+        *,
+        terminal_state: ExecutionState | None = None,
+        error: str | None = None,
+        withdrawn: bool = False,
     ) -> None:
-        await cancel.request_cancel(self, execution_id, tenant_id, terminal_state=terminal_state, error=error)
+        await cancel.request_cancel(self, execution_id, tenant_id, terminal_state=terminal_state, error=error, withdrawn=withdrawn)
 
     async def cancel(self, execution_id: str, tenant_id: str) -> tuple[str, bool]:
         return await cancel.cancel(self, execution_id, tenant_id)

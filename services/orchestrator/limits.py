@@ -71,8 +71,17 @@ class LocalLimiter:
     async def acquire_slot(self, tenant: str, execution_id: str, limit: int, ttl_s: float) -> float | None:
         now = time.time()
         slots = self._slots[tenant]
-        for eid in [e for e, expires in slots.items() if expires <= now]:
-            del slots[eid]
+        # Slots are kept in the order they were taken, so the expired ones are mostly in front: drop
+        # those without scanning every slot per request (a scan per POST was O(slots) at the intake);
+        # only a request about to be refused scans them all, so no expired slot refuses one.
+        while slots:
+            first, expires = next(iter(slots.items()))
+            if expires > now:
+                break
+            del slots[first]
+        if limit > 0 and execution_id not in slots and len(slots) >= limit:
+            for eid in [e for e, expires in slots.items() if expires <= now]:
+                del slots[eid]
         if limit <= 0 or execution_id in slots or len(slots) < limit:
             slots[execution_id] = now + ttl_s
             return None

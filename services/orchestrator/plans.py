@@ -1,7 +1,8 @@
 """Orchestration plans: what the orchestrator did on an execution's behalf, and the endpoint showing it.
 
 Request handlers time their own service calls (``timed``) and hand them to the ``Submission``;
-``Lifecycle.submit`` writes them with the execution's own row in the same transaction. Delegated
+they travel in the queued snapshot's intake and are written with the execution's own row, in one
+transaction, by the projection (projection.py). Delegated
 jobs and the execution's end are added by the coordinator (services/orchestrator/coordinator.py).
 """
 
@@ -18,7 +19,8 @@ from starlette.responses import JSONResponse, Response
 from schemas.plans import OrchestrationPlan, ServiceCall
 from services.common.errors import NotFound
 from services.orchestrator.http import iso, path_id, require_tenant, state_of
-from services.orchestrator.store import plans, tasks
+from services.orchestrator.projection import row_of
+from services.orchestrator.store import plans
 
 
 @dataclass
@@ -70,8 +72,9 @@ def view(rows: list[plans.CallRow], execution_id: str) -> OrchestrationPlan:
 async def get_plan(request: Request) -> Response:
     ctx = await require_tenant(request)
     execution_id = path_id(request, "execution_id", "execution")
-    async with state_of(request).runtime.store.begin() as conn:
-        task = await tasks.get(conn, execution_id, tenant_id=ctx.id)
+    state = state_of(request)
+    async with state.runtime.store.begin() as conn:
+        task = await row_of(conn, state.status, execution_id, tenant_id=ctx.id)
         rows = await plans.of_execution(conn, execution_id, tenant_id=ctx.id) if task is not None else []
     if task is None or task.kind != "execution":
         raise NotFound("execution not found")

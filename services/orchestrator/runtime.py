@@ -22,9 +22,11 @@ from services.orchestrator.callbacks import Dispatcher
 from services.orchestrator.completions import EventsFollower, JobsFollower
 from services.orchestrator.coordinator import ServiceCoordinator
 from services.orchestrator.hub import TaskHub
+from services.orchestrator.idemkeys import make_keys
 from services.orchestrator.ingress import IngressFollower
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.limits import RateLimiter, make_limiter
+from services.orchestrator.projection import Projection
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store
 from services.orchestrator.taskfeed import TaskFeed
@@ -41,6 +43,7 @@ class Runtime:
         self.auth = Authenticator(settings, self.store)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         self.limiter: RateLimiter = make_limiter(redis_url, prefix=settings.redis_key_prefix)
+        self.keys = make_keys(self.store, redis_url, prefix=settings.redis_key_prefix)  # Idempotency-Key (idemkeys.py)
         self.hub = TaskHub()
         # Updates reach every replica's hub through Kafka (taskfeed.py), not only the one that applied them.
         self.feed = TaskFeed(settings.kafka, hub=self.hub, producer=producer)
@@ -55,6 +58,8 @@ class Runtime:
             dispatcher=self.dispatcher,
             agents=agents,
         )
+        # The task registry is a projection of the status topic (projection.py): a 202 waits for Kafka only.
+        self.projection = Projection(self.lifecycle)
         self.events = EventsFollower(self.lifecycle)
         self.jobs = JobsFollower(self.lifecycle)
         # The Kafka door (ingress.py) opens when some tenant has a signing key for it.
@@ -64,15 +69,24 @@ class Runtime:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # The producer learns the intake's topics now, not on the first POST: the first 202s after a
+        # start would otherwise wait for a metadata round trip each.
+        topics = self.settings.kafka.topics
+        await asyncio.gather(*(self.lifecycle.producer.partitions_for(t) for t in (*topics.lanes, topics.status, topics.control)))
         await self.store.start()
         await self.auth.bootstrap()
         # Executors learn tenants (and their reply topics) from the log: every one again at start.
         await tenantlog.publish_all(self.lifecycle.producer, self.settings, self.store)
         await self.limiter.start()
+        await self.keys.start()
         await self.dispatcher.start()
         await self.feed.start()
         await asyncio.gather(
-            self.events.start(), self.jobs.start(), self.coordinator.start(), *([self.ingress.start()] if self.ingress else [])
+            self.projection.start(),
+            self.events.start(),
+            self.jobs.start(),
+            self.coordinator.start(),
+            *([self.ingress.start()] if self.ingress else []),
         )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="task-sweeper")
 
@@ -87,15 +101,17 @@ class Runtime:
         await self.coordinator.stop()
         await self.jobs.stop()
         await self.events.stop()
+        await self.projection.stop()
         await self.lifecycle.stop()
         await self.feed.stop()
         await self.dispatcher.stop()
+        await self.keys.stop()
         await self.limiter.stop()
         await self.store.stop()
 
     def readers(self) -> list[Reader]:
         """The readers this runtime runs (for ``/health/ready``)."""
-        readers = [self.events.reader, self.jobs.reader, self.coordinator.requests.reader, self.feed.reader]
+        readers = [self.projection.reader, self.events.reader, self.jobs.reader, self.coordinator.requests.reader, self.feed.reader]
         if self.ingress is not None:
             readers.append(self.ingress.reader)
         return [r for r in readers if r is not None]

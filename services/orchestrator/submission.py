@@ -1,5 +1,6 @@
-"""Submission: record the tasks, publish ``execution.requested`` to its lane and the ``queued``
-snapshot, and answer only once the broker acknowledged both (202 means acknowledged)."""
+"""Submission: publish ``execution.requested`` to its lane and the ``queued`` snapshot (which carries
+the row's ``Intake``), and answer once the broker acknowledged both: a 202 waits for Kafka and
+nothing else. The task row and plan are projected from the log behind it (projection.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.events import ExecutionRequested, Message
-from schemas.status import ExecutionStatus
+from schemas.status import ExecutionStatus, Intake, PlanCall
 from schemas.topics import Priority
 from services.common.errors import Unavailable
 from services.common.kafka import encode, envelope_headers, status_headers
@@ -23,7 +24,7 @@ from services.common.observability import metrics
 from services.common.observability.tracing import producer_span
 from services.orchestrator.ids import new_id
 from services.orchestrator.plans import PlannedCall
-from services.orchestrator.store import plans, tasks
+from services.orchestrator.store.tasks import INPUT_PREVIEW_CHARS
 
 if TYPE_CHECKING:
     from services.orchestrator.lifecycle import Lifecycle
@@ -59,47 +60,46 @@ class Submission:
 
 
 async def submit(lc: Lifecycle, subs: Sequence[Submission], *, writes: Writes | None = None, undo: Writes | None = None) -> None:
-    """Record the tasks (with the caller's ``writes``, one transaction), then publish them.
+    """Publish the requests; the caller's ``writes`` (a batch's record, a session's claim), if any,
+    in one transaction first. The task rows are not written here: the projection writes them from
+    the acknowledged snapshots.
 
-    If Kafka does not acknowledge, the tasks and the caller's writes are undone (``undo``) and
-    the request is ``Unavailable`` (503): nothing is accepted that is not stored, and nothing
-    half-written stays.
+    If Kafka does not acknowledge, the caller's writes are undone (``undo``), whatever was
+    acknowledged is cancelled, and the request is ``Unavailable`` (503): nothing is accepted.
     """
     deadline = time.time() + lc.settings.execution_timeout_s
-    async with lc.store.begin() as conn:
-        if writes is not None:
+    if writes is not None:
+        async with lc.store.begin() as conn:
             await writes(conn)
-        for sub in subs:
-            await tasks.create(
-                conn,
-                id=sub.execution_id,
-                kind="execution",
-                tenant_id=sub.tenant_id,
-                agent_id=sub.agent_id,
-                session_id=sub.session_id,
-                batch_id=sub.batch_id,
-                custom_id=sub.custom_id,
-                priority=sub.priority,
-                callback_url=sub.callback_url,
-                origin=sub.origin,
-                deadline=deadline,
-                input=sub.input,
-            )
-            await _record_plan(conn, sub)
     try:
         # aiokafka retries an unreachable broker without end: bound the wait, so an outage is a 503.
         async with asyncio.timeout(lc.settings.kafka.request_timeout_ms / 1000):
             await asyncio.gather(*(_publish(lc, sub, deadline) for sub in subs))
     except (KafkaError, TimeoutError) as exc:
         await _cancel_published(lc, subs)
-        async with lc.store.begin() as conn:
-            await tasks.delete(conn, [s.execution_id for s in subs])
-            if undo is not None:
+        if undo is not None:
+            async with lc.store.begin() as conn:
                 await undo(conn)
         raise Unavailable(
             f"Kafka did not acknowledge the request ({type(exc).__name__}); nothing was accepted, retry later",
             retry_after=1,
         ) from exc
+
+
+def intake_of(sub: Submission, deadline: float) -> Intake:
+    return Intake(
+        origin=sub.origin,
+        callback_url=sub.callback_url,
+        batch_id=sub.batch_id,
+        custom_id=sub.custom_id,
+        deadline=deadline,
+        input_preview=sub.input[:INPUT_PREVIEW_CHARS],
+        accepted_at=time.time(),
+        plan=tuple(
+            PlanCall(kind=c.kind, target=c.target, outcome=c.outcome, detail=c.detail, started_at=c.started_at, ended_at=c.ended_at)
+            for c in sub.plan
+        ),
+    )
 
 
 async def _publish(lc: Lifecycle, sub: Submission, deadline: float) -> None:
@@ -129,6 +129,7 @@ async def _publish(lc: Lifecycle, sub: Submission, deadline: float) -> None:
         events_topic=sub.reply_to or lc.settings.kafka.topics.events,
         created_at=event.ts,
         updated_at=event.ts,
+        intake=intake_of(sub, deadline),
     )
     topics = lc.settings.kafka.topics
     lane = topics.lane(sub.priority)
@@ -156,22 +157,12 @@ async def _cancel_published(lc: Lifecycle, subs: Sequence[Submission]) -> None:
         try:
             # Bounded too: what is not acknowledged now stays queued and is delivered when Kafka is back.
             async with asyncio.timeout(2):
-                await lc.request_cancel(sub.execution_id, sub.tenant_id, terminal_state="cancelled")
+                await lc.request_cancel(
+                    sub.execution_id,
+                    sub.tenant_id,
+                    terminal_state="cancelled",
+                    error="not accepted: Kafka did not acknowledge",
+                    withdrawn=True,
+                )
         except (KafkaError, TimeoutError):
             log.warning("could not cancel %s after a failed submission", sub.execution_id)
-
-
-async def _record_plan(conn: AsyncConnection, sub: Submission) -> None:
-    for call in sub.plan:
-        await plans.add(
-            conn,
-            execution_id=sub.execution_id,
-            tenant_id=sub.tenant_id,
-            kind=call.kind,
-            target=call.target,
-            outcome=call.outcome,
-            detail=call.detail,
-            started_at=call.started_at,
-            ended_at=call.ended_at,
-        )
-    await plans.add(conn, execution_id=sub.execution_id, tenant_id=sub.tenant_id, kind="execution", target=sub.agent_id, outcome="pending")

@@ -26,6 +26,7 @@ from services.orchestrator.http import api_key, iso, parse_json, path_id, requir
 from services.orchestrator.idempotency import idempotent
 from services.orchestrator.ids import new_id
 from services.orchestrator.lifecycle import Lifecycle
+from services.orchestrator.projection import row_of
 from services.orchestrator.store import sessions, tasks
 from services.orchestrator.store.tasks import Task
 
@@ -80,8 +81,9 @@ async def get_task(request: Request) -> Any:
 
     ctx = await require_tenant(request)
     task_id = path_id(request, "task_id", "task")
-    async with state_of(request).runtime.store.begin() as conn:
-        task = await tasks.get(conn, task_id, tenant_id=ctx.id)
+    state = state_of(request)
+    async with state.runtime.store.begin() as conn:
+        task = await row_of(conn, state.status, task_id, tenant_id=ctx.id)
     if task is None:
         raise NotFound("task not found")
     return JSONResponse(task_view(task).model_dump(mode="json"))

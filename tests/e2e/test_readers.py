@@ -96,6 +96,7 @@ async def test_a_reader_that_dies_is_restarted_counted_and_shown_by_health_ready
     assert body["readers"] == {
         "orchestrator-status-view": "running",
         "bridge-tail": "running",
+        "projection": "running",
         "events-follower": "running",
         "jobs-follower": "running",
         "coordinator": "running",

@@ -66,3 +66,11 @@ async def test_redis_limit_holds_across_instances() -> None:
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_an_expired_slot_behind_a_live_one_does_not_refuse_a_request() -> None:
+    limiter = LocalLimiter()
+    assert await limiter.acquire_slot("t", "long", 2, 60) is None
+    assert await limiter.acquire_slot("t", "short", 2, 0.0) is None  # expires at once, behind "long"
+    assert await limiter.acquire_slot("t", "next", 2, 60) is None  # "short" no longer counts
+    assert await limiter.acquire_slot("t", "over", 2, 60) == 1.0

@@ -179,6 +179,31 @@ async def test_records_fetched_but_not_handled_when_the_loop_died_are_read_again
     assert reader.restarts == 1
 
 
+async def test_a_batch_whose_group_commit_dies_is_read_again_and_committed_only_once_applied(
+    running: Callable[..., Reader],
+) -> None:
+    """A handler that only collects (a projection) applies the batch in ``before_commit``: when that
+    dies, the batch is not committed, and the restarted loop reads it again from its first record."""
+    source = MemorySource()
+    for value in (b"a", b"b", b"c"):
+        source.append(TOPIC, value)
+    collected: list[bytes] = []
+    applied: list[list[bytes]] = []
+    committed_when_applied: list[dict[TopicPartition, int]] = []
+
+    async def apply(_batches: object) -> None:
+        batch, collected[:] = list(collected), []
+        if not applied and not committed_when_applied:
+            committed_when_applied.append(dict(source.committed))
+            raise RuntimeError("the store's transaction died")
+        applied.append(batch)
+
+    reader = running(source, lambda r: collected.append(r.value or b""), max_records=3, before_commit=apply)
+    await _until(lambda: applied == [[b"a", b"b", b"c"]])
+    await _until(lambda: source.committed == {TopicPartition(TOPIC, 0): 3})
+    assert committed_when_applied == [{}] and reader.restarts == 1
+
+
 async def test_a_group_reader_commits_what_it_handled(running: Callable[..., Reader]) -> None:
     source = MemorySource()
     for i in range(5):

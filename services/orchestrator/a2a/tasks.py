@@ -15,15 +15,17 @@ from services.orchestrator.a2a.mapping import TaskMapper
 from services.orchestrator.http import state_of
 from services.orchestrator.openai import common
 from services.orchestrator.openai.feed import Ended, Feed, Item, follow
-from services.orchestrator.store import sessions, tasks
+from services.orchestrator.projection import row_of
+from services.orchestrator.store import sessions
 from services.orchestrator.store.tasks import Task as StoredTask
 
 
 async def own_task(call: Call, task_id: str) -> StoredTask:
     if not 1 <= len(task_id) <= 128:
         raise TaskNotFoundError(f"task {task_id[:128]!r} not found")
-    async with state_of(call.request).runtime.store.begin() as conn:
-        task = await tasks.get(conn, task_id, tenant_id=call.tenant.id)
+    state = state_of(call.request)
+    async with state.runtime.store.begin() as conn:
+        task = await row_of(conn, state.status, task_id, tenant_id=call.tenant.id)
     if task is None or task.kind != "execution" or task.session_id is None:
         raise TaskNotFoundError(f"task {task_id!r} not found")
     return task

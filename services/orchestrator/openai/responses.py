@@ -31,6 +31,7 @@ from services.orchestrator.openai.errors import invalid, openai_errors
 from services.orchestrator.openai.feed import Ended, Feed, Item, follow
 from services.orchestrator.openai.mapping import ResponseMapper, response_status
 from services.orchestrator.openai.models import resolve
+from services.orchestrator.projection import row_of
 from services.orchestrator.sessions import send_message
 from services.orchestrator.store import sessions, tasks
 from services.orchestrator.store.tasks import Task
@@ -75,8 +76,9 @@ def _execution_id(response_id: str, param: str) -> str:
 
 
 async def _own_task(request: Request, ctx: TenantContext, execution_id: str) -> Task:
-    async with state_of(request).runtime.store.begin() as conn:
-        task = await tasks.get(conn, execution_id, tenant_id=ctx.id)
+    state = state_of(request)
+    async with state.runtime.store.begin() as conn:
+        task = await row_of(conn, state.status, execution_id, tenant_id=ctx.id)
     if task is None or task.kind != "execution":
         raise common.not_found()
     return task
