@@ -81,6 +81,25 @@ class StatusView:
             await asyncio.wait_for(_wait(), timeout)
         return self._items.get(execution_id)
 
+    async def sync(self, *, timeout: float) -> bool:
+        """Read the status topic up to its end as it is now; True once there (False on timeout, or with
+        no Kafka source). An execution the view still does not know after it was never accepted: its
+        queued snapshot is acknowledged before any executor can read its request, so before any of
+        its events exist. Off the hot path: for ids the view does not know (another replica's just
+        accepted execution, a forged id), at the cost of one ListOffsets round trip."""
+        reader = self.reader
+        consumer = getattr(reader.source, "consumer", None) if reader is not None else None
+        if reader is None or consumer is None or not self._end:
+            return False
+        end: dict[TopicPartition, int] = await consumer.end_offsets(list(self._end))
+        try:
+            async with asyncio.timeout(timeout):
+                while [tp for tp, offset in end.items() if await reader.position(tp) < offset]:
+                    await asyncio.sleep(0.005)  # the reader is fetching: rare, bounded, off the hot path
+        except TimeoutError:
+            return False
+        return True
+
     async def start(self) -> None:
         source, start = await open_tail(self._settings, [self._topic], client_id=self._name, from_beginning=True)
         try:
