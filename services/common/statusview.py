@@ -116,7 +116,7 @@ class StatusView:
             self._handle,
             topics=self._settings.topics,
             dlq=self._dlq,
-            max_records=2000,
+            max_records=500,
             after_batch=self._after_batch,
             positions=start,
             reopen=reopen_tail(self._settings, [self._topic], client_id=self._name, from_beginning=True),
