@@ -1,0 +1,176 @@
+"""Approval of tool calls (issue 16): the execution waits, parked in the log, for a decision.
+
+Real broker, an executor in its own process, the orchestrator on loopback, a real HTTP tool server
+counting its invocations, the fake OpenAI-compatible model scripted by the transcript it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from services.common.kafka import ensure_topics
+from services.common.settings import KafkaSettings
+from services.orchestrator.app import create_app
+from services.orchestrator.settings import OrchestratorSettings
+from tests.fakes.openai_server import FakeOpenAI, FakeToolCall, Reply
+from tests.integration.executor_harness import read_events
+from tests.support import serve, spawn_executor
+
+pytestmark = pytest.mark.kafka
+
+TENANT, OTHER = "tenant-approve", "tenant-other"
+KEY, OTHER_KEY = "key-approve", "key-other"
+AUTH, OTHER_AUTH = {"Authorization": f"Bearer {KEY}"}, {"Authorization": f"Bearer {OTHER_KEY}"}
+WAIT_S = 120.0
+
+
+class BookingService:
+    """An HTTP tool with a side effect: every invocation is counted (idempotency key, arguments)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.app = Starlette(routes=[Route("/book", self.book, methods=["POST"])])
+
+    async def book(self, request: Request) -> JSONResponse:
+        body = orjson.loads(await request.body())
+        self.calls.append((request.headers.get("idempotency-key", ""), body["arguments"]))
+        return JSONResponse({"result": {"booked": body["arguments"]["item"]}})
+
+    def of(self, execution_id: str) -> list[dict[str, Any]]:
+        return [args for key, args in self.calls if key.startswith(f"{execution_id}:")]
+
+
+def model(body: dict[str, Any]) -> Reply:
+    """Step 0 books the item the user names; then it answers with what the tool said."""
+    tool = [m for m in body["messages"] if m["role"] == "tool"]
+    if not tool:
+        item = body["messages"][-1]["content"].split()[-1]
+        return Reply(text=["Booking."], tool_calls=[FakeToolCall("book", orjson.dumps({"item": item}).decode(), id="call_1")])
+    return Reply(text=[f"Done: {tool[0]['content']}"])
+
+
+@pytest.fixture
+async def booking() -> AsyncIterator[tuple[BookingService, str]]:
+    service = BookingService()
+    async with serve(service.app) as url:
+        yield service, url
+
+
+def _files(tmp_path: Path, tool_url: str, approval: str) -> tuple[Path, dict[str, str]]:
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(
+        "agents:\n  booker:\n    provider: openai_compatible\n    model: booker-model\n    tools: [book]\n    max_steps: 4\n"
+        f"    approval: {approval}\n"
+    )
+    tools = tmp_path / "tools.yaml"
+    tools.write_text(
+        f"tools:\n  book:\n    url: {tool_url}/book\n    description: Book an item.\n"
+        "    parameters: {type: object, properties: {item: {type: string}}, required: [item]}\n"
+    )
+    return agents, {
+        "AGENTSTREAM_EXECUTOR_AGENTS_FILE": str(agents),
+        "AGENTSTREAM_EXECUTOR_TOOLS_FILE": str(tools),
+        "AGENTSTREAM_EXECUTOR_ALLOW_PRIVATE_TOOL_URLS": "true",
+    }
+
+
+async def _until_waiting(http: httpx.AsyncClient, execution_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            r = await http.get(f"/v1/executions/{execution_id}", headers=AUTH)
+            if r.status_code == 200 and r.json()["status"] == "waiting":
+                return dict(r.json())
+            await asyncio.sleep(0.1)  # polling another process's progress, bounded
+
+
+async def _submit(http: httpx.AsyncClient, item: str) -> str:
+    r = await http.post("/v1/executions", json={"input": f"please book {item}", "agent": "booker"}, headers=AUTH)
+    assert r.status_code == 202, r.text
+    return str(r.json()["execution_id"])
+
+
+def _kill(member: subprocess.Popen[bytes]) -> None:
+    if member.poll() is None:
+        member.send_signal(signal.SIGKILL)
+        member.wait(10)
+
+
+async def test_approve_reject_edit_and_another_tenant(
+    kafka_settings: KafkaSettings, tmp_path: Path, booking: tuple[BookingService, str]
+) -> None:
+    service, tool_url = booking
+    async with FakeOpenAI(default=model) as fake:
+        agents, env = _files(tmp_path, tool_url, "{tools: [book], timeout_s: 600}")
+        env["AGENTSTREAM_EXECUTOR_COMPATIBLE_BASE_URL"] = fake.openai_url
+        await ensure_topics(kafka_settings)
+        member = spawn_executor(kafka_settings, instance_id="approve-1", env=env)
+        orch = OrchestratorSettings(kafka=kafka_settings, api_keys={KEY: TENANT, OTHER_KEY: OTHER}, agents_file=agents)
+        try:
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                approved, rejected, edited = [await _submit(http, item) for item in ("A", "B", "C")]
+                for execution_id in (approved, rejected, edited):
+                    await _until_waiting(http, execution_id)
+                # Waiting: nothing ran yet.
+                assert service.calls == []
+                path = f"/v1/executions/{approved}/approvals/call_1"
+                # Another tenant's decision is refused as if the execution did not exist.
+                r = await http.post(path, json={"decision": "approve"}, headers=OTHER_AUTH)
+                assert r.status_code == 404, r.text
+                r = await http.post(path, json={"decision": "approve", "reason": "x" * 5000}, headers=AUTH)
+                assert r.status_code == 422, r.text
+                r = await http.post(f"/v1/executions/{approved}/approvals/no_such_call", json={"decision": "approve"}, headers=AUTH)
+                assert r.status_code == 404, r.text
+                r = await http.post(path, json={"decision": "approve"}, headers=AUTH)
+                assert r.status_code == 200, r.text
+                first = r.json()
+                assert first["decision"] == "approve" and first["by"] == "user"
+                # Idempotent: the same decision again, the same answer; a different one, 409.
+                again = await http.post(path, json={"decision": "approve"}, headers=AUTH)
+                assert again.status_code == 200 and again.json() == first
+                assert (await http.post(path, json={"decision": "reject"}, headers=AUTH)).status_code == 409
+                r = await http.post(
+                    f"/v1/executions/{rejected}/approvals/call_1", json={"decision": "reject", "reason": "too expensive"}, headers=AUTH
+                )
+                assert r.status_code == 200, r.text
+                r = await http.post(
+                    f"/v1/executions/{edited}/approvals/call_1", json={"decision": "approve", "arguments": {"item": "Z"}}, headers=AUTH
+                )
+                assert r.status_code == 200, r.text
+                ends = {e: await read_events(kafka_settings, e, timeout=WAIT_S) for e in (approved, rejected, edited)}
+        finally:
+            _kill(member)
+
+    for execution_id, events in ends.items():
+        assert events[-1]["type"] == "execution.completed", (execution_id, events[-1])
+        types = [e["type"] for e in events]
+        assert types.count("tool.call.approval_requested") == 1 and types.count("tool.call.approval_decided") == 1
+        assert types.index("turn.completed") < types.index("tool.call.approval_requested") < types.index("tool.call.approval_decided")
+        assert types.count("execution.resumed") == 1
+    # Approved: the tool ran once, with the model's arguments.
+    assert service.of(approved) == [{"item": "A"}]
+    assert "booked" in ends[approved][-1]["output"]
+    # Rejected: the tool never ran; the model saw the reason as the tool's result.
+    assert service.of(rejected) == []
+    assert "too expensive" in ends[rejected][-1]["output"]
+    done = [e for e in ends[rejected] if e["type"] == "tool.call.completed"]
+    assert len(done) == 1 and "too expensive" in done[0]["error"]
+    # Edited: the approver's arguments were used.
+    assert service.of(edited) == [{"item": "Z"}]
+    requested = next(e for e in ends[edited] if e["type"] == "tool.call.approval_requested")
+    assert requested["arguments"] == {"item": "C"} and requested["tool"] == "book"
+    # The model was asked for step 0 once per execution (the resume reused its turn from the log).
+    asked = [sum(1 for m in b["messages"] if m["role"] == "tool") for b in fake.bodies("booker-model")]
+    assert asked.count(0) == 3 and asked.count(1) == 3
