@@ -174,3 +174,60 @@ async def test_approve_reject_edit_and_another_tenant(
     # The model was asked for step 0 once per execution (the resume reused its turn from the log).
     asked = [sum(1 for m in b["messages"] if m["role"] == "tool") for b in fake.bodies("booker-model")]
     assert asked.count(0) == 3 and asked.count(1) == 3
+
+
+async def test_deadline_applies_the_default_decision(
+    kafka_settings: KafkaSettings, tmp_path: Path, booking: tuple[BookingService, str]
+) -> None:
+    service, tool_url = booking
+    async with FakeOpenAI(default=model) as fake:
+        agents, env = _files(tmp_path, tool_url, "{tools: all, timeout_s: 1, default: approve}")
+        env["AGENTSTREAM_EXECUTOR_COMPATIBLE_BASE_URL"] = fake.openai_url
+        await ensure_topics(kafka_settings)
+        member = spawn_executor(kafka_settings, instance_id="approve-deadline", env=env)
+        orch = OrchestratorSettings(kafka=kafka_settings, api_keys={KEY: TENANT}, agents_file=agents, sweep_interval_s=0.2)
+        try:
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                execution_id = await _submit(http, "D")
+                events = await read_events(kafka_settings, execution_id, timeout=WAIT_S)  # nobody decides
+                # Too late for a user: the default was applied.
+                r = await http.post(f"/v1/executions/{execution_id}/approvals/call_1", json={"decision": "reject"}, headers=AUTH)
+                assert r.status_code == 409, r.text
+        finally:
+            _kill(member)
+    assert events[-1]["type"] == "execution.completed", events[-1]
+    decided = [e for e in events if e["type"] == "tool.call.approval_decided"]
+    assert [(e["decision"], e["by"]) for e in decided] == [("approve", "deadline")]
+    assert service.of(execution_id) == [{"item": "D"}]
+
+
+async def test_a_waiting_run_survives_restarts_of_the_executor_and_the_orchestrator(
+    kafka_settings: KafkaSettings, tmp_path: Path, booking: tuple[BookingService, str]
+) -> None:
+    service, tool_url = booking
+    async with FakeOpenAI(default=model) as fake:
+        agents, env = _files(tmp_path, tool_url, "{tools: [book]}")
+        env["AGENTSTREAM_EXECUTOR_COMPATIBLE_BASE_URL"] = fake.openai_url
+        await ensure_topics(kafka_settings)
+        orch = OrchestratorSettings(kafka=kafka_settings, api_keys={KEY: TENANT}, agents_file=agents)
+        members = [spawn_executor(kafka_settings, instance_id="approve-r1", env=env)]
+        try:
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                execution_id = await _submit(http, "R")
+                await _until_waiting(http, execution_id)
+            # Every process that knew of the run is gone: it lives in the log only.
+            _kill(members[0])
+            members.append(spawn_executor(kafka_settings, instance_id="approve-r2", env=env))
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                await _until_waiting(http, execution_id)
+                r = await http.post(f"/v1/executions/{execution_id}/approvals/call_1", json={"decision": "approve"}, headers=AUTH)
+                assert r.status_code == 200, r.text
+                events = await read_events(kafka_settings, execution_id, timeout=WAIT_S)
+        finally:
+            for member in members:
+                _kill(member)
+    assert events[-1]["type"] == "execution.completed", events[-1]
+    assert service.of(execution_id) == [{"item": "R"}]
+    assert len({e["attempt"] for e in events if e["type"] == "execution.started"}) == 2
+    asked = [sum(1 for m in b["messages"] if m["role"] == "tool") for b in fake.bodies("booker-model")]
+    assert asked == [0, 1]
