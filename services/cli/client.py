@@ -253,7 +253,14 @@ def list_executions(
         table.add_column("input", overflow="ellipsis", no_wrap=True)
         for row in page["executions"]:
             usage = row.get("usage") or {}
-            style = {"completed": "green", "failed": "red", "running": "cyan", "cancelled": "yellow", "timed_out": "red"}.get(row["status"])
+            style = {
+                "completed": "green",
+                "failed": "red",
+                "running": "cyan",
+                "waiting": "magenta",
+                "cancelled": "yellow",
+                "timed_out": "red",
+            }.get(row["status"])
             table.add_row(
                 row["execution_id"],
                 f"[{style}]{row['status']}[/]" if style else row["status"],

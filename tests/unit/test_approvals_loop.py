@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import orjson
 import pytest
+from a2a.types import TaskState
 from aiokafka import AIOKafkaProducer
 
 from schemas.agents import AgentSpec, ApprovalPolicy
@@ -17,6 +18,8 @@ from services.executor.checkpoint import Checkpoint, DoneStep, LoggedRecord, reb
 from services.executor.emitter import EventEmitter
 from services.executor.loop import run_agent
 from services.executor.providers.base import ToolCall
+from services.orchestrator.a2a.mapping import task_state
+from services.orchestrator.openai.mapping import response_status
 from tests.unit.test_emitter import ENVELOPE, HeldProducer
 from tests.unit.test_loop_resume import SETTINGS, Book, TwoTurns
 
@@ -82,7 +85,7 @@ def _record(offset: int, event: Any) -> LoggedRecord:
 
 
 def test_the_checkpoint_keeps_the_first_decision_of_each_call() -> None:
-    env = {"tenant_id": "t", "execution_id": "e1", "attempt": 1}
+    env: dict[str, Any] = {"tenant_id": "t", "execution_id": "e1", "attempt": 1}
     deadline = datetime.now(UTC)
     turn = TurnCompleted(**env, step=0, tool_calls=(TurnToolCall(id="c1", name="book", arguments="{}"),))
     records = [
@@ -97,3 +100,8 @@ def test_the_checkpoint_keeps_the_first_decision_of_each_call() -> None:
     assert step.requested == {"c1": deadline}
     assert step.decisions == {"c1": Decision("reject", "first", None, "user")}
     assert step.missing == ("c1",)  # decided but not run yet: the next attempt runs (or rejects) it
+
+
+def test_waiting_is_in_progress_on_the_doors_not_failed() -> None:
+    assert task_state("waiting") == TaskState.TASK_STATE_INPUT_REQUIRED
+    assert response_status("waiting") == "in_progress"
