@@ -28,6 +28,8 @@ from schemas.events import (
     JobRequested,
     JobUpdated,
     TokenDelta,
+    ToolCallApprovalDecided,
+    ToolCallApprovalRequested,
     ToolCallCompleted,
     ToolCallProgress,
     ToolCallStarted,
@@ -46,6 +48,8 @@ ExecutionEvent = (
     | ExecutionRestarted
     | TurnCompleted
     | ExecutionResumed
+    | ToolCallApprovalRequested
+    | ToolCallApprovalDecided
     | ExecutionCompleted
     | ExecutionFailed
     | ExecutionCancelled
