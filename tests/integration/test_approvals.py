@@ -231,3 +231,28 @@ async def test_a_waiting_run_survives_restarts_of_the_executor_and_the_orchestra
     assert len({e["attempt"] for e in events if e["type"] == "execution.started"}) == 2
     asked = [sum(1 for m in b["messages"] if m["role"] == "tool") for b in fake.bodies("booker-model")]
     assert asked == [0, 1]
+
+
+async def test_cancelling_a_waiting_run_ends_it_and_refuses_a_later_decision(
+    kafka_settings: KafkaSettings, tmp_path: Path, booking: tuple[BookingService, str]
+) -> None:
+    service, tool_url = booking
+    async with FakeOpenAI(default=model) as fake:
+        agents, env = _files(tmp_path, tool_url, "{tools: [book]}")
+        env["AGENTSTREAM_EXECUTOR_COMPATIBLE_BASE_URL"] = fake.openai_url
+        await ensure_topics(kafka_settings)
+        member = spawn_executor(kafka_settings, instance_id="approve-cancel", env=env)
+        orch = OrchestratorSettings(kafka=kafka_settings, api_keys={KEY: TENANT}, agents_file=agents)
+        try:
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                execution_id = await _submit(http, "X")
+                await _until_waiting(http, execution_id)
+                r = await http.post(f"/v1/executions/{execution_id}/cancel", headers=AUTH)
+                assert r.status_code == 202 and r.json()["status"] == "cancelled", r.text
+                view = (await http.get(f"/v1/executions/{execution_id}", headers=AUTH)).json()
+                assert view["status"] == "cancelled", view
+                r = await http.post(f"/v1/executions/{execution_id}/approvals/call_1", json={"decision": "approve"}, headers=AUTH)
+                assert r.status_code == 409, r.text
+        finally:
+            _kill(member)
+    assert service.calls == []
