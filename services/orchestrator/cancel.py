@@ -73,7 +73,9 @@ async def cancel(lc: Lifecycle, execution_id: str, tenant_id: str) -> tuple[str,
     queued = state in ("queued", "waiting")
     error = "cancelled while waiting for approval" if state == "waiting" else "cancelled before it started"
     try:
-        await request_cancel(lc, execution_id, tenant_id, terminal_state="cancelled" if queued else None, error=error if queued else None)
+        await request_cancel(
+            lc, execution_id, tenant_id, terminal_state="cancelled" if queued else None, error=error if state == "waiting" else None
+        )
     except KafkaError as exc:
         raise Unavailable(f"Kafka did not acknowledge the cancel ({type(exc).__name__}); retry", retry_after=1) from exc
     if queued:
