@@ -22,7 +22,7 @@ from schemas.api import ApprovalRequest, ApprovalResponse
 from schemas.events import ExecutionRequested, ToolCallApprovalDecided
 from schemas.status import ExecutionStatus
 from services.common.errors import Conflict, NotFound, Unavailable
-from services.common.kafka import encode, envelope_headers, status_headers
+from services.common.kafka import RESUME_HEADER, encode, envelope_headers, status_headers
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.http import parse_json, path_id, state_of, validate
 from services.orchestrator.idempotency import idempotent
@@ -104,7 +104,9 @@ async def _publish(
                 topics.lane(request.priority),
                 value=encode(request),
                 key=request.tenant_id.encode(),
-                headers=envelope_headers(request, service="orchestrator"),
+                # The executor that takes it waits until its status view knows the waiting attempt (where
+                # the events to resume from are), instead of starting over from a view that lags.
+                headers=[*envelope_headers(request, service="orchestrator"), (RESUME_HEADER, str(status.attempt).encode())],
             )
         )
     await asyncio.gather(*sends)
