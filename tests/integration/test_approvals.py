@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -220,8 +221,13 @@ async def test_a_waiting_run_survives_restarts_of_the_executor_and_the_orchestra
             members.append(spawn_executor(kafka_settings, instance_id="approve-r2", env=env))
             async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
                 await _until_waiting(http, execution_id)
-                r = await http.post(f"/v1/executions/{execution_id}/approvals/call_1", json={"decision": "approve"}, headers=AUTH)
-                assert r.status_code == 200, r.text
+                # Decided from the CLI (`agentstream approve ID CALL_ID`), outside any stream.
+                cli = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "services.cli", "approve", execution_id, "call_1", "--url", url, "--api-key", KEY,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                )  # fmt: skip
+                out, _ = await asyncio.wait_for(cli.communicate(), WAIT_S)
+                assert cli.returncode == 0 and b"call call_1 approved" in out, out
                 events = await read_events(kafka_settings, execution_id, timeout=WAIT_S)
         finally:
             for member in members:
