@@ -28,7 +28,7 @@ from services.orchestrator.app import create_app
 from services.orchestrator.settings import OrchestratorSettings
 from tests.fakes.openai_server import FakeOpenAI, FakeToolCall, Reply
 from tests.integration.executor_harness import read_events
-from tests.support import serve, spawn_executor
+from tests.support import collect_events, serve, spawn_executor
 
 pytestmark = pytest.mark.kafka
 
@@ -126,31 +126,36 @@ async def test_approve_reject_edit_and_another_tenant(
                     await _until_waiting(http, execution_id)
                 # Waiting: nothing ran yet.
                 assert service.calls == []
-                path = f"/v1/executions/{approved}/approvals/call_1"
-                # Another tenant's decision is refused as if the execution did not exist.
-                r = await http.post(path, json={"decision": "approve"}, headers=OTHER_AUTH)
-                assert r.status_code == 404, r.text
-                r = await http.post(path, json={"decision": "approve", "reason": "x" * 5000}, headers=AUTH)
-                assert r.status_code == 422, r.text
-                r = await http.post(f"/v1/executions/{approved}/approvals/no_such_call", json={"decision": "approve"}, headers=AUTH)
-                assert r.status_code == 404, r.text
-                r = await http.post(path, json={"decision": "approve"}, headers=AUTH)
-                assert r.status_code == 200, r.text
-                first = r.json()
-                assert first["decision"] == "approve" and first["by"] == "user"
-                # Idempotent: the same decision again, the same answer; a different one, 409.
-                again = await http.post(path, json={"decision": "approve"}, headers=AUTH)
-                assert again.status_code == 200 and again.json() == first
-                assert (await http.post(path, json={"decision": "reject"}, headers=AUTH)).status_code == 409
-                r = await http.post(
-                    f"/v1/executions/{rejected}/approvals/call_1", json={"decision": "reject", "reason": "too expensive"}, headers=AUTH
-                )
-                assert r.status_code == 200, r.text
-                r = await http.post(
-                    f"/v1/executions/{edited}/approvals/call_1", json={"decision": "approve", "arguments": {"item": "Z"}}, headers=AUTH
-                )
-                assert r.status_code == 200, r.text
-                ends = {e: await read_events(kafka_settings, e, timeout=WAIT_S) for e in (approved, rejected, edited)}
+                stream = asyncio.create_task(collect_events(url.replace("http", "ws", 1), KEY, approved, timeout=WAIT_S))
+                try:
+                    path = f"/v1/executions/{approved}/approvals/call_1"
+                    # Another tenant's decision is refused as if the execution did not exist.
+                    r = await http.post(path, json={"decision": "approve"}, headers=OTHER_AUTH)
+                    assert r.status_code == 404, r.text
+                    r = await http.post(path, json={"decision": "approve", "reason": "x" * 5000}, headers=AUTH)
+                    assert r.status_code == 422, r.text
+                    r = await http.post(f"/v1/executions/{approved}/approvals/no_such_call", json={"decision": "approve"}, headers=AUTH)
+                    assert r.status_code == 404, r.text
+                    r = await http.post(path, json={"decision": "approve"}, headers=AUTH)
+                    assert r.status_code == 200, r.text
+                    first = r.json()
+                    assert first["decision"] == "approve" and first["by"] == "user"
+                    # Idempotent: the same decision again, the same answer; a different one, 409.
+                    again = await http.post(path, json={"decision": "approve"}, headers=AUTH)
+                    assert again.status_code == 200 and again.json() == first
+                    assert (await http.post(path, json={"decision": "reject"}, headers=AUTH)).status_code == 409
+                    r = await http.post(
+                        f"/v1/executions/{rejected}/approvals/call_1", json={"decision": "reject", "reason": "too expensive"}, headers=AUTH
+                    )
+                    assert r.status_code == 200, r.text
+                    r = await http.post(
+                        f"/v1/executions/{edited}/approvals/call_1", json={"decision": "approve", "arguments": {"item": "Z"}}, headers=AUTH
+                    )
+                    assert r.status_code == 200, r.text
+                    ends = {e: await read_events(kafka_settings, e, timeout=WAIT_S) for e in (approved, rejected, edited)}
+                    seen = [i["event"]["type"] for i in await stream]
+                finally:
+                    stream.cancel()
         finally:
             _kill(member)
 
@@ -160,6 +165,17 @@ async def test_approve_reject_edit_and_another_tenant(
         assert types.count("tool.call.approval_requested") == 1 and types.count("tool.call.approval_decided") == 1
         assert types.index("turn.completed") < types.index("tool.call.approval_requested") < types.index("tool.call.approval_decided")
         assert types.count("execution.resumed") == 1
+    # What a client streaming through the bridge saw: the request, the wait, the decision, the call, the end.
+    assert [t for t in seen if t.startswith(("tool.", "execution."))] == [
+        "execution.started",
+        "tool.call.approval_requested",
+        "tool.call.approval_decided",
+        "execution.started",
+        "execution.resumed",
+        "tool.call.started",
+        "tool.call.completed",
+        "execution.completed",
+    ]
     # Approved: the tool ran once, with the model's arguments.
     assert service.of(approved) == [{"item": "A"}]
     assert "booked" in ends[approved][-1]["output"]
