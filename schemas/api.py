@@ -335,3 +335,18 @@ class ApprovalResponse(BaseModel):
     reason: str = ""
     arguments: dict[str, Any] | None = None
     by: Literal["user", "deadline"] = "user"
+
+
+class InputReply(BaseModel):
+    """``POST /v1/executions/{id}/inputs/{call_id}``: the user's answer to an ``ask_user`` question."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(max_length=MAX_INPUT_CHARS)
+
+
+class InputAnswer(BaseModel):
+    execution_id: str
+    call_id: str
+    text: str
+    by: Literal["user", "deadline"] = "user"

@@ -195,6 +195,28 @@ class ToolCallApprovalDecided(Envelope):
     by: Literal["user", "deadline"] = "user"
 
 
+class InputRequested(Envelope):
+    """The agent asks the user (the built-in ``ask_user`` tool) and the execution waits, parked in the
+    log like an approval. ``POST /v1/executions/{id}/inputs/{call_id}`` answers; at ``deadline`` the
+    call ends with an error (no answer) and the model continues."""
+
+    type: Literal["input.requested"] = "input.requested"
+    call_id: str = Field(max_length=MAX_CALL_ID_CHARS)
+    question: str = Field(default="", max_length=4096)
+    step: int = Field(default=0, ge=0, le=MAX_STEPS)
+    deadline: datetime
+
+
+class InputProvided(Envelope):
+    """The user's answer to an ``input.requested`` (``by`` "user"), or none by its deadline (``by`` "deadline")."""
+
+    type: Literal["input.provided"] = "input.provided"
+    call_id: str = Field(max_length=MAX_CALL_ID_CHARS)
+    step: int = Field(default=0, ge=0, le=MAX_STEPS)
+    text: str = Field(default="", max_length=MAX_INPUT_CHARS)
+    by: Literal["user", "deadline"] = "user"
+
+
 class ExecutionRestarted(Envelope):
     """A step's model call starts over (retry, or fallback to another provider).
 
@@ -306,6 +328,8 @@ Event = Annotated[
     | ExecutionResumed
     | ToolCallApprovalRequested
     | ToolCallApprovalDecided
+    | InputRequested
+    | InputProvided
     | ExecutionCompleted
     | ExecutionFailed
     | ExecutionCancelled

@@ -24,6 +24,8 @@ from schemas.events import (
     ExecutionRestarted,
     ExecutionResumed,
     ExecutionStarted,
+    InputProvided,
+    InputRequested,
     JobCompleted,
     JobRequested,
     JobUpdated,
@@ -50,6 +52,8 @@ ExecutionEvent = (
     | ExecutionResumed
     | ToolCallApprovalRequested
     | ToolCallApprovalDecided
+    | InputRequested
+    | InputProvided
     | ExecutionCompleted
     | ExecutionFailed
     | ExecutionCancelled

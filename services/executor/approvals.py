@@ -25,6 +25,7 @@ class Decision:
     reason: str = ""
     arguments: dict[str, Any] | None = None
     by: str = "user"
+    text: str | None = None  # ask_user: the user's answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +38,13 @@ class Pending:
     deadline: datetime
     default: Literal["approve", "reject"]
 
+    @property
+    def kind(self) -> Literal["approval", "input"]:
+        return "input" if self.call.name == ASK_USER else "approval"
+
     def as_json(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
             "call_id": self.call.id,
             "tool": self.call.name,
             "arguments": self.arguments,
@@ -46,6 +52,9 @@ class Pending:
             "deadline": self.deadline.isoformat(),
             "default": self.default,
         }
+
+
+ASK_USER = "ask_user"  # the built-in tool whose calls wait for the user's answer (tools.py)
 
 
 class Parked(AgentstreamError):

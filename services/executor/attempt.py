@@ -254,7 +254,7 @@ def decisions_of(checkpoint: Checkpoint | None) -> dict[str, Any]:
     if checkpoint is None:
         return {}
     return {
-        call_id: {"decision": d.decision, "reason": d.reason, "arguments": d.arguments, "by": d.by}
+        call_id: {"decision": d.decision, "reason": d.reason, "arguments": d.arguments, "by": d.by, "text": d.text}
         for step in checkpoint.steps
         for call_id, d in step.decisions.items()
     }

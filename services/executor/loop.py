@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -18,6 +18,8 @@ from schemas.bounds import json_problem
 from schemas.events import (
     ExecutionRequested,
     ExecutionRestarted,
+    InputProvided,
+    InputRequested,
     ToolCallApprovalDecided,
     ToolCallApprovalRequested,
     ToolCallCompleted,
@@ -30,7 +32,7 @@ from schemas.outputs import output_mismatch
 from services.common.errors import AgentstreamError
 from services.common.observability.tracing import traced_tool_call
 from services.common.prompts import PromptError, render_prompt
-from services.executor.approvals import Decision, Parked, Pending, rejection
+from services.executor.approvals import ASK_USER, Decision, Parked, Pending, rejection
 from services.executor.checkpoint import Checkpoint, DoneStep, tool_content
 from services.executor.emitter import EventEmitter
 from services.executor.providers.base import ModelRequest, Provider, TextDelta, ToolCall, TurnEnd
@@ -45,6 +47,9 @@ class ExecutionError(AgentstreamError):
     def __init__(self, message: str, *, retriable: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+ASK_USER_TIMEOUT_S = 86_400.0  # how long an ask_user call waits when the agent has no approval policy to say
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,27 +198,29 @@ async def _gated_calls(
     """A step's calls through the agent's approval policy (approvals.py): calls without a decision
     are announced and the attempt parks (``Parked``) once the others ran and are in the log;
     rejected calls answer with the reason; approved ones run, with the approver's arguments if edited."""
-    if policy is None:
+    if policy is None and all(c.name != ASK_USER for c in calls):
         return await _run_calls(tools, emitter, calls, step=step, timeout_s=timeout_s, settings=settings)
     decisions = dict(done.decisions) if done is not None else {}
     requested = done.requested if done is not None else {}
     now = datetime.now(UTC)
+    wait_s = policy.timeout_s if policy is not None else ASK_USER_TIMEOUT_S
+    default = policy.default if policy is not None else "reject"
     run: list[ToolCall] = []
     contents: dict[str, str] = {}
     waiting: list[ToolCall] = []
     for c in calls:
-        if not policy.requires(c.name):
+        asking = c.name == ASK_USER and ASK_USER in tools
+        if not asking and (policy is None or not policy.requires(c.name)):
             run.append(c)
             continue
         decision = decisions.get(c.id)
         deadline = requested.get(c.id)
         if decision is None and deadline is not None and deadline <= now:  # nobody decided in time: the default, as an event
-            decision = Decision(policy.default, f"no decision before {deadline.isoformat()}", by="deadline")
-            await emitter.emit(
-                ToolCallApprovalDecided, call_id=c.id, step=step, decision=decision.decision, reason=decision.reason, by="deadline"
-            )
+            decision = await _deadline_passed(c, deadline, default, emitter, step=step, asking=asking)
         if decision is None:
             waiting.append(c)
+        elif asking:
+            contents[c.id] = await _answered(c, decision, emitter, step=step)
         elif decision.decision == "reject":
             contents[c.id] = await _reject(c, decision, emitter, step=step)
         elif decision.arguments is not None:
@@ -223,12 +230,14 @@ async def _gated_calls(
     results = await _run_calls(tools, emitter, run, step=step, timeout_s=timeout_s, settings=settings)
     contents |= dict(zip((c.id for c in run), results, strict=True))
     if waiting:
-        pending = [
-            Pending(c, _arguments_of(c), step, requested.get(c.id) or now + timedelta(seconds=policy.timeout_s), policy.default)
-            for c in waiting
-        ]
+        pending = [Pending(c, _arguments_of(c), step, requested.get(c.id) or now + timedelta(seconds=wait_s), default) for c in waiting]
         for p in pending:
-            if p.call.id not in requested:  # announced once: a resume keeps the first deadline
+            if p.call.id in requested:  # announced once: a resume keeps the first deadline
+                continue
+            if p.kind == "input":
+                question = str(p.arguments.get("question", ""))[:4096]
+                await emitter.emit(InputRequested, call_id=p.call.id, question=question, step=step, deadline=p.deadline)
+            else:
                 await emitter.emit(
                     ToolCallApprovalRequested,
                     call_id=p.call.id,
@@ -241,6 +250,27 @@ async def _gated_calls(
         await emitter.drain()  # the other calls' results and the requests in the log before the attempt parks
         raise Parked(pending)
     return [contents[c.id] for c in calls]
+
+
+async def _deadline_passed(
+    call: ToolCall, deadline: datetime, default: Literal["approve", "reject"], emitter: EventEmitter, *, step: int, asking: bool
+) -> Decision:
+    reason = f"no decision before {deadline.isoformat()}"
+    if asking:
+        await emitter.emit(InputProvided, call_id=call.id, step=step, text="", by="deadline")
+        return Decision("reject", f"no answer before {deadline.isoformat()}", by="deadline")
+    await emitter.emit(ToolCallApprovalDecided, call_id=call.id, step=step, decision=default, reason=reason, by="deadline")
+    return Decision(default, reason, by="deadline")
+
+
+async def _answered(call: ToolCall, decision: Decision, emitter: EventEmitter, *, step: int) -> str:
+    """An ask_user call's result: the user's answer, or an error if none came before the deadline."""
+    answered = decision.by != "deadline" and decision.text is not None
+    result = {"answer": decision.text} if answered else None
+    error = None if answered else f"the user did not answer: {decision.reason or 'deadline passed'}"
+    await emitter.emit(ToolCallStarted, call_id=call.id, tool=call.name, arguments=_arguments_of(call), step=step)
+    await emitter.emit(ToolCallCompleted, call_id=call.id, tool=call.name, result=result, error=error, duration_ms=0.0, step=step)
+    return tool_content(result, error)
 
 
 def _arguments_of(call: ToolCall) -> dict[str, Any]:

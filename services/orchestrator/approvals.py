@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiokafka.errors import KafkaError
 from starlette.requests import Request
 
-from schemas.api import ApprovalRequest, ApprovalResponse
-from schemas.events import ExecutionRequested, ToolCallApprovalDecided
+from schemas.api import ApprovalRequest, ApprovalResponse, InputAnswer, InputReply
+from schemas.events import ExecutionRequested, InputProvided, ToolCallApprovalDecided
 from schemas.status import ExecutionStatus
 from services.common.errors import Conflict, NotFound, Unavailable
 from services.common.kafka import RESUME_HEADER, encode, envelope_headers, status_headers
@@ -51,38 +51,83 @@ async def decide(
         raise Conflict(f"tool call {call_id!r} was already decided: {earlier.get('decision')}", detail={"decision": earlier})
     if status.state != "waiting":
         raise Conflict(f"execution is not waiting for an approval ({status.state})", detail={"status": status.state})
-    approvals: list[dict[str, Any]] = list(status.extra.get("approvals") or [])
-    asked = next((a for a in approvals if a.get("call_id") == call_id), None)
-    if asked is None:
-        raise NotFound(f"no tool call {call_id!r} waits for approval; waiting: {[a.get('call_id') for a in approvals]}")
-    decided = {"decision": body.decision, "reason": body.reason, "arguments": body.arguments, "by": by}
-    try:
-        await _publish(lc, status, call_id, int(asked.get("step", 0)), decided, approvals, decisions | {call_id: decided})
-    except KafkaError as exc:
-        raise Unavailable(f"Kafka did not acknowledge the decision ({type(exc).__name__}); retry", retry_after=1) from exc
+    approvals, asked = _asked(status, call_id, "approval")
+    decided: dict[str, Any] = {"decision": body.decision, "reason": body.reason, "arguments": body.arguments, "by": by}
+    event = ToolCallApprovalDecided(
+        **_envelope(status),
+        call_id=call_id,
+        step=int(asked.get("step", 0)),
+        decision=body.decision,
+        reason=body.reason,
+        arguments=body.arguments,
+        by=by,
+    )
+    await _publish(lc, status, event, approvals, decisions | {call_id: decided})
     return _answer(execution_id, call_id, decided)
+
+
+async def reply(
+    lc: Lifecycle, execution_id: str, call_id: str, tenant_id: str, body: InputReply, *, by: Literal["user", "deadline"] = "user"
+) -> InputAnswer:
+    """The user's answer to an ``ask_user`` call the execution waits for (``input.provided``)."""
+    status = lc.status.get(execution_id)
+    if status is None or status.tenant_id != tenant_id:
+        raise NotFound("execution not found")
+    decisions: dict[str, Any] = dict(status.extra.get("decisions") or {})
+    earlier = decisions.get(call_id)
+    if earlier is not None:
+        if earlier.get("text") == body.text and earlier.get("by") == by:
+            return InputAnswer(execution_id=execution_id, call_id=call_id, text=body.text, by=by)
+        raise Conflict(f"question {call_id!r} was already answered", detail={"answer": earlier})
+    if status.state != "waiting":
+        raise Conflict(f"execution is not waiting for an answer ({status.state})", detail={"status": status.state})
+    approvals, asked = _asked(status, call_id, "input")
+    answered = {"decision": "approve", "text": body.text, "by": by}
+    event = InputProvided(**_envelope(status), call_id=call_id, step=int(asked.get("step", 0)), text=body.text, by=by)
+    await _publish(lc, status, event, approvals, decisions | {call_id: answered})
+    return InputAnswer(execution_id=execution_id, call_id=call_id, text=body.text, by=by)
+
+
+def _asked(status: ExecutionStatus, call_id: str, kind: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    approvals: list[dict[str, Any]] = list(status.extra.get("approvals") or [])
+    asked = next((a for a in approvals if a.get("call_id") == call_id and a.get("kind", "approval") == kind), None)
+    if asked is None:
+        what = "tool call waits for approval" if kind == "approval" else "question waits for an answer"
+        raise NotFound(f"no {what} with id {call_id!r}; waiting: {[a.get('call_id') for a in approvals]}")
+    return approvals, asked
+
+
+def _envelope(status: ExecutionStatus) -> dict[str, Any]:
+    return {
+        "tenant_id": status.tenant_id,
+        "execution_id": status.execution_id,
+        "session_id": status.session_id,
+        "agent_id": status.agent_id,
+        "attempt": max(status.attempt, 1),  # the waiting attempt's: its lineage is what the next one rebuilds
+    }
 
 
 async def _publish(
     lc: Lifecycle,
     status: ExecutionStatus,
-    call_id: str,
-    step: int,
-    decided: dict[str, Any],
+    event: ToolCallApprovalDecided | InputProvided,
+    approvals: list[dict[str, Any]],
+    decisions: dict[str, Any],
+) -> None:
+    try:
+        await _send(lc, status, event, approvals, decisions)
+    except KafkaError as exc:
+        raise Unavailable(f"Kafka did not acknowledge the decision ({type(exc).__name__}); retry", retry_after=1) from exc
+
+
+async def _send(
+    lc: Lifecycle,
+    status: ExecutionStatus,
+    event: ToolCallApprovalDecided | InputProvided,
     approvals: list[dict[str, Any]],
     decisions: dict[str, Any],
 ) -> None:
     topics = lc.settings.kafka.topics
-    event = ToolCallApprovalDecided(
-        tenant_id=status.tenant_id,
-        execution_id=status.execution_id,
-        session_id=status.session_id,
-        agent_id=status.agent_id,
-        attempt=max(status.attempt, 1),  # the waiting attempt's: its lineage is what the next one rebuilds
-        call_id=call_id,
-        step=step,
-        **decided,
-    )
     # The event first (acknowledged): a resume that finds no decision in the log would only park again.
     await lc.producer.send_and_wait(
         status.events_topic or topics.events,
@@ -129,7 +174,10 @@ async def apply_deadlines(lc: Lifecycle, *, now: datetime | None = None) -> int:
             default: Literal["approve", "reject"] = "approve" if asked.get("default") == "approve" else "reject"
             body = ApprovalRequest(decision=default, reason=f"no decision before {deadline.isoformat()}")
             try:
-                await decide(lc, status.execution_id, call_id, status.tenant_id, body, by="deadline")
+                if asked.get("kind") == "input":
+                    await reply(lc, status.execution_id, call_id, status.tenant_id, InputReply(text=""), by="deadline")
+                else:
+                    await decide(lc, status.execution_id, call_id, status.tenant_id, body, by="deadline")
                 count += 1
             except (Conflict, NotFound, Unavailable) as exc:  # decided meanwhile, or Kafka is down: the next sweep tries again
                 log.info("deadline of %s/%s not applied: %s", status.execution_id, call_id, exc)
@@ -145,4 +193,13 @@ async def _post(request: Request, ctx: TenantContext, body: bytes) -> tuple[int,
     return 200, answer.model_dump(mode="json")
 
 
+async def _post_input(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:
+    execution_id = path_id(request, "execution_id", "execution")
+    call_id = path_id(request, "call_id", "question")
+    answer = validate(InputReply, parse_json(body), "answer")
+    answered = await reply(state_of(request).runtime.lifecycle, execution_id, call_id, ctx.id, answer)
+    return 200, answered.model_dump(mode="json")
+
+
 post_approval = idempotent(_post)
+post_input = idempotent(_post_input)

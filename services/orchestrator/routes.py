@@ -14,6 +14,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/executions/{execution_id}", executions.get_execution, methods=["GET"]),
         Route("/v1/executions/{execution_id}/cancel", executions.cancel_execution, methods=["POST"]),
         Route("/v1/executions/{execution_id}/approvals/{call_id}", approvals.post_approval, methods=["POST"]),
+        Route("/v1/executions/{execution_id}/inputs/{call_id}", approvals.post_input, methods=["POST"]),
         Route("/v1/executions/{execution_id}/plan", plans.get_plan, methods=["GET"]),
         Route("/v1/sessions", sessions.create_session, methods=["POST"]),
         Route("/v1/sessions", sessions.list_sessions, methods=["GET"]),

@@ -278,3 +278,45 @@ async def test_cancelling_a_waiting_run_ends_it_and_refuses_a_later_decision(
         finally:
             _kill(member)
     assert service.calls == []
+
+
+def asking_model(body: dict[str, Any]) -> Reply:
+    """Step 0 asks the user which item; then it answers with what the user said."""
+    tool = [m for m in body["messages"] if m["role"] == "tool"]
+    if not tool:
+        return Reply(text=["Let me ask."], tool_calls=[FakeToolCall("ask_user", '{"question": "Which item?"}', id="ask_1")])
+    return Reply(text=[f"You said: {tool[0]['content']}"])
+
+
+async def test_ask_user_waits_for_the_answer_in_the_log(
+    kafka_settings: KafkaSettings, tmp_path: Path, booking: tuple[BookingService, str]
+) -> None:
+    _, tool_url = booking
+    async with FakeOpenAI(default=asking_model) as fake:
+        agents, env = _files(tmp_path, tool_url, "null")
+        agents.write_text(agents.read_text().replace("tools: [book]", "tools: [book, ask_user]"))
+        env["AGENTSTREAM_EXECUTOR_COMPATIBLE_BASE_URL"] = fake.openai_url
+        await ensure_topics(kafka_settings)
+        member = spawn_executor(kafka_settings, instance_id="approve-ask", env=env)
+        orch = OrchestratorSettings(kafka=kafka_settings, api_keys={KEY: TENANT, OTHER_KEY: OTHER}, agents_file=agents)
+        try:
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                execution_id = await _submit(http, "?")
+                await _until_waiting(http, execution_id)
+                path = f"/v1/executions/{execution_id}/inputs/ask_1"
+                assert (await http.post(path, json={"text": "the red one"}, headers=OTHER_AUTH)).status_code == 404
+                # The question is no approval: the approvals endpoint does not know it.
+                r = await http.post(f"/v1/executions/{execution_id}/approvals/ask_1", json={"decision": "approve"}, headers=AUTH)
+                assert r.status_code == 404, r.text
+                r = await http.post(path, json={"text": "the red one"}, headers=AUTH)
+                assert r.status_code == 200 and r.json()["text"] == "the red one", r.text
+                assert (await http.post(path, json={"text": "the red one"}, headers=AUTH)).json() == r.json()
+                assert (await http.post(path, json={"text": "blue"}, headers=AUTH)).status_code == 409
+                events = await read_events(kafka_settings, execution_id, timeout=WAIT_S)
+        finally:
+            _kill(member)
+    assert events[-1]["type"] == "execution.completed", events[-1]
+    asked = [e for e in events if e["type"] == "input.requested"]
+    assert [(e["call_id"], e["question"]) for e in asked] == [("ask_1", "Which item?")]
+    assert [e["text"] for e in events if e["type"] == "input.provided"] == ["the red one"]
+    assert "the red one" in events[-1]["output"]
