@@ -11,7 +11,9 @@ any executor continues it. The sweeper applies the agent's default when a deadli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,6 +28,7 @@ from services.common.kafka import RESUME_HEADER, encode, envelope_headers, statu
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.http import parse_json, path_id, state_of, validate
 from services.orchestrator.idempotency import idempotent
+from services.orchestrator.store import tasks
 
 if TYPE_CHECKING:
     from services.orchestrator.lifecycle import Lifecycle
@@ -156,6 +159,26 @@ async def _send(
         )
     await asyncio.gather(*sends)
     lc.status.apply(snapshot)
+    await _extend(lc, status.execution_id, time.time())  # the continued run has its own execution timeout
+
+
+async def postpone(lc: Lifecycle, execution_id: str) -> bool:
+    """If the execution waits for a decision, move its task's deadline past the latest approval deadline
+    (plus the execution timeout, for the run after it): a wait of hours is not a timed-out execution."""
+    status = lc.status.get(execution_id)
+    if status is None or status.state != "waiting":
+        return False
+    latest = time.time()
+    for asked in status.extra.get("approvals") or []:
+        with contextlib.suppress(ValueError, TypeError):
+            latest = max(latest, datetime.fromisoformat(str(asked.get("deadline"))).timestamp())
+    await _extend(lc, execution_id, latest)
+    return True
+
+
+async def _extend(lc: Lifecycle, execution_id: str, after: float) -> None:
+    async with lc.store.begin() as conn:
+        await tasks.extend_deadline(conn, execution_id, after + lc.settings.execution_timeout_s)
 
 
 async def apply_deadlines(lc: Lifecycle, *, now: datetime | None = None) -> int:

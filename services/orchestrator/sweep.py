@@ -27,6 +27,8 @@ async def sweep(lc: Lifecycle) -> int:
         expired = await tasks.expired(conn, now=time.time())
     count = decided
     for task in expired:
+        if task.kind == "execution" and await approvals.postpone(lc, task.id):
+            continue  # waiting for a human: the approval's deadline governs it, not the execution's
         error = f"deadline passed ({datetime.fromtimestamp(task.deadline, UTC).isoformat()})"
         if await lc.finalize(task.id, "timed_out", error=error) is None:
             continue

@@ -10,6 +10,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -320,3 +321,36 @@ async def test_ask_user_waits_for_the_answer_in_the_log(
     assert [(e["call_id"], e["question"]) for e in asked] == [("ask_1", "Which item?")]
     assert [e["text"] for e in events if e["type"] == "input.provided"] == ["the red one"]
     assert "the red one" in events[-1]["output"]
+
+
+async def test_a_wait_longer_than_the_execution_timeout_is_not_a_timeout(
+    kafka_settings: KafkaSettings, tmp_path: Path, booking: tuple[BookingService, str]
+) -> None:
+    service, tool_url = booking
+    timeout_s = 5.0
+    async with FakeOpenAI(default=model) as fake:
+        agents, env = _files(tmp_path, tool_url, "{tools: [book], timeout_s: 600}")
+        env["AGENTSTREAM_EXECUTOR_COMPATIBLE_BASE_URL"] = fake.openai_url
+        await ensure_topics(kafka_settings)
+        member = spawn_executor(kafka_settings, instance_id="approve-long", env=env)
+        orch = OrchestratorSettings(
+            kafka=kafka_settings, api_keys={KEY: TENANT}, agents_file=agents, sweep_interval_s=0.2, execution_timeout_s=timeout_s
+        )
+        try:
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                submitted = time.monotonic()
+                execution_id = await _submit(http, "L")
+                await _until_waiting(http, execution_id)
+                # Past the execution timeout (what the sweeper would end it at), with sweeps in between.
+                view: dict[str, Any] = {}
+                while time.monotonic() - submitted < timeout_s * 1.6 and view.get("status") != "timed_out":
+                    view = (await http.get(f"/v1/executions/{execution_id}", headers=AUTH)).json()
+                    await asyncio.sleep(0.2)  # the condition is the deadline passing: time itself
+                assert view["status"] == "waiting", view
+                r = await http.post(f"/v1/executions/{execution_id}/approvals/call_1", json={"decision": "approve"}, headers=AUTH)
+                assert r.status_code == 200, r.text
+                events = await read_events(kafka_settings, execution_id, timeout=WAIT_S)
+        finally:
+            _kill(member)
+    assert events[-1]["type"] == "execution.completed", events[-1]
+    assert service.of(execution_id) == [{"item": "L"}]
