@@ -103,6 +103,9 @@ class AttemptRun:
                 return Ended(finished=True, state="cancelled")
             spec, lookup_error = await self.lookup(request.agent_id)
             checkpoint = await self._checkpoint(request, previous, base) if spec is not None else None
+            decisions = decisions_of(checkpoint)
+            if decisions:  # every snapshot of this attempt, its end too: a repeated decision gets the same answer
+                base = base.model_copy(update={"extra": base.extra | {"decisions": decisions}})
             started = await emitter.emit(ExecutionStarted, **started_fields(request, spec))
             # A resumed attempt's events start where the ones it reuses do: a replay from the start shows them.
             running = asyncio.ensure_future(_publish_running(started, publish, base, checkpoint))
@@ -127,7 +130,7 @@ class AttemptRun:
                 update = await running
                 extra = {
                     "approvals": [p.as_json() for p in parked.pending],
-                    "decisions": update.get("extra", {}).get("decisions", {}),
+                    "decisions": base.extra.get("decisions", {}),
                     "request": request.model_dump(mode="json"),
                 }
                 await publish(base.model_copy(update=update | {"state": "waiting", "extra": extra}))
@@ -243,9 +246,6 @@ async def _publish_running(
         "events_start_offset": start,
         "attempt_start_offset": meta.offset,
     }
-    decisions = decisions_of(checkpoint)
-    if decisions:  # the approvals decided so far, from the log: a repeated decision gets the same answer
-        update["extra"] = {"decisions": decisions}
     await publish(base.model_copy(update=update))
     return update
 

@@ -155,6 +155,9 @@ async def test_approve_reject_edit_and_another_tenant(
                     assert r.status_code == 200, r.text
                     ends = {e: await read_events(kafka_settings, e, timeout=WAIT_S) for e in (approved, rejected, edited)}
                     seen = [i["event"]["type"] for i in await stream]
+                    # Still idempotent once the run completed: the same decision, the same answer.
+                    again = await http.post(path, json={"decision": "approve"}, headers=AUTH)
+                    assert again.status_code == 200 and again.json() == first, again.text
                 finally:
                     stream.cancel()
         finally:
@@ -246,6 +249,15 @@ async def test_a_waiting_run_survives_restarts_of_the_executor_and_the_orchestra
                 out, _ = await asyncio.wait_for(cli.communicate(), WAIT_S)
                 assert cli.returncode == 0 and b"call call_1 approved" in out, out
                 events = await read_events(kafka_settings, execution_id, timeout=WAIT_S)
+            # A new orchestrator, after the end, knows the decision from the log's snapshots: the same answer.
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                path = f"/v1/executions/{execution_id}/approvals/call_1"
+                async with asyncio.timeout(WAIT_S):
+                    while (await http.get(f"/v1/executions/{execution_id}", headers=AUTH)).json().get("status") != "completed":
+                        await asyncio.sleep(0.1)  # the executor's end snapshot reaches the new view
+                again = await http.post(path, json={"decision": "approve"}, headers=AUTH)
+                assert again.status_code == 200 and again.json()["decision"] == "approve", again.text
+                assert (await http.post(path, json={"decision": "reject"}, headers=AUTH)).status_code == 409
         finally:
             for member in members:
                 _kill(member)
