@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -57,6 +57,22 @@ class McpServer(BaseModel):
         return self.command is not None
 
 
+class ApprovalPolicy(BaseModel):
+    """Tool calls a human approves before they run (issue 16): ``tools`` names them, or ``"all"``.
+
+    The execution waits (parked in the log, holding no slot) until a decision is posted or
+    ``timeout_s`` passes; then ``default`` applies, as a ``tool.call.approval_decided`` event."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tools: tuple[str, ...] | Literal["all"] = Field(default="all")
+    timeout_s: float = Field(default=3600.0, gt=0, le=30 * 86400)
+    default: Literal["reject", "approve"] = "reject"
+
+    def requires(self, tool: str) -> bool:
+        return self.tools == "all" or tool in self.tools
+
+
 class AgentSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -78,6 +94,8 @@ class AgentSpec(BaseModel):
     output_schema: OutputSchema | None = None
     # MCP servers whose tools the model is offered besides ``tools`` (services/executor/mcptools.py).
     mcp_servers: tuple[McpServer, ...] = Field(default=(), max_length=MAX_MCP_SERVERS)
+    # Tool calls that wait for a human's decision before they run (services/executor/approvals.py).
+    approval: ApprovalPolicy | None = None
 
     @model_validator(mode="after")
     def _unique_mcp_names(self) -> AgentSpec:

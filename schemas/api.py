@@ -316,3 +316,37 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="", max_length=200)
+
+
+class ApprovalRequest(BaseModel):
+    """``POST /v1/executions/{id}/approvals/{call_id}``: the decision on a tool call waiting for approval."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    reason: str = Field(default="", max_length=4096)
+    arguments: JsonObject | None = None  # approve with these arguments instead of the model's
+
+
+class ApprovalResponse(BaseModel):
+    execution_id: str
+    call_id: str
+    decision: Literal["approve", "reject"]
+    reason: str = ""
+    arguments: dict[str, Any] | None = None
+    by: Literal["user", "deadline"] = "user"
+
+
+class InputReply(BaseModel):
+    """``POST /v1/executions/{id}/inputs/{call_id}``: the user's answer to an ``ask_user`` question."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(max_length=MAX_INPUT_CHARS)
+
+
+class InputAnswer(BaseModel):
+    execution_id: str
+    call_id: str
+    text: str
+    by: Literal["user", "deadline"] = "user"

@@ -166,6 +166,57 @@ class ExecutionResumed(Envelope):
     rerun_calls: tuple[str, ...] = Field(default=(), max_length=MAX_TURN_TOOL_CALLS)
 
 
+class ToolCallApprovalRequested(Envelope):
+    """A tool call of ``step`` waits for a human's decision before it runs (the agent's ``approval``).
+
+    The execution is ``waiting``: parked in the log, on no executor. ``POST
+    /v1/executions/{id}/approvals/{call_id}`` decides; at ``deadline`` the agent's ``default`` applies."""
+
+    type: Literal["tool.call.approval_requested"] = "tool.call.approval_requested"
+    call_id: str = Field(max_length=MAX_CALL_ID_CHARS)
+    tool: str = Field(max_length=MAX_TOOL_NAME_CHARS)
+    arguments: JsonObject = Field(default_factory=dict)
+    step: int = Field(default=0, ge=0, le=MAX_STEPS)
+    deadline: datetime
+    default: Literal["approve", "reject"] = "reject"
+
+
+class ToolCallApprovalDecided(Envelope):
+    """The decision on a tool call that waited for approval: ``approve`` (with ``arguments`` if the
+    approver edited them) runs it; ``reject`` makes ``reason`` the tool's result the model sees.
+    ``by``: ``user`` (posted) or ``deadline`` (the default applied). The first decision in the log wins."""
+
+    type: Literal["tool.call.approval_decided"] = "tool.call.approval_decided"
+    call_id: str = Field(max_length=MAX_CALL_ID_CHARS)
+    step: int = Field(default=0, ge=0, le=MAX_STEPS)
+    decision: Literal["approve", "reject"]
+    reason: str = Field(default="", max_length=4096)
+    arguments: JsonObject | None = None
+    by: Literal["user", "deadline"] = "user"
+
+
+class InputRequested(Envelope):
+    """The agent asks the user (the built-in ``ask_user`` tool) and the execution waits, parked in the
+    log like an approval. ``POST /v1/executions/{id}/inputs/{call_id}`` answers; at ``deadline`` the
+    call ends with an error (no answer) and the model continues."""
+
+    type: Literal["input.requested"] = "input.requested"
+    call_id: str = Field(max_length=MAX_CALL_ID_CHARS)
+    question: str = Field(default="", max_length=4096)
+    step: int = Field(default=0, ge=0, le=MAX_STEPS)
+    deadline: datetime
+
+
+class InputProvided(Envelope):
+    """The user's answer to an ``input.requested`` (``by`` "user"), or none by its deadline (``by`` "deadline")."""
+
+    type: Literal["input.provided"] = "input.provided"
+    call_id: str = Field(max_length=MAX_CALL_ID_CHARS)
+    step: int = Field(default=0, ge=0, le=MAX_STEPS)
+    text: str = Field(default="", max_length=MAX_INPUT_CHARS)
+    by: Literal["user", "deadline"] = "user"
+
+
 class ExecutionRestarted(Envelope):
     """A step's model call starts over (retry, or fallback to another provider).
 
@@ -275,6 +326,10 @@ Event = Annotated[
     | ExecutionRestarted
     | TurnCompleted
     | ExecutionResumed
+    | ToolCallApprovalRequested
+    | ToolCallApprovalDecided
+    | InputRequested
+    | InputProvided
     | ExecutionCompleted
     | ExecutionFailed
     | ExecutionCancelled

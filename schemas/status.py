@@ -10,11 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.events import Usage
 from schemas.topics import Priority
 
-State = Literal["queued", "running", "completed", "failed", "cancelled", "timed_out"]
+State = Literal["queued", "running", "waiting", "completed", "failed", "cancelled", "timed_out"]
 TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "timed_out"})
 # Snapshots are written by the orchestrator and by executors; a view keeps the highest rank, so a
 # late "queued" never overwrites "running", and a newer attempt wins over an older one.
-_RANK: dict[str, int] = {"queued": 0, "running": 1, "completed": 2, "failed": 2, "cancelled": 2, "timed_out": 2}
+# "waiting" (issue 16): parked for a tool call's approval; not terminal, after "running" of its attempt.
+_RANK: dict[str, int] = {"queued": 0, "running": 1, "waiting": 2, "completed": 3, "failed": 3, "cancelled": 3, "timed_out": 3}
 
 
 def _now() -> datetime:

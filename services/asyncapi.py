@@ -24,10 +24,14 @@ from schemas.events import (
     ExecutionRestarted,
     ExecutionResumed,
     ExecutionStarted,
+    InputProvided,
+    InputRequested,
     JobCompleted,
     JobRequested,
     JobUpdated,
     TokenDelta,
+    ToolCallApprovalDecided,
+    ToolCallApprovalRequested,
     ToolCallCompleted,
     ToolCallProgress,
     ToolCallStarted,
@@ -46,6 +50,10 @@ ExecutionEvent = (
     | ExecutionRestarted
     | TurnCompleted
     | ExecutionResumed
+    | ToolCallApprovalRequested
+    | ToolCallApprovalDecided
+    | InputRequested
+    | InputProvided
     | ExecutionCompleted
     | ExecutionFailed
     | ExecutionCancelled

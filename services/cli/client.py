@@ -183,6 +183,49 @@ def cancel(execution_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = DEFAULT_
     _run_async(main)
 
 
+def _decide(execution_id: str, call_id: str, body: dict[str, Any], url: str, api_key: str) -> None:
+    async def main() -> int:
+        async with Api(url, api_key) as api:
+            answer = await api.call(
+                "POST", f"/v1/executions/{execution_id}/approvals/{call_id}", json=body, what=f"tool call {call_id} of {execution_id}"
+            )
+        verdict = "approved" if answer["decision"] == "approve" else "rejected"
+        console.print(f"call {call_id} {verdict}" + (f": {answer['reason']}" if answer.get("reason") else ""))
+        return 0
+
+    _run_async(main)
+
+
+@app.command()
+def approve(
+    execution_id: str,
+    call_id: str,
+    arguments: Annotated[str | None, typer.Option(help="Run the call with these arguments instead (a JSON object)")] = None,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = DEFAULT_KEY,
+) -> None:
+    """Approve a tool call an execution waits for (optionally with edited arguments)."""
+    body: dict[str, Any] = {"decision": "approve"}
+    if arguments is not None:
+        try:
+            body["arguments"] = json.loads(arguments)
+        except json.JSONDecodeError as exc:
+            fail(f"--arguments is not JSON: {exc}")
+    _decide(execution_id, call_id, body, url, api_key)
+
+
+@app.command()
+def reject(
+    execution_id: str,
+    call_id: str,
+    reason: Annotated[str, typer.Option(help="What the model is told")] = "",
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = DEFAULT_KEY,
+) -> None:
+    """Reject a tool call an execution waits for: it never runs; the model reads the reason."""
+    _decide(execution_id, call_id, {"decision": "reject", "reason": reason}, url, api_key)
+
+
 @app.command()
 def status(execution_id: str, as_json: Json = False, url: Url = DEFAULT_URL, api_key: ApiKey = DEFAULT_KEY) -> None:
     """An execution's state, output, error and usage."""
@@ -229,7 +272,9 @@ def _when(iso: str | None) -> str:
 
 @app.command("ls")
 def list_executions(
-    status: Annotated[str | None, typer.Option(help="States, comma-separated: queued,running,completed,failed,cancelled,timed_out")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="States, comma-separated: queued,running,waiting,completed,failed,cancelled,timed_out")
+    ] = None,
     agent: Annotated[str | None, typer.Option(help="Only this agent's.")] = None,
     session: Annotated[str | None, typer.Option(help="Only this session's.")] = None,
     batch: Annotated[str | None, typer.Option(help="Only this batch's.")] = None,
@@ -253,7 +298,14 @@ def list_executions(
         table.add_column("input", overflow="ellipsis", no_wrap=True)
         for row in page["executions"]:
             usage = row.get("usage") or {}
-            style = {"completed": "green", "failed": "red", "running": "cyan", "cancelled": "yellow", "timed_out": "red"}.get(row["status"])
+            style = {
+                "completed": "green",
+                "failed": "red",
+                "running": "cyan",
+                "waiting": "magenta",
+                "cancelled": "yellow",
+                "timed_out": "red",
+            }.get(row["status"])
             table.add_row(
                 row["execution_id"],
                 f"[{style}]{row['status']}[/]" if style else row["status"],

@@ -74,6 +74,28 @@ class Transcript:
             rerun = event.get("rerun_calls") or []
             again = f", {len(rerun)} interrupted one(s) run again" if rerun else ""
             out.append(Text(f"↻ resumed from step {event.get('from_step', 0)}: the steps above stand ({reused}{again})", style="yellow"))
+        elif kind == "tool.call.approval_requested":
+            out += self._commit()
+            arguments = json.dumps(event.get("arguments", {}))
+            call_id, execution_id = event.get("call_id"), event.get("execution_id")
+            out.append(
+                Text.assemble(
+                    ("⏸ approval needed: ", "magenta"),
+                    (str(event.get("tool")), "cyan"),
+                    (f"({arguments})", "dim"),
+                    f" call {call_id}, until {event.get('deadline')} (then {event.get('default')}); ",
+                    (f"agentstream approve|reject {execution_id} {call_id}", "bold"),
+                )
+            )
+            self.status = "waiting for approval"
+        elif kind == "tool.call.approval_decided":
+            verdict = "approved" if event.get("decision") == "approve" else "rejected"
+            why = f": {event['reason']}" if event.get("reason") else ""
+            edited = f" with arguments {json.dumps(event['arguments'])}" if event.get("arguments") is not None else ""
+            by = " (deadline passed)" if event.get("by") == "deadline" else ""
+            out.append(
+                Text(f"{'✓' if verdict == 'approved' else '✗'} call {event.get('call_id')} {verdict}{edited}{by}{why}", style="magenta")
+            )
         elif kind == "execution.restarted":
             why = f"{event.get('reason') or 'retry'}; now {event.get('provider')}/{event.get('model')}"
             if event.get("text_discarded") and self.pending_step == int(event.get("step", 0)):

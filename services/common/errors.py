@@ -27,6 +27,7 @@ AgentstreamError                      retriable
  ├── AgentCatalogError                 no    common/agents.py: the agents file or service is wrong
  ├── AgentServiceUnavailable           yes   common/agents.py
  ├── LocalKafkaError                   no    common/localkafka.py: the local broker cannot be fetched or run
+ ├── Parked                          no    executor/approvals.py: not a failure; the attempt ends waiting for an approval
  ├── ReplayError                       no    replay.py: the server refused a replay
  ├── SignatureRejected                 no    orchestrator/signatures.py: an ingress record is not signed right
  ├── StoreError                        yes   orchestrator/store/: the database did not answer

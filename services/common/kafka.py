@@ -33,6 +33,8 @@ from services.common.topicplan import create_missing, plan, verify_promises
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+# On a lane record that continues a parked execution (issue 16): the attempt that waited.
+RESUME_HEADER = "resume_attempt"
 
 
 def encode(model: BaseModel) -> bytes:

@@ -48,6 +48,10 @@ class StatusView:
         found = [s for s in self._items.values() if s.session_id == session_id and s.tenant_id == tenant_id]
         return sorted(found, key=lambda s: s.created_at)
 
+    def waiting(self) -> list[ExecutionStatus]:
+        """Executions parked for an approval (issue 16): what the sweeper applies deadlines to."""
+        return [s for s in self._items.values() if s.state == "waiting"]
+
     def __len__(self) -> int:
         return len(self._items)
 

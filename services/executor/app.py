@@ -29,7 +29,7 @@ from schemas.status import ExecutionStatus
 from services.common.agents import AgentCatalog, AgentSource, HttpAgents, StaticAgents, load_agents
 from services.common.dlq import Publisher, park
 from services.common.errors import AgentstreamError
-from services.common.kafka import encode, ensure_topics, make_producer, start_client, status_headers
+from services.common.kafka import RESUME_HEADER, encode, ensure_topics, header, make_producer, start_client, status_headers
 from services.common.memory import Trimmer
 from services.common.observability import metrics, tracing
 from services.common.reader import Reader
@@ -302,7 +302,7 @@ class Executor:
         if request.execution_id in self._running:
             await self._finish(tp, record.offset)
             return
-        current = self.status.get(request.execution_id)
+        current = await self._current(request.execution_id, header(record.headers, RESUME_HEADER))
         if current is not None and current.terminal:
             await self._finish(tp, record.offset)
             return
@@ -324,6 +324,18 @@ class Executor:
         )
         task = asyncio.create_task(work, name=request.execution_id)
         self._running[request.execution_id] = (tp, task)
+
+    async def _current(self, execution_id: str, resume: str | None) -> ExecutionStatus | None:
+        """The execution's snapshot. A record that continues a parked execution (approvals) waits,
+        bounded, until our view knows the attempt that waited: it holds where the events to resume
+        from are. Only such records wait: a new request's queued snapshot is not needed to run it."""
+        current = self.status.get(execution_id)
+        if resume is None or not resume.isdigit() or len(resume) > 9:
+            return current
+        waited = int(resume)
+        if current is None or current.attempt < waited:
+            current = await self.status.wait_until(execution_id, lambda s: s.attempt >= waited, timeout=self.settings.resume_wait_s)
+        return current
 
     async def _admit(self, record: Record) -> tuple[ExecutionRequested | None, Refusal | None]:
         """The request, and why it must not run (admission.py); (None, reason) if it is not one."""

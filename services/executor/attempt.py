@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
@@ -35,6 +35,7 @@ from schemas.events import (
     ExecutionStarted,
 )
 from schemas.status import ExecutionStatus
+from services.executor.approvals import Parked
 from services.executor.checkpoint import Checkpoint, rebuild
 from services.executor.emitter import EventEmitter
 from services.executor.eventlog import EventLog
@@ -57,7 +58,7 @@ class Ended:
 
     finished: bool
     fenced: bool = False
-    state: Literal["completed", "failed", "cancelled"] | None = None
+    state: Literal["completed", "failed", "cancelled", "waiting"] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ class AttemptRun:
         previous: ExecutionStatus | None = None,
     ) -> Ended:
         """``previous``: the execution's snapshot before this attempt; where an earlier attempt's events are."""
-        running: asyncio.Future[None] | None = None
+        running: asyncio.Future[dict[str, Any]] | None = None
 
         async def publish_after_running(status: ExecutionStatus) -> None:
             if running is not None:
@@ -102,6 +103,9 @@ class AttemptRun:
                 return Ended(finished=True, state="cancelled")
             spec, lookup_error = await self.lookup(request.agent_id)
             checkpoint = await self._checkpoint(request, previous, base) if spec is not None else None
+            decisions = decisions_of(checkpoint)
+            if decisions:  # every snapshot of this attempt, its end too: a repeated decision gets the same answer
+                base = base.model_copy(update={"extra": base.extra | {"decisions": decisions}})
             started = await emitter.emit(ExecutionStarted, **started_fields(request, spec))
             # A resumed attempt's events start where the ones it reuses do: a replay from the start shows them.
             running = asyncio.ensure_future(_publish_running(started, publish, base, checkpoint))
@@ -119,6 +123,18 @@ class AttemptRun:
                         rerun_calls=checkpoint.rerun_calls,
                     )
                 outcome = await self._until_end(spec, request, emitter, cancel, checkpoint)
+            except Parked as parked:
+                # Parked in the log, not in this process: the waiting snapshot says where the events start
+                # and holds the request, so the orchestrator can put it back on its lane once decided.
+                await emitter.drain()
+                update = await running
+                extra = {
+                    "approvals": [p.as_json() for p in parked.pending],
+                    "decisions": base.extra.get("decisions", {}),
+                    "request": request.model_dump(mode="json"),
+                }
+                await publish(base.model_copy(update=update | {"state": "waiting", "extra": extra}))
+                return Ended(finished=True, state="waiting")
             except (ExecutionError, ProviderError) as exc:
                 await emitter.emit(ExecutionFailed, reason=str(exc), retriable=exc.retriable)
                 await emitter.drain()
@@ -219,10 +235,26 @@ class AttemptRun:
 
 async def _publish_running(
     started: asyncio.Future[RecordMetadata], publish: Publish, base: ExecutionStatus, checkpoint: Checkpoint | None
-) -> None:
+) -> dict[str, Any]:
     """The ``running`` snapshot, once ``execution.started`` is acknowledged: it says where the events start
     (for a resumed attempt, where the events it reuses start; the next resume reads from there too)."""
     meta = await started
     start = meta.offset if checkpoint is None else min(checkpoint.from_offset, meta.offset)
-    update = {"state": "running", "events_partition": meta.partition, "events_start_offset": start, "attempt_start_offset": meta.offset}
+    update: dict[str, Any] = {
+        "state": "running",
+        "events_partition": meta.partition,
+        "events_start_offset": start,
+        "attempt_start_offset": meta.offset,
+    }
     await publish(base.model_copy(update=update))
+    return update
+
+
+def decisions_of(checkpoint: Checkpoint | None) -> dict[str, Any]:
+    if checkpoint is None:
+        return {}
+    return {
+        call_id: {"decision": d.decision, "reason": d.reason, "arguments": d.arguments, "by": d.by, "text": d.text}
+        for step in checkpoint.steps
+        for call_id, d in step.decisions.items()
+    }

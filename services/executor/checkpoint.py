@@ -16,15 +16,37 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import orjson
 from pydantic import ValidationError
 
-from schemas.events import ExecutionResumed, ToolCallCompleted, TurnCompleted, Usage
+from schemas.events import (
+    ExecutionResumed,
+    InputProvided,
+    InputRequested,
+    ToolCallApprovalDecided,
+    ToolCallApprovalRequested,
+    ToolCallCompleted,
+    TurnCompleted,
+    Usage,
+)
+from services.executor.approvals import Decision
 from services.executor.providers.base import ToolCall
 
 # The only record types a rebuild reads (from the record's ``type`` header: token deltas are not parsed).
-READ_TYPES = frozenset({"execution.started", "execution.resumed", "turn.completed", "tool.call.completed"})
+READ_TYPES = frozenset(
+    {
+        "execution.started",
+        "execution.resumed",
+        "turn.completed",
+        "tool.call.completed",
+        "tool.call.approval_requested",
+        "tool.call.approval_decided",
+        "input.requested",
+        "input.provided",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +69,8 @@ class DoneStep:
     usage: Usage
     results: dict[str, str] = field(default_factory=dict)  # call id -> the tool message the model saw
     attempts: frozenset[int] = frozenset()  # the attempts whose events this step is made of
+    requested: dict[str, datetime] = field(default_factory=dict)  # call id -> approval deadline (approvals.py)
+    decisions: dict[str, Decision] = field(default_factory=dict)  # call id -> the first decision in the log
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -121,6 +145,25 @@ def rebuild(records: Iterable[LoggedRecord], *, from_offset: int) -> Checkpoint:
                 if step is not None and any(c.id == done.call_id for c in step.calls):
                     results = {**step.results, done.call_id: tool_content(done.result, done.error)}
                     steps[done.step] = replace(step, results=results, attempts=step.attempts | {record.attempt})
+            elif record.type in ("tool.call.approval_requested", "input.requested"):
+                model = ToolCallApprovalRequested if record.type == "tool.call.approval_requested" else InputRequested
+                asked = model.model_validate_json(record.value)
+                step = steps.get(asked.step)
+                if step is not None and asked.call_id not in step.requested:
+                    steps[asked.step] = replace(step, requested={**step.requested, asked.call_id: asked.deadline})
+            elif record.type == "tool.call.approval_decided":
+                # Written by the orchestrator under the attempt that waited: the first one in the log wins.
+                decided = ToolCallApprovalDecided.model_validate_json(record.value)
+                step = steps.get(decided.step)
+                if step is not None and decided.call_id not in step.decisions and any(c.id == decided.call_id for c in step.calls):
+                    decision = Decision(decided.decision, decided.reason, decided.arguments, decided.by)
+                    steps[decided.step] = replace(step, decisions={**step.decisions, decided.call_id: decision})
+            elif record.type == "input.provided":
+                answer = InputProvided.model_validate_json(record.value)
+                step = steps.get(answer.step)
+                if step is not None and answer.call_id not in step.decisions and any(c.id == answer.call_id for c in step.calls):
+                    decision = Decision("approve", by=answer.by, text=answer.text)
+                    steps[answer.step] = replace(step, decisions={**step.decisions, answer.call_id: decision})
         except ValidationError:
             continue  # not one of ours (the topic is the tenant's reply_to): it cannot be reused
     return Checkpoint(steps=_prefix(steps), previous_attempt=newest, from_offset=from_offset)

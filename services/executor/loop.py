@@ -8,13 +8,20 @@ import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
-from schemas.agents import AgentSpec
+import orjson
+
+from schemas.agents import AgentSpec, ApprovalPolicy
 from schemas.bounds import json_problem
 from schemas.events import (
     ExecutionRequested,
     ExecutionRestarted,
+    InputProvided,
+    InputRequested,
+    ToolCallApprovalDecided,
+    ToolCallApprovalRequested,
     ToolCallCompleted,
     ToolCallStarted,
     TurnCompleted,
@@ -25,7 +32,8 @@ from schemas.outputs import output_mismatch
 from services.common.errors import AgentstreamError
 from services.common.observability.tracing import traced_tool_call
 from services.common.prompts import PromptError, render_prompt
-from services.executor.checkpoint import Checkpoint, tool_content
+from services.executor.approvals import ASK_USER, Decision, Parked, Pending, rejection
+from services.executor.checkpoint import Checkpoint, DoneStep, tool_content
 from services.executor.emitter import EventEmitter
 from services.executor.providers.base import ModelRequest, Provider, TextDelta, ToolCall, TurnEnd
 from services.executor.resilience import Restart, Route, parse_route, resilient_stream
@@ -39,6 +47,9 @@ class ExecutionError(AgentstreamError):
     def __init__(self, message: str, *, retriable: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+ASK_USER_TIMEOUT_S = 86_400.0  # how long an ask_user call waits when the agent has no approval policy to say
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +116,7 @@ async def run_agent(
     usage = Usage()
     steps = 1 if completion else spec.max_steps
     step, retried = 0, False
-    call = functools.partial(_run_calls, allowed, emitter, timeout_s=tool_timeout_s, settings=settings)
+    call = functools.partial(_gated_calls, allowed, emitter, timeout_s=tool_timeout_s, settings=settings, policy=spec.approval)
     if resume is not None and resume.steps:
         usage = resume.usage
         for done in resume.steps:
@@ -113,7 +124,7 @@ async def run_agent(
             results = dict(done.results)
             rerun = [c for c in done.calls if c.id not in results]
             if rerun:  # interrupted mid-call: run again, with the same call id (so the same idempotency key)
-                results |= dict(zip((c.id for c in rerun), await call(rerun, step=done.step), strict=True))
+                results |= dict(zip((c.id for c in rerun), await call(rerun, step=done.step, done=done), strict=True))
                 await emitter.drain()
             messages += [{"role": "tool", "tool_call_id": c.id, "content": results[c.id]} for c in done.calls]
         step = resume.from_step
@@ -151,7 +162,7 @@ async def run_agent(
         # The step's checkpoint, acknowledged before any of its tools runs: a later attempt reuses this
         # turn (and its call ids, so the tools' idempotency keys) instead of asking the model again.
         await (await emitter.emit(TurnCompleted, step=step, text=text, tool_calls=_turn_calls(end.tool_calls), usage=end.usage))
-        contents = await call(end.tool_calls, step=step)
+        contents = await call(end.tool_calls, step=step, done=None)
         # The step's results in the log before the model hears of them: a call the model saw answered
         # is one a later attempt reuses, never one it runs again.
         await emitter.drain()
@@ -171,6 +182,111 @@ def _assistant(text: str, calls: Sequence[ToolCall]) -> dict[str, Any]:
 
 def _turn_calls(calls: Sequence[ToolCall]) -> list[TurnToolCall]:
     return [TurnToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls]
+
+
+async def _gated_calls(
+    tools: dict[str, Tool],
+    emitter: EventEmitter,
+    calls: Sequence[ToolCall],
+    *,
+    step: int,
+    timeout_s: float,
+    settings: LoopSettings,
+    policy: ApprovalPolicy | None,
+    done: DoneStep | None,
+) -> list[str]:
+    """A step's calls through the agent's approval policy (approvals.py): calls without a decision
+    are announced and the attempt parks (``Parked``) once the others ran and are in the log;
+    rejected calls answer with the reason; approved ones run, with the approver's arguments if edited."""
+    if policy is None and all(c.name != ASK_USER for c in calls):
+        return await _run_calls(tools, emitter, calls, step=step, timeout_s=timeout_s, settings=settings)
+    decisions = dict(done.decisions) if done is not None else {}
+    requested = done.requested if done is not None else {}
+    now = datetime.now(UTC)
+    wait_s = policy.timeout_s if policy is not None else ASK_USER_TIMEOUT_S
+    default = policy.default if policy is not None else "reject"
+    run: list[ToolCall] = []
+    contents: dict[str, str] = {}
+    waiting: list[ToolCall] = []
+    for c in calls:
+        asking = c.name == ASK_USER and ASK_USER in tools
+        if not asking and (policy is None or not policy.requires(c.name)):
+            run.append(c)
+            continue
+        decision = decisions.get(c.id)
+        deadline = requested.get(c.id)
+        if decision is None and deadline is not None and deadline <= now:  # nobody decided in time: the default, as an event
+            decision = await _deadline_passed(c, deadline, default, emitter, step=step, asking=asking)
+        if decision is None:
+            waiting.append(c)
+        elif asking:
+            contents[c.id] = await _answered(c, decision, emitter, step=step)
+        elif decision.decision == "reject":
+            contents[c.id] = await _reject(c, decision, emitter, step=step)
+        elif decision.arguments is not None:
+            run.append(ToolCall(id=c.id, name=c.name, arguments=orjson.dumps(decision.arguments).decode()))
+        else:
+            run.append(c)
+    results = await _run_calls(tools, emitter, run, step=step, timeout_s=timeout_s, settings=settings)
+    contents |= dict(zip((c.id for c in run), results, strict=True))
+    if waiting:
+        pending = [Pending(c, _arguments_of(c), step, requested.get(c.id) or now + timedelta(seconds=wait_s), default) for c in waiting]
+        for p in pending:
+            if p.call.id in requested:  # announced once: a resume keeps the first deadline
+                continue
+            if p.kind == "input":
+                question = str(p.arguments.get("question", ""))[:4096]
+                await emitter.emit(InputRequested, call_id=p.call.id, question=question, step=step, deadline=p.deadline)
+            else:
+                await emitter.emit(
+                    ToolCallApprovalRequested,
+                    call_id=p.call.id,
+                    tool=p.call.name,
+                    arguments=p.arguments,
+                    step=step,
+                    deadline=p.deadline,
+                    default=p.default,
+                )
+        await emitter.drain()  # the other calls' results and the requests in the log before the attempt parks
+        raise Parked(pending)
+    return [contents[c.id] for c in calls]
+
+
+async def _deadline_passed(
+    call: ToolCall, deadline: datetime, default: Literal["approve", "reject"], emitter: EventEmitter, *, step: int, asking: bool
+) -> Decision:
+    reason = f"no decision before {deadline.isoformat()}"
+    if asking:
+        await emitter.emit(InputProvided, call_id=call.id, step=step, text="", by="deadline")
+        return Decision("reject", f"no answer before {deadline.isoformat()}", by="deadline")
+    await emitter.emit(ToolCallApprovalDecided, call_id=call.id, step=step, decision=default, reason=reason, by="deadline")
+    return Decision(default, reason, by="deadline")
+
+
+async def _answered(call: ToolCall, decision: Decision, emitter: EventEmitter, *, step: int) -> str:
+    """An ask_user call's result: the user's answer, or an error if none came before the deadline."""
+    answered = decision.by != "deadline" and decision.text is not None
+    result = {"answer": decision.text} if answered else None
+    error = None if answered else f"the user did not answer: {decision.reason or 'deadline passed'}"
+    await emitter.emit(ToolCallStarted, call_id=call.id, tool=call.name, arguments=_arguments_of(call), step=step)
+    await emitter.emit(ToolCallCompleted, call_id=call.id, tool=call.name, result=result, error=error, duration_ms=0.0, step=step)
+    return tool_content(result, error)
+
+
+def _arguments_of(call: ToolCall) -> dict[str, Any]:
+    try:
+        value = orjson.loads(call.arguments or "{}")
+    except orjson.JSONDecodeError:
+        return {"_raw": call.arguments[:4096]}
+    return value if isinstance(value, dict) and json_problem(value) is None else {"_raw": call.arguments[:4096]}
+
+
+async def _reject(call: ToolCall, decision: Decision, emitter: EventEmitter, *, step: int) -> str:
+    """A rejected call never runs: its result is the rejection, as the tool's error."""
+    error = rejection(decision)
+    await emitter.emit(ToolCallStarted, call_id=call.id, tool=call.name, arguments=_arguments_of(call), step=step)
+    await emitter.emit(ToolCallCompleted, call_id=call.id, tool=call.name, result=None, error=error, duration_ms=0.0, step=step)
+    return tool_content(None, error)
 
 
 async def _run_calls(

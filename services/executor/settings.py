@@ -89,6 +89,9 @@ class ExecutorSettings(BaseSettings):
 
     # -- cancel --------------------------------------------------------------------------------
     cancel_grace_s: float = 5.0  # how long a cancelled execution may take to wind down
+    # How long a lane record that continues a parked execution (approvals) waits for the status view to
+    # know the attempt that waited, before it runs with what the view has.
+    resume_wait_s: float = Field(default=10.0, gt=0, le=300)
 
     # -- observability -------------------------------------------------------------------------
     metrics_host: str = "127.0.0.1"

@@ -129,6 +129,25 @@ class Clock:
         return datetime.now(UTC).isoformat()
 
 
+class AskUser:
+    """Ask the user and wait for the reply (issue 16): the loop parks the run on it (approvals.py),
+    durably, like a call waiting for approval; the reply posted to the orchestrator is its result."""
+
+    spec = ToolSpec(
+        name="ask_user",
+        description="Ask the user a question and wait for the answer (it may take hours).",
+        parameters={
+            "type": "object",
+            "properties": {"question": {"type": "string", "maxLength": 4096}},
+            "required": ["question"],
+            "additionalProperties": False,
+        },
+    )
+
+    async def __call__(self, arguments: dict[str, Any]) -> Any:
+        raise ToolError("ask_user is answered by the user, not run")  # the loop never calls it
+
+
 @dataclass(frozen=True)
 class ToolContext:
     """The tool call being run, for tools that report progress or act for the execution (jobtools.py)."""
@@ -145,5 +164,5 @@ current_tool_call: ContextVar[ToolContext | None] = ContextVar("current_tool_cal
 
 
 def builtin_tools() -> dict[str, Tool]:
-    tools: list[Tool] = [Calculator(), Clock()]
+    tools: list[Tool] = [Calculator(), Clock(), AskUser()]
     return {t.spec.name: t for t in tools}

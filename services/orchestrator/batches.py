@@ -72,7 +72,7 @@ async def get_batch(request: Request) -> Response:
             raise NotFound("batch not found")
         members = await tasks.of_batch(conn, batch_id)
         deliveries = await records.deliveries_of(conn, batch_id, tenant_id=ctx.id)
-    counts = {s: 0 for s in ("queued", "running", "completed", "failed", "cancelled", "timed_out")}
+    counts = {s: 0 for s in ("queued", "running", "waiting", "completed", "failed", "cancelled", "timed_out")}
     for t in members:
         counts[t.state] = counts.get(t.state, 0) + 1
     view = BatchView(

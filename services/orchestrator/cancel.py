@@ -80,13 +80,17 @@ async def cancel(lc: Lifecycle, execution_id: str, tenant_id: str) -> tuple[str,
         return "cancelled", False  # cancelling twice is harmless
     if state in ("completed", "failed", "timed_out"):
         raise Conflict(f"execution already finished ({state}); nothing to cancel", detail={"status": state})
-    queued = state == "queued"
+    # Queued, or waiting for an approval (parked in the log, issue 16): no executor runs it, so none
+    # would report the cancel; it ends here.
+    queued = state in ("queued", "waiting")
+    error = "cancelled while waiting for approval" if state == "waiting" else "cancelled before it started"
     try:
-        await request_cancel(lc, execution_id, tenant_id, terminal_state="cancelled" if queued else None)
+        await request_cancel(
+            lc, execution_id, tenant_id, terminal_state="cancelled" if queued else None, error=error if state == "waiting" else None
+        )
     except KafkaError as exc:
         raise Unavailable(f"Kafka did not acknowledge the cancel ({type(exc).__name__}); retry", retry_after=1) from exc
     if queued:
-        # No executor will report this one: it ends here.
-        await lc.finalize(execution_id, "cancelled", error="cancelled before it started")
+        await lc.finalize(execution_id, "cancelled", error=error)
         return "cancelled", True
     return "cancelling", True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from services.orchestrator import a2a, admin, agents, agui, batches, executions, openai, plans, sessions, tasks, usage
+from services.orchestrator import a2a, admin, agents, agui, approvals, batches, executions, openai, plans, sessions, tasks, usage
 
 
 def routes() -> list[BaseRoute]:
@@ -13,6 +13,8 @@ def routes() -> list[BaseRoute]:
         Route("/v1/executions", executions.list_executions, methods=["GET"]),
         Route("/v1/executions/{execution_id}", executions.get_execution, methods=["GET"]),
         Route("/v1/executions/{execution_id}/cancel", executions.cancel_execution, methods=["POST"]),
+        Route("/v1/executions/{execution_id}/approvals/{call_id}", approvals.post_approval, methods=["POST"]),
+        Route("/v1/executions/{execution_id}/inputs/{call_id}", approvals.post_input, methods=["POST"]),
         Route("/v1/executions/{execution_id}/plan", plans.get_plan, methods=["GET"]),
         Route("/v1/sessions", sessions.create_session, methods=["POST"]),
         Route("/v1/sessions", sessions.list_sessions, methods=["GET"]),

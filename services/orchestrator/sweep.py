@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
 
+from services.orchestrator import approvals
 from services.orchestrator.store import tasks
 
 if TYPE_CHECKING:
@@ -19,11 +20,15 @@ log = logging.getLogger(__name__)
 
 
 async def sweep(lc: Lifecycle) -> int:
-    """Mark open work past its deadline timed out; cancel such executions. Returns how many."""
+    """Mark open work past its deadline timed out; cancel such executions; apply the default decision
+    to approvals past their deadline (approvals.py). Returns how many."""
+    decided = await approvals.apply_deadlines(lc)
     async with lc.store.begin() as conn:
         expired = await tasks.expired(conn, now=time.time())
-    count = 0
+    count = decided
     for task in expired:
+        if task.kind == "execution" and await approvals.postpone(lc, task.id):
+            continue  # waiting for a human: the approval's deadline governs it, not the execution's
         error = f"deadline passed ({datetime.fromtimestamp(task.deadline, UTC).isoformat()})"
         if await lc.finalize(task.id, "timed_out", error=error) is None:
             continue

@@ -127,3 +127,28 @@ def test_a_resumed_attempt_says_what_it_reused() -> None:
         ],
     )
     assert "resumed from step 2: the steps above stand (1 finished tool call(s) reused, 1 interrupted one(s) run again)" in printed
+
+
+def test_an_approval_request_says_how_to_decide_and_the_decision_is_shown() -> None:
+    transcript = Transcript()
+    printed = _printed(
+        transcript,
+        [
+            {"type": "execution.started", "attempt": 1, "provider": "openai", "model": "m"},
+            {"type": "token.delta", "text": "Booking.", "step": 0},
+            {
+                "type": "tool.call.approval_requested",
+                "execution_id": "ex1",
+                "call_id": "call_1",
+                "tool": "book",
+                "arguments": {"item": "A"},
+                "deadline": "2026-12-01T17:00:00+00:00",
+                "default": "reject",
+            },
+            {"type": "tool.call.approval_decided", "call_id": "call_1", "decision": "reject", "reason": "too expensive", "by": "user"},
+        ],
+    )
+    assert printed.index("Booking.") < printed.index("approval needed: book")
+    assert "agentstream approve|reject ex1 call_1" in printed
+    assert "call call_1 rejected: too expensive" in printed
+    assert transcript.status == "waiting for approval"

@@ -30,6 +30,7 @@ A2AEvent = TaskStatusUpdateEvent | TaskArtifactUpdateEvent
 _STATES = {
     "queued": TaskState.TASK_STATE_SUBMITTED,
     "running": TaskState.TASK_STATE_WORKING,
+    "waiting": TaskState.TASK_STATE_INPUT_REQUIRED,  # a tool call waits for approval (issue 16)
     "completed": TaskState.TASK_STATE_COMPLETED,
     "cancelled": TaskState.TASK_STATE_CANCELED,
 }

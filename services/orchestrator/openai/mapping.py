@@ -24,7 +24,15 @@ from typing import Any
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
 
-_STATUS = {"queued": "queued", "running": "in_progress", "completed": "completed", "failed": "failed", "cancelled": "cancelled"}
+# "waiting" (a tool call waits for approval) is still in progress for the Responses API.
+_STATUS = {
+    "queued": "queued",
+    "running": "in_progress",
+    "waiting": "in_progress",
+    "completed": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
 
 
 def response_status(state: str) -> str:

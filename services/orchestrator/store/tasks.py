@@ -179,6 +179,13 @@ async def finish(
     return await get(conn, task_id)
 
 
+async def extend_deadline(conn: AsyncConnection, task_id: str, deadline: float) -> None:
+    """An open task's deadline, never earlier than it was (a run waiting for approval, issue 16)."""
+    await conn.execute(
+        update(tasks).where(tasks.c.id == task_id, tasks.c.state.in_(OPEN_STATES), tasks.c.deadline < deadline).values(deadline=deadline)
+    )
+
+
 async def expired(conn: AsyncConnection, *, now: float, limit: int = 100) -> list[Task]:
     query = select(tasks).where(tasks.c.state.in_(OPEN_STATES), tasks.c.deadline < now).order_by(tasks.c.deadline).limit(limit)
     return [_task(r) for r in await conn.execute(query)]
