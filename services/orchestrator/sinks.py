@@ -156,9 +156,12 @@ class WebSocketSink(Sink):
     being sent.
     """
 
-    def __init__(self, websocket: WebSocket, *, max_bytes: int, send_timeout_s: float, heartbeat_s: float) -> None:
+    def __init__(
+        self, websocket: WebSocket, *, max_bytes: int, send_timeout_s: float, heartbeat_s: float, direct_writes: bool = True
+    ) -> None:
         super().__init__(max_bytes=max_bytes)
         self.websocket = websocket
+        self._direct_writes = direct_writes
         self._send_timeout = send_timeout_s
         self._heartbeat = heartbeat_s
         self._writer: asyncio.Task[None] | None = None
@@ -168,7 +171,7 @@ class WebSocketSink(Sink):
         self._direct_seen = 0
 
     def start(self) -> None:
-        self._wire = Wire.of(self.websocket)
+        self._wire = Wire.of(self.websocket) if self._direct_writes else None
         self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
 
     def push_event(self, execution_id_json: bytes, offset: int, type_: str, value: bytes) -> None:
