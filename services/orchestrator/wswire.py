@@ -44,7 +44,9 @@ def protocol_of(websocket: Any) -> Any | None:
             continue
         seen.add(id(send))
         owner = getattr(send, "__self__", None)
-        if owner is not None and isinstance(getattr(owner, "transport", None), asyncio.BaseTransport):
+        transport = getattr(owner, "transport", None)
+        # Duck-typed: uvloop's transports (what `agentstream orchestrator` runs on) are no asyncio.BaseTransport.
+        if transport is not None and callable(getattr(transport, "abort", None)) and callable(getattr(transport, "write", None)):
             return owner
         todo.extend((cell.cell_contents, depth + 1) for cell in getattr(send, "__closure__", None) or () if _callable_cell(cell))
         todo.append((getattr(send, "__wrapped__", None), depth + 1))

@@ -6,10 +6,13 @@ reading is still cut off."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 import pytest
+import uvicorn
 import websockets
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
@@ -172,3 +175,42 @@ async def test_a_client_that_stops_reading_is_cut_off(server: Callable[..., str]
         ws.transport.resume_reading()
     assert ended[0][0] == CLOSE_SLOW_CONSUMER
     assert ended[0][1] > 0
+
+
+def test_the_wire_is_found_on_uvloop_as_the_cli_runs_uvicorn() -> None:
+    """`agentstream orchestrator` runs uvicorn on uvloop, whose transports are no asyncio.BaseTransport."""
+    found: list[tuple[bool, bool]] = []
+
+    async def route(websocket: WebSocket) -> None:
+        await websocket.accept()
+        sink = WebSocketSink(websocket, max_bytes=1 << 20, send_timeout_s=2.0, heartbeat_s=60)
+        sink.start()
+        sink.push_shared(item(0))
+        found.append((Wire.of(websocket) is not None, sink.direct_frames == 1))
+        await sink.aclose()
+        await websocket.close()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", route)])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", ws_per_message_deflate=False, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    try:
+
+        async def client() -> dict[str, object]:
+            async with asyncio.timeout(30):
+                while not server.started:
+                    await asyncio.sleep(0.02)
+                async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                    frame: dict[str, object] = orjson.loads(await ws.recv())
+                    return frame
+
+        frame = asyncio.run(client())
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+    assert found == [(True, True)]
+    assert frame["type"] == "events"
