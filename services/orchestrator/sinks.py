@@ -88,6 +88,15 @@ class Sink:
         self.close_code = 0
         self.close_reason = ""
 
+    def hold(self) -> bool:
+        """Collect what is pushed until ``flush`` into as few frames as it allows (the bridge does, for
+        one fetch batch of its tail or one catch-up); False if this sink has nothing to gain (queued
+        items batch already)."""
+        return False
+
+    def flush(self) -> None:
+        pass
+
     def push(self, item: bytes | EventItem, size: int | None = None) -> None:
         if self.closed.is_set():
             return
@@ -167,6 +176,7 @@ class WebSocketSink(Sink):
         self._writer: asyncio.Task[None] | None = None
         self._wire: Wire | None = None
         self._sending = False  # the writer awaits a send of items it took: nothing may overtake them
+        self._held: list[bytes | EventItem] | None = None  # between hold() and flush()
         self.direct_frames = 0  # frames written straight to the transport (tests, and the heartbeat below)
         self._direct_seen = 0
 
@@ -186,24 +196,51 @@ class WebSocketSink(Sink):
         if not self._direct(control):
             self.push(control)
 
+    def hold(self) -> bool:
+        if self._wire is None or self._held is not None:
+            return False
+        self._held = []
+        return True
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._write(held)
+
     def _direct(self, item: bytes | EventItem) -> bool:
         """Write ``item`` (after anything queued) to the transport if it takes it now; False: queue it."""
         wire = self._wire
-        if wire is None or self._sending or self.closed.is_set() or not wire.writable():
+        if wire is None or self.closed.is_set():
             return False
+        if self._held is not None:  # a batch of the tail: written (or queued) in order at its end
+            self._held.append(item)
+            return True
+        if self._sending or not wire.writable():
+            return False
+        self._write([item])
+        return True
+
+    def _write(self, items: list[bytes | EventItem]) -> None:
+        """Write ``items`` to the transport (after anything queued, which goes first), or queue them if
+        the transport stopped taking frames meanwhile."""
+        wire = self._wire
+        assert wire is not None
+        if self._sending or self.closed.is_set() or not wire.writable():
+            for item in items:
+                self.push(item, None if isinstance(item, bytes) else len(item.ws()))
+            return
         if self._items:  # queued while the transport was full: those go first
-            queued = [*self._items, item]
+            queued = [*self._items, *items]
             self._items.clear()
             self._bytes = 0
         else:
-            queued = [item]
+            queued = items
         buffered = 0
         for frame in _wire_frames(queued):
             buffered = wire.write(frame)
             self.direct_frames += 1
         if buffered > self._max_bytes:
             self.kill(CLOSE_SLOW_CONSUMER, "slow consumer: send buffer overflowed")
-        return True
 
     def _on_kill(self) -> None:
         if self._writer is not None and self._writer is not asyncio.current_task():

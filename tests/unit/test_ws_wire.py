@@ -214,3 +214,26 @@ def test_the_wire_is_found_on_uvloop_as_the_cli_runs_uvicorn() -> None:
         sock.close()
     assert found == [(True, True)]
     assert frame["type"] == "events"
+
+
+async def test_what_one_batch_of_the_tail_holds_goes_as_one_frame(server: Callable[..., str]) -> None:
+    """Between hold() and flush() (one fetch batch of the bridge's tail) events and control messages
+    collect, and go out in order, consecutive events in one frame: a loaded loop sends fewer frames."""
+    counted: list[int] = []
+
+    async def push(websocket: WebSocket, sink: WebSocketSink) -> None:
+        assert sink.hold()
+        for offset in range(3):
+            sink.push_shared(item(offset))
+        sink.push_control({"type": "end", "execution_id": "e-1"})
+        sink.push_shared(item(3))
+        counted.append(sink.direct_frames)  # nothing written yet
+        sink.flush()
+        counted.append(sink.direct_frames)
+
+    async with websockets.connect(server(push)) as ws:
+        frames = [orjson.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(3)]
+    assert [e["cursor"] for e in frames[0]["events"]] == [0, 1, 2]
+    assert frames[1] == {"type": "end", "execution_id": "e-1"}
+    assert [e["cursor"] for e in frames[2]["events"]] == [3]
+    assert counted == [0, 3]
