@@ -80,7 +80,9 @@ async def open_tail(
     """A started consumer without a group, assigned every partition of ``topics``, positioned at their
     beginning or end; returned with each partition's start position (resolved now, so nothing
     produced after this returns is missed)."""
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False, client_id=client_id)
+    consumer = AIOKafkaConsumer(
+        **client_options(settings), enable_auto_commit=False, client_id=client_id, fetch_max_wait_ms=settings.fetch_max_wait_ms
+    )
     await start_client(consumer, settings)
     try:
         tps = [tp for topic in topics for tp in await partitions_of(consumer, topic)]
@@ -126,7 +128,7 @@ async def open_group(
         client_id=client_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        **options,
+        **{"fetch_max_wait_ms": settings.fetch_max_wait_ms, **options},
     )
     consumer.subscribe([topic], listener=listener)
     await start_client(consumer, settings)

@@ -32,11 +32,12 @@ class StatusView:
         self._topic = settings.topics.status
         self._items: dict[str, ExecutionStatus] = {}
         self.reader: Reader | None = None
-        self._changed_in_batch = False
         self._end: dict[TopicPartition, int] = {}
         self._pending: set[TopicPartition] = set()
         self._caught_up = asyncio.Event()
-        self._changed = asyncio.Condition()
+        # Who waits for a change of which execution (wait_until): woken by apply(), whoever applies
+        # (the tail, the bridge, our own writes); one execution's change wakes only its waiters.
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         # Called with the first snapshot of every execution this view learns of (e.g. session followers).
         self.on_new: list[Callable[[ExecutionStatus], None]] = []
 
@@ -60,29 +61,43 @@ class StatusView:
         current = self._items.get(status.execution_id)
         if current is None:
             self._items[status.execution_id] = status
+            self._wake(status.execution_id)
             for listener in self.on_new:
                 listener(status)
             return True
         if status.supersedes(current):
             self._items[status.execution_id] = status.merged_over(current)
+            self._wake(status.execution_id)
             return True
         return False
+
+    def _wake(self, execution_id: str) -> None:
+        for waiter in self._waiters.pop(execution_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait_until(
         self, execution_id: str, predicate: Callable[[ExecutionStatus], bool], *, timeout: float
     ) -> ExecutionStatus | None:
         """Wait until the execution's snapshot satisfies ``predicate`` (or timeout); return the latest."""
 
-        def ready() -> bool:
-            current = self._items.get(execution_id)
-            return current is not None and predicate(current)
-
-        async def _wait() -> None:
-            async with self._changed:
-                await self._changed.wait_for(ready)
-
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: no Task per wait (1,000 subscribers wait at once)
+                while True:
+                    current = self._items.get(execution_id)
+                    if current is not None and predicate(current):
+                        break
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    self._waiters.setdefault(execution_id, []).append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        waiters = self._waiters.get(execution_id)
+                        if waiters is not None and waiter in waiters:  # timed out or cancelled: not woken
+                            waiters.remove(waiter)
+                            if not waiters:
+                                del self._waiters[execution_id]
         return self._items.get(execution_id)
 
     async def sync(self, *, timeout: float) -> bool:
@@ -135,7 +150,7 @@ class StatusView:
             status = ExecutionStatus.model_validate_json(record.value)
         except ValidationError as exc:
             raise PoisonRecord(f"invalid status snapshot: {exc}") from exc
-        self._changed_in_batch |= self.apply(status)
+        self.apply(status)
 
     async def _after_batch(self, batches: Batches) -> None:
         if self._pending and self.reader is not None:
@@ -144,10 +159,6 @@ class StatusView:
                     self._pending.discard(tp)
             if not self._pending:
                 self._caught_up.set()
-        if self._changed_in_batch:
-            self._changed_in_batch = False
-            async with self._changed:
-                self._changed.notify_all()
 
     async def stop(self) -> None:
         reader, self.reader = self.reader, None

@@ -206,8 +206,11 @@ class Executor:
             self._stack = stack.pop_all()
 
     async def _tick_claims(self) -> None:
+        # A tenth of the lease: a stall is still seen long before the broker could evict us (half a
+        # session timeout), and an idle executor wakes twice a second for it, not ten times.
+        period = min(claim.ttl_s for claim in self._claims.values()) / 10 if self._claims else 0.5
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(period)
             for claim in self._claims.values():
                 claim.tick()
 

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from schemas.agents import AgentSpec
 from services.common.agents import load_agents
 from services.common.errors import DomainError
+from services.common.heap import freeze_startup_heap
 from services.common.kafka import ensure_topics, make_producer, start_client
 from services.common.memory import Trimmer
 from services.common.observability import metrics
@@ -90,6 +91,7 @@ def create_app(settings: OrchestratorSettings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_state(settings) as state:
             app.state.agentstream = state
+            freeze_startup_heap()
             yield
 
     routes = [

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.common.errors import DomainError
+from services.common.heap import freeze_startup_heap
 from services.common.kafka import ensure_topics, make_producer, start_client
 from services.common.observability import metrics
 from services.common.observability.asgi import TelemetryMiddleware, metrics_endpoint
@@ -85,6 +86,7 @@ def create_bridge_app(settings: OrchestratorSettings | None = None) -> Starlette
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_bridge(settings) as state:
             app.state.agentstream = state
+            freeze_startup_heap()
             yield
 
     routes = [

@@ -39,6 +39,9 @@ class OrchestratorSettings(BaseSettings):
     # Bounded per-client send buffer of the bridge (WebSocket and SSE); past it, the client is cut off.
     stream_buffer_kb: int = 8192
     ws_send_timeout_s: float = 10.0
+    # Frames to a WebSocket that keeps up go straight to uvicorn's transport (wswire.py); false: every
+    # frame through the per-client writer and Starlette's send_text (a way back should uvicorn change).
+    ws_direct_writes: bool = True
     # A heartbeat goes to an idle WebSocket (message) or SSE stream (comment) this often.
     heartbeat_s: float = 15.0
     # Tenant -> reply topics its requests may name in `reply_to` (full topic names); the bridge serves them too.

@@ -103,7 +103,11 @@ async def stream(websocket: WebSocket) -> None:
     settings = stream_state_of(websocket).settings
     bridge = _bridge(websocket)
     sink = WebSocketSink(
-        websocket, max_bytes=settings.stream_buffer_kb * 1024, send_timeout_s=settings.ws_send_timeout_s, heartbeat_s=settings.heartbeat_s
+        websocket,
+        max_bytes=settings.stream_buffer_kb * 1024,
+        send_timeout_s=settings.ws_send_timeout_s,
+        heartbeat_s=settings.heartbeat_s,
+        direct_writes=settings.ws_direct_writes,
     )
     sink.tenant_id = tenant
     bridge.attach(sink)
