@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import logging
 import signal
 import socket
@@ -23,6 +22,7 @@ import typer
 
 from services.cli.base import app, console, err, fail, prog
 from services.common.errors import KafkaUnavailable
+from services.common.heap import freeze_startup_heap
 
 log = logging.getLogger("agentstream.up")
 LogFormat = Annotated[str | None, typer.Option(help="auto (coloured on a terminal, else JSON) | json | pretty | text.")]
@@ -52,12 +52,7 @@ def run_service(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
-def freeze_heap() -> None:
-    """Once a service has started: what is alive now (modules, settings, clients) lives as long as the
-    process, so move it out of the collector's generations; a full collection then walks only what the
-    token path allocates (``gc.freeze``)."""
-    gc.collect()
-    gc.freeze()
+freeze_heap = freeze_startup_heap  # the executor and `up`; the apps freeze in their lifespans (heap.py)
 
 
 def _server(host: str | None, port: int | None, *, bridge_only: bool = False) -> Any:
