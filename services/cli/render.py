@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,8 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 TERMINAL = {"execution.completed", "execution.failed", "execution.cancelled"}
+WAITS = {"tool.call.approval_requested", "input.requested"}  # what a person at the terminal is asked about
+Ask = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass
@@ -88,6 +90,21 @@ class Transcript:
                 )
             )
             self.status = "waiting for approval"
+        elif kind == "input.requested":
+            out += self._commit()
+            call_id, execution_id = event.get("call_id"), event.get("execution_id")
+            out.append(
+                Text.assemble(
+                    ("? the agent asks: ", "magenta"),
+                    (str(event.get("question", "")), "bold"),
+                    f" (call {call_id}, until {event.get('deadline')}); ",
+                    (f'agentstream answer {execution_id} {call_id} "..."', "bold"),
+                )
+            )
+            self.status = "waiting for your answer"
+        elif kind == "input.provided":
+            by = " (deadline passed, no answer)" if event.get("by") == "deadline" else ""
+            out.append(Text(f"✓ answered {event.get('call_id')}{by}: {event.get('text', '')}", style="magenta"))
         elif kind == "tool.call.approval_decided":
             verdict = "approved" if event.get("decision") == "approve" else "rejected"
             why = f": {event['reason']}" if event.get("reason") else ""
@@ -135,14 +152,20 @@ class Transcript:
         return (self.outcome or {}).get("type") == "execution.completed"
 
 
-async def render_stream(console: Console, items: AsyncGenerator[dict[str, Any], None], transcript: Transcript) -> Transcript:
+async def render_stream(
+    console: Console, items: AsyncGenerator[dict[str, Any], None], transcript: Transcript, *, ask: Ask | None = None
+) -> Transcript:
     """Render ``{"cursor", "event"}`` items until the execution ends. On a terminal the pending text is
-    a live region (so it can be taken back); elsewhere lines are printed once they are final."""
+    a live region (so it can be taken back); elsewhere lines are printed once they are final. ``ask``
+    (given when a person is at the terminal) is awaited on an approval request or a question, with
+    the live region stopped, so its prompt is not drawn over."""
     if not console.is_terminal:
         async with contextlib.aclosing(items):
             async for item in items:
                 for line in transcript.apply(item["event"], cursor=item.get("cursor")):
                     console.print(line, highlight=False, soft_wrap=True)
+                if ask is not None and item["event"].get("type") in WAITS:
+                    await ask(item["event"])
                 if transcript.outcome is not None:
                     break
         console.print(transcript.summary(), highlight=False, soft_wrap=True)
@@ -153,6 +176,12 @@ async def render_stream(console: Console, items: AsyncGenerator[dict[str, Any], 
             async for item in items:
                 for line in transcript.apply(item["event"], cursor=item.get("cursor")):
                     live.console.print(line, highlight=False, soft_wrap=True)
+                if ask is not None and item["event"].get("type") in WAITS:
+                    live.stop()
+                    try:
+                        await ask(item["event"])
+                    finally:
+                        live.start()
                 live.update(Group(transcript.live()))
                 if transcript.outcome is not None:
                     break
