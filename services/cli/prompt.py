@@ -16,7 +16,8 @@ from typing import Any
 from services.cli.api import Api
 from services.cli.base import CliError, console, err
 
-SETTLE_POLLS, SETTLE_POLL_S = 100, 0.1  # at most ~10 s for the waiting snapshot to follow its event
+SETTLE_POLLS, SETTLE_POLL_S = 300, 0.1  # at most ~30 s for the waiting snapshot to follow its event
+ENDED = {"completed", "failed", "cancelled", "timed_out"}
 MAX_LINE_BYTES = 64 * 1024  # one answer; the API bounds what it accepts (schemas/bounds.py)
 
 
@@ -60,7 +61,7 @@ class Asker:
         self._execution_id = execution_id
 
     async def __call__(self, event: dict[str, Any]) -> None:
-        if await self._state() != "waiting":
+        if not await self._still_waits(int(event.get("attempt") or 0)):
             return  # a replayed request (attach to an execution that went on): not asked again
         call_id = str(event.get("call_id", ""))
         if event.get("type") == "input.requested":
@@ -82,17 +83,20 @@ class Asker:
                 await self._post(f"approvals/{call_id}", {"decision": "reject", "reason": (reason or "").strip()}, call_id)
                 return
 
-    async def _state(self) -> str:
-        """The execution's state once it left ``running``: the waiting snapshot follows the request
-        event by a moment (the attempt parks after announcing it), and a decision before it is a 409."""
-        state = "running"
+    async def _still_waits(self, attempt: int) -> bool:
+        """Whether the execution still waits on the request of ``attempt``. The waiting snapshot
+        follows the request event by a moment (the attempt parks after announcing it), so a view
+        still ``running`` that attempt is polled (bounded; past the bound, asked: a late decision gets
+        the API's answer). A later attempt or an end means it went on (a request replayed by attach)."""
         for _ in range(SETTLE_POLLS):
             view = await self._api.call("GET", f"/v1/executions/{self._execution_id}", what=f"execution {self._execution_id}")
-            state = str(view.get("status"))
-            if state not in ("queued", "running"):
-                break
+            state, now = str(view.get("status")), int(view.get("attempt") or 0)
+            if now > attempt or state in ENDED:
+                return False
+            if state == "waiting":
+                return True
             await asyncio.sleep(SETTLE_POLL_S)
-        return state
+        return True
 
     async def _post(self, path: str, body: dict[str, Any], call_id: str) -> None:
         try:

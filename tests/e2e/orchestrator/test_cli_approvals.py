@@ -160,6 +160,13 @@ async def test_run_asks_y_n_and_the_question_on_a_terminal_and_prints_the_comman
                 assert term.proc is not None and term.proc.returncode == 0, term.text
                 assert "the agent asks: Which colour?" in term.text and "answered ask_1: the red one" in term.text
                 assert "Done:" in term.text and "the red one" in term.text
+                first = term.text.split("agentstream approve|reject ", 1)[1].split()[0]
+
+                # attach replays the requests of an execution that went on: shown, not asked again.
+                async with Terminal("attach", first, env=env) as term:
+                    await term.expect("completed")
+                assert term.proc is not None and term.proc.returncode == 0, term.text
+                assert "approval needed" in term.text and "[y/n]" not in term.text and "your answer" not in term.text
 
                 # n: a reason is asked; rejected, the tool never runs, the model reads the reason.
                 async with Terminal("run", "--agent", "booker", "please book B", env=env) as term:
