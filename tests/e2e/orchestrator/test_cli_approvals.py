@@ -179,6 +179,21 @@ async def test_run_asks_y_n_and_the_question_on_a_terminal_and_prints_the_comman
                 assert "call call_1 rejected: too expensive" in term.text and "Done:" in term.text
                 assert service.calls == [{"item": "A"}]
 
+                # Decided elsewhere (the API, the console) while asked: the question is withdrawn, the stream goes on.
+                async with Terminal("run", "--agent", "booker", "please book D", env=env) as term:
+                    at = await term.expect("[y/n] ")
+                    third = term.text.split("agentstream approve|reject ", 1)[1].split()[0]
+                    r = await orch.post(f"/v1/executions/{third}/approvals/call_1", {"decision": "approve"})
+                    assert r.status_code == 200, r.text
+                    at = await term.expect("call call_1 approved", at)
+                    at = await term.expect("your answer: ", at)
+                    r = await orch.post(f"/v1/executions/{third}/inputs/ask_1", {"text": "green"})
+                    assert r.status_code == 200, r.text
+                    await term.expect("completed", at)
+                assert term.proc is not None and term.proc.returncode == 0, term.text
+                assert "answered ask_1: green" in term.text and "not sent" not in term.text
+                assert service.calls == [{"item": "A"}, {"item": "D"}]
+
                 # Piped: no question; the commands are printed and the stream goes on until decided elsewhere.
                 proc = await asyncio.create_subprocess_exec(
                     str(AGENTSTREAM), "run", "--agent", "booker", "please book C", env=env,
