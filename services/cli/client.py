@@ -17,6 +17,7 @@ from rich.table import Table
 
 from services.cli.api import Api
 from services.cli.base import DEFAULT_KEY, DEFAULT_URL, ApiKey, CliError, Url, app, console, err, fail, prog
+from services.cli.prompt import Asker, interactive
 from services.cli.render import Transcript, render_stream
 
 Json = Annotated[bool, typer.Option("--json", help="JSON (lines, for a stream) instead of rendering.")]
@@ -61,7 +62,9 @@ async def _follow(api: Api, execution_id: str, *, cursor: int | None, as_json: b
                     break
         return transcript
 
-    stream = asyncio.ensure_future(json_lines() if as_json else render_stream(console, items, transcript))
+    # A person at the terminal is asked y/n on an approval request and answers questions in the stream.
+    ask = Asker(api, execution_id) if interactive() else None
+    stream = asyncio.ensure_future(json_lines() if as_json else render_stream(console, items, transcript, ask=ask))
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, interrupted.set)
@@ -224,6 +227,27 @@ def reject(
 ) -> None:
     """Reject a tool call an execution waits for: it never runs; the model reads the reason."""
     _decide(execution_id, call_id, {"decision": "reject", "reason": reason}, url, api_key)
+
+
+@app.command()
+def answer(
+    execution_id: str,
+    call_id: str,
+    text: str,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = DEFAULT_KEY,
+) -> None:
+    """Answer a question an execution's agent asked (``input.requested``): it goes on with the answer."""
+
+    async def main() -> int:
+        async with Api(url, api_key) as api:
+            await api.call(
+                "POST", f"/v1/executions/{execution_id}/inputs/{call_id}", json={"text": text}, what=f"question {call_id} of {execution_id}"
+            )
+        console.print(f"answered {call_id}")
+        return 0
+
+    _run_async(main)
 
 
 @app.command()

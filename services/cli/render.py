@@ -9,10 +9,11 @@ back, like the console does. A new attempt (another executor took over) starts t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,9 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 TERMINAL = {"execution.completed", "execution.failed", "execution.cancelled"}
+WAITS = {"tool.call.approval_requested", "input.requested"}  # what a person at the terminal is asked about
+DECIDED = {"tool.call.approval_decided", "input.provided"}  # what withdraws such a question
+Ask = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass
@@ -88,6 +92,21 @@ class Transcript:
                 )
             )
             self.status = "waiting for approval"
+        elif kind == "input.requested":
+            out += self._commit()
+            call_id, execution_id = event.get("call_id"), event.get("execution_id")
+            out.append(
+                Text.assemble(
+                    ("? the agent asks: ", "magenta"),
+                    (str(event.get("question", "")), "bold"),
+                    f" (call {call_id}, until {event.get('deadline')}); ",
+                    (f'agentstream answer {execution_id} {call_id} "..."', "bold"),
+                )
+            )
+            self.status = "waiting for your answer"
+        elif kind == "input.provided":
+            by = " (deadline passed, no answer)" if event.get("by") == "deadline" else ""
+            out.append(Text(f"✓ answered {event.get('call_id')}{by}: {event.get('text', '')}", style="magenta"))
         elif kind == "tool.call.approval_decided":
             verdict = "approved" if event.get("decision") == "approve" else "rejected"
             why = f": {event['reason']}" if event.get("reason") else ""
@@ -135,26 +154,99 @@ class Transcript:
         return (self.outcome or {}).get("type") == "execution.completed"
 
 
-async def render_stream(console: Console, items: AsyncGenerator[dict[str, Any], None], transcript: Transcript) -> Transcript:
+class Questions:
+    """What the person at the terminal is asked, one question at a time, beside the stream (not in
+    its way): a decision arriving in the stream (made elsewhere, or the deadline's) withdraws its
+    question. The live region is stopped while a question is on screen, so it is not drawn over."""
+
+    def __init__(self, console: Console, ask: Ask, live: Live | None) -> None:
+        self._console, self._ask, self._live = console, ask, live
+        self._queue: dict[str, dict[str, Any]] = {}  # call id -> its request, asked in order
+        self._current: tuple[str, asyncio.Task[None]] | None = None
+        self._closed = False
+
+    def fold(self, event: dict[str, Any]) -> None:
+        kind, call_id = event.get("type"), str(event.get("call_id", ""))
+        if kind in WAITS:
+            self._queue[call_id] = event
+            self._next()
+        elif kind in DECIDED:
+            self._queue.pop(call_id, None)
+            if self._current is not None and self._current[0] == call_id and not self._current[1].done():
+                self._current[1].cancel()
+                self._console.print()  # end the prompt's line; the decision's line follows
+
+    def _next(self) -> None:
+        if self._closed or self._current is not None:
+            return
+        if not self._queue:
+            if self._live is not None:
+                self._live.start()
+            return
+        call_id = next(iter(self._queue))
+        event = self._queue.pop(call_id)
+        if self._live is not None:
+            self._live.stop()
+        task = asyncio.ensure_future(self._ask(event))
+        self._current = (call_id, task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._current = None
+        if not task.cancelled() and task.exception() is not None:
+            self._console.print(Text(f"could not ask: {task.exception()}", style="yellow"))
+        self._next()
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.clear()
+        if self._current is not None:
+            self._current[1].cancel()
+
+
+async def render_stream(
+    console: Console, items: AsyncGenerator[dict[str, Any], None], transcript: Transcript, *, ask: Ask | None = None
+) -> Transcript:
     """Render ``{"cursor", "event"}`` items until the execution ends. On a terminal the pending text is
-    a live region (so it can be taken back); elsewhere lines are printed once they are final."""
+    a live region (so it can be taken back); elsewhere lines are printed once they are final. ``ask``
+    (given when a person is at the terminal) is called on an approval request or a question
+    (``Questions``)."""
     if not console.is_terminal:
-        async with contextlib.aclosing(items):
-            async for item in items:
-                for line in transcript.apply(item["event"], cursor=item.get("cursor")):
-                    console.print(line, highlight=False, soft_wrap=True)
-                if transcript.outcome is not None:
-                    break
+        questions = Questions(console, ask, None) if ask is not None else None
+        try:
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    if questions is not None:
+                        questions.fold(item["event"])
+                    for line in transcript.apply(item["event"], cursor=item.get("cursor")):
+                        console.print(line, highlight=False, soft_wrap=True)
+                    if transcript.outcome is not None:
+                        break
+        finally:
+            if questions is not None:
+                questions.close()
         console.print(transcript.summary(), highlight=False, soft_wrap=True)
         return transcript
     live = Live(transcript.live(), console=console, refresh_per_second=12, transient=True, vertical_overflow="visible")
-    async with contextlib.aclosing(items):
-        with live:
-            async for item in items:
-                for line in transcript.apply(item["event"], cursor=item.get("cursor")):
-                    live.console.print(line, highlight=False, soft_wrap=True)
-                live.update(Group(transcript.live()))
-                if transcript.outcome is not None:
-                    break
+    questions = Questions(console, ask, live) if ask is not None else None
+    try:
+        async with contextlib.aclosing(items):
+            with live:
+                async for item in items:
+                    event = item["event"]
+                    if questions is not None and event.get("type") in DECIDED:
+                        questions.fold(event)  # before its line: the withdrawn prompt's line ends first
+                    for line in transcript.apply(event, cursor=item.get("cursor")):
+                        live.console.print(line, highlight=False, soft_wrap=True)
+                    if questions is not None and event.get("type") in WAITS:
+                        questions.fold(event)  # after its line: the request is shown, then asked
+                    live.update(Group(transcript.live()))
+                    if transcript.outcome is not None:
+                        break
+                if questions is not None:
+                    questions.close()
+    finally:
+        if questions is not None:
+            questions.close()
     console.print(transcript.summary(), highlight=False, soft_wrap=True)
     return transcript

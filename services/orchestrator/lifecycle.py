@@ -32,6 +32,7 @@ from services.orchestrator.store import Store
 from services.orchestrator.store.tasks import Task
 from services.orchestrator.submission import Submission, Writes
 from services.orchestrator.taskfeed import TaskFeed
+from services.orchestrator.waitnotices import WaitNotices
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Lifecycle:
         self.dispatcher = dispatcher
         self.agents = agents
         self.background = TaskSet("lifecycle", log=log)  # a session's next enqueued message, started after an end
+        self.wait_notices = WaitNotices()  # callbacks on `waiting`, once per wait (waitnotices.py)
         # The service coordinator's hooks (coordinator.py): every end applied by ``finalize``, job
         # completions that arrived after their job had ended, checks of delegated jobs' results.
         self.end_hooks: list[EndHook] = []

@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 async def sweep(lc: Lifecycle) -> int:
     """Mark open work past its deadline timed out; cancel such executions; apply the default decision
-    to approvals past their deadline (approvals.py). Returns how many."""
+    to approvals past their deadline (approvals.py); enqueue the callback of each new wait. Returns how
+    many timed out or were decided."""
     decided = await approvals.apply_deadlines(lc)
+    await lc.wait_notices.run(lc)  # callbacks of new waits (waitnotices.py)
     async with lc.store.begin() as conn:
         expired = await tasks.expired(conn, now=time.time())
     count = decided

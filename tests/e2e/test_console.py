@@ -23,6 +23,10 @@ from services.executor.app import Executor
 from services.executor.settings import ExecutorSettings
 from services.orchestrator.app import create_app
 from services.orchestrator.settings import OrchestratorSettings
+from tests.e2e.orchestrator.test_cli_approvals import Booking
+from tests.e2e.orchestrator.test_cli_approvals import _files as booking_files
+from tests.e2e.orchestrator.test_cli_approvals import model as booking_model
+from tests.fakes.openai_server import FakeOpenAI
 from tests.support import collect_events, serve
 
 pytestmark = pytest.mark.kafka
@@ -181,3 +185,81 @@ async def test_console_history_agents_cancel_and_reload_at_phone_width(phone: An
     assert "attempts 1 · model steps 2 · restarts 0 · tool calls 1" in timeline, timeline
     assert await page.evaluate("document.documentElement.scrollWidth") <= 390
     await page.screenshot(path=str(SCREENSHOT.with_name("console-phone.png")), full_page=True)
+
+
+@pytest.fixture
+async def approvals_console(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterator[tuple[str, Booking]]:
+    """A console whose `booker` agent needs approval to book (a real HTTP tool) and may ask the user."""
+    service = Booking()
+    async with serve(service.app) as tool_url, FakeOpenAI(default=booking_model) as fake:
+        agents, tools = booking_files(tmp_path, tool_url)
+        database_url = SecretStr(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+        orch = OrchestratorSettings(
+            kafka=kafka_settings, api_keys={"console-key": "console-tenant"}, database_url=database_url, agents_file=agents
+        )
+        executor = ExecutorSettings(
+            kafka=kafka_settings, agents_file=agents, tools_file=tools, compatible_base_url=fake.openai_url, allow_private_tool_urls=True
+        )
+        async with Executor(executor), serve(create_app(orch)) as url:
+            yield url, service
+
+
+async def test_console_approves_rejects_with_a_reason_and_answers_a_question(approvals_console: tuple[str, Booking]) -> None:
+    console_url, service = approvals_console
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await (await browser.new_context(viewport={"width": 1280, "height": 860})).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"{console_url}/console")
+            await page.fill("#api-key", "console-key")
+            await page.click("#signin button")
+            await page.wait_for_selector("#conn.on")
+            await page.select_option("#agent", "booker")
+
+            # Approve: the tool runs once; then the agent's question gets an answer box.
+            await page.fill("#prompt", "please book A")
+            await page.click("#send")
+            await page.wait_for_selector(".turn .wait.approval button.approve", timeout=60_000)
+            assert await page.text_content(".turn .status") == "waiting"
+            assert '{"item":"A"}' in (await page.text_content(".turn .wait.approval") or "")
+            assert service.calls == []
+            await page.click(".turn .wait.approval button.approve")
+            await page.wait_for_selector(".turn .wait.approval.decided .outcome:has-text('approved')", timeout=60_000)
+            await page.wait_for_selector(".turn .wait.question input", timeout=60_000)
+            assert "Which colour?" in (await page.text_content(".turn .wait.question") or "")
+            await page.fill(".turn .wait.question input", "the red one")
+            await page.click(".turn .wait.question button.answer")
+            await page.wait_for_selector(".turn .status.completed", timeout=60_000)
+            first = await page.get_attribute(".turn", "data-execution-id")
+            output = await page.text_content(".turn .output") or ""
+            assert "answered: the red one" in output and "Done:" in output and "booked" in output, output
+            assert "Booking." in output  # the step before the wait stands: the continuation resumed, not restarted
+            assert service.calls == [{"item": "A"}]
+            assert await page.query_selector(".turn .wait button") is None  # decided cards have no buttons left
+
+            # Reject with a reason: the tool never runs; the model reads the reason.
+            await page.fill("#prompt", "please book B")
+            await page.click("#send")
+            await page.wait_for_function(f"document.querySelector('.turn').dataset.executionId !== '{first}'")
+            second = await page.get_attribute(".turn", "data-execution-id")
+            turn = f".turn[data-execution-id='{second}']"
+            await page.wait_for_selector(f"{turn} .wait.approval button.reject", timeout=60_000)
+            await page.fill(f"{turn} .wait.approval input", "too expensive")
+            await page.click(f"{turn} .wait.approval button.reject")
+            await page.wait_for_selector(f"{turn} .status.completed", timeout=60_000)
+            output = await page.text_content(f"{turn} .output") or ""
+            assert "rejected: too expensive" in output and "Done:" in output and "too expensive" in output.split("Done:")[1], output
+            assert service.calls == [{"item": "A"}]
+
+            # A reload replays both turns from their first event: the cards come back decided, without buttons.
+            await page.reload()
+            await page.wait_for_function("document.querySelectorAll('.turn .status.completed').length === 2", timeout=60_000)
+            assert await page.query_selector(".turn .wait button") is None
+            assert len(await page.query_selector_all(".turn .wait.decided")) == 3
+            assert not errors, errors
+        finally:
+            await browser.close()

@@ -200,15 +200,21 @@ function onEvent(item) {
   li.append(el("span", "id", item.execution_id.slice(0, 6)), el("span", "", item.cursor), " " + ev.type); // cursors are per execution
   $("events").prepend(li);
   if (ev.attempt < turn.attempt) return; // a late event of an older attempt
+  if (turn.startsOver && ev.type !== "execution.started") {
+    if (ev.type !== "execution.resumed") {
+      turn.text = "";
+      turn.stepStart = {};
+      turn.output.replaceChildren();
+      turn.segment = null;
+      notice(turn, "attempt " + turn.startsOver + " started again: earlier output discarded");
+    }
+    turn.startsOver = 0;
+  }
   switch (ev.type) {
     case "execution.started":
-      if (turn.attempt && ev.attempt > turn.attempt) {
-        turn.text = "";
-        turn.stepStart = {};
-        turn.output.replaceChildren();
-        turn.segment = null;
-        notice(turn, "attempt " + ev.attempt + " started again: earlier output discarded");
-      }
+      // A later attempt starts over, unless it resumes (an execution.resumed next: issue 16, a
+      // continued approval too): the output is discarded at its first other event, not here.
+      if (turn.attempt && ev.attempt > turn.attempt) turn.startsOver = ev.attempt;
       turn.attempt = ev.attempt;
       setStatus(turn, "running", ev.provider ? ev.provider + (ev.model ? " · " + ev.model : "") : "");
       break;
@@ -249,9 +255,81 @@ function onEvent(item) {
       if (ev.error) tool.card.classList.add("error");
       break;
     }
+    case "tool.call.approval_requested":
+      waitCard(turn, ev, "approval");
+      break;
+    case "input.requested":
+      waitCard(turn, ev, "question");
+      break;
+    case "tool.call.approval_decided":
+    case "input.provided":
+      decided(turn, ev);
+      break;
+    case "execution.resumed":
+      // Steps from from_step on run again: the text the cut-off one had written is void.
+      for (const seg of turn.output.querySelectorAll(".text")) if (Number(seg.dataset.step) >= ev.from_step) seg.remove();
+      for (const step of Object.keys(turn.stepStart)) if (Number(step) >= ev.from_step) delete turn.stepStart[step];
+      turn.segment = null;
+      notice(turn, "resumed from step " + ev.from_step + " (attempt " + ev.attempt + "): the steps above stand");
+      break;
     default:
       if (TERMINAL.has(ev.type)) finish(turn, ev);
   }
+}
+
+// -- waits (issue 16): an approval request gets Approve / Reject (with a reason), a question an
+// answer box; both post to the decision endpoints. The decision's event (ours or anyone's, or the
+// deadline's) closes the card, so a replay after a reload shows the decided card without buttons.
+function waitCard(turn, ev, kind) {
+  const card = el("div", "wait " + kind);
+  card.dataset.callId = ev.call_id;
+  const deadline = new Date(ev.deadline).toLocaleString();
+  if (kind === "approval") {
+    card.append(el("span", "name", ev.tool), " " + JSON.stringify(ev.arguments), el("div", "muted", "needs approval · until " + deadline + " (then " + ev.default + ")"));
+  } else {
+    card.append(el("div", "question-text", ev.question), el("div", "muted", "the agent asks · until " + deadline));
+  }
+  const form = el("form", "decide");
+  const text = el("input");
+  text.maxLength = kind === "approval" ? 4096 : 65536;
+  text.placeholder = kind === "approval" ? "reason (for Reject)" : "your answer";
+  const error = el("div", "error");
+  const buttons = kind === "approval" ? [el("button", "approve", "Approve"), el("button", "reject", "Reject")] : [el("button", "answer", "Answer")];
+  const post = (path, body) => {
+    for (const b of buttons) b.disabled = true;
+    error.textContent = "";
+    api("POST", "/v1/executions/" + turn.id + path, body).catch((err) => {
+      for (const b of buttons) b.disabled = false;
+      error.textContent = String(err.message || err);
+    });
+  };
+  for (const b of buttons) b.type = "button";
+  if (kind === "approval") {
+    buttons[0].addEventListener("click", () => post("/approvals/" + ev.call_id, { decision: "approve" }));
+    buttons[1].addEventListener("click", () => post("/approvals/" + ev.call_id, { decision: "reject", reason: text.value.trim() }));
+  } else {
+    buttons[0].addEventListener("click", () => post("/inputs/" + ev.call_id, { text: text.value }));
+  }
+  form.addEventListener("submit", (e) => { e.preventDefault(); buttons[buttons.length - 1].click(); });
+  form.append(text, ...buttons);
+  card.append(form, error);
+  turn.waits.set(ev.call_id, { card, form });
+  turn.output.append(card);
+  turn.segment = null;
+  setStatus(turn, "waiting", kind === "approval" ? "for your approval" : "for your answer");
+}
+
+function decided(turn, ev) {
+  const wait = turn.waits.get(ev.call_id);
+  if (!wait) return;
+  wait.form.remove();
+  let outcome;
+  if (ev.type === "input.provided") outcome = ev.by === "deadline" ? "no answer before the deadline" : "answered: " + ev.text;
+  else outcome = (ev.decision === "approve" ? "approved" : "rejected") + (ev.arguments ? " with " + JSON.stringify(ev.arguments) : "") + (ev.reason ? ": " + ev.reason : "");
+  if (ev.by === "deadline" && ev.type !== "input.provided") outcome += " (deadline passed)";
+  wait.card.append(el("div", "outcome", outcome));
+  wait.card.classList.add("decided");
+  setStatus(turn, "running", "");
 }
 
 async function finish(turn, ev) {
@@ -309,7 +387,7 @@ function addTurn(executionId, prompt) {
   const box = el("div", "turn");
   box.dataset.executionId = executionId;
   const turn = {
-    id: executionId, prompt, cursor: null, attempt: 0, text: "", stepStart: {}, done: false, tools: new Map(), segment: null,
+    id: executionId, prompt, cursor: null, attempt: 0, text: "", stepStart: {}, done: false, tools: new Map(), waits: new Map(), segment: null, startsOver: 0,
     output: el("div", "output"), notices: el("div"), timeline: el("div"), log: [],
     status: el("span", "status queued", "queued"), detail: el("span"), usage: el("span"),
     cancel: el("button", "cancel", "Cancel"),

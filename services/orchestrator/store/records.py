@@ -193,6 +193,11 @@ async def enqueue_delivery(
     )
 
 
+async def get_delivery(conn: AsyncConnection, delivery_id: str) -> Delivery | None:
+    row = (await conn.execute(select(deliveries).where(deliveries.c.id == delivery_id))).first()
+    return _delivery(row) if row is not None else None
+
+
 async def due_deliveries(conn: AsyncConnection, *, now: float, limit: int = 50) -> list[Delivery]:
     query = (
         select(deliveries)
