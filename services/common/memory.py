@@ -6,7 +6,7 @@ freed pages (glibc's heap, and pymalloc arenas' neighbours in it); ``malloc_trim
 (a synthetic burst of the same shape: 684 MiB freed to 684, trimmed to 122).
 
 ``Trimmer`` checks twice a minute, reading two counters (no collection, no walk): it trims when
-Python's live blocks fell by a quarter since the last trim (a burst ended) or the RSS grew by
+Python's live blocks fell by a quarter, or by a million, since their high-water mark (a burst ended) or the RSS grew by
 ``slack_mb`` (a trim then costs about a millisecond per 100 MiB; steady load triggers neither, so the
 token path never pays for it).
 """
@@ -23,6 +23,10 @@ import sys
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+
+# Live blocks a burst's end frees at least to count as one, however big the heap around it (a quarter
+# of a large heap may be more than a burst ever was): a million small objects, ~50-100 MiB.
+_BURST_BLOCKS = 1_000_000
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -73,7 +77,8 @@ class Trimmer:
             return False
         blocks = sys.getallocatedblocks()
         rss = rss_bytes()
-        if blocks > self._blocks * (1 - self.drop) and rss - self._rss <= self.slack:
+        ended = self._blocks - blocks >= min(self._blocks * self.drop, _BURST_BLOCKS)
+        if not ended and rss - self._rss <= self.slack:
             self._blocks = max(self._blocks, blocks)  # the high-water mark a later drop is measured from
             return False
         before = rss

@@ -1,45 +1,66 @@
-"""The trimmer hands a finished burst's memory back to the system, and leaves steady load alone."""
+"""The trimmer hands a finished burst's memory back to the system, and leaves steady load alone.
+
+The RSS scenarios run in a fresh interpreter: in the test process, earlier tests' freed memory would
+absorb the burst (no growth) and their live objects would hide its end."""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from services.common import memory
 
+needs_glibc = pytest.mark.skipif(memory._malloc_trim() is None or memory.rss_bytes() == 0, reason="needs glibc and /proc")
 
-def _burst() -> list[list[dict[str, object]]]:
+_BURST = """
+import os
+from services.common import memory
+
+def burst():
     # The shape of a burst of streams: many small and middle-sized objects, spread over the heap.
     return [[{"k": os.urandom(40), "v": list(range(20)), "b": b"x" * (100 + 37 * (i % 200))} for i in range(400)] for _ in range(300)]
+"""
 
 
-@pytest.mark.skipif(memory._malloc_trim() is None or memory.rss_bytes() == 0, reason="needs glibc and /proc")
+def _run(body: str) -> None:
+    code = _BURST + textwrap.dedent(body)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@needs_glibc
 def test_a_finished_burst_is_trimmed_and_its_memory_returns() -> None:
-    trimmer = memory.Trimmer(slack_mb=1024)  # growth alone does not trigger: only the burst's end
-    before = memory.rss_bytes()
-    keep = [{"id": i} for i in range(2000)]  # long-lived objects allocated in between pin pages
-    burst = _burst()
-    assert not trimmer.check()  # the burst is live: nothing to give back
-    peak = memory.rss_bytes()
-    assert peak - before > 100 * 2**20
-    del burst
-    assert trimmer.check()
-    after = memory.rss_bytes()
-    assert after - before < (peak - before) / 2, (before, peak, after)
-    assert trimmer.trims == 1
-    assert not trimmer.check()  # nothing changed since: no second trim
-    assert keep
+    _run("""
+        trimmer = memory.Trimmer(slack_mb=1024)  # growth alone does not trigger: only the burst's end
+        before = memory.rss_bytes()
+        keep = [{"id": i} for i in range(2000)]  # long-lived objects allocated in between pin pages
+        held = burst()
+        assert not trimmer.check()  # the burst is live: nothing to give back
+        peak = memory.rss_bytes()
+        assert peak - before > 100 * 2**20, (before, peak)
+        del held
+        assert trimmer.check()
+        after = memory.rss_bytes()
+        assert after - before < (peak - before) / 2, (before, peak, after)
+        assert trimmer.trims == 1
+        assert not trimmer.check()  # nothing changed since: no second trim
+        assert keep
+    """)
 
 
-@pytest.mark.skipif(memory._malloc_trim() is None or memory.rss_bytes() == 0, reason="needs glibc and /proc")
+@needs_glibc
 def test_growth_past_the_slack_trims_once_then_the_new_level_is_the_baseline() -> None:
-    trimmer = memory.Trimmer(slack_mb=32)
-    held = _burst()
-    assert trimmer.check()
-    assert not trimmer.check()
-    assert held
+    _run("""
+        trimmer = memory.Trimmer(slack_mb=32)
+        held = burst()
+        assert trimmer.check()
+        assert not trimmer.check()
+        assert trimmer.trims == 1 and held
+    """)
 
 
 def test_the_loop_survives_a_failing_trim_and_stops() -> None:
