@@ -100,7 +100,7 @@ class EventsFollower(_Follower):
             # Another replica may have accepted it a moment ago, and our view not read its queued
             # snapshot yet: read the status topic up to now first, or its end would be taken for a
             # forged id's and ignored (the execution left open until its deadline).
-            await self._lifecycle.status.sync(timeout=self._lifecycle.settings.session_settle_s)
+            await self._lifecycle.status.sync(timeout=2.0, since=record.timestamp / 1000)
         store = self._lifecycle.store
         if type_ in _TERMINAL:
             await self._lifecycle.finalize(

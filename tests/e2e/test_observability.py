@@ -205,8 +205,6 @@ async def test_one_trace_spans_every_hop(obs: Obs, spans: InMemorySpanExporter) 
     assert all(d.parent is not None and d.parent.span_id == consume.context.span_id for d in deliver)
     assert sum(int(str((s.attributes or {}).get("gen_ai.usage.output_tokens", 0))) for s in llm) > 0
     assert consume.attributes is not None and consume.attributes["agentstream.execution_id"] == execution_id
-    # No span per token: a handful of spans for the whole execution, however many tokens it streamed.
-    assert len(mine) <= 10, sorted(s.name for s in mine)
 
     # Every event the executor emitted carries its traceparent: the consume span's context.
     consumer = AIOKafkaConsumer(obs.kafka.topics.events, bootstrap_servers=obs.kafka.bootstrap, auto_offset_reset="earliest")
@@ -221,6 +219,12 @@ async def test_one_trace_spans_every_hop(obs: Obs, spans: InMemorySpanExporter) 
         await consumer.stop()
     expected = f"00-{trace_id}-{consume.context.span_id:016x}-01"
     assert {header(r.headers, "traceparent") for r in records} == {expected}
+    # No span per token: the bridge's delivery spans are at most one per event other than a token
+    # (how many fetch batches those fall in varies), and the other hops a handful for the execution.
+    others = [r for r in records if header(r.headers, "type") != "token.delta"]
+    assert len(records) > len(others)  # it streamed tokens
+    assert len(deliver) <= len(others), (len(deliver), [header(r.headers, "type") for r in others])
+    assert len(mine) - len(deliver) <= 7, sorted(s.name for s in mine)
 
 
 async def test_json_logs_carry_ids_and_never_a_secret(kafka_settings: KafkaSettings, spans: InMemorySpanExporter) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -257,7 +258,7 @@ async def test_an_end_read_by_a_replica_whose_view_lags_is_applied_not_ignored(k
                 {"type": "execution.completed", "execution_id": sub.execution_id, "tenant_id": "tenant-a", "attempt": 1, "output": "done"}
             )
             record = ConsumerRecord(
-                kafka_settings.topics.events, 0, 0, 0, 0, sub.execution_id.encode(), value, None, 1, len(value),
+                kafka_settings.topics.events, 0, 0, int(time.time() * 1000), 0, sub.execution_id.encode(), value, None, 1, len(value),
                 event_headers(type_="execution.completed", tenant_id="tenant-a"),
             )  # fmt: skip
             handling = asyncio.create_task(EventsFollower(b).handle(record))
