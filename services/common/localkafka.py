@@ -227,8 +227,8 @@ class LocalKafka:
             self._java(
                 "kafka.tools.StorageTool",
                 "format",
-                "--cluster-id",
-                self.cluster_id or kafka_uuid(),
+                # One token (``--cluster-id=ID``): the option's parser never takes the id for an option.
+                f"--cluster-id={self.cluster_id or kafka_uuid()}",
                 "--config",
                 str(self.config_file),
                 *quorum,
