@@ -96,11 +96,6 @@ class EventsFollower(_Follower):
             attempt = int(event.get("attempt", 1))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise PoisonRecord(f"malformed {type_}: {exc}") from exc
-        if self._lifecycle.status.get(execution_id) is None:
-            # Another replica may have accepted it a moment ago, and our view not read its queued
-            # snapshot yet: read the status topic up to now first, or its end would be taken for a
-            # forged id's and ignored (the execution left open until its deadline).
-            await self._lifecycle.status.sync(timeout=2.0, since=record.timestamp / 1000)
         store = self._lifecycle.store
         if type_ in _TERMINAL:
             await self._lifecycle.finalize(
