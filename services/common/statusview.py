@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.status import ExecutionStatus
@@ -37,7 +35,6 @@ class StatusView:
         self._end: dict[TopicPartition, int] = {}
         self._pending: set[TopicPartition] = set()
         self._caught_up = asyncio.Event()
-        self._synced_from = 0.0  # when the last complete sync() started (wall clock)
         # Who waits for a change of which execution (wait_until): woken by apply(), whoever applies
         # (the tail, the bridge, our own writes); one execution's change wakes only its waiters.
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -102,35 +99,6 @@ class StatusView:
                             if not waiters:
                                 del self._waiters[execution_id]
         return self._items.get(execution_id)
-
-    async def sync(self, *, timeout: float, since: float | None = None) -> bool:
-        """Read the status topic up to its end as it is now; True once there (False on timeout, on a
-        Kafka error, or with no Kafka source). An execution the view still does not know after it was
-        never accepted: its queued snapshot is acknowledged before any executor can read its request,
-        so before any of its events exist. ``since`` (wall-clock seconds, e.g. the record's timestamp):
-        a sync that started after it already covered it, so a run of unknown ids (forged, or one
-        burst of another replica's) costs one round trip, not one each. Off the hot path: only for
-        ids the view does not know."""
-        if since is not None and since > 0 and self._synced_from >= since:  # 0: a record without a timestamp
-            return True
-        reader = self.reader
-        consumer = getattr(reader.source, "consumer", None) if reader is not None else None
-        if reader is None or consumer is None or not self._end:
-            return False
-        started = time.time()
-        try:
-            async with asyncio.timeout(timeout):
-                end: dict[TopicPartition, int] = await consumer.end_offsets(list(self._end))
-                while [tp for tp, offset in end.items() if await reader.position(tp) < offset]:
-                    await asyncio.sleep(0.005)  # the reader is fetching: rare, bounded, off the hot path
-        except (TimeoutError, KafkaError) as exc:
-            # Counted as covered all the same: a view that cannot catch up now must not make every
-            # unknown id of the same run wait again (the reader fuzz: one forged id after another).
-            self._synced_from = max(self._synced_from, started)
-            log.info("status view %s: not synced (%s)", self._name, type(exc).__name__)
-            return False
-        self._synced_from = max(self._synced_from, started)
-        return True
 
     async def start(self) -> None:
         source, start = await open_tail(self._settings, [self._topic], client_id=self._name, from_beginning=True)
