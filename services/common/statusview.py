@@ -69,6 +69,11 @@ class StatusView:
             self._items[status.execution_id] = status.merged_over(current)
             self._wake(status.execution_id)
             return True
+        if current.intake is None and status.intake is not None:
+            # An older snapshot with the intake after a newer one without (our own queued snapshot,
+            # applied at its acknowledgement, after the executor's running one came in by the tail):
+            # keep the intake, the execution's end needs it to write its row.
+            self._items[status.execution_id] = current.model_copy(update={"intake": status.intake})
         return False
 
     def _wake(self, execution_id: str) -> None:

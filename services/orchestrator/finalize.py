@@ -47,7 +47,7 @@ async def finalize(
         task = await tasks.finish(conn, task_id, state, output=output, result=result, error=error, usage=usage, attempt=attempt)
         if task is None and await tasks.get(conn, task_id) is None:
             # The end came before the projection wrote the row: write it now, in this transaction
-            # (NotProjected, retriable, if the status view knows the execution but not its intake).
+            # (from the status view's intake; an id it has no intake for is not ours: ignored).
             if await ensure_row_from_view(conn, lc.status, task_id):
                 task = await tasks.finish(conn, task_id, state, output=output, result=result, error=error, usage=usage, attempt=attempt)
         if task is None:

@@ -11,8 +11,10 @@ half-done: the projection catches up from its committed offset.
 An execution's end may arrive (events topic, another reader) before its row: ``ensure_row`` creates
 the row from the status view in the end's own transaction (``finalize``), so an end is never lost
 nor applied to nothing (the view knows every execution accepted here at once: it is applied at
-submit); when the view knows the execution but not its intake, ``NotProjected`` (retriable) makes
-the events reader try again; an id the view does not know at all is not ours, and ignored.
+submit). An id the view does not know, or knows without its intake, is not ours here, and ignored:
+the view keeps an intake once it has seen one (snapshots of one execution share a partition, so the
+queued snapshot with the intake comes before any other), so one it lacks now will never come, and
+waiting for it would hold back every record behind a forged one (the reader fuzz).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.status import ExecutionStatus
-from services.common.errors import AgentstreamError, PoisonRecord
+from services.common.errors import PoisonRecord
 from services.common.reader import Reader
 from services.common.sources import Batches, Record, open_group
 from services.common.statusview import StatusView
@@ -42,13 +44,6 @@ if TYPE_CHECKING:
     from services.orchestrator.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
-
-
-class NotProjected(AgentstreamError):
-    """The execution's row is not in the store yet and this replica's status view does not know its
-    intake yet either: retry (the view and the projection catch up within moments)."""
-
-    retriable = True
 
 
 def _row(status: ExecutionStatus) -> dict[str, Any]:
@@ -125,15 +120,13 @@ async def ensure_row(conn: AsyncConnection, status: ExecutionStatus) -> bool:
 
 
 async def ensure_row_from_view(conn: AsyncConnection, view: StatusView, execution_id: str) -> bool:
-    """``ensure_row`` from what the status view knows. An execution the view does not know at all is
-    none of ours (a foreign or forged id: nothing to write, False, as before the projection: an
-    unknown id must not hold back the records behind it for the retries' 16 s); one it knows without
-    its intake yet is ``NotProjected`` (retriable)."""
+    """``ensure_row`` from what the status view knows. An execution the view does not know, or knows
+    without its intake (a forged snapshot, or one whose queued snapshot was compacted away), is none
+    of ours: nothing to write, False. Not retried: the intake will not come later, and an unknown id
+    must not hold back the records behind it for the retries' 16 s."""
     status = view.get(execution_id)
-    if status is None:
+    if status is None or status.intake is None:
         return False
-    if status.intake is None:
-        raise NotProjected(f"execution {execution_id} is not projected yet")
     return await ensure_row(conn, status)
 
 

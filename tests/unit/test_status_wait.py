@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from schemas.status import ExecutionStatus
+from schemas.status import ExecutionStatus, Intake
 from services.common.statusview import StatusView
 from tests.unit.test_fencing import KAFKA
 
@@ -31,3 +31,15 @@ async def test_a_waiter_that_times_out_leaves_nothing_behind() -> None:
     view = StatusView(KAFKA)
     assert await view.wait_until("e1", lambda _: True, timeout=0.01) is None
     assert view._waiters == {}
+
+
+def test_an_intake_applied_after_a_newer_snapshot_is_kept() -> None:
+    """Our own queued snapshot (with the intake) applied at its acknowledgement, after the executor's
+    running one came in by the tail: the view keeps the newer state and gains the intake (an end
+    then writes the row from it; without it the end was ignored as not ours)."""
+    view = StatusView(KAFKA)
+    view.apply(ExecutionStatus(execution_id="e1", tenant_id="t", state="running", attempt=1))
+    intake = Intake(deadline=1.0, accepted_at=0.0, origin="api")
+    assert not view.apply(ExecutionStatus(execution_id="e1", tenant_id="t", intake=intake))
+    got = view.get("e1")
+    assert got is not None and got.state == "running" and got.intake == intake
