@@ -31,6 +31,10 @@ class StatusView:
         self._name = name
         self._topic = settings.topics.status
         self._items: dict[str, ExecutionStatus] = {}
+        # Indexes, so no per-request or per-sweep scan grows with every execution the view holds:
+        # a session's executions (by tenant and session), and the ones parked ``waiting``.
+        self._by_session: dict[tuple[str, str], list[str]] = {}
+        self._waiting: dict[str, ExecutionStatus] = {}
         self.reader: Reader | None = None
         self._end: dict[TopicPartition, int] = {}
         self._pending: set[TopicPartition] = set()
@@ -46,12 +50,12 @@ class StatusView:
 
     def for_session(self, tenant_id: str, session_id: str) -> list[ExecutionStatus]:
         """The session's executions, oldest first."""
-        found = [s for s in self._items.values() if s.session_id == session_id and s.tenant_id == tenant_id]
+        found = [self._items[i] for i in self._by_session.get((tenant_id, session_id), ())]
         return sorted(found, key=lambda s: s.created_at)
 
     def waiting(self) -> list[ExecutionStatus]:
         """Executions parked for an approval (issue 16): what the sweeper applies deadlines to."""
-        return [s for s in self._items.values() if s.state == "waiting"]
+        return list(self._waiting.values())
 
     def __len__(self) -> int:
         return len(self._items)
@@ -60,21 +64,30 @@ class StatusView:
         """Merge a snapshot (from the topic or our own write); True if it changed the view."""
         current = self._items.get(status.execution_id)
         if current is None:
-            self._items[status.execution_id] = status
+            self._put(status)
+            if status.session_id is not None:
+                self._by_session.setdefault((status.tenant_id, status.session_id), []).append(status.execution_id)
             self._wake(status.execution_id)
             for listener in self.on_new:
                 listener(status)
             return True
         if status.supersedes(current):
-            self._items[status.execution_id] = status.merged_over(current)
+            self._put(status.merged_over(current))
             self._wake(status.execution_id)
             return True
         if current.intake is None and status.intake is not None:
             # An older snapshot with the intake after a newer one without (our own queued snapshot,
             # applied at its acknowledgement, after the executor's running one came in by the tail):
             # keep the intake, the execution's end needs it to write its row.
-            self._items[status.execution_id] = current.model_copy(update={"intake": status.intake})
+            self._put(current.model_copy(update={"intake": status.intake}))
         return False
+
+    def _put(self, status: ExecutionStatus) -> None:
+        self._items[status.execution_id] = status
+        if status.state == "waiting":
+            self._waiting[status.execution_id] = status
+        else:
+            self._waiting.pop(status.execution_id, None)
 
     def _wake(self, execution_id: str) -> None:
         for waiter in self._waiters.pop(execution_id, ()):

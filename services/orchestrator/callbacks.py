@@ -22,6 +22,7 @@ import orjson
 
 from services.common.errors import InvalidInput
 from services.common.urlguard import RefusedAddress, Resolver, SystemResolver, UnresolvedHost, guarded_client, public_addresses
+from services.orchestrator.nextdue import NextDue
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store, records, tenants
 from services.orchestrator.store.records import Delivery
@@ -71,6 +72,9 @@ class Dispatcher:
         self._resolver = resolver or SystemResolver()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # The store is polled when a delivery falls due (its next attempt, a lease running out), when
+        # this replica enqueues one (wake), and every ``store_refresh_s`` for other replicas' (nextdue.py).
+        self.next_due = NextDue(settings.store_refresh_s)
         self._http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -90,20 +94,24 @@ class Dispatcher:
             self._http = None
 
     def wake(self) -> None:
+        self.next_due.hint(0.0)
         self._wake.set()
 
     async def _run(self) -> None:
         while True:
-            try:
-                await self.run_due()
-            except Exception:  # a store hiccup must not end the loop
-                log.exception("callbacks: dispatch round failed")
+            if self.next_due.due(time.time()):
+                try:
+                    await self.run_due()
+                except Exception:  # a store hiccup must not end the loop: try again after the poll interval
+                    log.exception("callbacks: dispatch round failed")
+                    self.next_due.hint(time.time() + self._settings.callback_poll_s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.callback_poll_s)
+                await asyncio.wait_for(self._wake.wait(), max(self.next_due.wait_s(time.time()), 0.001))
             self._wake.clear()
 
     async def run_due(self) -> int:
         now = time.time()
+        self.next_due.polling()
         async with self._store.begin() as conn:
             due = await records.due_deliveries(conn, now=now)
         leased = []
@@ -112,6 +120,8 @@ class Dispatcher:
                 if await records.lease_delivery(conn, delivery, until=now + self._settings.callback_timeout_s * 3):
                     leased.append(delivery)
         await asyncio.gather(*(self._attempt(d) for d in leased))
+        async with self._store.begin() as conn:  # after the attempts: their retries and leases are in it
+            self.next_due.polled(now, await records.next_delivery_at(conn))
         return len(leased)
 
     async def _attempt(self, delivery: Delivery) -> None:

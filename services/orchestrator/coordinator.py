@@ -131,6 +131,7 @@ class ServiceCoordinator:
                         session_id=execution.session_id,
                         deadline=deadline,
                     )
+                    self.lifecycle.deadlines.hint(deadline)  # the sweeper's next look at the store
                     await plans.add(
                         conn,
                         execution_id=request.execution_id,

@@ -19,6 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from schemas.agents import AgentSpec
+from schemas.status import ExecutionStatus
 from schemas.status import State as ExecutionState
 from services.common.statusview import StatusView
 from services.common.taskset import TaskSet
@@ -27,6 +28,7 @@ from services.orchestrator.auth import TenantContext
 from services.orchestrator.callbacks import Dispatcher
 from services.orchestrator.hub import TaskHub
 from services.orchestrator.limits import RateLimiter
+from services.orchestrator.nextdue import NextDue
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store
 from services.orchestrator.store.tasks import Task
@@ -63,11 +65,19 @@ class Lifecycle:
         self.agents = agents
         self.background = TaskSet("lifecycle", log=log)  # a session's next enqueued message, started after an end
         self.wait_notices = WaitNotices()  # callbacks on `waiting`, once per wait (waitnotices.py)
+        # When the sweeper next needs the store (nextdue.py): every execution the view learns of, from
+        # any replica, hints its deadline; jobs hint theirs where they are created.
+        self.deadlines = NextDue(settings.store_refresh_s)
+        status.on_new.append(self._hint_deadline)
         # The service coordinator's hooks (coordinator.py): every end applied by ``finalize``, job
         # completions that arrived after their job had ended, checks of delegated jobs' results.
         self.end_hooks: list[EndHook] = []
         self.late_hooks: list[LateHook] = []
         self.result_checks: dict[str, Callable[[Any], str | None]] = {}
+
+    def _hint_deadline(self, status: ExecutionStatus) -> None:
+        if status.intake is not None and not status.terminal:
+            self.deadlines.hint(status.intake.deadline)
 
     async def admit(self, ctx: TenantContext, execution_ids: Sequence[str], *, slots: bool = True) -> None:
         """Count one request; check tokens; take a concurrency slot per execution. ``RateLimited`` if over."""

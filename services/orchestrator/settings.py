@@ -75,6 +75,10 @@ class OrchestratorSettings(BaseSettings):
     execution_timeout_s: float = 600.0
     job_timeout_s: float = 300.0
     sweep_interval_s: float = 1.0
+    # The sweeper and the callback dispatcher query the store only when something there falls due
+    # (as their last query read it, or a hint from this replica says); at least this often besides,
+    # for what other replicas write into a shared store (nextdue.py).
+    store_refresh_s: float = 30.0
 
     session_policy: SessionPolicy = "reject"
     # A chat message whose session's last execution has ended on the events topic, but whose end is
@@ -89,7 +93,7 @@ class OrchestratorSettings(BaseSettings):
     callback_timeout_s: float = 10.0
     callback_max_attempts: int = 6
     callback_backoff_s: float = 2.0
-    callback_poll_s: float = 0.5
+    callback_poll_s: float = 0.5  # after a failed round of the dispatcher, the next one
 
     # Service coordination: the Query (LLM + RAG) and Embedding services, JSON in
     # AGENTSTREAM_QUERY_SERVICE / AGENTSTREAM_EMBEDDING_SERVICE, e.g. {"url": "http://q:8101", "token": "..."}.

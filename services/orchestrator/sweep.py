@@ -25,8 +25,12 @@ async def sweep(lc: Lifecycle) -> int:
     many timed out or were decided."""
     decided = await approvals.apply_deadlines(lc)
     await lc.wait_notices.run(lc)  # callbacks of new waits (waitnotices.py)
+    now = time.time()
+    if not lc.deadlines.due(now):  # nothing in the store falls due yet (nextdue.py): no round trip
+        return decided
+    lc.deadlines.polling()
     async with lc.store.begin() as conn:
-        expired = await tasks.expired(conn, now=time.time())
+        expired = await tasks.expired(conn, now=now)
     count = decided
     for task in expired:
         if task.kind == "execution" and await approvals.postpone(lc, task.id):
@@ -41,4 +45,6 @@ async def sweep(lc: Lifecycle) -> int:
                 await lc.request_cancel(task.id, task.tenant_id, terminal_state="timed_out", error=error)
             except KafkaError:
                 log.warning("could not publish the cancel of timed-out execution %s", task.id)
+    async with lc.store.begin() as conn:  # after the round: what it ended or postponed is not next
+        lc.deadlines.polled(now, await tasks.next_deadline(conn))
     return count

@@ -73,6 +73,7 @@ async def _create_job(request: Request, ctx: TenantContext, body: bytes) -> tupl
         )
         task = await tasks.get(conn, job_id)
     assert task is not None
+    state.runtime.lifecycle.deadlines.hint(task.deadline)  # the sweeper's next look at the store
     return 201, task_view(task).model_dump(mode="json")
 
 

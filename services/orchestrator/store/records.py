@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -206,6 +206,12 @@ async def due_deliveries(conn: AsyncConnection, *, now: float, limit: int = 50) 
         .limit(limit)
     )
     return [_delivery(r) for r in await conn.execute(query)]
+
+
+async def next_delivery_at(conn: AsyncConnection) -> float | None:
+    """When the earliest pending delivery falls due (its next attempt, or its lease's end); None if none."""
+    query = select(func.min(deliveries.c.next_attempt_at)).where(deliveries.c.state == "pending")
+    return cast("float | None", (await conn.execute(query)).scalar())
 
 
 async def lease_delivery(conn: AsyncConnection, delivery: Delivery, *, until: float) -> bool:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.api import TaskKind
@@ -189,6 +189,12 @@ async def extend_deadline(conn: AsyncConnection, task_id: str, deadline: float) 
 async def expired(conn: AsyncConnection, *, now: float, limit: int = 100) -> list[Task]:
     query = select(tasks).where(tasks.c.state.in_(OPEN_STATES), tasks.c.deadline < now).order_by(tasks.c.deadline).limit(limit)
     return [_task(r) for r in await conn.execute(query)]
+
+
+async def next_deadline(conn: AsyncConnection) -> float | None:
+    """The earliest deadline of open work; None if there is none."""
+    query = select(func.min(tasks.c.deadline)).where(tasks.c.state.in_(OPEN_STATES))
+    return cast("float | None", (await conn.execute(query)).scalar())
 
 
 async def of_batch(conn: AsyncConnection, batch_id: str) -> list[Task]:
