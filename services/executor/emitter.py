@@ -25,7 +25,7 @@ from aiokafka.structs import RecordMetadata
 from schemas.events import Envelope
 from services.common.kafka import encode, record_headers, shared_headers
 from services.executor.fence import Tenure
-from services.executor.records import TokenRecords
+from services.executor.records import EventIds, TokenRecords
 
 
 class EventEmitter:
@@ -54,6 +54,7 @@ class EventEmitter:
             traceparent=traceparent,
         )
         self._tokens = TokenRecords(envelope)
+        self._token_ids = EventIds()
         # The partition the key hashes to, from the first acknowledgement on: aiokafka's partitioner
         # is murmur2 in pure Python (~3-5 % of the executor's CPU at 100 streams, once per record).
         self._partition: int | None = None
@@ -148,11 +149,11 @@ class EventEmitter:
         self._buffered = 0
         self._seq += 1
         self.token_records += 1
-        event_id, ts = uuid.uuid4(), datetime.now(UTC)
+        event_id, ts = self._token_ids.next(), datetime.now(UTC)
         value = self._tokens.value(text=text, seq=self._seq, step=self._buffer_step, event_id=event_id, ts=ts)
         await self._send("token.delta", value, event_id, ts)
 
-    async def _send(self, type_: str, value: bytes, event_id: uuid.UUID, ts: datetime) -> asyncio.Future[RecordMetadata]:
+    async def _send(self, type_: str, value: bytes, event_id: uuid.UUID | str, ts: datetime) -> asyncio.Future[RecordMetadata]:
         """The one place a record of this execution goes to the producer (and gets its headers)."""
         future: asyncio.Future[RecordMetadata] = await self._producer.send(
             self._topic,

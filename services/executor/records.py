@@ -27,6 +27,22 @@ _TS = datetime(1999, 12, 31, 23, 59, 58, 123457, tzinfo=UTC)
 _TEXT = "\ue000\ue001"  # private-use characters: orjson and pydantic write them raw
 
 
+class EventIds:
+    """Unique event ids for one emitter's token records without a system call each (``uuid4`` reads
+    ``os.urandom``: 5 % of the executor's CPU at 100 streams): one random version-4 UUID per emitter,
+    whose last eight hex digits then count. Still a valid UUID; unique while one emitter writes fewer
+    than 2**32 records."""
+
+    def __init__(self) -> None:
+        base = str(uuid.uuid4())
+        self._prefix = base[:-8]
+        self._n = int(base[-8:], 16)
+
+    def next(self) -> str:
+        self._n = (self._n + 1) & 0xFFFFFFFF
+        return f"{self._prefix}{self._n:08x}"
+
+
 class TokenRecords:
     """Encodes the ``token.delta`` values of one execution attempt (``envelope``: its fields)."""
 
@@ -51,7 +67,7 @@ class TokenRecords:
             cursor = pos + len(mark)
         self._pieces.append(template[cursor:])
 
-    def value(self, *, text: str, seq: int, step: int, event_id: uuid.UUID | None = None, ts: datetime | None = None) -> bytes:
+    def value(self, *, text: str, seq: int, step: int, event_id: uuid.UUID | str | None = None, ts: datetime | None = None) -> bytes:
         """The record value of one ``token.delta``, as pydantic would have serialized it (``event_id``
         and ``ts`` are the caller's when its headers carry them too: CloudEvents' id and time)."""
         event_id = event_id or uuid.uuid4()
@@ -75,8 +91,8 @@ class TokenRecords:
             out.append(pieces[i])
         return b"".join(out)
 
-    def _validated(self, *, text: str, seq: int, step: int, event_id: uuid.UUID, ts: datetime) -> bytes:
-        return TokenDelta(**self._envelope, event_id=event_id, ts=ts, seq=seq, text=text, step=step).model_dump_json().encode()
+    def _validated(self, *, text: str, seq: int, step: int, event_id: uuid.UUID | str, ts: datetime) -> bytes:
+        return TokenDelta(**self._envelope, event_id=uuid.UUID(str(event_id)), ts=ts, seq=seq, text=text, step=step).model_dump_json().encode()
 
 
 def _iso(ts: datetime) -> bytes:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
 
 from schemas.events import TokenDelta
-from services.executor.records import TokenRecords
+from services.executor.records import EventIds, TokenRecords
 
 TEXTS = [
     "hello",
@@ -55,3 +56,15 @@ def test_out_of_bounds_values_are_refused_as_the_model_refuses_them() -> None:
 def test_an_invalid_envelope_is_refused_once_per_execution() -> None:
     with pytest.raises(ValueError):
         TokenRecords({**ENVELOPES[0], "execution_id": ""})
+
+
+def test_event_ids_are_distinct_version_4_uuids_and_serialize_as_pydantic_would() -> None:
+    ids = EventIds()
+    drawn = [ids.next() for _ in range(10_000)]
+    assert len(set(drawn)) == len(drawn)
+    parsed = [uuid.UUID(i) for i in drawn[:100]]
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 and str(u) == i for u, i in zip(parsed, drawn, strict=False))
+    assert EventIds().next()[:-8] != drawn[0][:-8]  # another emitter, another random base
+    value = TokenRecords(ENVELOPES[0]).value(text="a", seq=1, step=0, event_id=drawn[0])
+    event = TokenDelta.model_validate_json(value)
+    assert str(event.event_id) == drawn[0] and event.model_dump_json().encode() == value
