@@ -89,6 +89,10 @@ class StatusView:
         else:
             self._waiting.pop(status.execution_id, None)
 
+    def poke(self, execution_id: str) -> None:
+        """Make the execution's waiters check their predicate again (it may look beyond the view)."""
+        self._wake(execution_id)
+
     def _wake(self, execution_id: str) -> None:
         for waiter in self._waiters.pop(execution_id, ()):
             if not waiter.done():

@@ -92,7 +92,8 @@ class TokenRecords:
         return b"".join(out)
 
     def _validated(self, *, text: str, seq: int, step: int, event_id: uuid.UUID | str, ts: datetime) -> bytes:
-        return TokenDelta(**self._envelope, event_id=uuid.UUID(str(event_id)), ts=ts, seq=seq, text=text, step=step).model_dump_json().encode()
+        event = TokenDelta(**self._envelope, event_id=uuid.UUID(str(event_id)), ts=ts, seq=seq, text=text, step=step)
+        return event.model_dump_json().encode()
 
 
 def _iso(ts: datetime) -> bytes:

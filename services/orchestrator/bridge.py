@@ -200,6 +200,16 @@ class RecentRecords:
             self.bytes -= held.bytes
 
 
+# How long a catching-up subscription waits for its execution's start before it looks again (it is
+# woken at once by the status view, or by the tail when the start comes by: Bridge._dispatch).
+START_RECHECK_S = 0.5
+
+
+def _started_in(buffer: list[Record]) -> bool:
+    """The subscription buffered its execution's start while catching up: every event comes live."""
+    return any(header(r.headers, "type") == "execution.started" for r in buffer)
+
+
 def _attempt(record: Record) -> int:
     """The attempt that wrote a record (header; checked numeric by ``_malformed``); 1 if absent."""
     value = header(record.headers, "attempt")
@@ -333,6 +343,11 @@ class Bridge:
         if terminal:
             self._record_terminal(record)
         subs = self._subs.get(execution_id)
+        if subs and type_ == "execution.started" and any(sub.catching_up for sub in subs):
+            # Subscribers waiting for where the events start (_start_offset) learn it from this record,
+            # now: not when the running snapshot reaches the status view (under load, hundreds of ms
+            # later, while the first tokens waited in their buffers).
+            self.status.poke(execution_id)
         if subs:
             item = EventItem(orjson.dumps(execution_id), record.offset, type_ or "", record.value or b"null")  # one for all of them
             live = False
@@ -504,9 +519,13 @@ class Bridge:
                 return status.events_start_offset
             if status is not None and status.terminal:
                 return None  # ended before any event (cancelled while queued, timed out): nothing to read
-            if any(header(r.headers, "type") == "execution.started" for r in sub.buffer):
+            if _started_in(sub.buffer):
                 return None
-            await self.status.wait_until(sub.execution_id, lambda s: s.events_start_offset is not None or s.terminal, timeout=0.5)
+            await self.status.wait_until(
+                sub.execution_id,
+                lambda s: s.events_start_offset is not None or s.terminal or _started_in(sub.buffer),
+                timeout=START_RECHECK_S,
+            )
 
     async def _read_range(self, sub: Subscription, tp: TopicPartition, start: int) -> None:
         reader = AIOKafkaConsumer(**client_options(self._settings), enable_auto_commit=False, client_id="bridge-catch-up")

@@ -72,3 +72,37 @@ async def test_one_frame_per_record_for_every_subscriber_that_keeps_up() -> None
         for sink in sinks:
             await sink.aclose()
         await bridge.stop()
+
+
+async def test_a_subscriber_waiting_for_the_start_gets_the_tokens_when_the_tail_sees_the_start(monkeypatch: Any) -> None:
+    """Subscribed while queued: its catch-up waits to learn where the events start. The tail's
+    ``execution.started`` wakes it, so the first tokens go out at once, also when the running
+    snapshot reaches the status view late (under load, hundreds of ms). Before, it waited for the
+    snapshot or its re-check timer (here 60 s, so the test cannot pass by the timer)."""
+    import services.orchestrator.bridge as bridge_module
+
+    monkeypatch.setattr(bridge_module, "START_RECHECK_S", 60.0)
+    status = StatusView(KAFKA)
+    bridge = Bridge(KAFKA, status)
+    ids: dict[str, Any] = {"tenant_id": "t", "execution_id": "e1"}
+    status.apply(ExecutionStatus(**ids, events_topic=KAFKA.topics.events))  # queued: no events yet
+    queued = status.get("e1")
+    assert queued is not None
+    ws = KeepingWebSocket()
+    sink = WebSocketSink(cast(WebSocket, ws), max_bytes=1 << 20, send_timeout_s=5, heartbeat_s=60)
+    sink.tenant_id = "t"
+    sink.start()
+    try:
+        bridge.attach(sink)
+        sub = bridge.subscribe(sink, queued, cursor=None)
+        await asyncio.sleep(0.01)  # its catch-up is waiting
+        assert sub.catching_up
+        bridge._handle(record(0, ExecutionStarted(**ids, seq=1)))
+        bridge._handle(record(1, TokenDelta(**ids, seq=2, text="hi")))
+        await until(lambda: not sub.catching_up, timeout=10)  # the status view never heard of the start
+        await until(lambda: sum(len(orjson.loads(f).get("events", [])) for f in ws.sent) == 2, timeout=10)
+        events = [e for f in ws.sent for e in orjson.loads(f).get("events", [])]
+        assert [(e["cursor"], e["event"]["type"]) for e in events] == [(0, "execution.started"), (1, "token.delta")]
+    finally:
+        await sink.aclose()
+        await bridge.stop()
