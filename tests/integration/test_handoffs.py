@@ -1,0 +1,153 @@
+"""Handoffs (issue 20): an agent hands the conversation to another and the session continues with it.
+
+Real broker, an executor in its own process, the orchestrator on loopback, the fake
+OpenAI-compatible model driven through the real SDK path: the triage agent's model calls
+``transfer_to_agent``, the billing agent's model answers. The stream says so, the execution's
+output is billing's, the session's agent becomes billing and its next message runs billing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from services.common.kafka import ensure_topics
+from services.common.settings import KafkaSettings
+from services.orchestrator.app import create_app
+from services.orchestrator.settings import OrchestratorSettings
+from tests.fakes.openai_server import FakeOpenAI, FakeToolCall, Reply
+from tests.support import collect_events, serve, spawn_executor
+
+pytestmark = pytest.mark.kafka
+
+TENANT, KEY = "tenant-handoff", "key-handoff"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+WAIT_S = 120.0
+
+AGENTS = """
+agents:
+  triage:
+    provider: openai_compatible
+    model: triage-model
+    system_prompt: You are the triage desk.
+    tools: []
+    handoffs: [billing]
+  billing:
+    provider: openai_compatible
+    model: billing-model
+    system_prompt: You are the billing desk.
+    tools: [calculator]
+"""
+
+
+def model(body: dict[str, Any]) -> Reply:
+    """Triage hands every question to billing (or, refused, to an agent it may not name); billing answers."""
+    if body["model"] == "triage-model":
+        if any(m["role"] == "tool" for m in body["messages"]):
+            return Reply(text=["Triage answers after all."])
+        target = "admin" if "admin" in body["messages"][-1]["content"] else "billing"
+        arguments = orjson.dumps({"agent": target, "reason": "a billing question"}).decode()
+        return Reply(text=["Let me get billing."], tool_calls=[FakeToolCall("transfer_to_agent", arguments, id="call_h")])
+    users = sum(1 for m in body["messages"] if m["role"] == "user")
+    return Reply(text=[f"Billing here ({users} user messages)."])
+
+
+async def _chat(http: httpx.AsyncClient, session_id: str, content: str) -> str:
+    r = await http.post(f"/v1/sessions/{session_id}/chat", json={"content": content}, headers=AUTH)
+    assert r.status_code == 202, r.text
+    return str(r.json()["execution_id"])
+
+
+async def _until_idle(http: httpx.AsyncClient, session_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            r = await http.get(f"/v1/sessions/{session_id}", headers=AUTH)
+            assert r.status_code == 200, r.text
+            if r.json()["state"] == "idle":
+                return dict(r.json())
+            await asyncio.sleep(0.1)  # polling another process's progress, bounded
+
+
+def _kill(member: subprocess.Popen[bytes]) -> None:
+    if member.poll() is None:
+        member.send_signal(signal.SIGKILL)
+        member.wait(10)
+
+
+async def test_a_handoff_changes_the_sessions_agent(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(AGENTS)
+    async with FakeOpenAI(default=model) as fake:
+        env = {"AGENTSTREAM_EXECUTOR_AGENTS_FILE": str(agents), "AGENTSTREAM_EXECUTOR_COMPATIBLE_BASE_URL": fake.openai_url}
+        await ensure_topics(kafka_settings)
+        member = spawn_executor(kafka_settings, instance_id="handoff-1", env=env)
+        orch = OrchestratorSettings(kafka=kafka_settings, api_keys={KEY: TENANT}, agents_file=agents)
+        try:
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                r = await http.post("/v1/sessions", json={"agent": "triage"}, headers=AUTH)
+                assert r.status_code == 201, r.text
+                session_id = r.json()["session_id"]
+                first = await _chat(http, session_id, "Why was I charged twice?")
+                items = await collect_events(url.replace("http", "ws", 1), KEY, first, timeout=WAIT_S)
+                session = await _until_idle(http, session_id)
+                messages = (await http.get(f"/v1/sessions/{session_id}/messages", headers=AUTH)).json()["messages"]
+                second = await _chat(http, session_id, "And the refund?")
+                again = await collect_events(url.replace("http", "ws", 1), KEY, second, timeout=WAIT_S)
+                second_view = (await http.get(f"/v1/executions/{second}", headers=AUTH)).json()
+                after = await _until_idle(http, session_id)
+        finally:
+            _kill(member)
+
+    events = [i["event"] for i in items]
+    # The stream says so: who handed off to whom, and why; the answer is billing's.
+    [handoff] = [e for e in events if e["type"] == "agent.handoff"]
+    assert (handoff["from_agent"], handoff["to_agent"], handoff["reason"]) == ("triage", "billing", "a billing question")
+    end = events[-1]
+    assert end["type"] == "execution.completed" and end["handed_off_to"] == "billing"
+    assert end["output"] == "Billing here (1 user messages)."
+    # Billing ran with its own prompt and model, over the conversation so far.
+    [billing_first, billing_second] = fake.bodies("billing-model")
+    assert billing_first["messages"][0] == {"role": "system", "content": "You are the billing desk."}
+    assert [t["function"]["name"] for t in billing_first["tools"]] == ["calculator"]
+    # The session continues with billing: GET shows it, the history names who answered ...
+    assert session["agent"] == "billing"
+    answer = next(m for m in messages if m["role"] == "assistant")
+    assert answer["name"] == "billing" and answer["content"] == end["output"]
+    assert [c["tool"] for c in answer["tool_calls"]] == ["transfer_to_agent"]
+    # ... and the next message runs billing, with the history, without asking triage.
+    assert len(fake.bodies("triage-model")) == 1
+    assert billing_second["messages"][0] == {"role": "system", "content": "You are the billing desk."}
+    assert again[-1]["event"]["output"] == "Billing here (2 user messages)."
+    assert again[-1]["event"].get("handed_off_to") is None
+    assert second_view["agent"] == "billing" and after["agent"] == "billing"
+
+
+async def test_a_target_outside_the_list_is_refused_and_the_session_keeps_its_agent(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(AGENTS)
+    async with FakeOpenAI(default=model) as fake:
+        env = {"AGENTSTREAM_EXECUTOR_AGENTS_FILE": str(agents), "AGENTSTREAM_EXECUTOR_COMPATIBLE_BASE_URL": fake.openai_url}
+        await ensure_topics(kafka_settings)
+        member = spawn_executor(kafka_settings, instance_id="handoff-2", env=env)
+        orch = OrchestratorSettings(kafka=kafka_settings, api_keys={KEY: TENANT}, agents_file=agents)
+        try:
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                session_id = (await http.post("/v1/sessions", json={"agent": "triage"}, headers=AUTH)).json()["session_id"]
+                execution_id = await _chat(http, session_id, "Make me an admin")
+                items = await collect_events(url.replace("http", "ws", 1), KEY, execution_id, timeout=WAIT_S)
+                session = await _until_idle(http, session_id)
+        finally:
+            _kill(member)
+    events = [i["event"] for i in items]
+    assert not any(e["type"] == "agent.handoff" for e in events)
+    [done] = [e for e in events if e["type"] == "tool.call.completed"]
+    assert done["tool"] == "transfer_to_agent" and "admin" in done["error"]
+    assert events[-1]["output"] == "Triage answers after all." and events[-1].get("handed_off_to") is None
+    assert fake.bodies("billing-model") == [] and session["agent"] == "triage"
