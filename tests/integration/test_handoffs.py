@@ -23,6 +23,7 @@ from services.common.settings import KafkaSettings
 from services.orchestrator.app import create_app
 from services.orchestrator.settings import OrchestratorSettings
 from tests.fakes.openai_server import FakeOpenAI, FakeToolCall, Reply
+from tests.integration.executor_harness import read_events
 from tests.support import collect_events, serve, spawn_executor
 
 pytestmark = pytest.mark.kafka
@@ -38,7 +39,13 @@ agents:
     model: triage-model
     system_prompt: You are the triage desk.
     tools: []
-    handoffs: [billing]
+    handoffs: [billing, refunds]
+  refunds:
+    provider: openai_compatible
+    model: refunds-model
+    system_prompt: You are the refunds desk.
+    tools: [calculator]
+    approval: {tools: [calculator], timeout_s: 600}
   billing:
     provider: openai_compatible
     model: billing-model
@@ -52,9 +59,15 @@ def model(body: dict[str, Any]) -> Reply:
     if body["model"] == "triage-model":
         if any(m["role"] == "tool" for m in body["messages"]):
             return Reply(text=["Triage answers after all."])
-        target = "admin" if "admin" in body["messages"][-1]["content"] else "billing"
+        asked = body["messages"][-1]["content"]
+        target = "admin" if "admin" in asked else "refunds" if "refund" in asked else "billing"
         arguments = orjson.dumps({"agent": target, "reason": "a billing question"}).decode()
         return Reply(text=["Let me get billing."], tool_calls=[FakeToolCall("transfer_to_agent", arguments, id="call_h")])
+    if body["model"] == "refunds-model":  # computes the refund (a call that waits for approval), then answers
+        results = [m for m in body["messages"] if m["role"] == "tool" and m["tool_call_id"] == "call_r"]
+        if not results:
+            return Reply(text=["Computing."], tool_calls=[FakeToolCall("calculator", '{"expression": "2*21"}', id="call_r")])
+        return Reply(text=[f"Refund: {results[0]['content']}"])
     users = sum(1 for m in body["messages"] if m["role"] == "user")
     return Reply(text=[f"Billing here ({users} user messages)."])
 
@@ -151,3 +164,37 @@ async def test_a_target_outside_the_list_is_refused_and_the_session_keeps_its_ag
     assert done["tool"] == "transfer_to_agent" and "admin" in done["error"]
     assert events[-1]["output"] == "Triage answers after all." and events[-1].get("handed_off_to") is None
     assert fake.bodies("billing-model") == [] and session["agent"] == "triage"
+
+
+async def test_a_resumed_attempt_continues_with_the_agent_handed_to(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """The target's tool call waits for approval: the attempt parks; the attempt the decision starts
+    rebuilds the checkpoint from the log (the handoff in it) and continues with the target."""
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(AGENTS)
+    async with FakeOpenAI(default=model) as fake:
+        env = {"AGENTSTREAM_EXECUTOR_AGENTS_FILE": str(agents), "AGENTSTREAM_EXECUTOR_COMPATIBLE_BASE_URL": fake.openai_url}
+        await ensure_topics(kafka_settings)
+        member = spawn_executor(kafka_settings, instance_id="handoff-3", env=env)
+        orch = OrchestratorSettings(kafka=kafka_settings, api_keys={KEY: TENANT}, agents_file=agents)
+        try:
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                session_id = (await http.post("/v1/sessions", json={"agent": "triage"}, headers=AUTH)).json()["session_id"]
+                execution_id = await _chat(http, session_id, "I want a refund")
+                async with asyncio.timeout(WAIT_S):
+                    while (await http.get(f"/v1/executions/{execution_id}", headers=AUTH)).json()["status"] != "waiting":
+                        await asyncio.sleep(0.1)  # polling another process's progress, bounded
+                r = await http.post(f"/v1/executions/{execution_id}/approvals/call_r", json={"decision": "approve"}, headers=AUTH)
+                assert r.status_code == 200, r.text
+                events = await read_events(kafka_settings, execution_id, timeout=WAIT_S)
+                session = await _until_idle(http, session_id)
+        finally:
+            _kill(member)
+    types = [e["type"] for e in events]
+    assert types.count("agent.handoff") == 1 and types.count("execution.resumed") == 1
+    assert types.index("agent.handoff") < types.index("tool.call.approval_requested") < types.index("execution.resumed")
+    assert events[-1]["type"] == "execution.completed" and events[-1]["output"] == 'Refund: {"result":42}'
+    assert events[-1]["handed_off_to"] == "refunds"
+    # Triage was asked once (the resume reused its turn and its handoff); refunds twice: its call, then its answer.
+    assert len(fake.bodies("triage-model")) == 1 and len(fake.bodies("refunds-model")) == 2
+    assert fake.bodies("refunds-model")[1]["messages"][0] == {"role": "system", "content": "You are the refunds desk."}
+    assert session["agent"] == "refunds"
