@@ -18,6 +18,7 @@ from services.executor.emitter import EventEmitter
 from services.executor.handoffs import HANDOFF_TOOL, Agent
 from services.executor.loop import Outcome, run_agent
 from services.executor.providers.base import Chunk, ModelRequest, TextDelta, ToolCall, TurnEnd
+from services.executor.providers.scripted import ScriptedProvider
 from services.executor.tools import ToolError, builtin_tools
 from tests.unit.test_emitter import ENVELOPE, HeldProducer
 from tests.unit.test_loop_resume import SETTINGS
@@ -209,3 +210,27 @@ def test_an_agent_may_not_hand_off_to_itself_or_name_a_target_twice() -> None:
         AgentSpec(name="a", handoffs=("b", "b"))
     with pytest.raises(ValueError):
         AgentSpec(name="a", handoffs=("not a name",))
+
+
+async def test_the_offline_scripted_model_hands_off_to_an_agent_the_user_names() -> None:
+    """The README's example without an API key: triage hands off, billing uses its calculator and answers."""
+    producer = HeldProducer(auto_ack=True)
+    triage = AgentSpec(name="triage", tools=(), handoffs=("billing",))
+    billing = AgentSpec(name="billing", tools=("calculator",))
+    emitter = EventEmitter(cast(AIOKafkaProducer, producer), topic="events", envelope=dict(ENVELOPE), max_chars=1000)
+
+    async def resolve(name: str) -> Agent:
+        return Agent(billing, builtin_tools(), (billing.system_prompt,))
+
+    outcome = await run_agent(
+        spec=triage,
+        request=ExecutionRequested(tenant_id="t", execution_id="e1", agent_id="triage", input="Put me through to billing: what is 2*21?"),
+        providers={"scripted": ScriptedProvider()},
+        tools=builtin_tools(),
+        emitter=emitter,
+        settings=SETTINGS,
+        resolve=resolve,
+    )
+    assert outcome.agent == "billing" and outcome.output.startswith("The calculator says 42.")
+    assert [h["to_agent"] for h in _sent(producer, "agent.handoff")] == ["billing"]
+    assert [c["tool"] for c in _sent(producer, "tool.call.completed")] == [HANDOFF_TOOL, "calculator"]
