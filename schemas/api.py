@@ -47,6 +47,7 @@ class ExecutionView(BaseModel):
     created_at: str
     updated_at: str
     callbacks: list[CallbackDelivery] = Field(default_factory=list)
+    handed_off_to: str | None = Field(default=None, description="The agent whose answer the output is, when a handoff changed it")
 
 
 class ExecutionSummary(BaseModel):

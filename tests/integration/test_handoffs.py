@@ -88,6 +88,16 @@ async def _until_idle(http: httpx.AsyncClient, session_id: str) -> dict[str, Any
             await asyncio.sleep(0.1)  # polling another process's progress, bounded
 
 
+async def _until_completed(http: httpx.AsyncClient, execution_id: str) -> dict[str, Any]:
+    """The execution's view once the executor's completed snapshot reached it (it follows the terminal event)."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            r = await http.get(f"/v1/executions/{execution_id}", headers=AUTH)
+            if r.status_code == 200 and r.json()["status"] == "completed":
+                return dict(r.json())
+            await asyncio.sleep(0.1)  # polling another process's progress, bounded
+
+
 def _kill(member: subprocess.Popen[bytes]) -> None:
     if member.poll() is None:
         member.send_signal(signal.SIGKILL)
@@ -110,10 +120,11 @@ async def test_a_handoff_changes_the_sessions_agent(kafka_settings: KafkaSetting
                 first = await _chat(http, session_id, "Why was I charged twice?")
                 items = await collect_events(url.replace("http", "ws", 1), KEY, first, timeout=WAIT_S)
                 session = await _until_idle(http, session_id)
+                first_view = await _until_completed(http, first)
                 messages = (await http.get(f"/v1/sessions/{session_id}/messages", headers=AUTH)).json()["messages"]
                 second = await _chat(http, session_id, "And the refund?")
                 again = await collect_events(url.replace("http", "ws", 1), KEY, second, timeout=WAIT_S)
-                second_view = (await http.get(f"/v1/executions/{second}", headers=AUTH)).json()
+                second_view = await _until_completed(http, second)
                 after = await _until_idle(http, session_id)
         finally:
             _kill(member)
@@ -131,6 +142,7 @@ async def test_a_handoff_changes_the_sessions_agent(kafka_settings: KafkaSetting
     assert [t["function"]["name"] for t in billing_first["tools"]] == ["calculator"]
     # The session continues with billing: GET shows it, the history names who answered ...
     assert session["agent"] == "billing"
+    assert first_view["agent"] == "triage" and first_view["handed_off_to"] == "billing"
     answer = next(m for m in messages if m["role"] == "assistant")
     assert answer["name"] == "billing" and answer["content"] == end["output"]
     assert [c["tool"] for c in answer["tool_calls"]] == ["transfer_to_agent"]
@@ -139,7 +151,7 @@ async def test_a_handoff_changes_the_sessions_agent(kafka_settings: KafkaSetting
     assert billing_second["messages"][0] == {"role": "system", "content": "You are the billing desk."}
     assert again[-1]["event"]["output"] == "Billing here (2 user messages)."
     assert again[-1]["event"].get("handed_off_to") is None
-    assert second_view["agent"] == "billing" and after["agent"] == "billing"
+    assert second_view["agent"] == "billing" and second_view["handed_off_to"] is None and after["agent"] == "billing"
 
 
 async def test_a_target_outside_the_list_is_refused_and_the_session_keeps_its_agent(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
