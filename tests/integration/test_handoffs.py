@@ -210,3 +210,37 @@ async def test_a_resumed_attempt_continues_with_the_agent_handed_to(kafka_settin
     assert len(fake.bodies("triage-model")) == 1 and len(fake.bodies("refunds-model")) == 2
     assert fake.bodies("refunds-model")[1]["messages"][0] == {"role": "system", "content": "You are the refunds desk."}
     assert session["agent"] == "refunds"
+
+
+async def test_the_session_keeps_its_agent_when_the_run_fails_or_the_target_is_unknown_here(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """A handoff moves the session only when the chat completed, to an agent this orchestrator can run."""
+    executor_agents, orchestrator_agents = tmp_path / "executor.yaml", tmp_path / "orchestrator.yaml"
+    executor_agents.write_text(AGENTS)
+    # This orchestrator does not know billing (another deployment's agent): it cannot run the session's next message.
+    orchestrator_agents.write_text(AGENTS.split("  billing:")[0])
+
+    def failing_refunds(body: dict[str, Any]) -> Reply:
+        return Reply(status=400, error_message="refunds model refused") if body["model"] == "refunds-model" else model(body)
+
+    async with FakeOpenAI(default=failing_refunds) as fake:
+        env = {"AGENTSTREAM_EXECUTOR_AGENTS_FILE": str(executor_agents), "AGENTSTREAM_EXECUTOR_COMPATIBLE_BASE_URL": fake.openai_url}
+        await ensure_topics(kafka_settings)
+        member = spawn_executor(kafka_settings, instance_id="handoff-4", env=env)
+        orch = OrchestratorSettings(kafka=kafka_settings, api_keys={KEY: TENANT}, agents_file=orchestrator_agents)
+        try:
+            async with serve(create_app(orch)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+                ws = url.replace("http", "ws", 1)
+                unknown = (await http.post("/v1/sessions", json={"agent": "triage"}, headers=AUTH)).json()["session_id"]
+                to_billing = await _chat(http, unknown, "Why was I charged twice?")
+                billing_end = (await collect_events(ws, KEY, to_billing, timeout=WAIT_S))[-1]["event"]
+                failed = (await http.post("/v1/sessions", json={"agent": "triage"}, headers=AUTH)).json()["session_id"]
+                to_refunds = await _chat(http, failed, "I want a refund")
+                refunds_end = (await collect_events(ws, KEY, to_refunds, timeout=WAIT_S))[-1]["event"]
+                sessions = [await _until_idle(http, s) for s in (unknown, failed)]
+        finally:
+            _kill(member)
+    assert billing_end["type"] == "execution.completed" and billing_end["handed_off_to"] == "billing"
+    assert refunds_end["type"] == "execution.failed" and "refused" in refunds_end["reason"]
+    assert [s["agent"] for s in sessions] == ["triage", "triage"]
