@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -12,11 +13,13 @@ from aiokafka import AIOKafkaProducer
 from schemas.agents import AgentSpec
 from schemas.bounds import MAX_HANDOFFS_PER_EXECUTION
 from schemas.events import ExecutionRequested, ExecutionStarted, Usage
+from schemas.status import ExecutionStatus
 from services.common.kafka import encode, header
+from services.executor.attempt import AttemptRun, Ended
 from services.executor.checkpoint import LoggedRecord, rebuild
 from services.executor.emitter import EventEmitter
 from services.executor.handoffs import HANDOFF_TOOL, Agent
-from services.executor.loop import Outcome, run_agent
+from services.executor.loop import ExecutionError, Outcome, run_agent
 from services.executor.providers.base import Chunk, ModelRequest, TextDelta, ToolCall, TurnEnd
 from services.executor.providers.scripted import ScriptedProvider
 from services.executor.tools import ToolError, builtin_tools
@@ -234,3 +237,57 @@ async def test_the_offline_scripted_model_hands_off_to_an_agent_the_user_names()
     assert outcome.agent == "billing" and outcome.output.startswith("The calculator says 42.")
     assert [h["to_agent"] for h in _sent(producer, "agent.handoff")] == ["billing"]
     assert [c["tool"] for c in _sent(producer, "tool.call.completed")] == [HANDOFF_TOOL, "calculator"]
+
+
+class Catalog:
+    """The executor's agent lookup (attempt.py's ``Lookup``), in memory."""
+
+    def __init__(self, agents: dict[str, AgentSpec]) -> None:
+        self.agents = agents
+
+    async def __call__(self, name: str) -> tuple[AgentSpec | None, ExecutionError | None]:
+        return self.agents.get(name), None
+
+
+async def _attempt(agents: dict[str, AgentSpec], desk: Desk, producer: HeldProducer) -> tuple[Ended, list[ExecutionStatus]]:
+    statuses: list[ExecutionStatus] = []
+
+    async def publish(status: ExecutionStatus) -> None:
+        statuses.append(status)
+
+    providers = {"scripted": cast(Any, desk)}
+    run = AttemptRun(providers=providers, tools=builtin_tools(), settings=SETTINGS, cancel_grace_s=1.0, lookup=Catalog(agents))
+    emitter = EventEmitter(cast(AIOKafkaProducer, producer), topic="events", envelope=dict(ENVELOPE), max_chars=1000)
+    request = ExecutionRequested(tenant_id="t", execution_id="e1", agent_id="triage", input="Why was I charged twice?")
+    base = ExecutionStatus(execution_id="e1", tenant_id="t", agent_id="triage", attempt=2, events_topic="events")
+    ended = await run.run(request, emitter=emitter, publish=publish, base=base, cancel=asyncio.Event())
+    return ended, statuses
+
+
+async def test_an_attempt_ends_naming_the_agent_that_answered() -> None:
+    producer = HeldProducer(auto_ack=True)
+    desk = Desk({"triage-m": [transfer("billing")], "billing-m": ["Billing here."]})
+    ended, statuses = await _attempt(AGENTS, desk, producer)
+    assert ended == Ended(finished=True, state="completed")
+    [completed] = _sent(producer, "execution.completed")
+    assert completed["handed_off_to"] == "billing" and completed["agent_id"] == ENVELOPE["agent_id"]
+    assert statuses[-1].state == "completed" and statuses[-1].extra["handed_off_to"] == "billing"
+
+
+async def test_a_target_that_cannot_take_over_is_a_tool_error_and_the_first_agent_answers() -> None:
+    broken = {
+        **AGENTS,
+        # Its prompt needs a variable this request does not have; the other names a provider not configured here.
+        "billing": AGENTS["billing"].model_copy(update={"system_prompt": "Order {{ order.id }}"}),
+        "support": AGENTS["support"].model_copy(update={"provider": "groq"}),
+    }
+    for target, why in (("billing", "cannot take over"), ("support", "not configured")):
+        producer = HeldProducer(auto_ack=True)
+        desk = Desk({"triage-m": [transfer(target), "Triage answers."]})
+        ended, _ = await _attempt(broken, desk, producer)
+        assert ended.state == "completed"
+        [done] = _sent(producer, "tool.call.completed")
+        assert why in done["error"], done["error"]
+        [completed] = _sent(producer, "execution.completed")
+        assert completed["output"] == "Triage answers." and completed["handed_off_to"] is None
+        assert _sent(producer, "agent.handoff") == []
