@@ -23,6 +23,7 @@ from services.executor.loop import ExecutionError, Outcome, run_agent
 from services.executor.providers.base import Chunk, ModelRequest, TextDelta, ToolCall, TurnEnd
 from services.executor.providers.scripted import ScriptedProvider
 from services.executor.tools import ToolError, builtin_tools
+from services.orchestrator.handoffs import addressable
 from tests.unit.test_emitter import ENVELOPE, HeldProducer
 from tests.unit.test_loop_resume import SETTINGS
 
@@ -291,3 +292,11 @@ async def test_a_target_that_cannot_take_over_is_a_tool_error_and_the_first_agen
         [completed] = _sent(producer, "execution.completed")
         assert completed["output"] == "Triage answers." and completed["handed_off_to"] is None
         assert _sent(producer, "agent.handoff") == []
+
+
+def test_a_door_may_address_a_session_by_an_agent_whose_handoffs_reach_its_agent() -> None:
+    assert addressable(AGENTS, "triage", "triage")
+    assert addressable(AGENTS, "triage", "billing")  # triage -> billing
+    assert addressable(AGENTS, "support", "billing")  # support -> triage -> billing
+    assert not addressable(AGENTS, "billing", "triage")  # billing hands off to nobody
+    assert not addressable(AGENTS, "ghost", "billing")
