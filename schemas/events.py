@@ -263,6 +263,8 @@ class AgentHandoff(Envelope):
     reason: str = Field(default="", max_length=MAX_HANDOFF_REASON_CHARS)
     step: int = Field(default=0, ge=0, le=MAX_STEPS)
     handoffs: int = Field(default=1, ge=1, le=MAX_INT32)  # how many handoffs this execution has made, this one included
+    provider: str = Field(default="", max_length=128)  # what runs from here on (execution.started said the first agent's)
+    model: str = Field(default="", max_length=128)
 
 
 class ExecutionCompleted(Envelope):

@@ -90,6 +90,8 @@ class HandoffTool:
             reason=reason,
             step=context.step,
             handoffs=self.made + 1,
+            provider=agent.spec.provider[:128],
+            model=agent.spec.model[:128],
         )
         self.chosen = agent
         return {"handed_off_to": target}

@@ -131,6 +131,7 @@ async def test_a_handoff_continues_the_execution_with_the_target_agent_and_its_a
         0,
         "h1",
     )
+    assert (handoff["provider"], handoff["model"]) == ("scripted", "billing-m")  # what runs from here on
     types = [header(h, "type") for _, h in producer.sent]
     assert types.index("tool.call.started") < types.index("agent.handoff") < types.index("tool.call.completed")
 
