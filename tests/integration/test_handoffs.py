@@ -142,7 +142,7 @@ async def test_a_handoff_changes_the_sessions_agent(kafka_settings: KafkaSetting
     assert [t["function"]["name"] for t in billing_first["tools"]] == ["calculator"]
     # The session continues with billing: GET shows it, the history names who answered ...
     assert session["agent"] == "billing"
-    assert first_view["agent"] == "triage" and first_view["handed_off_to"] == "billing"
+    assert first_view["agent"] == "triage" and first_view["handed_off_to"] == "billing", str(first_view)
     answer = next(m for m in messages if m["role"] == "assistant")
     assert answer["name"] == "billing" and answer["content"] == end["output"]
     assert [c["tool"] for c in answer["tool_calls"]] == ["transfer_to_agent"]
