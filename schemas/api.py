@@ -83,6 +83,7 @@ class AgentInfo(BaseModel):
     variables: list[str] = Field(description="Template variables its prompt reads: give them in `variables` (`input` and `agent` are ours)")
     max_steps: int
     structured_output: bool = Field(description="Whether the agent has an output schema of its own")
+    handoffs: list[str] = Field(default_factory=list, description="Agents it may hand the conversation to (transfer_to_agent)")
 
 
 class AgentList(BaseModel):

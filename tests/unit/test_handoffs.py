@@ -23,6 +23,7 @@ from services.executor.loop import ExecutionError, Outcome, run_agent
 from services.executor.providers.base import Chunk, ModelRequest, TextDelta, ToolCall, TurnEnd
 from services.executor.providers.scripted import ScriptedProvider
 from services.executor.tools import ToolError, builtin_tools
+from services.orchestrator.agents import agent_info
 from services.orchestrator.handoffs import addressable
 from tests.unit.test_emitter import ENVELOPE, HeldProducer
 from tests.unit.test_loop_resume import SETTINGS
@@ -301,3 +302,8 @@ def test_a_door_may_address_a_session_by_an_agent_whose_handoffs_reach_its_agent
     assert addressable(AGENTS, "support", "billing")  # support -> triage -> billing
     assert not addressable(AGENTS, "billing", "triage")  # billing hands off to nobody
     assert not addressable(AGENTS, "ghost", "billing")
+
+
+def test_the_agent_list_says_whom_an_agent_may_hand_off_to() -> None:
+    assert agent_info(AGENTS["triage"]).handoffs == ["billing", "support"]
+    assert agent_info(AGENTS["billing"]).handoffs == []
