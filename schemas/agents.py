@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.bounds import MAX_HANDOFF_TARGETS, AgentName
 from schemas.outputs import OutputSchema
 
 MAX_MCP_SERVERS = 16
@@ -96,10 +97,15 @@ class AgentSpec(BaseModel):
     mcp_servers: tuple[McpServer, ...] = Field(default=(), max_length=MAX_MCP_SERVERS)
     # Tool calls that wait for a human's decision before they run (services/executor/approvals.py).
     approval: ApprovalPolicy | None = None
+    # Agents this one may hand the conversation to (issue 20): the model is offered the built-in
+    # ``transfer_to_agent`` tool naming them (services/executor/handoffs.py).
+    handoffs: tuple[AgentName, ...] = Field(default=(), max_length=MAX_HANDOFF_TARGETS)
 
     @model_validator(mode="after")
     def _unique_mcp_names(self) -> AgentSpec:
         names = [server.name for server in self.mcp_servers]
         if len(names) != len(set(names)):
             raise ValueError(f"agent {self.name!r}: two MCP servers share a name: {sorted(names)}")
+        if len(self.handoffs) != len(set(self.handoffs)) or self.name in self.handoffs:
+            raise ValueError(f"agent {self.name!r}: handoffs must name other agents, each once: {list(self.handoffs)}")
         return self

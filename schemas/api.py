@@ -47,6 +47,7 @@ class ExecutionView(BaseModel):
     created_at: str
     updated_at: str
     callbacks: list[CallbackDelivery] = Field(default_factory=list)
+    handed_off_to: str | None = Field(default=None, description="The agent whose answer the output is, when a handoff changed it")
 
 
 class ExecutionSummary(BaseModel):
@@ -82,6 +83,7 @@ class AgentInfo(BaseModel):
     variables: list[str] = Field(description="Template variables its prompt reads: give them in `variables` (`input` and `agent` are ours)")
     max_steps: int
     structured_output: bool = Field(description="Whether the agent has an output schema of its own")
+    handoffs: list[str] = Field(default_factory=list, description="Agents it may hand the conversation to (transfer_to_agent)")
 
 
 class AgentList(BaseModel):

@@ -42,6 +42,14 @@ ID_PATTERN = r"^[A-Za-z0-9_.:@\-]+$"
 MAX_ID_LENGTH = 128
 TOPIC_PATTERN = r"^[A-Za-z0-9._\-]+$"  # Kafka's own rule for topic names, at most 249 characters
 
+# Handoffs (issue 20): the agents one agent may hand the conversation to, how many handoffs one
+# execution may make (a chain A -> B -> A ... ends there, with a tool error for the model), and the
+# reason the model gives (it is shown to clients and kept in the log).
+MAX_HANDOFF_TARGETS = 16
+MAX_HANDOFFS_PER_EXECUTION = 4
+MAX_HANDOFF_REASON_CHARS = 1000
+AGENT_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"  # an agent's name (schemas/agents.py); also an Id
+
 _DECIMAL = re.compile(r"-?[0-9]{1,20}")
 
 TokenCount = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
@@ -50,6 +58,7 @@ Attempt = Annotated[StrictInt, Field(ge=0, le=MAX_INT32)]
 Seq = Annotated[StrictInt, Field(ge=0, le=MAX_INT32)]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=TOPIC_PATTERN)]
+AgentName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=AGENT_NAME_PATTERN)]
 
 
 def json_problem(value: Any) -> str | None:

@@ -11,7 +11,20 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from schemas.bounds import MAX_INT32, MAX_TOKENS, Attempt, Cursor, Id, JsonObject, JsonValue, Seq, TokenCount, TopicName
+from schemas.bounds import (
+    MAX_HANDOFF_REASON_CHARS,
+    MAX_INT32,
+    MAX_TOKENS,
+    AgentName,
+    Attempt,
+    Cursor,
+    Id,
+    JsonObject,
+    JsonValue,
+    Seq,
+    TokenCount,
+    TopicName,
+)
 from schemas.outputs import OutputSchema
 from schemas.topics import Priority
 
@@ -236,10 +249,31 @@ class ExecutionRestarted(Envelope):
     delay_s: float = 0.0
 
 
+class AgentHandoff(Envelope):
+    """The agent handed the conversation to another (issue 20): ``to_agent`` (its prompt, model and
+    tools) runs the rest of the execution, from ``step`` + 1, and its answer is the output. Written
+    by the executor before the ``transfer_to_agent`` call's ``tool.call.completed``, so a resumed
+    attempt (checkpoint.py) continues with ``to_agent``. The envelope's ``agent_id`` stays the
+    requested agent; ``execution.completed`` names the agent that answered (``handed_off_to``)."""
+
+    type: Literal["agent.handoff"] = "agent.handoff"
+    call_id: str = Field(max_length=MAX_CALL_ID_CHARS)
+    from_agent: AgentName
+    to_agent: AgentName
+    reason: str = Field(default="", max_length=MAX_HANDOFF_REASON_CHARS)
+    step: int = Field(default=0, ge=0, le=MAX_STEPS)
+    handoffs: int = Field(default=1, ge=1, le=MAX_INT32)  # how many handoffs this execution has made, this one included
+    provider: str = Field(default="", max_length=128)  # what runs from here on (execution.started said the first agent's)
+    model: str = Field(default="", max_length=128)
+
+
 class ExecutionCompleted(Envelope):
     type: Literal["execution.completed"] = "execution.completed"
     output: str
     usage: Usage = Field(default_factory=Usage)
+    # The agent whose answer ``output`` is, when a handoff (``agent.handoff``) changed it: the
+    # orchestrator makes it the session's agent, so the next message runs it.
+    handed_off_to: AgentName | None = None
 
 
 class ExecutionFailed(Envelope):
@@ -330,6 +364,7 @@ Event = Annotated[
     | ToolCallApprovalDecided
     | InputRequested
     | InputProvided
+    | AgentHandoff
     | ExecutionCompleted
     | ExecutionFailed
     | ExecutionCancelled

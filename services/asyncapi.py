@@ -15,6 +15,7 @@ from faststream.specification import AsyncAPI
 
 from schemas.api import ExecutionRequest
 from schemas.events import (
+    AgentHandoff,
     ExecutionCancelled,
     ExecutionCancelRequested,
     ExecutionCompleted,
@@ -54,6 +55,7 @@ ExecutionEvent = (
     | ToolCallApprovalDecided
     | InputRequested
     | InputProvided
+    | AgentHandoff
     | ExecutionCompleted
     | ExecutionFailed
     | ExecutionCancelled

@@ -115,6 +115,12 @@ class Transcript:
             out.append(
                 Text(f"{'✓' if verdict == 'approved' else '✗'} call {event.get('call_id')} {verdict}{edited}{by}{why}", style="magenta")
             )
+        elif kind == "agent.handoff":
+            out += self._commit()
+            why = f": {event['reason']}" if event.get("reason") else ""
+            out.append(Text(f"⇄ handed off from {event.get('from_agent')} to {event.get('to_agent')}{why}", style="blue"))
+            on = f" on {event['provider']}/{event['model']}" if event.get("provider") else ""
+            self.status = f"{event.get('to_agent')} is answering{on}"
         elif kind == "execution.restarted":
             why = f"{event.get('reason') or 'retry'}; now {event.get('provider')}/{event.get('model')}"
             if event.get("text_discarded") and self.pending_step == int(event.get("step", 0)):

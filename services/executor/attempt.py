@@ -40,10 +40,11 @@ from services.executor.checkpoint import Checkpoint, rebuild
 from services.executor.emitter import EventEmitter
 from services.executor.eventlog import EventLog
 from services.executor.fence import Fenced
-from services.executor.loop import ExecutionError, LoopSettings, Outcome, run_agent, started_fields
+from services.executor.handoffs import Agent
+from services.executor.loop import ExecutionError, LoopSettings, Outcome, render_system_prompt, run_agent, started_fields
 from services.executor.mcptools import McpTools
 from services.executor.providers.base import Provider, ProviderError
-from services.executor.tools import Tool
+from services.executor.tools import Tool, ToolError
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,13 @@ class AttemptRun:
                 await emitter.drain()
                 await publish_after_running(base.model_copy(update={"state": "cancelled", "error": "cancelled by request"}))
                 return Ended(finished=True, state="cancelled")
-            await emitter.emit(ExecutionCompleted, output=outcome.output, usage=outcome.usage)
+            handed_off_to = outcome.agent if outcome.agent and outcome.agent != spec.name else None
+            await emitter.emit(ExecutionCompleted, output=outcome.output, usage=outcome.usage, handed_off_to=handed_off_to)
             await emitter.drain()
-            await publish_after_running(base.model_copy(update={"state": "completed", "output": outcome.output, "usage": outcome.usage}))
+            done: dict[str, Any] = {"state": "completed", "output": outcome.output, "usage": outcome.usage}
+            if handed_off_to is not None:
+                done["extra"] = base.extra | {"handed_off_to": handed_off_to}
+            await publish_after_running(base.model_copy(update=done))
             return Ended(finished=True, state="completed")
         except asyncio.CancelledError:
             raise
@@ -216,12 +221,25 @@ class AttemptRun:
 
     async def _agent(self, spec: AgentSpec, request: ExecutionRequested, emitter: EventEmitter, checkpoint: Checkpoint | None) -> Outcome:
         """The loop, with the agent's MCP servers' tools (mcptools.py) beside the executor's."""
-        tools, notices = self.tools, list[str]()
-        if spec.mcp_servers and self.mcp is not None:
-            found, notices = await self.mcp.tools_for(spec, request.tenant_id)
-            tools = self.tools | found
-            spec = spec.model_copy(update={"tools": (*spec.tools, *found)})
+        spec, tools, notices = await self._tools_of(spec, request)
+
+        async def resolve(name: str) -> Agent:
+            """A handoff's target (handoffs.py): what cannot run here is the model's tool error."""
+            target, problem = await self.lookup(name)
+            if target is None:
+                retriable = problem is not None and problem.retriable
+                raise ToolError(f"agent {name!r} is not available: {problem or 'unknown agent'}", retriable=retriable)
+            if target.provider not in self.providers:
+                raise ToolError(f"agent {name!r} names provider {target.provider!r}, which is not configured")
+            target, found, its_notices = await self._tools_of(target, request)
+            try:
+                prompt = render_system_prompt(target, request)
+            except ExecutionError as exc:
+                raise ToolError(f"agent {name!r} cannot take over: {exc}") from exc
+            return Agent(target, found, (prompt, *its_notices))
+
         return await run_agent(
+            resolve=resolve,
             spec=spec,
             request=request,
             providers=self.providers,
@@ -231,6 +249,14 @@ class AttemptRun:
             notices=notices,
             resume=checkpoint,
         )
+
+    async def _tools_of(self, spec: AgentSpec, request: ExecutionRequested) -> tuple[AgentSpec, dict[str, Tool], list[str]]:
+        tools, notices = self.tools, list[str]()
+        if spec.mcp_servers and self.mcp is not None:
+            found, notices = await self.mcp.tools_for(spec, request.tenant_id)
+            tools = self.tools | found
+            spec = spec.model_copy(update={"tools": (*spec.tools, *found)})
+        return spec, tools, notices
 
 
 async def _publish_running(

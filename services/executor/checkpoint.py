@@ -10,6 +10,9 @@ Lineage: the records are read in log order. An ``execution.started`` of a newer 
 came before, unless that attempt's ``execution.resumed`` says it kept steps below ``from_step``;
 records of an attempt older than the newest started one (a fenced run's late writes) are ignored.
 So a resume of a resume reuses exactly what the attempt it follows built on.
+
+A step whose ``transfer_to_agent`` call wrote ``agent.handoff`` (issue 20, handoffs.py) holds the
+target: a resume continues after it with that agent, once the call itself is done.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.events import (
+    AgentHandoff,
     ExecutionResumed,
     InputProvided,
     InputRequested,
@@ -45,6 +49,7 @@ READ_TYPES = frozenset(
         "tool.call.approval_decided",
         "input.requested",
         "input.provided",
+        "agent.handoff",
     }
 )
 
@@ -71,6 +76,7 @@ class DoneStep:
     attempts: frozenset[int] = frozenset()  # the attempts whose events this step is made of
     requested: dict[str, datetime] = field(default_factory=dict)  # call id -> approval deadline (approvals.py)
     decisions: dict[str, Decision] = field(default_factory=dict)  # call id -> the first decision in the log
+    handoff: tuple[str, str] | None = None  # (call id, target agent) of the step's agent.handoff
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -158,6 +164,11 @@ def rebuild(records: Iterable[LoggedRecord], *, from_offset: int) -> Checkpoint:
                 if step is not None and decided.call_id not in step.decisions and any(c.id == decided.call_id for c in step.calls):
                     decision = Decision(decided.decision, decided.reason, decided.arguments, decided.by)
                     steps[decided.step] = replace(step, decisions={**step.decisions, decided.call_id: decision})
+            elif record.type == "agent.handoff":
+                handed = AgentHandoff.model_validate_json(record.value)
+                step = steps.get(handed.step)
+                if step is not None and any(c.id == handed.call_id for c in step.calls):
+                    steps[handed.step] = replace(step, handoff=(handed.call_id, handed.to_agent))
             elif record.type == "input.provided":
                 answer = InputProvided.model_validate_json(record.value)
                 step = steps.get(answer.step)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -35,7 +35,8 @@ from services.common.prompts import PromptError, render_prompt
 from services.executor.approvals import ASK_USER, Decision, Parked, Pending, rejection
 from services.executor.checkpoint import Checkpoint, DoneStep, tool_content
 from services.executor.emitter import EventEmitter
-from services.executor.providers.base import ModelRequest, Provider, TextDelta, ToolCall, TurnEnd
+from services.executor.handoffs import HANDOFF_TOOL, Agent, HandoffTool, Resolve
+from services.executor.providers.base import ModelRequest, Provider, TextDelta, ToolCall, ToolSpec, TurnEnd
 from services.executor.resilience import Restart, Route, parse_route, resilient_stream
 from services.executor.settings import RetrySettings, TimeoutSettings
 from services.executor.tools import Tool, ToolContext, ToolError, current_tool_call, parse_arguments
@@ -56,6 +57,7 @@ ASK_USER_TIMEOUT_S = 86_400.0  # how long an ask_user call waits when the agent 
 class Outcome:
     output: str
     usage: Usage
+    agent: str = ""  # the agent that answered (another than the requested one after a handoff)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,50 +91,49 @@ async def run_agent(
     settings: LoopSettings,
     notices: Sequence[str] = (),
     resume: Checkpoint | None = None,
+    resolve: Resolve | None = None,
 ) -> Outcome:
     """``notices``: what the model should know about its tools (an MCP server that is down), as system messages.
     ``resume``: steps earlier attempts completed (checkpoint.py): their turns and tool results are the
-    transcript's, not run again; calls of the last one that never completed run now, then the next step."""
+    transcript's, not run again; calls of the last one that never completed run now, then the next step.
+    ``resolve``: how a handoff's target agent is found (handoffs.py); without it, no agent hands off."""
     completion = request.mode == "completion"
     spec = _with_model(spec, request.model)
-    messages: list[dict[str, Any]] = [] if completion else [{"role": "system", "content": render_system_prompt(spec, request)}]
-    if not completion:
-        messages += [{"role": "system", "content": notice} for notice in notices]
+    system = () if completion else (render_system_prompt(spec, request), *notices)
+    context = _Context(request, settings, emitter, providers, resolve)
+    agent = _Running.of(Agent(spec, tools, system), context, made=0, completion=completion)
+    body: list[dict[str, Any]] = []
     if request.instructions:
-        messages.append({"role": "system", "content": request.instructions})
-    messages += [m.model_dump(exclude_none=True) for m in request.history]
-    messages.append({"role": "user", "content": request.input})
-    allowed = {} if completion else {name: tools[name] for name in spec.tools if name in tools}
-    specs = tuple(t.spec for t in allowed.values())
-    params = {**spec.params, **request.params}
-    schema = request.output_schema or spec.output_schema
-    if schema is not None and "response_format" not in params:
-        params["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
-    routes = routes_of(spec, providers)
-    timeouts = settings.timeouts
-    if spec.first_token_timeout_s is not None:
-        timeouts = timeouts.model_copy(update={"first_token_s": spec.first_token_timeout_s})
-    tool_timeout_s = spec.tool_timeout_s or settings.tool_timeout_s
+        body.append({"role": "system", "content": request.instructions})
+    body += [m.model_dump(exclude_none=True) for m in request.history]
+    body.append({"role": "user", "content": request.input})
     usage = Usage()
     steps = 1 if completion else spec.max_steps
     step, retried = 0, False
-    call = functools.partial(_gated_calls, allowed, emitter, timeout_s=tool_timeout_s, settings=settings, policy=spec.approval)
     if resume is not None and resume.steps:
         usage = resume.usage
         for done in resume.steps:
-            messages.append(_assistant(done.text, done.calls))
+            body.append(_assistant(done.text, done.calls))
             results = dict(done.results)
             rerun = [c for c in done.calls if c.id not in results]
             if rerun:  # interrupted mid-call: run again, with the same call id (so the same idempotency key)
-                results |= dict(zip((c.id for c in rerun), await call(rerun, step=done.step, done=done), strict=True))
+                results |= dict(zip((c.id for c in rerun), await agent.call(rerun, step=done.step, done=done), strict=True))
                 await emitter.drain()
-            messages += [{"role": "tool", "tool_call_id": c.id, "content": results[c.id]} for c in done.calls]
+            body += [{"role": "tool", "tool_call_id": c.id, "content": results[c.id]} for c in done.calls]
+            # A handoff the log holds as done (or that the rerun just made): the next step is the target's.
+            handed = agent.chosen()
+            if handed is None and done.handoff is not None and done.handoff[0] in done.results:
+                handed = await _resolved(resolve, done.handoff[1])
+            if handed is not None:
+                agent = agent.handed_to(handed)
+                steps = done.step + 1 + handed.spec.max_steps
         step = resume.from_step
     while step < steps:
         parts: list[str] = []
         end = TurnEnd()
-        model_request = ModelRequest(model=spec.model, messages=tuple(messages), tools=specs, params=params)
-        stream = resilient_stream(routes, model_request, providers, retry=settings.retry, timeouts=timeouts)
+        messages = (*agent.head, *body)
+        model_request = ModelRequest(model=agent.spec.model, messages=messages, tools=agent.specs, params=agent.params)
+        stream = resilient_stream(agent.routes, model_request, providers, retry=settings.retry, timeouts=agent.timeouts)
         async with contextlib.aclosing(stream):
             async for chunk in stream:
                 if isinstance(chunk, TextDelta):
@@ -146,30 +147,112 @@ async def run_agent(
         usage = usage + end.usage
         text = "".join(parts)
         if not end.tool_calls:
+            schema = agent.schema
             problem = None if schema is None else output_mismatch(schema, text)
             if problem is None:
-                return Outcome(output=text, usage=usage)
+                return Outcome(output=text, usage=usage, agent=agent.spec.name)
             if retried:
                 raise ExecutionError(f"the answer did not match the output schema, also when asked again: {problem}")
             # Once more, with the validation error: the same step, its text void (as after a restart).
             retried = True
-            again = Restart(f"output schema: {problem}", spec.provider, spec.model, spec.provider, spec.model, True, 0.0)
+            provider, model = agent.spec.provider, agent.spec.model
+            again = Restart(f"output schema: {problem}", provider, model, provider, model, True, 0.0)
             await _announce_restart(emitter, again, step)
-            messages.append({"role": "assistant", "content": text})
-            messages.append({"role": "user", "content": _RETRY_PROMPT.format(problem=problem)})
+            body.append({"role": "assistant", "content": text})
+            body.append({"role": "user", "content": _RETRY_PROMPT.format(problem=problem)})
             continue
-        messages.append(_assistant(text, end.tool_calls))
+        body.append(_assistant(text, end.tool_calls))
         # The step's checkpoint, acknowledged before any of its tools runs: a later attempt reuses this
         # turn (and its call ids, so the tools' idempotency keys) instead of asking the model again.
         await (await emitter.emit(TurnCompleted, step=step, text=text, tool_calls=_turn_calls(end.tool_calls), usage=end.usage))
-        contents = await call(end.tool_calls, step=step, done=None)
+        contents = await agent.call(end.tool_calls, step=step, done=None)
         # The step's results in the log before the model hears of them: a call the model saw answered
         # is one a later attempt reuses, never one it runs again.
         await emitter.drain()
         for tool_call, content in zip(end.tool_calls, contents, strict=True):
-            messages.append({"role": "tool", "tool_call_id": tool_call.id, "content": content})
+            body.append({"role": "tool", "tool_call_id": tool_call.id, "content": content})
+        handed = agent.chosen()
+        if handed is not None:  # the target answers from the next step, with a budget of its own
+            agent = agent.handed_to(handed)
+            steps = step + 1 + handed.spec.max_steps
         step += 1
-    raise ExecutionError(f"agent {spec.name!r} did not finish within max_steps={spec.max_steps}")
+    raise ExecutionError(f"agent {agent.spec.name!r} did not finish within max_steps={agent.spec.max_steps}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    """The agent running the loop's turns now: what its model calls and tool calls are made with.
+    A handoff replaces it (``handed_to``); the transcript (everything but ``head``) carries over."""
+
+    spec: AgentSpec
+    head: tuple[dict[str, Any], ...]  # its system messages
+    specs: tuple[ToolSpec, ...]
+    params: dict[str, Any]
+    schema: dict[str, Any] | None
+    routes: list[Route]
+    timeouts: TimeoutSettings
+    call: Callable[..., Awaitable[list[str]]]
+    handoff: HandoffTool | None
+    made: int  # handoffs the execution made before this agent took over
+    context: _Context
+
+    @classmethod
+    def of(cls, agent: Agent, context: _Context, *, made: int, completion: bool = False) -> _Running:
+        spec, request, settings, resolve = agent.spec, context.request, context.settings, context.resolve
+        allowed = {} if completion else {name: agent.tools[name] for name in spec.tools if name in agent.tools}
+        handoff = None
+        if spec.handoffs and resolve is not None and not completion:
+            handoff = HandoffTool(source=spec.name, targets=spec.handoffs, made=made, resolve=resolve)
+            allowed[HANDOFF_TOOL] = handoff
+        params = {**spec.params, **request.params}
+        schema = request.output_schema or spec.output_schema
+        if schema is not None and "response_format" not in params:
+            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+        timeouts = settings.timeouts
+        if spec.first_token_timeout_s is not None:
+            timeouts = timeouts.model_copy(update={"first_token_s": spec.first_token_timeout_s})
+        timeout_s = spec.tool_timeout_s or settings.tool_timeout_s
+        call = functools.partial(_gated_calls, allowed, context.emitter, timeout_s=timeout_s, settings=settings, policy=spec.approval)
+        return cls(
+            spec=spec,
+            head=tuple({"role": "system", "content": text} for text in agent.system),
+            specs=tuple(t.spec for t in allowed.values()),
+            params=params,
+            schema=schema,
+            routes=routes_of(spec, context.providers),
+            timeouts=timeouts,
+            call=call,
+            handoff=handoff,
+            made=made,
+            context=context,
+        )
+
+    def chosen(self) -> Agent | None:
+        return self.handoff.chosen if self.handoff is not None else None
+
+    def handed_to(self, agent: Agent) -> _Running:
+        return _Running.of(agent, self.context, made=self.made + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What every agent of one execution runs with."""
+
+    request: ExecutionRequested
+    settings: LoopSettings
+    emitter: EventEmitter
+    providers: dict[str, Provider]
+    resolve: Resolve | None
+
+
+async def _resolved(resolve: Resolve | None, name: str) -> Agent:
+    """A handoff's target, found again on resume; one that is gone now ends the execution."""
+    if resolve is None:
+        raise ExecutionError(f"the execution handed off to agent {name!r}, which cannot run here")
+    try:
+        return await resolve(name)
+    except ToolError as exc:
+        raise ExecutionError(f"the execution handed off to agent {name!r}, which cannot run now: {exc}", retriable=exc.retriable) from exc
 
 
 def _assistant(text: str, calls: Sequence[ToolCall]) -> dict[str, Any]:
@@ -210,7 +293,9 @@ async def _gated_calls(
     waiting: list[ToolCall] = []
     for c in calls:
         asking = c.name == ASK_USER and ASK_USER in tools
-        if not asking and (policy is None or not policy.requires(c.name)):
+        # A handoff is the loop's own move, not a side effect: "all" does not gate it (naming it does).
+        exempt = c.name == HANDOFF_TOOL and policy is not None and policy.tools == "all"
+        if not asking and (policy is None or exempt or not policy.requires(c.name)):
             run.append(c)
             continue
         decision = decisions.get(c.id)

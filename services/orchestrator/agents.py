@@ -23,6 +23,7 @@ def agent_info(spec: AgentSpec) -> AgentInfo:
         variables=list(template_variables(spec.system_prompt)),
         max_steps=spec.max_steps,
         structured_output=spec.output_schema is not None,
+        handoffs=list(spec.handoffs),
     )
 
 

@@ -404,6 +404,8 @@ class Bridge:
         update: dict[str, object] = {"attempt": event.attempt, "updated_at": event.ts}
         if isinstance(event, ExecutionCompleted):
             update |= {"state": "completed", "output": event.output, "usage": event.usage}
+            if event.handed_off_to is not None:  # as the executor's completed snapshot says it (issue 20): this one wins
+                update["extra"] = current.extra | {"handed_off_to": event.handed_off_to}
         elif isinstance(event, ExecutionFailed):
             update |= {"state": "failed", "error": event.reason}
         elif isinstance(event, ExecutionCancelled):

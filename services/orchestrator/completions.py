@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 from aiokafka import ConsumerRecord
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
+from schemas.bounds import AgentName
 from schemas.events import Usage
 from schemas.jobs import JobCompletion
 from services.common.errors import PoisonRecord
@@ -105,6 +106,7 @@ class EventsFollower(_Follower):
                 error=event.get("reason"),
                 usage=_usage(event.get("usage")),
                 attempt=attempt,
+                handed_off_to=_agent_name(event.get("handed_off_to")),
             )
             return
         async with store.begin() as conn:
@@ -200,6 +202,20 @@ def _invalid(what: str, exc: ValidationError, *, prefix: str = "") -> str:
         loc = ".".join(str(p) for p in (*([prefix] if prefix else []), *e["loc"]))
         problems.append(f"{loc}: {e['msg']}" if loc else e["msg"])
     return f"invalid {what}: " + "; ".join(problems)
+
+
+_AGENT_NAME: TypeAdapter[str] = TypeAdapter(AgentName)
+
+
+def _agent_name(value: Any) -> str | None:
+    """``handed_off_to`` if it is an agent's name; anything else is ignored (the end itself still counts)."""
+    if value is None:
+        return None
+    try:
+        return _AGENT_NAME.validate_python(value)
+    except ValidationError:
+        log.warning("ignoring an execution.completed's handed_off_to: not an agent name")
+        return None
 
 
 def _usage(value: Any) -> dict[str, int] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,6 +19,7 @@ from schemas.api import (
     ExecutionSummary,
     ExecutionView,
 )
+from schemas.bounds import AGENT_NAME_PATTERN
 from schemas.events import Usage
 from schemas.status import ExecutionStatus
 from services.common.errors import InvalidInput, NotFound
@@ -123,6 +125,12 @@ def delivery_view(d: Delivery) -> CallbackDelivery:
     )
 
 
+def handed_off_to(status: ExecutionStatus) -> str | None:
+    """The agent a handoff gave the answer to, as the executor's completed snapshot says (issue 20)."""
+    agent = status.extra.get("handed_off_to") if status.state == "completed" else None
+    return agent if isinstance(agent, str) and re.fullmatch(AGENT_NAME_PATTERN, agent) else None
+
+
 def execution_view(status: ExecutionStatus | None, task: Task | None, deliveries: list[Delivery]) -> ExecutionView:
     if status is not None:
         view = ExecutionView(
@@ -137,6 +145,7 @@ def execution_view(status: ExecutionStatus | None, task: Task | None, deliveries
             usage=status.usage,
             created_at=status.created_at.isoformat(),
             updated_at=status.updated_at.isoformat(),
+            handed_off_to=handed_off_to(status),
         )
         if task is not None and task.state == "timed_out" and not status.terminal:
             view = view.model_copy(update={"status": "timed_out", "error": task.error})

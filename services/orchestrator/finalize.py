@@ -38,10 +38,12 @@ async def finalize(
     result: Any = None,
     usage: dict[str, int] | None = None,
     attempt: int | None = None,
+    handed_off_to: str | None = None,
 ) -> Task | None:
     """End an open task once; apply every effect of its end. None if it had already ended, or if
     ``attempt`` (the executor attempt that reported this end) is older than the newest attempt
-    started: a paused executor's late end is not projected (no history, usage, callback)."""
+    started: a paused executor's late end is not projected (no history, usage, callback).
+    ``handed_off_to``: the agent that answered after a handoff (issue 20); a session's next message runs it."""
     follow_up: list[Submission] = []
     async with lc.store.begin() as conn:
         task = await tasks.finish(conn, task_id, state, output=output, result=result, error=error, usage=usage, attempt=attempt)
@@ -59,7 +61,8 @@ async def finalize(
                 conn, execution_id=task.id, tenant_id=task.tenant_id, agent_id=task.agent_id, session_id=task.session_id, tokens=usage
             )
         if task.session_id is not None and task.origin in ("chat", "job"):
-            follow_up = await _session_effects(conn, task, attempt if attempt is not None else max(task.attempt, 1))
+            handoff = _handoff_target(lc, task, handed_off_to)
+            follow_up = await _session_effects(conn, task, attempt if attempt is not None else max(task.attempt, 1), handoff)
         if task.batch_id is not None:
             await _batch_effects(conn, task.batch_id, task.tenant_id)
         if task.callback_url:
@@ -92,7 +95,18 @@ async def finalize(
     return task
 
 
-async def _session_effects(conn: AsyncConnection, task: Task, attempt: int) -> list[Submission]:
+def _handoff_target(lc: Lifecycle, task: Task, agent: str | None) -> str | None:
+    """The agent a completed chat handed the session to, if this orchestrator can run it (a session
+    whose agent it does not know could take no message); else the session keeps its agent."""
+    if agent is None or task.state != "completed" or agent == task.agent_id:
+        return None
+    if agent not in lc.agents:
+        log.warning("execution %s handed off to unknown agent %r: the session keeps its agent", task.id, agent)
+        return None
+    return agent
+
+
+async def _session_effects(conn: AsyncConnection, task: Task, attempt: int, handoff: str | None = None) -> list[Submission]:
     assert task.session_id is not None
     if task.kind == "job":
         content = _json_text(task.result)
@@ -100,9 +114,12 @@ async def _session_effects(conn: AsyncConnection, task: Task, attempt: int) -> l
         return []
     if task.state == "completed":
         calls = await tasks.tool_calls_of(conn, task.id, attempt)
+        # After a handoff the answer is the target's: the message names it, and the session continues with it.
         await sessions.append(
-            conn, task.session_id, role="assistant", content=task.output or "", execution_id=task.id, tool_calls=calls or None
+            conn, task.session_id, role="assistant", content=task.output or "", execution_id=task.id, tool_calls=calls or None, name=handoff
         )
+        if handoff is not None:
+            await sessions.set_agent(conn, task.session_id, handoff)
     if not await sessions.release(conn, task.session_id, task.id):
         return []
     pending = await sessions.next_pending(conn, task.session_id)

@@ -124,8 +124,11 @@ class Lifecycle:
         result: Any = None,
         usage: dict[str, int] | None = None,
         attempt: int | None = None,
+        handed_off_to: str | None = None,
     ) -> Task | None:
-        return await finalize.finalize(self, task_id, state, output=output, error=error, result=result, usage=usage, attempt=attempt)
+        return await finalize.finalize(
+            self, task_id, state, output=output, error=error, result=result, usage=usage, attempt=attempt, handed_off_to=handed_off_to
+        )
 
     async def sweep(self) -> int:
         return await sweep.sweep(self)

@@ -152,3 +152,28 @@ def test_an_approval_request_says_how_to_decide_and_the_decision_is_shown() -> N
     assert "agentstream approve|reject ex1 call_1" in printed
     assert "call call_1 rejected: too expensive" in printed
     assert transcript.status == "waiting for approval"
+
+
+HANDOFF = {"type": "agent.handoff", "from_agent": "triage", "to_agent": "billing", "reason": "an invoice", "step": 0}
+
+
+def test_a_handoff_says_who_takes_over_and_why() -> None:
+    transcript = Transcript()
+    printed = _printed(
+        transcript,
+        [
+            {"type": "execution.started", "attempt": 1, "provider": "openai", "model": "m"},
+            {"type": "token.delta", "text": "Let me get billing.", "step": 0},
+            HANDOFF | {"provider": "groq", "model": "g"},
+        ],
+    )
+    assert transcript.status == "billing is answering on groq/g"
+    printed += _printed(
+        transcript,
+        [
+            {"type": "token.delta", "text": "Billing here.", "step": 1},
+            {"type": "execution.completed", "output": "Billing here.", "handed_off_to": "billing"},
+        ],
+    )
+    assert "⇄ handed off from triage to billing: an invoice" in printed
+    assert printed.index("Let me get billing.") < printed.index("handed off") < printed.index("Billing here.")

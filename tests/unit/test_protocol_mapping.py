@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 
 from services.orchestrator.a2a.mapping import CURSOR_KEY, A2AEvent, TaskMapper
 from services.orchestrator.agui.mapping import RunMapper
+from services.orchestrator.openai.mapping import ChatMapper
 
 EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
 PREFIX = [{"id": "u1", "role": "user", "content": "what is 1+1?"}]
@@ -159,3 +160,24 @@ def test_agui_a_resumed_attempt_keeps_the_steps_it_reuses() -> None:
     assert isinstance(holder, AssistantMessage)
     assert [c.id for c in holder.tool_calls or ()] == ["x.1.c1", "x.2.c2"]  # the interrupted x.1.c2 is gone
     assert [m.tool_call_id for m in messages if isinstance(m, ToolMessage)] == ["x.1.c1", "x.2.c2"]
+
+
+HANDOFF = {"type": "agent.handoff", "call_id": "h1", "from_agent": "triage", "to_agent": "billing", "reason": "invoice", "step": 0}
+HANDED = [started(), token("Let me get billing."), HANDOFF, token("Billing here.", 1), {**COMPLETED, "output": "Billing here."}]
+
+
+def test_a_handoff_is_a_custom_agui_event_and_an_a2a_status_data_part_and_the_doors_keep_the_text() -> None:
+    out = agui(RunMapper(thread_id="t", run_id="r", execution_id="x", prefix=PREFIX), HANDED)
+    [custom] = [e for e in out if e.type == EventType.CUSTOM]
+    assert custom.name == "agent.handoff" and custom.value == {"from": "triage", "to": "billing", "reason": "invoice"}
+    assert out[-1].type == EventType.RUN_FINISHED and out[-1].result == "Billing here."
+    mapper = TaskMapper(task_id="x", context_id="ses_1", history=[])
+    mapper.feed(0, started())
+    [handoff] = mapper.feed(2, HANDOFF)
+    data = MessageToDict(status(handoff).status.message.parts[0].data)
+    assert data["handoff"] == {"from": "triage", "to": "billing", "reason": "invoice"}
+    assert status(handoff).status.state == TaskState.TASK_STATE_WORKING
+    # The OpenAI chat door has no place for it: it skips the event, the text of both agents stands.
+    chat = ChatMapper(execution_id="x", model="triage", structured=False, include_usage=False)
+    chunks = [c for e in HANDED for c in chat.feed(e)]
+    assert chat.content() == "Let me get billing.\n\nBilling here." and chunks[-1]["choices"][0]["finish_reason"] == "stop"

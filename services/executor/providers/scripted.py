@@ -5,6 +5,9 @@ With a ``response_format`` of JSON (structured outputs) the answer is ``{"answer
 Turn 1 streams a short preface and asks the calculator to evaluate the first arithmetic expression
 in the user's input (or ``6*7``). Turn 2, after the tool result, streams the answer.
 
+With ``transfer_to_agent`` offered (an agent with ``handoffs``) and a target's name in the input,
+turn 1 hands off to it; the target's turns then start afresh (the calculator, then the answer).
+
 With ``knowledge_search`` allowed and a question about the documents as input, turn 1 searches the
 documents instead, and turn 2 answers from what the search returned.
 """
@@ -34,7 +37,17 @@ class ScriptedProvider:
     async def stream(self, request: ModelRequest) -> AsyncIterator[Chunk]:
         messages = request.messages
         user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        tool_results = [m for m in messages if m["role"] == "tool"]
+        # After a handoff (issue 20) the new agent starts its own turns: earlier tool results are not its own.
+        mine = _after_handoff(messages)
+        tool_results = [m for m in mine if m["role"] == "tool"]
+        target = _handoff_target(request, user) if not tool_results and mine is messages else None
+        if target is not None:
+            text = f"Let me hand you to {target}."
+            async for delta in self._words(text):
+                yield delta
+            arguments = json.dumps({"agent": target, "reason": f"the user asked for {target}"})
+            yield TurnEnd(tool_calls=(ToolCall(id="call_h", name="transfer_to_agent", arguments=arguments),), usage=_usage(0, text))
+            return
         has_calculator = any(t.name == "calculator" for t in request.tools)
         prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)
         if any(t.name == "knowledge_search" for t in request.tools):
@@ -98,6 +111,23 @@ class ScriptedProvider:
             if self._delay:
                 await asyncio.sleep(self._delay)
             yield TextDelta(word if i == 0 else " " + word)
+
+
+def _after_handoff(messages: Sequence[dict[str, Any]]) -> Sequence[dict[str, Any]]:
+    """The messages after the last handoff's result (all of them if there was none)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i]["role"] == "tool" and "handed_off_to" in str(messages[i].get("content") or ""):
+            return messages[i + 1 :]
+    return messages
+
+
+def _handoff_target(request: ModelRequest, user: str) -> str | None:
+    """The first agent ``transfer_to_agent`` may name that the user's message names (as a word)."""
+    tool = next((t for t in request.tools if t.name == "transfer_to_agent"), None)
+    if tool is None:
+        return None
+    words = set(re.findall(r"[A-Za-z0-9_.\-]+", user.lower()))
+    return next((str(a) for a in tool.parameters["properties"]["agent"]["enum"] if str(a).lower() in words), None)
 
 
 def _usage(prompt_tokens: int, text: str) -> Usage:

@@ -110,6 +110,9 @@ class TaskMapper:
             error = event.get("error")
             result |= {"error": error} if error is not None else {"result": _plain(event.get("result"))}
             return [self._status(self._data_message(f"result.{result['callId']}", {"toolResult": result}))]
+        if kind == "agent.handoff":  # issue 20: who answers from here on, as a data part of a status update
+            handoff = {key: str(event.get(field, "")) for key, field in (("from", "from_agent"), ("to", "to_agent"), ("reason", "reason"))}
+            return [self._status(self._data_message(f"handoff.{event.get('call_id', '')}", {"handoff": handoff}))]
         if kind == "execution.completed":
             self._final = str(event.get("output", ""))
             self.state = TaskState.TASK_STATE_COMPLETED

@@ -23,6 +23,7 @@ from services.common.errors import DomainError
 from services.orchestrator.a2a.calls import Call, a2a_errors
 from services.orchestrator.a2a.tasks import own_task
 from services.orchestrator.auth import TenantContext
+from services.orchestrator.handoffs import addressable
 from services.orchestrator.http import HTTPError, state_of
 from services.orchestrator.idempotency import with_key
 from services.orchestrator.ids import new_id
@@ -63,7 +64,7 @@ async def context_of(call: Call, context_id: str) -> tuple[str, bool]:
             session = await sessions.get(conn, context_id, tenant_id=call.tenant.id) if len(context_id) <= 128 else None
         if session is None:
             raise HTTPError(404, f"context {context_id!r} not found")
-        if session.agent_id != call.agent:
+        if not addressable(state_of(call.request).agents, call.agent, session.agent_id):  # after a handoff: its target goes on
             raise HTTPError(400, f"context {context_id!r} runs agent {session.agent_id!r}, not {call.agent!r}")
         return session.id, False
     async with store.begin() as conn:

@@ -12,6 +12,7 @@ Choices where AG-UI and agentstream differ:
   delta: its message is closed and a ``MESSAGES_SNAPSHOT`` (the run's input messages plus what
   stays of the run) replaces the client's list.
 * With an output schema only the final answer is sent, whole, when the run completes.
+* A handoff (``agent.handoff``) is a ``CUSTOM`` event named ``agent.handoff`` (from, to, reason).
 * A cancelled run is ``RUN_FINISHED`` with the ``cancelled`` outcome; a failed one ``RUN_ERROR``.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 from ag_ui.core import (
     BaseEvent,
+    CustomEvent,
     MessagesSnapshotEvent,
     RunErrorEvent,
     RunFinishedCancelledOutcome,
@@ -107,6 +109,9 @@ class RunMapper:
             self.messages.append({"id": message_id, "role": "tool", "content": content, "toolCallId": call_id})
             self._steps.append(int(event.get("step", 0)))
             out.append(ToolCallResultEvent(message_id=message_id, tool_call_id=call_id, content=content, role="tool"))
+        elif kind == "agent.handoff":  # issue 20: AG-UI has no handoff event; a CUSTOM one says who answers now
+            value = {"from": event.get("from_agent"), "to": event.get("to_agent"), "reason": event.get("reason", "")}
+            out.append(CustomEvent(name="agent.handoff", value=value))
         elif kind == "execution.completed":
             output = str(event.get("output", ""))
             if self._structured:

@@ -37,6 +37,7 @@ from schemas.topics import Priority
 from services.common.errors import Conflict, DomainError
 from services.orchestrator.agui.mapping import RunMapper
 from services.orchestrator.auth import TenantContext
+from services.orchestrator.handoffs import addressable
 from services.orchestrator.http import HTTPError, read_body, require_tenant, state_of
 from services.orchestrator.idempotency import with_key
 from services.orchestrator.openai import common
@@ -155,7 +156,7 @@ async def _thread(request: Request, ctx: TenantContext, agent: str, thread_id: s
                 session = await sessions.get(conn, thread_id, tenant_id=ctx.id)
             if session is None:
                 raise HTTPError(404, f"thread {thread_id!r} not found", detail={"field": "threadId"}) from None
-    if session.agent_id != agent:
+    if not addressable(state_of(request).agents, agent, session.agent_id):  # a handoff moved the thread on: it goes on there
         raise HTTPError(409, f"thread {thread_id!r} runs agent {session.agent_id!r}, not {agent!r}", detail={"field": "threadId"})
     return False
 

@@ -265,6 +265,11 @@ function onEvent(item) {
     case "input.provided":
       decided(turn, ev);
       break;
+    case "agent.handoff":
+      // Issue 20: another agent answers from here on (its text follows in later steps).
+      turn.segment = null;
+      notice(turn, "handed off from " + ev.from_agent + " to " + ev.to_agent + (ev.reason ? ": " + ev.reason : ""));
+      break;
     case "execution.resumed":
       // Steps from from_step on run again: the text the cut-off one had written is void.
       for (const seg of turn.output.querySelectorAll(".text")) if (Number(seg.dataset.step) >= ev.from_step) seg.remove();

@@ -107,6 +107,12 @@ async def release(conn: AsyncConnection, session_id: str, execution_id: str) -> 
     return bool(result.rowcount)
 
 
+async def set_agent(conn: AsyncConnection, session_id: str, agent_id: str) -> bool:
+    """A handoff (issue 20) made ``agent_id`` the session's agent: its next message runs it."""
+    result = await conn.execute(update(sessions).where(sessions.c.id == session_id).values(agent_id=agent_id, updated_at=time.time()))
+    return bool(result.rowcount)
+
+
 async def append(
     conn: AsyncConnection,
     session_id: str,
