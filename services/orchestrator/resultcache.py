@@ -26,8 +26,14 @@ class CacheKey:
     digest: str  # sha256 of the request's canonical JSON (``digest_of``)
 
     def name(self, prefix: str) -> str:
-        # The tenant comes first, so one tenant's entries share a prefix (invalidation scans it).
-        return f"{prefix}cache:{self.tenant_id}:{self.service}:{self.model}:{self.digest}"
+        return f"{tenant_prefix(prefix, self.tenant_id)}{self.service}:{self.digest}:{self.model}"
+
+
+def tenant_prefix(prefix: str, tenant_id: str) -> str:
+    """What every entry name of one tenant starts with, and no other tenant's: ids have no braces
+    (schemas/bounds.py), so ``{a}`` never prefixes ``{a:b}``; the service has no colon and the
+    digest is 64 hex digits, so the model (any text) can go last without making names ambiguous."""
+    return f"{prefix}cache:{{{tenant_id}}}:"
 
 
 def digest_of(normalized: dict[str, Any]) -> str:
@@ -135,7 +141,7 @@ class RedisStore:
         await self._redis.set(key.name(self._prefix), value, px=max(1, int(ttl_s * 1000)))
 
     async def invalidate(self, tenant_id: str) -> int:
-        pattern = _GLOB.sub(r"\\\1", f"{self._prefix}cache:{tenant_id}:") + "*"
+        pattern = _GLOB.sub(r"\\\1", tenant_prefix(self._prefix, tenant_id)) + "*"
         dropped = 0
         batch: list[bytes] = []
         async for name in self._redis.scan_iter(match=pattern, count=500):

@@ -28,6 +28,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.jobs import SERVICE_INPUTS
+from services.common.errors import Unavailable
 from services.common.observability import metrics
 from services.orchestrator.resultcache import CacheKey, CacheStore, MemoryStore, RedisStore, digest_of
 from services.orchestrator.settings import OrchestratorSettings
@@ -110,8 +111,12 @@ class ServiceCache:
         return True
 
     async def invalidate(self, tenant_id: str) -> int:
-        """Drop every entry of one tenant (raises if the store fails: the admin must know)."""
-        dropped = await self.store.invalidate(tenant_id)
+        """Drop every entry of one tenant; ``Unavailable`` if the store fails (the admin must know)."""
+        try:
+            dropped = await self.store.invalidate(tenant_id)
+        except Exception as exc:  # Redis down: the entries expire on their TTL meanwhile
+            log.warning("invalidating the result cache of %s failed: %s: %s", tenant_id, type(exc).__name__, exc)
+            raise Unavailable(f"the result cache did not answer ({type(exc).__name__}); retry later") from exc
         metrics.CACHE_INVALIDATIONS.inc()
         return dropped
 
