@@ -14,8 +14,8 @@ from services.orchestrator.http import path_id, state_of
 async def invalidate_cache(request: Request) -> Response:
     _require_admin(request)
     tenant_id = path_id(request, "tenant_id", "tenant")
-    cache = state_of(request).runtime.coordinator.cache
-    if cache is None:
+    coordinator = state_of(request).runtime.coordinator
+    if coordinator.cache is None:
         raise NotFound("the result cache is off (AGENTSTREAM_RESULT_CACHE=off)")
-    dropped = await cache.invalidate(tenant_id)  # Unavailable (503) if the store does not answer
+    dropped = await coordinator.invalidate_tenant(tenant_id)  # Unavailable (503) if the store or Kafka does not answer
     return JSONResponse({"tenant_id": tenant_id, "invalidated": dropped})

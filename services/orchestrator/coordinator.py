@@ -29,6 +29,7 @@ from schemas.jobs import SERVICE_INPUTS, EmbeddingResult, QueryResult
 from services.common.kafka import encode, envelope_headers
 from services.common.taskset import TaskSet
 from services.orchestrator.breaker import CircuitBreaker
+from services.orchestrator.cachefeed import CacheInvalidations
 from services.orchestrator.ids import new_id
 from services.orchestrator.jobrequests import JobRequests
 from services.orchestrator.lifecycle import Lifecycle
@@ -107,6 +108,10 @@ class ServiceCoordinator:
         self.requests = JobRequests(lifecycle, self)
         # Results of identical requests are answered from here, not paid for again (servicecache.py).
         self.cache: ServiceCache | None = make_cache(settings)
+        # Invalidations reach every replica's in-process cache through the log (cachefeed.py).
+        self.invalidations = (
+            CacheInvalidations(settings.kafka, cache=self.cache, producer=lifecycle.producer) if self.cache is not None else None
+        )
         self._background = TaskSet("coordinator", log=log)
         lifecycle.end_hooks.append(self._on_end)
         lifecycle.late_hooks.append(self._on_late)
@@ -115,10 +120,14 @@ class ServiceCoordinator:
     async def start(self) -> None:
         if self.cache is not None:
             await self.cache.start()
+        if self.invalidations is not None:
+            await self.invalidations.start()
         await self.requests.start()
 
     async def stop(self) -> None:
         await self.requests.stop()
+        if self.invalidations is not None:
+            await self.invalidations.stop()
         await self._background.stop()
         for client in self.clients.values():
             await client.aclose()
@@ -177,6 +186,14 @@ class ServiceCoordinator:
             await self.lifecycle.finalize(job_id, "completed", result=hit.result, usage=dict(CACHED_USAGE))
             return
         self._background.spawn(self._delegate(request, job_id, deadline), name=f"delegate-{job_id}")
+
+    async def invalidate_tenant(self, tenant_id: str) -> int:
+        """Drop one tenant's cached results here (in Redis: everywhere) and tell every replica; the
+        count is what this replica's store dropped. ``Unavailable`` if the store or Kafka fails."""
+        assert self.cache is not None and self.invalidations is not None
+        dropped = await self.cache.invalidate(tenant_id)
+        await self.invalidations.publish(tenant_id)
+        return dropped
 
     async def _look_up(self, request: JobRequested) -> tuple[CacheKey | None, CachedResult | None]:
         """The request's cache entry and, unless the request bypasses the cache, what it holds."""

@@ -42,6 +42,8 @@ def digest_of(normalized: dict[str, Any]) -> str:
 
 
 class CacheStore(Protocol):
+    shared: bool  # every replica sees the same entries (Redis), or only this process (memory)
+
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def get(self, key: CacheKey) -> bytes | None: ...
@@ -51,6 +53,8 @@ class CacheStore(Protocol):
 
 class MemoryStore:
     """One replica's LRU, bounded by entries and by bytes; an expired entry is a miss (and is dropped)."""
+
+    shared = False
 
     def __init__(self, *, max_entries: int, max_bytes: int, clock: Any = time.monotonic) -> None:
         self._items: OrderedDict[CacheKey, tuple[float, bytes]] = OrderedDict()
@@ -114,6 +118,8 @@ class RedisStore:
     Short socket timeouts: a Redis that hangs must cost a request little before it counts as a miss.
     Invalidation scans the tenant's prefix (an admin operation, rare) and unlinks what it finds.
     """
+
+    shared = True
 
     def __init__(self, url: str, *, prefix: str, timeout_s: float = 0.5) -> None:
         self._url = url

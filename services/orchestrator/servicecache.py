@@ -66,6 +66,10 @@ class ServiceCache:
         self._models = models
         self._max_value_bytes = max_value_bytes
 
+    @property
+    def shared(self) -> bool:
+        return self.store.shared
+
     async def start(self) -> None:
         await self.store.start()
 

@@ -6,6 +6,7 @@ degrades every lookup to a miss)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -195,3 +196,22 @@ async def test_a_redis_that_is_down_degrades_to_a_miss(world: Launch) -> None:
         # The admin API says the store failed (503), it does not 500.
         r = await w.orch.http.delete("/v1/admin/tenants/tenant-a/cache", headers={"Authorization": f"Bearer {ADMIN}"})
         assert r.status_code == 503, r.text
+
+
+async def test_an_invalidation_reaches_every_replicas_in_process_cache(kafka_settings: KafkaSettings, tmp_path: Any) -> None:
+    """Two replicas with in-process caches share nothing but Kafka: the admin call on one drops the
+    tenant's entries on the other too (cache.invalidations), and leaves other tenants' alone."""
+    apps = [create_app(settings_for(kafka_settings, f"sqlite+aiosqlite:///{tmp_path / name}.db", result_cache="memory")) for name in "ab"]
+    async with serve(apps[0]) as url_a, serve(apps[1]):
+        cache = apps[1].state.agentstream.runtime.coordinator.cache
+        assert cache is not None
+        keys = {tenant: cache.key_for(tenant, "embedding", {"texts": ["x"]}) for tenant in ("tenant-a", "tenant-b")}
+        for tenant, k in keys.items():
+            assert k is not None and await cache.put(k, {"model": "m", "embeddings": [[1.0]]}, job_id=f"job_{tenant}")
+        async with httpx.AsyncClient(base_url=url_a, timeout=30) as http:
+            r = await http.delete("/v1/admin/tenants/tenant-a/cache", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 200 and r.json() == {"tenant_id": "tenant-a", "invalidated": 0}  # replica a held none
+        async with asyncio.timeout(20):
+            while await cache.get(keys["tenant-a"]) is not None:
+                await asyncio.sleep(0.05)
+        assert await cache.get(keys["tenant-b"]) is not None
