@@ -134,6 +134,8 @@ async def test_a_repeated_embedding_is_served_from_the_cache_and_another_tenants
         assert "served from the result cache" in hit["detail"]
         task = (await w.orch.get(f"/v1/tasks/{hit['job_id']}")).json()
         assert task["status"] == "completed" and task["result"] == w.service.reports[0][0]["result"]
+        assert task["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cached": True}
+        assert (await w.orch.get(f"/v1/tasks/{missed['job_id']}")).json()["usage"] is None  # the service reported none
         # Usage: the two executions' model tokens, and nothing for the hit (not even a zero row).
         model_tokens = first[-1]["usage"]["total_tokens"] + second[-1]["usage"]["total_tokens"]
         report = await w.orch.wait_for("/v1/usage", lambda r: bool(r["rows"]) and r["rows"][0]["executions"] >= 2)
