@@ -337,6 +337,7 @@ class ServiceCoordinator:
             status=status,
             result=job.result if job is not None and status == "completed" else None,
             error=error or (job.error if job is not None else None),
+            cached=bool(job is not None and job.usage and job.usage.get("cached")),  # a redelivered request of a hit
         )
         await self._send(update)
 

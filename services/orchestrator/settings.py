@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.common.settings import KafkaSettings
 
 SessionPolicy = Literal["reject", "enqueue", "interrupt"]
+CacheTtl = Annotated[float, Field(ge=0, le=31_536_000)]  # seconds, at most a year; 0: not cached
 
 
 class ServiceEndpoint(BaseModel):
@@ -110,7 +111,7 @@ class OrchestratorSettings(BaseSettings):
     result_cache: Literal["auto", "memory", "off"] = "auto"
     result_cache_redis_url: SecretStr | None = None
     result_cache_redis_timeout_s: float = Field(default=0.5, gt=0, le=10)
-    result_cache_ttl_s: dict[str, float] = Field(default_factory=lambda: {"query": 300.0, "embedding": 86_400.0})
+    result_cache_ttl_s: dict[str, CacheTtl] = Field(default_factory=lambda: {"query": 300.0, "embedding": 86_400.0})
     result_cache_max_entries: int = Field(default=10_000, ge=1)
     result_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     result_cache_max_value_bytes: int = Field(default=1_000_000, ge=1)

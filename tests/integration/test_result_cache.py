@@ -9,10 +9,14 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from pydantic import ValidationError
+from starlette.requests import Request
 
 from services.common.errors import Unavailable
+from services.orchestrator.cachecontrol import no_cache
 from services.orchestrator.resultcache import CacheKey, CacheStore, MemoryStore, RedisStore
 from services.orchestrator.servicecache import ServiceCache
+from services.orchestrator.settings import OrchestratorSettings
 from tests.databases import REDIS_URL
 
 
@@ -122,3 +126,38 @@ async def test_a_redis_nobody_listens_on_is_a_miss_not_an_error() -> None:
             await c.invalidate("tenant-a")
     finally:
         await c.stop()
+
+
+async def test_a_damaged_entry_is_a_miss(store: CacheStore) -> None:
+    c = cache(store)
+    k = c.key_for("tenant-a", "embedding", {"texts": ["a"]})
+    assert k is not None
+    await store.put(k, b"not json at all", 30)  # what an older version or another writer may have left
+    assert await c.get(k) is None
+    assert await c.put(k, {"model": "m", "embeddings": [[1.0]]}, job_id="job_1")  # a fresh result replaces it
+    found = await c.get(k)
+    assert found is not None and found.job_id == "job_1"
+
+
+@pytest.mark.parametrize(
+    ("header", "bypass"),
+    [
+        ("no-cache", True),
+        ("max-age=0, No-Cache", True),
+        ('no-cache="set-cookie"', True),
+        ("no-store", False),
+        ("max-age=60", False),
+        ("", False),
+        ("x" * 5000 + ", no-cache", False),  # past the bounded prefix that is read
+    ],
+)
+def test_cache_control_no_cache_is_read_from_the_request(header: str, bypass: bool) -> None:
+    scope = {"type": "http", "headers": [(b"cache-control", header.encode())] if header else []}
+    assert no_cache(Request(scope)) is bypass
+
+
+def test_cache_ttls_are_bounded_where_they_enter() -> None:
+    assert OrchestratorSettings(result_cache_ttl_s={"query": 0, "embedding": 60}).result_cache_ttl_s == {"query": 0, "embedding": 60}
+    for bad in (-1, 10**12):
+        with pytest.raises(ValidationError):
+            OrchestratorSettings(result_cache_ttl_s={"query": bad})
