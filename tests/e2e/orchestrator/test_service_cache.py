@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from examples.services.embedders import HashingEmbedder
 from examples.services.embedding import embedding_service
 from examples.services.jobs import JobService, KafkaReporter
+from examples.services.query import Index, load_docs, query_service
 from services.common.settings import KafkaSettings
 from services.executor.app import Executor
 from services.executor.settings import ExecutorSettings
@@ -217,3 +218,39 @@ async def test_an_invalidation_reaches_every_replicas_in_process_cache(kafka_set
             while await cache.get(keys["tenant-a"]) is not None:
                 await asyncio.sleep(0.05)
         assert await cache.get(keys["tenant-b"]) is not None
+
+
+async def test_a_repeated_question_is_answered_from_the_cache_and_its_tokens_are_paid_once(
+    kafka_settings: KafkaSettings, tmp_path: Any
+) -> None:
+    """The Query Service reports tokens: the miss counts them toward the tenant's usage, the hit does not."""
+    reporter = KafkaReporter(kafka_settings.bootstrap, kafka_settings.topics.jobs_completed)
+    query = query_service(Index(load_docs(), HashingEmbedder()), token=TOKEN, reporter=reporter, delay_s=0.1)
+    question = "What do the docs say about a cancel that arrives before start?"
+    async with contextlib.AsyncExitStack() as stack:
+        query_url = await stack.enter_async_context(serve(query.app()))
+        settings = settings_for(
+            kafka_settings,
+            f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
+            query_service=ServiceEndpoint(url=query_url, token=SecretStr(TOKEN), timeout_s=2.0),
+            service_tokens={"query": SecretStr(TOKEN)},
+            result_cache="memory",
+        )
+        await stack.enter_async_context(Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=1, job_timeout_s=10)))
+        url = await stack.enter_async_context(serve(create_app(settings)))
+        http = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=30))
+        w = World(orch=Orch(url=url, http=http, settings=settings), service=query)
+        _, first = await w.embed(question)
+        # The same question with other spacing is the same request (a query's whitespace is collapsed).
+        _, second = await w.embed("What do the docs say about a cancel  that arrives before   start?")
+        assert len(query.received) == 1
+        answers = [next(e for e in events if e["type"] == "tool.call.completed")["result"]["answer"] for events in (first, second)]
+        assert answers[0] == answers[1]
+        assert [p["status"] for p in progress(second)] == ["requested", "completed"]
+        service_tokens = int(query.reports[0][0]["usage"]["total_tokens"])
+        assert service_tokens > 0
+        model_tokens = sum(int(events[-1]["usage"]["total_tokens"]) for events in (first, second))
+        # A usage row per execution and for the paid job, none for the hit: its tokens were paid once.
+        report = await w.orch.wait_for("/v1/usage", lambda r: bool(r["rows"]) and r["rows"][0]["executions"] >= 3)
+        assert report["rows"][0]["executions"] == 3
+        assert report["rows"][0]["total_tokens"] == model_tokens + service_tokens
