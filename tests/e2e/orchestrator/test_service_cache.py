@@ -254,3 +254,22 @@ async def test_a_repeated_question_is_answered_from_the_cache_and_its_tokens_are
         report = await w.orch.wait_for("/v1/usage", lambda r: bool(r["rows"]) and r["rows"][0]["executions"] >= 3)
         assert report["rows"][0]["executions"] == 3
         assert report["rows"][0]["total_tokens"] == model_tokens + service_tokens
+
+
+async def test_a_failed_job_is_not_cached(world: Launch) -> None:
+    async with world(result_cache="memory") as w:
+        w.service.behaviour = "garbage_result"  # its result fails the embedding check: the job fails
+        failed_id, failed = await w.embed()
+        assert next(e for e in failed if e["type"] == "tool.call.completed")["error"] is not None
+        assert (await job_call(w.orch, failed_id))["outcome"] == "failed"
+        w.service.behaviour = "ok"
+        ok_id, _ = await w.embed()
+        assert len(w.service.received) == 2  # asked again: the failure was not kept
+        assert not ((await job_call(w.orch, ok_id))["meta"] or {}).get("cached")
+
+
+async def test_a_result_larger_than_the_bound_is_not_cached(world: Launch) -> None:
+    async with world(result_cache="memory", result_cache_max_value_bytes=1000) as w:  # one 384-dim vector is ~7 kB
+        await w.embed()
+        await w.embed()
+        assert len(w.service.received) == 2
