@@ -273,3 +273,15 @@ async def test_a_result_larger_than_the_bound_is_not_cached(world: Launch) -> No
         await w.embed()
         await w.embed()
         assert len(w.service.received) == 2
+
+
+async def test_no_cache_on_a_batch_holds_for_every_item(world: Launch) -> None:
+    async with world(result_cache="memory") as w:
+        await w.embed()
+        assert len(w.service.received) == 1
+        items = [{"input": TEXT, "agent": "docs"}, {"input": TEXT, "agent": "docs"}]
+        r = await w.orch.post("/v1/batches", {"items": items}, headers={"Cache-Control": "no-cache"})
+        assert r.status_code in (200, 201, 202), r.text
+        batch_id = r.json()["batch_id"]
+        await w.orch.wait_for(f"/v1/batches/{batch_id}", lambda b: b["status"] == "completed", timeout=30)
+        assert len(w.service.received) == 3  # both items asked the service, neither was served the entry
