@@ -272,8 +272,6 @@ class ServiceCoordinator:
             cached = bool(meta.get("cached"))
             detail = f"served from the result cache (the result of job {meta.get('cached_from')})" if cached else task.error
             await plans.end(conn, execution_id=row.execution_id, kind="job", job_id=task.id, outcome=task.state, detail=detail)
-        if task.state == "completed" and not cached:
-            await self._store_result(task, meta)
         update = JobUpdated(
             tenant_id=task.tenant_id,
             execution_id=row.execution_id,
@@ -289,7 +287,9 @@ class ServiceCoordinator:
             usage=Usage.model_validate(task.usage) if task.usage else None,
             cached=cached,
         )
-        await self._send(update)
+        await self._send(update)  # the waiting executor first; the cache after
+        if task.state == "completed" and not cached:
+            await self._store_result(task, meta)
 
     async def _store_result(self, task: Task, meta: dict[str, Any]) -> None:
         entry = meta.get("cache_key")

@@ -9,7 +9,9 @@ service, no tokens); a miss is delegated, and a successful result is stored when
   share one.
 - TTL per service (``result_cache_ttl_s``; 0 or absent: that service is not cached).
 - Store: Redis when configured (shared by every replica), else this process's bounded LRU
-  (``resultcache.py``). A store that fails is a miss (counted as ``error``), never a failed job.
+  (``resultcache.py``). A store that fails is a miss (counted as ``error``), never a failed job;
+  after a few failures in a row a circuit breaker skips the store for a while (``skipped``), so a
+  Redis that hangs costs each job nothing instead of a timeout per lookup and per store.
 - Only successful results, each at most ``result_cache_max_value_bytes`` encoded.
 
 The cache is a disposable copy: every entry is a result the log already reported (a job's
@@ -30,6 +32,7 @@ from pydantic import ValidationError
 from schemas.jobs import SERVICE_INPUTS
 from services.common.errors import Unavailable
 from services.common.observability import metrics
+from services.orchestrator.breaker import CircuitBreaker
 from services.orchestrator.resultcache import CacheKey, CacheStore, MemoryStore, RedisStore, digest_of
 from services.orchestrator.settings import OrchestratorSettings
 
@@ -60,8 +63,17 @@ def normalized(service: str, payload: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class ServiceCache:
-    def __init__(self, store: CacheStore, *, ttl_s: dict[str, float], models: dict[str, str], max_value_bytes: int) -> None:
+    def __init__(
+        self,
+        store: CacheStore,
+        *,
+        ttl_s: dict[str, float],
+        models: dict[str, str],
+        max_value_bytes: int,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.store = store
+        self.breaker = breaker or CircuitBreaker(failures=3, reset_s=5.0)
         self._ttl_s = ttl_s
         self._models = models
         self._max_value_bytes = max_value_bytes
@@ -86,11 +98,21 @@ class ServiceCache:
         return CacheKey(tenant_id=tenant_id, service=service, model=self._models.get(service, ""), digest=digest_of(fields))
 
     async def get(self, key: CacheKey) -> CachedResult | None:
+        if not self.breaker.allow():
+            metrics.CACHE_LOOKUPS.labels(service=key.service, outcome="skipped").inc()
+            return None
         try:
             raw = await self.store.get(key)
-            found = _decode(raw) if raw is not None else None
-        except Exception as exc:  # Redis down or a damaged entry: a miss, never a failed job
+        except Exception as exc:  # Redis down: a miss, never a failed job
+            self.breaker.failure()
             log.warning("result cache lookup failed (%s: %s); treated as a miss", type(exc).__name__, exc)
+            metrics.CACHE_LOOKUPS.labels(service=key.service, outcome="error").inc()
+            return None
+        self.breaker.success()
+        try:
+            found = _decode(raw) if raw is not None else None
+        except (ValueError, KeyError, TypeError) as exc:  # a damaged entry: a miss (the next result replaces it)
+            log.warning("result cache entry of %s unreadable (%s); treated as a miss", key.service, exc)
             metrics.CACHE_LOOKUPS.labels(service=key.service, outcome="error").inc()
             return None
         metrics.CACHE_LOOKUPS.labels(service=key.service, outcome="hit" if found is not None else "miss").inc()
@@ -105,12 +127,17 @@ class ServiceCache:
         if len(value) > self._max_value_bytes:
             metrics.CACHE_STORES.labels(service=key.service, outcome="too_large").inc()
             return False
+        if not self.breaker.allow():
+            metrics.CACHE_STORES.labels(service=key.service, outcome="skipped").inc()
+            return False
         try:
             await self.store.put(key, value, self._ttl_s[key.service])
         except Exception as exc:
+            self.breaker.failure()
             log.warning("result cache store failed (%s: %s)", type(exc).__name__, exc)
             metrics.CACHE_STORES.labels(service=key.service, outcome="error").inc()
             return False
+        self.breaker.success()
         metrics.CACHE_STORES.labels(service=key.service, outcome="stored").inc()
         return True
 

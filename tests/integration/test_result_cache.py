@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from services.common.errors import Unavailable
+from services.orchestrator.breaker import CircuitBreaker
 from services.orchestrator.cachecontrol import no_cache
 from services.orchestrator.resultcache import CacheKey, CacheStore, MemoryStore, RedisStore
 from services.orchestrator.servicecache import ServiceCache
@@ -161,3 +162,51 @@ def test_cache_ttls_are_bounded_where_they_enter() -> None:
     for bad in (-1, 10**12):
         with pytest.raises(ValidationError):
             OrchestratorSettings(result_cache_ttl_s={"query": bad})
+
+
+class DownStore:
+    """A store whose backend does not answer (what a hung or dead Redis looks like to the cache)."""
+
+    shared = True
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def get(self, key: CacheKey) -> bytes | None:
+        self.calls += 1
+        raise ConnectionError("no answer")
+
+    async def put(self, key: CacheKey, value: bytes, ttl_s: float) -> None:
+        self.calls += 1
+        raise ConnectionError("no answer")
+
+    async def invalidate(self, tenant_id: str) -> int:
+        self.calls += 1
+        raise ConnectionError("no answer")
+
+
+async def test_a_failing_store_is_skipped_after_a_few_failures_then_tried_again() -> None:
+    now = [0.0]
+    store = DownStore()
+    c = ServiceCache(
+        store,
+        ttl_s={"embedding": 60.0},
+        models={},
+        max_value_bytes=10_000,
+        breaker=CircuitBreaker(failures=3, reset_s=5.0, clock=lambda: now[0]),
+    )
+    k = c.key_for("tenant-a", "embedding", {"texts": ["a"]})
+    assert k is not None
+    for _ in range(10):
+        assert await c.get(k) is None
+        assert not await c.put(k, {"model": "m", "embeddings": [[1.0]]}, job_id="job_1")
+    assert store.calls == 3  # then the circuit opened: 17 lookups and stores cost nothing
+    now[0] += 5.0
+    assert await c.get(k) is None and store.calls == 4  # one trial after the reset
+    assert await c.get(k) is None and store.calls == 4  # it failed: open again

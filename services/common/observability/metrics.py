@@ -91,13 +91,13 @@ EXECUTIONS = Counter(
 )
 CACHE_LOOKUPS = Counter(
     "agentstream_service_cache_lookups",
-    "Query/Embedding result cache lookups: hit, miss, bypass (Cache-Control: no-cache) or error (store failed: a miss)",
+    "Query/Embedding result cache lookups: hit, miss, bypass (no-cache), error or skipped (store failing: a miss)",
     ["service", "outcome"],
     registry=ORCHESTRATOR,
 )
 CACHE_STORES = Counter(
     "agentstream_service_cache_stores",
-    "Results offered to the cache: stored, too_large or error",
+    "Results offered to the cache: stored, too_large, error or skipped (store failing)",
     ["service", "outcome"],
     registry=ORCHESTRATOR,
 )
