@@ -7,14 +7,19 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from services.common.errors import Unavailable
+from services.common.errors import PoisonRecord, Unavailable
+from services.common.settings import KafkaSettings
+from services.common.sources import MemorySource
 from services.orchestrator.breaker import CircuitBreaker
 from services.orchestrator.cachecontrol import no_cache
+from services.orchestrator.cachefeed import CacheInvalidations
 from services.orchestrator.resultcache import CacheKey, CacheStore, MemoryStore, RedisStore
 from services.orchestrator.servicecache import ServiceCache
 from services.orchestrator.settings import OrchestratorSettings
@@ -210,3 +215,27 @@ async def test_a_failing_store_is_skipped_after_a_few_failures_then_tried_again(
     now[0] += 5.0
     assert await c.get(k) is None and store.calls == 4  # one trial after the reset
     assert await c.get(k) is None and store.calls == 4  # it failed: open again
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"type": "cache.cleared", "tenant_id": "tenant-a"}',
+        b'{"type": "cache.invalidated"}',
+        b'{"type": "cache.invalidated", "tenant_id": ""}',
+        b'{"type": "cache.invalidated", "tenant_id": 7}',
+        b'{"type": "cache.invalidated", "tenant_id": "' + b"x" * 200 + b'"}',
+    ],
+)
+async def test_a_malformed_invalidation_record_is_refused_and_drops_nothing(value: bytes) -> None:
+    store = MemoryStore(max_entries=10, max_bytes=10_000)
+    feed = CacheInvalidations(KafkaSettings(topic_prefix="x."), cache=cache(store), producer=cast(AIOKafkaProducer, None))
+    await store.put(key(), b"v", 30)
+    source = MemorySource()
+    with pytest.raises(PoisonRecord):  # the reader parks it in the DLQ with this reason and goes on
+        await feed._deliver(source.append("x.cache.invalidations", value, key=b"tenant-a"))
+    assert await store.get(key()) == b"v"
+    await feed._deliver(source.append("x.cache.invalidations", b'{"type": "cache.invalidated", "tenant_id": "tenant-a"}'))
+    assert await store.get(key()) is None
