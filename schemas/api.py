@@ -262,6 +262,13 @@ class JobCreate(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0, le=86_400)
 
 
+class TaskUsage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached: bool = False  # answered from the orchestrator's result cache: it cost nothing
+
+
 class TaskView(BaseModel):
     task_id: str
     kind: TaskKind
@@ -276,6 +283,7 @@ class TaskView(BaseModel):
     error: str | None = None
     created_at: str
     updated_at: str
+    usage: TaskUsage | None = None  # a job's: the service's tokens, or zero and ``cached`` for a result cache hit
 
 
 class UsageRow(BaseModel):

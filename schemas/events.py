@@ -336,6 +336,8 @@ class JobRequested(Envelope):
     payload: JsonObject = Field(default_factory=dict)
     call_id: str = ""
     timeout_s: float | None = None
+    # Skip the orchestrator's result cache for this request (its fresh result replaces the entry).
+    no_cache: bool = False
 
 
 class JobUpdated(Envelope):
@@ -349,6 +351,7 @@ class JobUpdated(Envelope):
     result: JsonValue = None
     error: str | None = None
     usage: Usage | None = None
+    cached: bool = False  # answered from the orchestrator's result cache: no call to the service, no tokens
 
 
 Event = Annotated[

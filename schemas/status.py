@@ -50,6 +50,7 @@ class Intake(BaseModel):
     input_preview: str | None = None
     accepted_at: float
     plan: tuple[PlanCall, ...] = ()
+    no_cache: bool = False  # the request said ``Cache-Control: no-cache``: its service jobs skip the result cache
 
 
 class ExecutionStatus(BaseModel):

@@ -57,6 +57,11 @@ class Topics:
         return f"{self.prefix}tasks.updates"
 
     @property
+    def cache_invalidations(self) -> str:
+        """Orchestrator replicas -> each other: ``cache.invalidated`` of one tenant's cached results (key tenant_id)."""
+        return f"{self.prefix}cache.invalidations"
+
+    @property
     def dlq(self) -> str:
         return f"{self.prefix}dlq"
 
@@ -78,4 +83,5 @@ class Topics:
             self.jobs_updates,
             self.tenants,
             self.task_updates,
+            self.cache_invalidations,
         )

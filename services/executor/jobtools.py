@@ -119,7 +119,8 @@ class JobClient:
                     if update.status == "accepted":
                         await _progress(ctx, job_id, "accepted", f"the {service} service accepted the job")
                         continue
-                    await _progress(ctx, job_id, update.status, update.error or "")
+                    detail = update.error or ("served from the orchestrator's result cache" if update.cached else "")
+                    await _progress(ctx, job_id, update.status, detail)
                     if update.status == "completed":
                         return job_id, update.result
                     ref = f"{service} job {job_id}" if job_id else f"{service} job"

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from schemas.api import BatchAccepted, BatchRequest, BatchResult, BatchView
 from services.common.errors import InvalidInput, NotFound
 from services.orchestrator.auth import TenantContext
+from services.orchestrator.cachecontrol import no_cache
 from services.orchestrator.executions import checked_callback, checked_prompt, delivery_view, traceparent_of, usage_view
 from services.orchestrator.http import iso, parse_json, path_id, require_tenant, state_of, validate
 from services.orchestrator.idempotency import idempotent
@@ -35,6 +36,7 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
     callback = await checked_callback(state.settings, req.callback_url)
     batch_id = "bat_" + new_id()
     traceparent = traceparent_of(request)
+    bypass = no_cache(request)  # Cache-Control: no-cache holds for every item
     subs = [
         Submission(
             tenant_id=ctx.id,
@@ -46,6 +48,7 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
             custom_id=item.custom_id,
             traceparent=traceparent,
             origin="batch",
+            no_cache=bypass,
         )
         for item in req.items
     ]

@@ -29,10 +29,13 @@ from schemas.jobs import SERVICE_INPUTS, EmbeddingResult, QueryResult
 from services.common.kafka import encode, envelope_headers
 from services.common.taskset import TaskSet
 from services.orchestrator.breaker import CircuitBreaker
+from services.orchestrator.cachefeed import CacheInvalidations
 from services.orchestrator.ids import new_id
 from services.orchestrator.jobrequests import JobRequests
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.projection import row_of
+from services.orchestrator.resultcache import CacheKey
+from services.orchestrator.servicecache import CachedResult, ServiceCache, make_cache
 from services.orchestrator.serviceclient import ServiceClient
 from services.orchestrator.serviceerrors import ServiceError
 from services.orchestrator.settings import OrchestratorSettings
@@ -64,6 +67,19 @@ def check_embedding_result(result: Any) -> str | None:
     return None
 
 
+# A job answered from the cache cost no tokens, and its usage says why.
+CACHED_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cached": True}
+
+
+def _plan_meta(request: JobRequested, deadline: float, key: CacheKey | None, hit: CachedResult | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"call_id": request.call_id, "attempt": request.attempt, "deadline": deadline}
+    if hit is not None:
+        meta |= {"cached": True, "cached_from": hit.job_id}
+    elif key is not None:  # where the result goes when the job completes
+        meta["cache_key"] = {"model": key.model, "digest": key.digest}
+    return meta
+
+
 def job_status(job: Task) -> JobStatus:
     """A delegated job's row as ``job.updated`` tells it: its end, or ``accepted`` while it is open."""
     match job.state:
@@ -90,24 +106,39 @@ class ServiceCoordinator:
                     transport=transport,
                 )
         self.requests = JobRequests(lifecycle, self)
+        # Results of identical requests are answered from here, not paid for again (servicecache.py).
+        self.cache: ServiceCache | None = make_cache(settings)
+        # Invalidations reach every replica's in-process cache through the log (cachefeed.py).
+        self.invalidations = (
+            CacheInvalidations(settings.kafka, cache=self.cache, producer=lifecycle.producer) if self.cache is not None else None
+        )
         self._background = TaskSet("coordinator", log=log)
         lifecycle.end_hooks.append(self._on_end)
         lifecycle.late_hooks.append(self._on_late)
         lifecycle.result_checks.update({"query": check_query_result, "embedding": check_embedding_result})
 
     async def start(self) -> None:
+        if self.cache is not None:
+            await self.cache.start()
+        if self.invalidations is not None:
+            await self.invalidations.start()
         await self.requests.start()
 
     async def stop(self) -> None:
         await self.requests.stop()
+        if self.invalidations is not None:
+            await self.invalidations.stop()
         await self._background.stop()
         for client in self.clients.values():
             await client.aclose()
+        if self.cache is not None:
+            await self.cache.stop()
 
     # -- delegation -----------------------------------------------------------------------------
     async def accept(self, request: JobRequested) -> None:
         """Register and delegate one request (once: a redelivered one only repeats what became of it)."""
         store = self.lifecycle.store
+        key, hit = await self._look_up(request)
         async with store.begin() as conn:
             known = await plans.by_request(conn, request.request_id)
             if known is not None:
@@ -141,7 +172,7 @@ class ServiceCoordinator:
                         job_id=job_id,
                         request_id=request.request_id,
                         outcome="pending",
-                        meta={"call_id": request.call_id, "attempt": request.attempt, "deadline": deadline},
+                        meta=_plan_meta(request, deadline, key, hit),
                     )
         if known is not None:
             if job is not None:
@@ -151,7 +182,35 @@ class ServiceCoordinator:
             log.warning("job request %s of execution %s refused: %s", request.request_id, request.execution_id, problem)
             await self._publish(request, "", "failed", error=problem)
             return
+        if hit is not None:
+            # Answered now: the end hook tells the executor, with ``cached`` (plan meta) and no tokens.
+            await self.lifecycle.finalize(job_id, "completed", result=hit.result, usage=dict(CACHED_USAGE))
+            return
         self._background.spawn(self._delegate(request, job_id, deadline), name=f"delegate-{job_id}")
+
+    async def invalidate_tenant(self, tenant_id: str) -> int:
+        """Drop one tenant's cached results here (in Redis: everywhere) and tell every replica; the
+        count is what this replica's store dropped. ``Unavailable`` if the store or Kafka fails."""
+        assert self.cache is not None and self.invalidations is not None
+        dropped = await self.cache.invalidate(tenant_id)
+        await self.invalidations.publish(tenant_id)
+        return dropped
+
+    async def _look_up(self, request: JobRequested) -> tuple[CacheKey | None, CachedResult | None]:
+        """The request's cache entry and, unless the request bypasses the cache, what it holds."""
+        if self.cache is None or request.service not in self.clients:
+            return None, None
+        key = self.cache.key_for(request.tenant_id, request.service, request.payload)
+        if key is None:
+            return None, None
+        if request.no_cache or self._execution_says_no_cache(request.execution_id):
+            self.cache.bypassed(request.service)
+            return key, None  # still stored when it completes: a bypass refreshes the entry
+        return key, await self.cache.get(key)
+
+    def _execution_says_no_cache(self, execution_id: str) -> bool:
+        status = self.lifecycle.status.get(execution_id)
+        return bool(status is not None and status.intake is not None and status.intake.no_cache)
 
     def _problem(self, request: JobRequested, execution: Task | None) -> str | None:
         if execution is None or execution.kind != "execution":
@@ -210,8 +269,10 @@ class ServiceCoordinator:
             row = await plans.of_job(conn, task.id)
             if row is None:
                 return
-            await plans.end(conn, execution_id=row.execution_id, kind="job", job_id=task.id, outcome=task.state, detail=task.error)
-        meta = row.meta or {}
+            meta = row.meta or {}
+            cached = bool(meta.get("cached"))
+            detail = f"served from the result cache (the result of job {meta.get('cached_from')})" if cached else task.error
+            await plans.end(conn, execution_id=row.execution_id, kind="job", job_id=task.id, outcome=task.state, detail=detail)
         update = JobUpdated(
             tenant_id=task.tenant_id,
             execution_id=row.execution_id,
@@ -225,8 +286,19 @@ class ServiceCoordinator:
             result=task.result if task.state == "completed" else None,
             error=task.error,
             usage=Usage.model_validate(task.usage) if task.usage else None,
+            cached=cached,
         )
-        await self._send(update)
+        await self._send(update)  # the waiting executor first; the cache after
+        if task.state == "completed" and not cached:
+            await self._store_result(task, meta)
+
+    async def _store_result(self, task: Task, meta: dict[str, Any]) -> None:
+        entry = meta.get("cache_key")
+        if self.cache is None or not isinstance(entry, dict) or task.service is None:
+            return
+        model, digest = str(entry.get("model", "")), str(entry.get("digest", ""))
+        key = CacheKey(tenant_id=task.tenant_id, service=task.service, model=model, digest=digest)
+        await self.cache.put(key, task.result, job_id=task.id)
 
     async def _on_late(self, task: Task, message: dict[str, Any]) -> None:
         log.warning("late completion of %s job %s ignored: the job already ended (%s)", task.service, task.id, task.state)
@@ -266,6 +338,7 @@ class ServiceCoordinator:
             status=status,
             result=job.result if job is not None and status == "completed" else None,
             error=error or (job.error if job is not None else None),
+            cached=bool(job is not None and job.usage and job.usage.get("cached")),  # a redelivered request of a hit
         )
         await self._send(update)
 

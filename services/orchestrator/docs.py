@@ -162,6 +162,9 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", "/v1/admin/tenants/{tenant_id}/keys"): Op("Create an API key (shown once)", "admin", api.KeyCreate, {201: None}, auth="admin"),
     ("GET", "/v1/admin/tenants/{tenant_id}/keys"): Op("List a tenant's keys", "admin", None, {200: None}, auth="admin"),
     ("DELETE", "/v1/admin/keys/{key_id}"): Op("Revoke a key", "admin", None, {200: None}, auth="admin"),
+    ("DELETE", "/v1/admin/tenants/{tenant_id}/cache"): Op(
+        "Drop a tenant's cached Query and Embedding results", "admin", None, {200: None, 503: None}, auth="admin"
+    ),
     ("GET", "/health/live"): Op("Liveness", "operations", None, {200: None}, auth="none"),
     ("GET", "/health/ready"): Op("Readiness (Kafka, every reader)", "operations", None, {200: None, 503: None}, auth="none"),
     ("GET", "/metrics"): Op("Prometheus metrics", "operations", None, {200: None}, auth="none"),

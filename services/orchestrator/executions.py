@@ -25,6 +25,7 @@ from schemas.status import ExecutionStatus
 from services.common.errors import InvalidInput, NotFound
 from services.common.prompts import PromptError, render_prompt, template_variables
 from services.orchestrator.auth import TenantContext
+from services.orchestrator.cachecontrol import no_cache
 from services.orchestrator.callbacks import CallbackURLError, check_url
 from services.orchestrator.http import HTTPError, iso, parse_json, path_id, query_time, require_tenant, state_of, validate
 from services.orchestrator.idempotency import idempotent
@@ -107,7 +108,7 @@ async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[in
     callback = await checked_callback(state.settings, req.callback_url)
     if req.reply_to is not None and req.reply_to not in state.settings.reply_topics.get(ctx.id, ()):
         raise InvalidInput(f"reply_to topic {req.reply_to!r} is not in this tenant's allowlist")
-    sub = submission_of(ctx.id, req, callback_url=callback, traceparent=traceparent_of(request), plan=plan)
+    sub = submission_of(ctx.id, req, callback_url=callback, traceparent=traceparent_of(request), plan=plan, no_cache=no_cache(request))
     await state.runtime.lifecycle.accept(ctx, [sub])
     accepted = ExecutionAccepted(execution_id=sub.execution_id, events_url=f"/v1/executions/{sub.execution_id}", stream_url="/v1/stream")
     return 202, accepted.model_dump(mode="json")

@@ -56,7 +56,7 @@ async def finalize(
             if attempt is not None:
                 log.info("end of %s by attempt %s not applied: already ended, or a newer attempt started", task_id, attempt)
             return None
-        if usage:  # executions and delegated jobs (the query service's tokens) alike
+        if usage and not usage.get("cached"):  # executions and delegated jobs alike; a cache hit cost nothing
             await records.record_usage(
                 conn, execution_id=task.id, tenant_id=task.tenant_id, agent_id=task.agent_id, session_id=task.session_id, tokens=usage
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from services.orchestrator import a2a, admin, agents, agui, approvals, batches, executions, openai, plans, sessions, tasks, usage
+from services.orchestrator.cacheadmin import invalidate_cache
 
 
 def routes() -> list[BaseRoute]:
@@ -34,6 +35,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/admin/tenants/{tenant_id}/keys", admin.create_key, methods=["POST"]),
         Route("/v1/admin/tenants/{tenant_id}/keys", admin.list_keys, methods=["GET"]),
         Route("/v1/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+        Route("/v1/admin/tenants/{tenant_id}/cache", invalidate_cache, methods=["DELETE"]),
         WebSocketRoute("/ws/task_updates", tasks.task_updates),
         WebSocketRoute("/v1/tasks/stream", tasks.task_stream),
         *openai.routes(),  # the OpenAI-compatible door (services/orchestrator/openai/)

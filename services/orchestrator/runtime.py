@@ -112,6 +112,8 @@ class Runtime:
     def readers(self) -> list[Reader]:
         """The readers this runtime runs (for ``/health/ready``)."""
         readers = [self.projection.reader, self.events.reader, self.jobs.reader, self.coordinator.requests.reader, self.feed.reader]
+        if self.coordinator.invalidations is not None:
+            readers.append(self.coordinator.invalidations.reader)
         if self.ingress is not None:
             readers.append(self.ingress.reader)
         return [r for r in readers if r is not None]

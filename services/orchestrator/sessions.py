@@ -20,6 +20,7 @@ from schemas.api import ChatRequest, ChatResponse, SessionCreate, SessionList, S
 from schemas.bounds import MAX_INT32, json_problem
 from services.common.errors import Conflict, DomainError, NotFound
 from services.orchestrator.auth import TenantContext
+from services.orchestrator.cachecontrol import no_cache
 from services.orchestrator.executions import checked_callback, checked_prompt, known_agent, traceparent_of
 from services.orchestrator.finalize import history_messages
 from services.orchestrator.http import iso, parse_json, path_id, query_int, require_tenant, shown, state_of, validate
@@ -176,6 +177,7 @@ async def send_message(request: Request, ctx: TenantContext, req: ChatRequest, s
         output_schema=req.output_schema,
         params=req.params,
         model=req.model,
+        no_cache=no_cache(request),
     )
     active = session.active_execution_id
     if active is not None and session.policy == "reject":

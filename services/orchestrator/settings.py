@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.common.settings import KafkaSettings
 
 SessionPolicy = Literal["reject", "enqueue", "interrupt"]
+CacheTtl = Annotated[float, Field(ge=0, le=31_536_000)]  # seconds, at most a year; 0: not cached
 
 
 class ServiceEndpoint(BaseModel):
@@ -17,6 +18,9 @@ class ServiceEndpoint(BaseModel):
     url: str
     token: SecretStr | None = None  # sent as `Authorization: Bearer`; never logged
     timeout_s: float = 5.0  # per HTTP attempt
+    # The model behind the service, part of its results' cache key (servicecache.py): change it when
+    # the service changes models, and results of the old one are no longer served.
+    model: str = Field(default="", max_length=128)
 
 
 class OrchestratorSettings(BaseSettings):
@@ -105,6 +109,16 @@ class OrchestratorSettings(BaseSettings):
     breaker_failures: int = 5  # consecutive failed delegations that open a service's circuit
     breaker_reset_s: float = 15.0  # an open circuit lets one trial call through after this
     delegated_job_timeout_s: float = 120.0  # upper bound of a delegated job's deadline
+    # One cache for Query and Embedding results (servicecache.py): "auto" keeps it in Redis when
+    # result_cache_redis_url (or redis_url) is set, shared by replicas, else in this process; "memory"
+    # always in-process; "off" none. TTL per service in seconds; 0 or absent: not cached.
+    result_cache: Literal["auto", "memory", "off"] = "auto"
+    result_cache_redis_url: SecretStr | None = None
+    result_cache_redis_timeout_s: float = Field(default=0.5, gt=0, le=10)
+    result_cache_ttl_s: dict[str, CacheTtl] = Field(default_factory=lambda: {"query": 300.0, "embedding": 86_400.0})
+    result_cache_max_entries: int = Field(default=10_000, ge=1)
+    result_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    result_cache_max_value_bytes: int = Field(default=1_000_000, ge=1)
 
     def tenant_for(self, key: str | None) -> str | None:
         """The tenant of a settings-configured (bootstrap) key."""

@@ -57,6 +57,7 @@ class Submission:
     model: str | None = None
     instructions: str | None = None
     output_schema: dict[str, Any] | None = None
+    no_cache: bool = False  # Cache-Control: no-cache: its service jobs skip the result cache (servicecache.py)
 
 
 async def submit(lc: Lifecycle, subs: Sequence[Submission], *, writes: Writes | None = None, undo: Writes | None = None) -> None:
@@ -94,6 +95,7 @@ def intake_of(sub: Submission, deadline: float) -> Intake:
         custom_id=sub.custom_id,
         deadline=deadline,
         input_preview=sub.input[:INPUT_PREVIEW_CHARS],
+        no_cache=sub.no_cache,
         accepted_at=time.time(),
         plan=tuple(
             PlanCall(kind=c.kind, target=c.target, outcome=c.outcome, detail=c.detail, started_at=c.started_at, ended_at=c.ended_at)

@@ -17,7 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from schemas.api import JobCreate, TaskView
+from schemas.api import JobCreate, TaskUsage, TaskView
 from services.common.errors import Conflict, NotFound, Unauthorized
 from services.orchestrator import problems
 from services.orchestrator.auth import TenantContext
@@ -48,6 +48,7 @@ def task_view(t: Task) -> TaskView:
         error=t.error,
         created_at=iso(t.created_at) or "",
         updated_at=iso(t.updated_at) or "",
+        usage=TaskUsage.model_validate(t.usage) if t.kind == "job" and t.usage else None,
     )
 
 

@@ -89,6 +89,21 @@ HTTP_DURATION = Histogram(
 EXECUTIONS = Counter(
     "agentstream_executions", "Executions by state reached (orchestrator's view) and lane", ["state", "lane"], registry=ORCHESTRATOR
 )
+CACHE_LOOKUPS = Counter(
+    "agentstream_service_cache_lookups",
+    "Query/Embedding result cache lookups: hit, miss, bypass (no-cache), error or skipped (store failing: a miss)",
+    ["service", "outcome"],
+    registry=ORCHESTRATOR,
+)
+CACHE_STORES = Counter(
+    "agentstream_service_cache_stores",
+    "Results offered to the cache: stored, too_large, error or skipped (store failing)",
+    ["service", "outcome"],
+    registry=ORCHESTRATOR,
+)
+CACHE_INVALIDATIONS = Counter(
+    "agentstream_service_cache_invalidations", "Per-tenant result cache invalidations (admin API)", registry=ORCHESTRATOR
+)
 RATE_LIMITED = Counter("agentstream_rate_limit_rejections", "Requests refused with 429", ["tenant", "limit"], registry=ORCHESTRATOR)
 INGRESS_RECORDS = Counter(
     "agentstream_ingress_records", "Ingress (Kafka door) records: accepted, duplicate or refused", ["outcome"], registry=ORCHESTRATOR

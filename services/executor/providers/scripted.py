@@ -10,6 +10,9 @@ turn 1 hands off to it; the target's turns then start afresh (the calculator, th
 
 With ``knowledge_search`` allowed and a question about the documents as input, turn 1 searches the
 documents instead, and turn 2 answers from what the search returned.
+
+With ``embed`` allowed and an input ``embed: first text | second text``, turn 1 embeds those texts
+and turn 2 says what came back (the orchestrator's result cache is tested with it).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from schemas.events import Usage
 from services.executor.providers.base import Chunk, ModelRequest, TextDelta, ToolCall, TurnEnd
 
 _DOCS_QUESTION = re.compile(r"\b(docs?|documents?|documentation|knowledge base)\b", re.IGNORECASE)
+_EMBED = re.compile(r"^\s*embed:\s*(.+)$", re.IGNORECASE | re.DOTALL)
 _EXPR = re.compile(r"[-+]?\d+(?:\.\d+)?(?:\s*[-+*/]\s*\(?\s*[-+]?\d+(?:\.\d+)?\s*\)?)+")
 
 
@@ -50,6 +54,10 @@ class ScriptedProvider:
             return
         has_calculator = any(t.name == "calculator" for t in request.tools)
         prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)
+        if any(t.name == "embed" for t in request.tools) and _EMBED.match(user):
+            async for chunk in self._embedding(user, tool_results, prompt_tokens):
+                yield chunk
+            return
         if any(t.name == "knowledge_search" for t in request.tools):
             async for chunk in self._knowledge(user, messages, tool_results, prompt_tokens):
                 yield chunk
@@ -101,6 +109,29 @@ class ScriptedProvider:
             found = payload["result"]
             titles = ", ".join(d.get("title") or d.get("id", "") for d in found.get("documents", [])[:3])
             text = f"According to the documents: {found.get('answer', '')} (sources: {titles}; job {found.get('job_id', '')})"
+        async for delta in self._words(text):
+            yield delta
+        yield TurnEnd(usage=_usage(prompt_tokens, text))
+
+    async def _embedding(self, user: str, tool_results: list[Any], prompt_tokens: int) -> AsyncIterator[Chunk]:
+        match = _EMBED.match(user)
+        assert match is not None
+        if not tool_results:
+            texts = [t.strip() for t in match.group(1).split("|") if t.strip()] or [match.group(1)]
+            text = "Let me embed that."
+            async for delta in self._words(text):
+                yield delta
+            call = ToolCall(id="call_1", name="embed", arguments=json.dumps({"texts": texts}))
+            yield TurnEnd(tool_calls=(call,), usage=_usage(prompt_tokens, text))
+            return
+        payload = _tool_payload(tool_results[-1].get("content"))
+        if "error" in payload:
+            text = f"I could not embed it: {payload['error']}"
+        else:
+            found = payload["result"] if isinstance(payload["result"], dict) else {}
+            vectors = found.get("embeddings") or []
+            dim, model, job = found.get("dim", 0), found.get("model"), found.get("job_id", "")
+            text = f"Embedded {len(vectors)} text(s) into {dim} dimensions with {model} (job {job})"
         async for delta in self._words(text):
             yield delta
         yield TurnEnd(usage=_usage(prompt_tokens, text))

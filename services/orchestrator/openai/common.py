@@ -13,6 +13,7 @@ from schemas.outputs import check_schema
 from schemas.topics import Priority
 from services.common.errors import NotFound
 from services.orchestrator.auth import TenantContext
+from services.orchestrator.cachecontrol import no_cache
 from services.orchestrator.executions import traceparent_of
 from services.orchestrator.http import state_of
 from services.orchestrator.openai.errors import invalid
@@ -113,7 +114,7 @@ def schema_format(fmt: Any, param: str) -> tuple[dict[str, Any] | None, dict[str
 
 
 def new_submission(request: Request, ctx: TenantContext, **fields: Any) -> Submission:
-    return Submission(tenant_id=ctx.id, traceparent=traceparent_of(request), **fields)
+    return Submission(tenant_id=ctx.id, traceparent=traceparent_of(request), no_cache=no_cache(request), **fields)
 
 
 async def submit(request: Request, ctx: TenantContext, sub: Submission) -> None:
