@@ -53,6 +53,10 @@ class StatusView:
         """Executions parked for an approval (issue 16): what the sweeper applies deadlines to."""
         return [s for s in self._items.values() if s.state == "waiting"]
 
+    def matching(self, predicate: Callable[[ExecutionStatus], bool]) -> list[ExecutionStatus]:
+        """Every snapshot the predicate holds for (workflow runs rebuild from it: issue 20)."""
+        return [s for s in self._items.values() if predicate(s)]
+
     def __len__(self) -> int:
         return len(self._items)
 

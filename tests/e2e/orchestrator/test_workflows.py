@@ -1,0 +1,244 @@
+"""Workflows on the real broker (issue 20): agent steps through an executor and a fake OpenAI server
+on loopback, a query step through the reference Query Service (examples/services), a parallel
+fan-out and join, a branch; a run cancelled mid-way; an orchestrator restarted during a run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import websockets
+from pydantic import SecretStr
+
+from examples.services.embedders import HashingEmbedder
+from examples.services.jobs import JobService, KafkaReporter
+from examples.services.query import Index, load_docs, query_service
+from services.common.settings import KafkaSettings
+from services.executor.app import Executor
+from services.executor.settings import ExecutorSettings
+from services.orchestrator.app import create_app
+from services.orchestrator.settings import ServiceEndpoint
+from tests.e2e.orchestrator.conftest import Orch, settings_for
+from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.support import serve
+
+pytestmark = pytest.mark.kafka
+
+QUERY_TOKEN = "query-svc-token"
+WAIT_S = 60.0
+
+AGENTS = """
+agents:
+  classifier: {provider: openai_compatible, model: classify-model, system_prompt: Classify.}
+  writer: {provider: openai_compatible, model: writer-model, system_prompt: Write.}
+  slow: {provider: openai_compatible, model: slow-model, system_prompt: Take your time.}
+workflows:
+  triage:
+    description: classify and search in parallel, branch on the class, join for the reply
+    steps:
+      - {name: classify, agent: classifier}
+      - {name: search, job: query, payload: {query: "{{ input }}", top_k: 2}}
+      - name: refund
+        agent: writer
+        needs: [classify, search]
+        when: {step: classify, contains: refund}
+        input: "REFUND {{ input }}"
+      - name: answer
+        agent: writer
+        needs: [classify, search]
+        when: {step: classify, not_contains: refund}
+        input: "ANSWER {{ steps.search.result.answer }}"
+      - {name: reply, agent: writer, needs: [refund, answer], input: "FINAL {{ steps.refund.output }}{{ steps.answer.output }}"}
+    output: "{{ steps.reply.output }} ({{ steps.classify.output }})"
+  pair:
+    steps:
+      - {name: a, agent: slow}
+      - {name: b, agent: slow}
+      - {name: c, agent: writer, needs: [a, b]}
+  chain:
+    steps:
+      - {name: first, agent: slow, input: "{{ input }}"}
+      - {name: second, agent: writer, needs: [first], input: "after {{ steps.first.output }}"}
+"""
+
+
+def model(body: dict[str, Any]) -> Reply:
+    text = str(body["messages"][-1]["content"])
+    if body["model"] == "classify-model":
+        return Reply(text=["refund" if "refund" in text.lower() else "question"])
+    if body["model"] == "slow-model":
+        pieces = int(text) if text.isdigit() else 400  # "30": 30 tokens (3 s); anything else: 40 s
+        return Reply(text=["tick "] * pieces, token_delay_s=0.1)
+    return Reply(text=[f"<{text}>"])
+
+
+@dataclass
+class World:
+    url: str
+    orch: Orch
+    query: JobService
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http", "ws", 1)
+
+    async def start(self, workflow: str, input: str, *, key: str = "key-a") -> str:
+        r = await self.orch.post(f"/v1/workflows/{workflow}/runs", {"input": input}, key=key)
+        assert r.status_code == 202, r.text
+        return str(r.json()["run_id"])
+
+    async def run(self, run_id: str, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        return await self.orch.wait_for(f"/v1/workflows/runs/{run_id}", predicate, timeout=WAIT_S)
+
+
+Launch = Callable[..., contextlib.AbstractAsyncContextManager[World]]
+
+
+@pytest.fixture
+async def parts(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterator[tuple[Path, str, JobService]]:
+    """The agents-and-workflows file, the query service's URL, the service; one executor for the test."""
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(AGENTS)
+    reporter = KafkaReporter(kafka_settings.bootstrap, kafka_settings.topics.jobs_completed)
+    service = query_service(Index(load_docs(), HashingEmbedder()), token=QUERY_TOKEN, reporter=reporter, delay_s=0.2)
+    async with contextlib.AsyncExitStack() as stack:
+        fake = await stack.enter_async_context(FakeOpenAI(default=model))
+        service_url = await stack.enter_async_context(serve(service.app()))
+        executor = ExecutorSettings(kafka=kafka_settings, agents_file=agents, compatible_base_url=fake.openai_url)
+        await stack.enter_async_context(Executor(executor))
+        yield agents, service_url, service
+
+
+@pytest.fixture
+def world(kafka_settings: KafkaSettings, sqlite_url: str, parts: tuple[Path, str, JobService]) -> Launch:
+    agents, service_url, service = parts
+
+    @contextlib.asynccontextmanager
+    async def _launch() -> AsyncIterator[World]:
+        settings = settings_for(
+            kafka_settings,
+            sqlite_url,
+            agents_file=agents,
+            query_service=ServiceEndpoint(url=service_url, token=SecretStr(QUERY_TOKEN), timeout_s=2.0),
+            service_tokens={"query": SecretStr(QUERY_TOKEN)},
+        )
+        async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield World(url=url, orch=Orch(url=url, http=http, settings=settings), query=service)
+
+    return _launch
+
+
+async def follow(ws_url: str, run_id: str, *, cursor: int | None = None, key: str = "key-a") -> list[dict[str, Any]]:
+    """The run's own stream (its partition), from the start or after ``cursor``, until the run's end."""
+    items: list[dict[str, Any]] = []
+    async with websockets.connect(f"{ws_url}/v1/stream?api_key={key}") as ws:
+        await ws.send(orjson.dumps({"type": "subscribe", "execution_id": run_id, "cursor": cursor}).decode())
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                frame = orjson.loads(await ws.recv())
+                assert frame["type"] != "error", frame
+                if frame["type"] == "events":
+                    items.extend(frame["events"])
+                    if items[-1]["event"]["type"] in {"execution.completed", "execution.failed", "execution.cancelled"}:
+                        return items
+
+
+def states(view: dict[str, Any]) -> dict[str, str]:
+    return {s["name"]: s["state"] for s in view["steps"]}
+
+
+async def test_a_run_fans_out_joins_branches_and_streams_on_one_cursor(world: Launch) -> None:
+    async with world() as w:
+        run_id = await w.start("triage", "What do the docs say about a cancel that arrives before start?")
+        view = await w.run(run_id, lambda v: v["status"] != "running")
+
+        assert view["status"] == "completed", view
+        expected = {"classify": "completed", "search": "completed", "refund": "skipped", "answer": "completed", "reply": "completed"}
+        assert states(view) == expected
+        steps = {s["name"]: s for s in view["steps"]}
+        answer = steps["search"]["result"]["answer"]
+        assert steps["answer"]["output"] == f"<ANSWER {answer}>"  # the job's result, templated into the next step
+        assert view["output"] == f"<FINAL <ANSWER {answer}>> (question)"
+        joins = [("classify", "refund"), ("search", "refund"), ("classify", "answer"), ("search", "answer")]
+        assert sorted(map(tuple, view["edges"])) == sorted([*joins, ("refund", "reply"), ("answer", "reply")])
+        # Every step is a task of the registry with an id derived from the run's: the job went to the query service.
+        assert steps["search"]["task_id"] == f"{run_id}.search"
+        assert [j["job_id"] for j in w.query.received] == [f"{run_id}.search"] and w.query.received[0]["tenant_id"] == "tenant-a"
+        job = (await w.orch.get(f"/v1/tasks/{run_id}.search")).json()
+        assert job["status"] == "completed" and job["service"] == "query"
+        execution = (await w.orch.get(f"/v1/executions/{run_id}.answer")).json()
+        assert execution["status"] == "completed" and execution["agent"] == "writer"
+        # The parallel pair started before the join: classify and search both before either branch.
+        assert max(steps["classify"]["started_at"], steps["search"]["started_at"]) <= steps["answer"]["started_at"]
+
+        # One cursor-resumable stream: the run's start, each step's start and end, then the run's end.
+        items = await follow(w.ws_url, run_id)
+        types = [(i["event"]["type"], i["event"].get("step")) for i in items]
+        assert types[0] == ("workflow.run.started", None) and types[-1] == ("execution.completed", None)
+        assert ("workflow.step.failed", "refund") in types and ("workflow.step.completed", "reply") in types
+        assert types.index(("workflow.step.completed", "answer")) < types.index(("workflow.step.started", "reply"))
+        started = {i["event"]["step"]: i["event"]["task_id"] for i in items if i["event"]["type"] == "workflow.step.started"}
+        assert set(started) == {"classify", "search", "answer", "reply"}
+        cursors = [i["cursor"] for i in items]
+        assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+        # Resuming after a cursor gives exactly the rest, in order.
+        middle = len(items) // 2
+        rest = await follow(w.ws_url, run_id, cursor=cursors[middle])
+        assert [i["cursor"] for i in rest] == cursors[middle + 1 :]
+
+        # Another tenant sees nothing of it; an unknown workflow is a 404 with the known ones.
+        assert (await w.orch.get(f"/v1/workflows/runs/{run_id}", key="key-b")).status_code == 404
+        r = await w.orch.post("/v1/workflows/nope/runs", {"input": "x"})
+        assert r.status_code == 404 and "triage" in r.text
+        assert (await w.orch.post("/v1/workflows/triage/runs", {"input": 5})).status_code == 422
+
+
+async def test_a_branch_takes_the_other_path(world: Launch) -> None:
+    async with world() as w:
+        run_id = await w.start("triage", "I want a refund for my order")
+        view = await w.run(run_id, lambda v: v["status"] != "running")
+        assert view["status"] == "completed", view
+        assert states(view)["refund"] == "completed" and states(view)["answer"] == "skipped"
+        assert view["output"] == "<FINAL <REFUND I want a refund for my order>> (refund)"
+
+
+async def test_cancel_mid_run_cancels_every_running_step(world: Launch) -> None:
+    async with world() as w:
+        run_id = await w.start("pair", "slowly")
+        for step in ("a", "b"):  # both parallel steps are running in the executor
+            await w.orch.wait_for(f"/v1/executions/{run_id}.{step}", lambda e: e["status"] == "running", timeout=WAIT_S)
+        r = await w.orch.post(f"/v1/workflows/runs/{run_id}/cancel")
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] == "cancelled" and sorted(r.json()["cancelled_steps"]) == ["a", "b"]
+        for step in ("a", "b"):
+            await w.orch.wait_for(f"/v1/executions/{run_id}.{step}", lambda e: e["status"] == "cancelled", timeout=WAIT_S)
+        view = (await w.orch.get(f"/v1/workflows/runs/{run_id}")).json()
+        assert view["status"] == "cancelled" and states(view) == {"a": "cancelled", "b": "cancelled", "c": "pending"}
+        assert (await w.orch.get(f"/v1/executions/{run_id}.c")).status_code == 404  # the join never started
+        again = await w.orch.post(f"/v1/workflows/runs/{run_id}/cancel")
+        assert again.status_code == 200 and again.json()["cancel_requested"] is False
+        items = await follow(w.ws_url, run_id)
+        assert items[-1]["event"]["type"] == "execution.cancelled"
+
+
+async def test_a_run_survives_an_orchestrator_restart(world: Launch) -> None:
+    async with world() as w:
+        run_id = await w.start("chain", "30")  # its first step runs ~3 s in the executor
+        await w.orch.wait_for(f"/v1/executions/{run_id}.first", lambda e: e["status"] == "running", timeout=WAIT_S)
+    # The orchestrator is gone while the step runs (and ends); a new one rebuilds the run from the log.
+    async with world() as w:
+        view = await w.run(run_id, lambda v: v["status"] != "running")
+        assert view["status"] == "completed", view
+        assert states(view) == {"first": "completed", "second": "completed"}
+        first = next(s for s in view["steps"] if s["name"] == "first")["output"]
+        assert first.startswith("tick") and view["output"] == f"<after {first}>"
+        items = await follow(w.ws_url, run_id)
+        started = [i["event"]["step"] for i in items if i["event"]["type"] == "workflow.step.started"]
+        assert started == ["first", "second"]  # each step submitted once, across the restart
