@@ -66,6 +66,11 @@ def record_of(status: ExecutionStatus) -> RunRecord | None:
         return None
 
 
+def _version(status: ExecutionStatus) -> int:
+    value = status.extra.get("version", 0)
+    return value if isinstance(value, int) else 0
+
+
 def is_run(status: ExecutionStatus) -> bool:
     return status.execution_id.startswith(RUN_PREFIX) and RUN_KEY in status.extra
 
@@ -76,6 +81,7 @@ class WorkflowDriver:
         self.coordinator = coordinator
         self.workflows = workflows
         self._locks: dict[str, asyncio.Lock] = {}
+        self._written: dict[str, ExecutionStatus] = {}  # our newest snapshot per run, until the view has it (``current``)
         self._background = TaskSet("workflows", log=log)
         self._ticker: asyncio.Task[None] | None = None
         lifecycle.end_hooks.append(self._on_end)
@@ -95,8 +101,20 @@ class WorkflowDriver:
         await self._background.stop()
 
     # -- reads ----------------------------------------------------------------------------------
+    def current(self, run_id: str) -> ExecutionStatus | None:
+        """The run's newest snapshot: the view's, or the one this driver wrote last if that is newer.
+        The view merges snapshots of one state in the order it applies them, so our own older
+        snapshot, read back from the topic after a newer one was applied, would take its place for a
+        moment; ``version`` (in ``extra``) orders a run's snapshots."""
+        viewed = self.lc.status.get(run_id)
+        written = self._written.get(run_id)
+        if written is None or viewed is None:
+            return viewed or written
+        # Kept while the run is open (one snapshot per open run): the tail may still bring an older one.
+        return viewed if viewed.terminal or _version(viewed) >= _version(written) else written
+
     def get(self, run_id: str, tenant_id: str) -> tuple[ExecutionStatus, RunRecord]:
-        status = self.lc.status.get(run_id)
+        status = self.current(run_id)
         run = record_of(status) if status is not None and is_run(status) else None
         if status is None or run is None or status.tenant_id != tenant_id:
             raise NotFound("workflow run not found")
@@ -162,7 +180,7 @@ class WorkflowDriver:
             return await self._finish_cancel(run)
 
     async def _finish_cancel(self, run: RunRecord) -> tuple[str, bool, list[str]]:
-        status = self.lc.status.get(run.run_id)
+        status = self.current(run.run_id)
         assert status is not None
         running = [name for name, rec in run.steps.items() if rec.state == "running" and rec.task_id]
         for name in running:
@@ -203,7 +221,7 @@ class WorkflowDriver:
     async def advance(self, run_id: str) -> None:
         """Bring the run up to date with its steps' ends, start what is ready, end it when all ended."""
         async with self._lock(run_id):
-            status = self.lc.status.get(run_id)
+            status = self.current(run_id)
             run = record_of(status) if status is not None else None
             if status is None or run is None or run.state != "running":
                 return
@@ -317,7 +335,7 @@ class WorkflowDriver:
                 "output": run.output,
                 "error": run.error,
                 "updated_at": datetime.now(UTC),
-                "extra": {RUN_KEY: run.model_dump(mode="json"), "seq": seq},
+                "extra": {RUN_KEY: run.model_dump(mode="json"), "seq": seq, "version": _version(status) + 1},
             }
         )
         if terminal is None:
@@ -344,6 +362,10 @@ class WorkflowDriver:
             headers=status_headers(status, "orchestrator"),
         )
         self.lc.status.apply(status)
+        if not status.terminal:
+            self._written[status.execution_id] = status
+        else:
+            self._written.pop(status.execution_id, None)
 
     # -- housekeeping ---------------------------------------------------------------------------
     def _lock(self, run_id: str) -> asyncio.Lock:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +22,15 @@ from pydantic import SecretStr
 from examples.services.embedders import HashingEmbedder
 from examples.services.jobs import JobService, KafkaReporter
 from examples.services.query import Index, load_docs, query_service
+from schemas.status import ExecutionStatus
+from schemas.workflows import RunRecord, StepRecord
+from services.common.kafka import encode, ensure_topics, make_producer, start_client, status_headers
 from services.common.settings import KafkaSettings
 from services.executor.app import Executor
 from services.executor.settings import ExecutorSettings
 from services.orchestrator.app import create_app
 from services.orchestrator.settings import ServiceEndpoint
+from services.orchestrator.workflows.catalog import load_workflows
 from tests.e2e.orchestrator.conftest import Orch, settings_for
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.support import serve
@@ -121,13 +127,14 @@ def world(kafka_settings: KafkaSettings, sqlite_url: str, parts: tuple[Path, str
     agents, service_url, service = parts
 
     @contextlib.asynccontextmanager
-    async def _launch() -> AsyncIterator[World]:
+    async def _launch(**overrides: Any) -> AsyncIterator[World]:
         settings = settings_for(
             kafka_settings,
             sqlite_url,
             agents_file=agents,
             query_service=ServiceEndpoint(url=service_url, token=SecretStr(QUERY_TOKEN), timeout_s=2.0),
             service_tokens={"query": SecretStr(QUERY_TOKEN)},
+            **overrides,
         )
         async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
             yield World(url=url, orch=Orch(url=url, http=http, settings=settings), query=service)
@@ -148,6 +155,20 @@ async def follow(ws_url: str, run_id: str, *, cursor: int | None = None, key: st
                     items.extend(frame["events"])
                     if items[-1]["event"]["type"] in {"execution.completed", "execution.failed", "execution.cancelled"}:
                         return items
+
+
+async def follow_steps(ws_url: str, run_id: str, count: int, *, key: str = "key-a") -> dict[str, list[str]]:
+    """Every step execution's own events, through one subscription to the run id as a session label."""
+    seen: dict[str, list[str]] = {}
+    async with websockets.connect(f"{ws_url}/v1/stream?api_key={key}") as ws:
+        await ws.send(orjson.dumps({"type": "subscribe", "session_id": run_id}).decode())
+        async with asyncio.timeout(WAIT_S):
+            while sum(types[-1:] == ["execution.completed"] for types in seen.values()) < count:
+                frame = orjson.loads(await ws.recv())
+                assert frame["type"] != "error", frame
+                for item in frame.get("events", []):
+                    seen.setdefault(item["execution_id"], []).append(item["event"]["type"])
+    return seen
 
 
 def states(view: dict[str, Any]) -> dict[str, str]:
@@ -192,6 +213,14 @@ async def test_a_run_fans_out_joins_branches_and_streams_on_one_cursor(world: La
         middle = len(items) // 2
         rest = await follow(w.ws_url, run_id, cursor=cursors[middle])
         assert [i["cursor"] for i in rest] == cursors[middle + 1 :]
+
+        # Each step's own events (tokens and all), followed at once through the run id as a session label.
+        own = await follow_steps(w.ws_url, run_id, 3)
+        assert set(own) == {f"{run_id}.classify", f"{run_id}.answer", f"{run_id}.reply"}
+        assert all(types[0] == "execution.started" and "token.delta" in types for types in own.values())
+        # Usage counts per tenant as for executions: three agent steps and the query job.
+        usage = await w.orch.wait_for("/v1/usage", lambda r: bool(r["rows"]) and r["rows"][0]["executions"] == 4)
+        assert usage["rows"][0]["total_tokens"] > 0
 
         # Another tenant sees nothing of it; an unknown workflow is a 404 with the known ones.
         assert (await w.orch.get(f"/v1/workflows/runs/{run_id}", key="key-b")).status_code == 404
@@ -242,3 +271,56 @@ async def test_a_run_survives_an_orchestrator_restart(world: Launch) -> None:
         items = await follow(w.ws_url, run_id)
         started = [i["event"]["step"] for i in items if i["event"]["type"] == "workflow.step.started"]
         assert started == ["first", "second"]  # each step submitted once, across the restart
+
+
+async def test_a_run_recorded_on_the_log_but_never_submitted_is_finished_by_a_new_orchestrator(
+    world: Launch, kafka_settings: KafkaSettings, parts: tuple[Path, str, JobService]
+) -> None:
+    """What a driver leaves when it stops between recording a step's start and submitting it: only
+    the run's snapshot on the status topic. An orchestrator started afterwards rebuilds the run from
+    it, submits the step under its deterministic id, and finishes the run."""
+    agents, _, _ = parts
+    chain = load_workflows(agents, agents={"slow", "writer", "classifier"})["chain"]
+    run_id = "wf_" + uuid.uuid4().hex
+    record = RunRecord(
+        run_id=run_id,
+        tenant_id="tenant-a",
+        spec=chain,
+        input="5",
+        steps={"first": StepRecord(state="running", task_id=f"{run_id}.first", started_at=time.time()), "second": StepRecord()},
+    )
+    status = ExecutionStatus(
+        execution_id=run_id,
+        tenant_id="tenant-a",
+        agent_id="workflow:chain",
+        state="running",
+        attempt=1,
+        extra={"workflow": record.model_dump(mode="json")},
+    )
+    await ensure_topics(kafka_settings)
+    producer = make_producer(kafka_settings, client_id="test-driver")
+    await start_client(producer, kafka_settings)
+    try:
+        await producer.send_and_wait(
+            kafka_settings.topics.status, value=encode(status), key=run_id.encode(), headers=status_headers(status, "orchestrator")
+        )
+    finally:
+        await producer.stop()
+    async with world() as w:
+        view = await w.run(run_id, lambda v: v["status"] != "running")
+        assert view["status"] == "completed", view
+        assert states(view) == {"first": "completed", "second": "completed"}
+        first = (await w.orch.get(f"/v1/executions/{run_id}.first")).json()
+        assert first["status"] == "completed" and first["attempt"] == 1  # submitted once, by the rebuilt driver
+        assert view["output"] == f"<after {'tick ' * 5}>"
+
+
+async def test_agent_steps_take_the_tenants_concurrency_slots(world: Launch) -> None:
+    """With one slot, the two parallel steps run one after the other (the second waits for the slot)."""
+    async with world(concurrent_executions=1) as w:
+        run_id = await w.start("pair", "15")
+        view = await w.run(run_id, lambda v: v["status"] != "running")
+        assert view["status"] == "completed", view
+        a, b, c = (next(s for s in view["steps"] if s["name"] == n) for n in ("a", "b", "c"))
+        first, second = sorted((a, b), key=lambda s: s["started_at"])
+        assert second["started_at"] >= first["ended_at"] and c["started_at"] >= second["ended_at"]
