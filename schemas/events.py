@@ -351,6 +351,13 @@ class WorkflowStepFailed(Envelope):
     reason: str = ""
 
 
+class WorkflowCancelRequested(Envelope):
+    """A run's cancel, in the run's partition: the replica that drives the run (the events follower
+    member holding that partition) applies it."""
+
+    type: Literal["workflow.run.cancel_requested"] = "workflow.run.cancel_requested"
+
+
 Event = Annotated[
     ExecutionRequested
     | ExecutionStarted
@@ -376,7 +383,8 @@ Event = Annotated[
     | WorkflowRunStarted
     | WorkflowStepStarted
     | WorkflowStepCompleted
-    | WorkflowStepFailed,
+    | WorkflowStepFailed
+    | WorkflowCancelRequested,
     Field(discriminator="type"),
 ]
 

@@ -70,7 +70,8 @@ class Runtime:
         self.coordinator = ServiceCoordinator(settings, self.lifecycle)
         # Workflows (issue 20): runs live on the log; the driver rebuilds the open ones at start.
         definitions = load_workflows(settings.workflows_file or settings.agents_file, agents=agents)
-        self.workflows = WorkflowDriver(self.lifecycle, self.coordinator, definitions)
+        self.workflows = WorkflowDriver(self.lifecycle, self.coordinator, definitions, owns=self.events.owns)
+        self.events.run_cancels.append(self.workflows.apply_cancel)
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

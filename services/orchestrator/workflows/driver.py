@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from schemas.events import (
     ExecutionCancelled,
     ExecutionCompleted,
     ExecutionFailed,
+    WorkflowCancelRequested,
     WorkflowRunStarted,
     WorkflowStepCompleted,
     WorkflowStepFailed,
@@ -76,10 +78,20 @@ def is_run(status: ExecutionStatus) -> bool:
 
 
 class WorkflowDriver:
-    def __init__(self, lifecycle: Lifecycle, coordinator: ServiceCoordinator, workflows: dict[str, WorkflowSpec]) -> None:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        coordinator: ServiceCoordinator,
+        workflows: dict[str, WorkflowSpec],
+        *,
+        owns: Callable[[int | None], bool] = lambda _: True,
+    ) -> None:
         self.lc = lifecycle
         self.coordinator = coordinator
         self.workflows = workflows
+        # Whether this replica drives a run: it holds the run's events partition in the events
+        # follower's group (runtime.py), so one replica at a time writes a run's records.
+        self.owns = owns
         self._locks: dict[str, asyncio.Lock] = {}
         self._written: dict[str, ExecutionStatus] = {}  # our newest snapshot per run, until the view has it (``current``)
         self._background = TaskSet("workflows", log=log)
@@ -168,18 +180,32 @@ class WorkflowDriver:
 
     # -- cancel ---------------------------------------------------------------------------------
     async def cancel(self, run_id: str, tenant_id: str) -> tuple[str, bool, list[str]]:
-        """Cancel every running step, then end the run ``cancelled``: (run state, requested now, steps cancelled)."""
-        self.get(run_id, tenant_id)
+        """Ask for the run's cancel: ``workflow.run.cancel_requested`` in the run's partition, which
+        the replica driving the run applies (``apply_cancel``). (run state, requested, steps running now)."""
+        _, run = self.get(run_id, tenant_id)
+        if run.state != "running":
+            return run.state, False, []
+        try:
+            async with asyncio.timeout(self.lc.settings.kafka.request_timeout_ms / 1000):
+                await self._send_event(WorkflowCancelRequested(**self._env(run)))
+        except (KafkaError, TimeoutError) as exc:
+            raise Unavailable(f"Kafka did not acknowledge the cancel ({type(exc).__name__}); retry", retry_after=1) from exc
+        return "cancelling", True, [name for name, rec in run.steps.items() if rec.state == "running"]
+
+    async def apply_cancel(self, run_id: str, tenant_id: str) -> None:
+        """Cancel every running step, then end the run ``cancelled`` (the events follower calls this
+        with a cancel request from the run's partition, so only the run's driver does)."""
         async with self._lock(run_id):
-            status, run = self.get(run_id, tenant_id)
-            if run.state != "running":
-                return run.state, False, []
+            status = self.current(run_id)
+            run = record_of(status) if status is not None else None
+            if status is None or run is None or status.tenant_id != tenant_id or run.state != "running":
+                return
             if not run.cancel_requested:  # recorded first: a driver that stops here finishes the cancel after its restart
                 run = run.model_copy(update={"cancel_requested": True})
                 await self._write(status, run, [])
-            return await self._finish_cancel(run)
+            await self._finish_cancel(run)
 
-    async def _finish_cancel(self, run: RunRecord) -> tuple[str, bool, list[str]]:
+    async def _finish_cancel(self, run: RunRecord) -> None:
         status = self.current(run.run_id)
         assert status is not None
         running = [name for name, rec in run.steps.items() if rec.state == "running" and rec.task_id]
@@ -198,7 +224,6 @@ class WorkflowDriver:
         ]
         events.append(ExecutionCancelled(**self._env(run), reason="cancelled by request"))
         await self._write(status, run, events)
-        return "cancelled", True, running
 
     async def _cancel_task(self, run: RunRecord, name: str, *, reason: str) -> None:
         rec = run.steps[name]
@@ -223,7 +248,7 @@ class WorkflowDriver:
         async with self._lock(run_id):
             status = self.current(run_id)
             run = record_of(status) if status is not None else None
-            if status is None or run is None or run.state != "running":
+            if status is None or run is None or run.state != "running" or not self.owns(status.events_partition):
                 return
             if run.cancel_requested:
                 await self._finish_cancel(run)

@@ -22,9 +22,10 @@ from pydantic import SecretStr
 from examples.services.embedders import HashingEmbedder
 from examples.services.jobs import JobService, KafkaReporter
 from examples.services.query import Index, load_docs, query_service
+from schemas.events import WorkflowRunStarted
 from schemas.status import ExecutionStatus
 from schemas.workflows import RunRecord, StepRecord
-from services.common.kafka import encode, ensure_topics, make_producer, start_client, status_headers
+from services.common.kafka import encode, ensure_topics, envelope_headers, make_producer, start_client, status_headers
 from services.common.settings import KafkaSettings
 from services.executor.app import Executor
 from services.executor.settings import ExecutorSettings
@@ -245,10 +246,10 @@ async def test_cancel_mid_run_cancels_every_running_step(world: Launch) -> None:
             await w.orch.wait_for(f"/v1/executions/{run_id}.{step}", lambda e: e["status"] == "running", timeout=WAIT_S)
         r = await w.orch.post(f"/v1/workflows/runs/{run_id}/cancel")
         assert r.status_code == 202, r.text
-        assert r.json()["status"] == "cancelled" and sorted(r.json()["cancelled_steps"]) == ["a", "b"]
+        assert r.json()["status"] == "cancelling" and sorted(r.json()["cancelled_steps"]) == ["a", "b"]
         for step in ("a", "b"):
             await w.orch.wait_for(f"/v1/executions/{run_id}.{step}", lambda e: e["status"] == "cancelled", timeout=WAIT_S)
-        view = (await w.orch.get(f"/v1/workflows/runs/{run_id}")).json()
+        view = await w.run(run_id, lambda v: v["status"] != "running")
         assert view["status"] == "cancelled" and states(view) == {"a": "cancelled", "b": "cancelled", "c": "pending"}
         assert (await w.orch.get(f"/v1/executions/{run_id}.c")).status_code == 404  # the join never started
         again = await w.orch.post(f"/v1/workflows/runs/{run_id}/cancel")
@@ -289,18 +290,24 @@ async def test_a_run_recorded_on_the_log_but_never_submitted_is_finished_by_a_ne
         input="5",
         steps={"first": StepRecord(state="running", task_id=f"{run_id}.first", started_at=time.time()), "second": StepRecord()},
     )
-    status = ExecutionStatus(
-        execution_id=run_id,
-        tenant_id="tenant-a",
-        agent_id="workflow:chain",
-        state="running",
-        attempt=1,
-        extra={"workflow": record.model_dump(mode="json")},
-    )
     await ensure_topics(kafka_settings)
     producer = make_producer(kafka_settings, client_id="test-driver")
     await start_client(producer, kafka_settings)
     try:
+        started = WorkflowRunStarted(tenant_id="tenant-a", execution_id=run_id, agent_id="workflow:chain", workflow="chain")
+        headers = envelope_headers(started, service="orchestrator")
+        meta = await producer.send_and_wait(kafka_settings.topics.events, value=encode(started), key=run_id.encode(), headers=headers)
+        status = ExecutionStatus(
+            execution_id=run_id,
+            tenant_id="tenant-a",
+            agent_id="workflow:chain",
+            state="running",
+            attempt=1,
+            events_topic=kafka_settings.topics.events,
+            events_partition=meta.partition,
+            events_start_offset=meta.offset,
+            extra={"workflow": record.model_dump(mode="json")},
+        )
         await producer.send_and_wait(
             kafka_settings.topics.status, value=encode(status), key=run_id.encode(), headers=status_headers(status, "orchestrator")
         )
@@ -324,3 +331,19 @@ async def test_agent_steps_take_the_tenants_concurrency_slots(world: Launch) -> 
         a, b, c = (next(s for s in view["steps"] if s["name"] == n) for n in ("a", "b", "c"))
         first, second = sorted((a, b), key=lambda s: s["started_at"])
         assert second["started_at"] >= first["ended_at"] and c["started_at"] >= second["ended_at"]
+
+
+async def test_two_orchestrators_drive_each_run_once(world: Launch) -> None:
+    """Replicas share the runs: the one holding a run's events partition drives it, so each step of
+    each run starts once, whichever replica accepted the run or applied a step's end."""
+    async with world() as one, world() as two:
+        runs = [await (one if i % 2 else two).start("triage", f"Question {i}: what does a cancel before start do?") for i in range(4)]
+        for run_id in runs:
+            view = await one.run(run_id, lambda v: v["status"] != "running")
+            assert view["status"] == "completed", view
+            assert (await two.orch.get(f"/v1/workflows/runs/{run_id}")).status_code == 200  # either replica answers
+            items = await follow(two.ws_url, run_id)
+            started = [i["event"]["step"] for i in items if i["event"]["type"] == "workflow.step.started"]
+            assert sorted(started) == ["answer", "classify", "reply", "search"], started
+            ends = [i["event"]["type"] for i in items if i["event"]["type"].startswith("execution.")]
+            assert ends == ["execution.completed"]
