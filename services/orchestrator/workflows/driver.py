@@ -42,6 +42,7 @@ from services.common.errors import NotFound, Unavailable
 from services.common.kafka import encode, envelope_headers, status_headers
 from services.common.taskset import TaskSet
 from services.orchestrator.auth import TenantContext
+from services.orchestrator.executions import checked_prompt
 from services.orchestrator.ids import new_id
 from services.orchestrator.store import tasks
 from services.orchestrator.store.tasks import Task
@@ -137,6 +138,9 @@ class WorkflowDriver:
         spec = self.workflows.get(name)
         if spec is None:
             raise NotFound(f"unknown workflow {name!r}; known workflows: {sorted(self.workflows)}")
+        for step in spec.steps:  # a variable an agent's prompt needs is a 422 now, not a failed step later
+            if step.agent is not None:
+                checked_prompt(self.lc.agents, step.agent, req.variables, "")
         run_id = RUN_PREFIX + new_id()
         await self.lc.admit(ctx, [run_id], slots=False)  # one request of the tenant's; each agent step takes a slot
         run = RunRecord(
@@ -222,7 +226,7 @@ class WorkflowDriver:
             WorkflowStepFailed(**self._env(run), step=n, task_id=run.steps[n].task_id, status="cancelled", reason="workflow run cancelled")
             for n in running
         ]
-        events.append(ExecutionCancelled(**self._env(run), reason="cancelled by request"))
+        events.append(self._end_event(run))
         await self._write(status, run, events)
 
     async def _cancel_task(self, run: RunRecord, name: str, *, reason: str) -> None:
@@ -248,7 +252,11 @@ class WorkflowDriver:
         async with self._lock(run_id):
             status = self.current(run_id)
             run = record_of(status) if status is not None else None
-            if status is None or run is None or run.state != "running" or not self.owns(status.events_partition):
+            if status is None or run is None or not self.owns(status.events_partition):
+                return
+            if run.state != "running":
+                if not status.terminal:  # the end's record was written, its end event and terminal snapshot not (a stop)
+                    await self._write(status, run, [self._end_event(run)])
                 return
             if run.cancel_requested:
                 await self._finish_cancel(run)
@@ -334,42 +342,55 @@ class WorkflowDriver:
     async def _end(
         self, run: RunRecord, state: str, *, output: str | None, error: str | None, cancel: list[str]
     ) -> tuple[RunRecord, list[Envelope]]:
+        reason = f"workflow run failed: {error}"
+        events: list[Envelope] = []
+        steps = dict(run.steps)
         for name in cancel:
-            await self._cancel_task(run, name, reason=f"workflow run failed: {error}")
-        ended = run.model_copy(update={"state": state, "output": output, "error": error})
-        if state == "completed":
-            return ended, [ExecutionCompleted(**self._env(run), output=output or "")]
-        return ended, [ExecutionFailed(**self._env(run), reason=error or "a step failed")]
+            await self._cancel_task(run, name, reason=reason)
+            steps[name] = steps[name].model_copy(update={"state": "cancelled", "error": reason, "ended_at": time.time()})
+            events.append(WorkflowStepFailed(**self._env(run), step=name, task_id=steps[name].task_id, status="cancelled", reason=reason))
+        failure = None if state == "completed" else error or "a step failed"
+        ended = run.model_copy(update={"state": state, "output": output, "error": failure, "steps": steps})
+        return ended, [*events, self._end_event(ended)]
 
     # -- the log --------------------------------------------------------------------------------
     def _env(self, run: RunRecord) -> dict[str, Any]:
         return {"tenant_id": run.tenant_id, "execution_id": run.run_id, "agent_id": agent_label(run)}
 
     async def _write(self, status: ExecutionStatus, run: RunRecord, events: list[Envelope]) -> None:
-        """The run's events (in order, one partition) and its snapshot. While the run is open, events
-        first: a driver that stops in between writes them again after its restart (at least once),
-        never a snapshot whose events are missing. The end, snapshot first: the bridge applies a
-        terminal event to the status view, and a view never takes a snapshot after an end."""
+        """The run's events (in order, one partition), then its snapshot: a driver that stops in
+        between writes them again after its restart (at least once, each with its ``seq``), never a
+        snapshot whose events are missing; and the bridge's contract holds (a terminal snapshot comes
+        after the end event). At the end the record goes first in a snapshot still ``running``: the
+        bridge applies a terminal event to the status view by copying the snapshot it has, and a view
+        takes no snapshot after an end, so that copy must already hold the final record."""
         seq = int(status.extra.get("seq", 0))
         numbered = [event.model_copy(update={"seq": seq + i + 1}) for i, event in enumerate(events)]
         seq += len(numbered)
         terminal = {"completed": "completed", "failed": "failed", "cancelled": "cancelled"}.get(run.state)
         snapshot = status.model_copy(
             update={
-                "state": terminal or "running",
+                "state": "running",
                 "output": run.output,
                 "error": run.error,
                 "updated_at": datetime.now(UTC),
                 "extra": {RUN_KEY: run.model_dump(mode="json"), "seq": seq, "version": _version(status) + 1},
             }
         )
-        if terminal is None:
-            for event in numbered:
-                await self._send_event(event)
-        await self._send_status(snapshot)
         if terminal is not None:
-            for event in numbered:
-                await self._send_event(event)
+            await self._send_status(snapshot)
+        for event in numbered:
+            await self._send_event(event)
+        if terminal is not None:
+            snapshot = snapshot.model_copy(update={"state": terminal, "extra": {**snapshot.extra, "version": _version(snapshot) + 1}})
+        await self._send_status(snapshot)
+
+    def _end_event(self, run: RunRecord) -> Envelope:
+        if run.state == "completed":
+            return ExecutionCompleted(**self._env(run), output=run.output or "")
+        if run.state == "cancelled":
+            return ExecutionCancelled(**self._env(run), reason=run.error or "cancelled by request")
+        return ExecutionFailed(**self._env(run), reason=run.error or "a step failed")
 
     async def _send_event(self, event: Envelope) -> Any:
         return await self.lc.producer.send_and_wait(

@@ -46,6 +46,7 @@ agents:
   classifier: {provider: openai_compatible, model: classify-model, system_prompt: Classify.}
   writer: {provider: openai_compatible, model: writer-model, system_prompt: Write.}
   slow: {provider: openai_compatible, model: slow-model, system_prompt: Take your time.}
+  greeter: {provider: openai_compatible, model: writer-model, system_prompt: "Greet {{ customer }}."}
 workflows:
   triage:
     description: classify and search in parallel, branch on the class, join for the reply
@@ -69,6 +70,14 @@ workflows:
       - {name: a, agent: slow}
       - {name: b, agent: slow}
       - {name: c, agent: writer, needs: [a, b]}
+  deadline:
+    steps:
+      - {name: quick, agent: slow, timeout_s: 1}
+      - {name: long, agent: slow}
+      - {name: after, agent: writer, needs: [quick, long]}
+  greet:
+    steps:
+      - {name: hello, agent: greeter}
   chain:
     steps:
       - {name: first, agent: slow, input: "{{ input }}"}
@@ -163,12 +172,18 @@ async def follow_steps(ws_url: str, run_id: str, count: int, *, key: str = "key-
     seen: dict[str, list[str]] = {}
     async with websockets.connect(f"{ws_url}/v1/stream?api_key={key}") as ws:
         await ws.send(orjson.dumps({"type": "subscribe", "session_id": run_id}).decode())
-        async with asyncio.timeout(WAIT_S):
-            while sum(types[-1:] == ["execution.completed"] for types in seen.values()) < count:
-                frame = orjson.loads(await ws.recv())
-                assert frame["type"] != "error", frame
-                for item in frame.get("events", []):
-                    seen.setdefault(item["execution_id"], []).append(item["event"]["type"])
+        controls: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while sum(types[-1:] == ["execution.completed"] for types in seen.values()) < count:
+                    frame = orjson.loads(await ws.recv())
+                    assert frame["type"] != "error", frame
+                    if frame["type"] != "events":
+                        controls.append(frame)
+                    for item in frame.get("events", []):
+                        seen.setdefault(item["execution_id"], []).append(item["event"]["type"])
+        except TimeoutError:
+            raise AssertionError(f"not every step's end came: {seen} {controls}") from None
     return seen
 
 
@@ -228,6 +243,8 @@ async def test_a_run_fans_out_joins_branches_and_streams_on_one_cursor(world: La
         r = await w.orch.post("/v1/workflows/nope/runs", {"input": "x"})
         assert r.status_code == 404 and "triage" in r.text
         assert (await w.orch.post("/v1/workflows/triage/runs", {"input": 5})).status_code == 422
+        r = await w.orch.post("/v1/workflows/greet/runs", {"input": "hi"})  # its agent's prompt needs a variable
+        assert r.status_code == 422 and "customer" in r.text
 
 
 async def test_a_branch_takes_the_other_path(world: Launch) -> None:
@@ -281,7 +298,7 @@ async def test_a_run_recorded_on_the_log_but_never_submitted_is_finished_by_a_ne
     the run's snapshot on the status topic. An orchestrator started afterwards rebuilds the run from
     it, submits the step under its deterministic id, and finishes the run."""
     agents, _, _ = parts
-    chain = load_workflows(agents, agents={"slow", "writer", "classifier"})["chain"]
+    chain = load_workflows(agents, agents={"slow", "writer", "classifier", "greeter"})["chain"]
     run_id = "wf_" + uuid.uuid4().hex
     record = RunRecord(
         run_id=run_id,
@@ -347,3 +364,17 @@ async def test_two_orchestrators_drive_each_run_once(world: Launch) -> None:
             assert sorted(started) == ["answer", "classify", "reply", "search"], started
             ends = [i["event"]["type"] for i in items if i["event"]["type"].startswith("execution.")]
             assert ends == ["execution.completed"]
+
+
+async def test_a_step_past_its_own_deadline_fails_the_run_and_cancels_the_others(world: Launch) -> None:
+    async with world() as w:
+        run_id = await w.start("deadline", "slowly")
+        view = await w.run(run_id, lambda v: v["status"] != "running")
+        assert view["status"] == "failed" and view["error"].startswith("step 'quick' timed_out"), view
+        assert states(view) == {"quick": "timed_out", "long": "cancelled", "after": "pending"}
+        await w.orch.wait_for(f"/v1/executions/{run_id}.long", lambda e: e["status"] == "cancelled", timeout=WAIT_S)
+        items = await follow(w.ws_url, run_id)
+        assert [i["event"]["type"] for i in items][-1] == "execution.failed"
+        assert ("workflow.step.failed", "long", "cancelled") in [
+            (i["event"]["type"], i["event"].get("step"), i["event"].get("status")) for i in items
+        ]
