@@ -94,6 +94,7 @@ class WorkflowDriver:
         # follower's group (runtime.py), so one replica at a time writes a run's records.
         self.owns = owns
         self._locks: dict[str, asyncio.Lock] = {}
+        self._open: set[str] = set()  # the runs not ended, as far as this replica's view knows
         self._written: dict[str, ExecutionStatus] = {}  # our newest snapshot per run, until the view has it (``current``)
         self._background = TaskSet("workflows", log=log)
         self._ticker: asyncio.Task[None] | None = None
@@ -101,11 +102,17 @@ class WorkflowDriver:
 
     async def start(self) -> None:
         # The status view was read to its end before the runtime started: its open runs are the ones to finish.
+        # The reconcile visits only open runs: those of the view now, and each new one it learns of
+        # (from any replica), not every execution the view holds.
+        self.lc.status.on_new.append(self._learn)
         for status in self.lc.status.matching(lambda s: is_run(s) and not s.terminal):
+            self._open.add(status.execution_id)
             self._background.spawn(self.advance(status.execution_id), name=f"rebuild-{status.execution_id}")
         self._ticker = asyncio.create_task(self._tick_forever(), name="workflow-ticker")
 
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.lc.status.on_new.remove(self._learn)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -426,11 +433,20 @@ class WorkflowDriver:
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(self.lc.settings.sweep_interval_s)
-            for status in self.lc.status.matching(lambda s: is_run(s) and not s.terminal):
+            for run_id in list(self._open):
+                status = self.lc.status.get(run_id)
+                if status is None or status.terminal:
+                    self._open.discard(run_id)
+                    self._written.pop(run_id, None)
+                    continue
                 try:
-                    await self.advance(status.execution_id)
+                    await self.advance(run_id)
                 except Exception:
-                    log.exception("advancing workflow run %s failed", status.execution_id)
+                    log.exception("advancing workflow run %s failed", run_id)
+
+    def _learn(self, status: ExecutionStatus) -> None:
+        if is_run(status) and not status.terminal:
+            self._open.add(status.execution_id)
 
 
 __all__ = ["STEP_ENDS", "WorkflowDriver", "is_run", "record_of"]

@@ -20,6 +20,7 @@ import websockets
 from pydantic import SecretStr
 
 from examples.services.embedders import HashingEmbedder
+from examples.services.embedding import embedding_service
 from examples.services.jobs import JobService, KafkaReporter
 from examples.services.query import Index, load_docs, query_service
 from schemas.events import WorkflowRunStarted
@@ -39,6 +40,7 @@ from tests.support import serve
 pytestmark = pytest.mark.kafka
 
 QUERY_TOKEN = "query-svc-token"
+EMBEDDING_TOKEN = "embedding-svc-token"
 WAIT_S = 60.0
 
 AGENTS = """
@@ -53,6 +55,7 @@ workflows:
     steps:
       - {name: classify, agent: classifier}
       - {name: search, job: query, payload: {query: "{{ input }}", top_k: 2}}
+      - {name: vectors, job: embedding, payload: {texts: ["{{ input }}"]}}
       - name: refund
         agent: writer
         needs: [classify, search]
@@ -63,8 +66,8 @@ workflows:
         needs: [classify, search]
         when: {step: classify, not_contains: refund}
         input: "ANSWER {{ steps.search.result.answer }}"
-      - {name: reply, agent: writer, needs: [refund, answer], input: "FINAL {{ steps.refund.output }}{{ steps.answer.output }}"}
-    output: "{{ steps.reply.output }} ({{ steps.classify.output }})"
+      - {name: reply, agent: writer, needs: [refund, answer, vectors], input: "FINAL {{ steps.refund.output }}{{ steps.answer.output }}"}
+    output: "{{ steps.reply.output }} ({{ steps.classify.output }}; {{ steps.vectors.result.dim }} dimensions)"
   pair:
     steps:
       - {name: a, agent: slow}
@@ -118,23 +121,26 @@ Launch = Callable[..., contextlib.AbstractAsyncContextManager[World]]
 
 
 @pytest.fixture
-async def parts(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterator[tuple[Path, str, JobService]]:
-    """The agents-and-workflows file, the query service's URL, the service; one executor for the test."""
+async def parts(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterator[tuple[Path, dict[str, str], JobService]]:
+    """The agents-and-workflows file, the URLs of the reference Query and Embedding services, the query
+    service; one executor for the test."""
     agents = tmp_path / "agents.yaml"
     agents.write_text(AGENTS)
     reporter = KafkaReporter(kafka_settings.bootstrap, kafka_settings.topics.jobs_completed)
     service = query_service(Index(load_docs(), HashingEmbedder()), token=QUERY_TOKEN, reporter=reporter, delay_s=0.2)
+    embedder = embedding_service(HashingEmbedder(dim=64), token=EMBEDDING_TOKEN, reporter=reporter, delay_s=0.1)
     async with contextlib.AsyncExitStack() as stack:
         fake = await stack.enter_async_context(FakeOpenAI(default=model))
-        service_url = await stack.enter_async_context(serve(service.app()))
+        urls = {"query": await stack.enter_async_context(serve(service.app()))}
+        urls["embedding"] = await stack.enter_async_context(serve(embedder.app()))
         executor = ExecutorSettings(kafka=kafka_settings, agents_file=agents, compatible_base_url=fake.openai_url)
         await stack.enter_async_context(Executor(executor))
-        yield agents, service_url, service
+        yield agents, urls, service
 
 
 @pytest.fixture
-def world(kafka_settings: KafkaSettings, sqlite_url: str, parts: tuple[Path, str, JobService]) -> Launch:
-    agents, service_url, service = parts
+def world(kafka_settings: KafkaSettings, sqlite_url: str, parts: tuple[Path, dict[str, str], JobService]) -> Launch:
+    agents, urls, service = parts
 
     @contextlib.asynccontextmanager
     async def _launch(**overrides: Any) -> AsyncIterator[World]:
@@ -142,8 +148,9 @@ def world(kafka_settings: KafkaSettings, sqlite_url: str, parts: tuple[Path, str
             kafka_settings,
             sqlite_url,
             agents_file=agents,
-            query_service=ServiceEndpoint(url=service_url, token=SecretStr(QUERY_TOKEN), timeout_s=2.0),
-            service_tokens={"query": SecretStr(QUERY_TOKEN)},
+            query_service=ServiceEndpoint(url=urls["query"], token=SecretStr(QUERY_TOKEN), timeout_s=2.0),
+            embedding_service=ServiceEndpoint(url=urls["embedding"], token=SecretStr(EMBEDDING_TOKEN), timeout_s=2.0),
+            service_tokens={"query": SecretStr(QUERY_TOKEN), "embedding": SecretStr(EMBEDDING_TOKEN)},
             **overrides,
         )
         async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -197,14 +204,16 @@ async def test_a_run_fans_out_joins_branches_and_streams_on_one_cursor(world: La
         view = await w.run(run_id, lambda v: v["status"] != "running")
 
         assert view["status"] == "completed", view
-        expected = {"classify": "completed", "search": "completed", "refund": "skipped", "answer": "completed", "reply": "completed"}
+        expected = {"classify": "completed", "search": "completed", "vectors": "completed", "refund": "skipped", "answer": "completed"}
+        expected["reply"] = "completed"
         assert states(view) == expected
         steps = {s["name"]: s for s in view["steps"]}
         answer = steps["search"]["result"]["answer"]
         assert steps["answer"]["output"] == f"<ANSWER {answer}>"  # the job's result, templated into the next step
-        assert view["output"] == f"<FINAL <ANSWER {answer}>> (question)"
+        assert view["output"] == f"<FINAL <ANSWER {answer}>> (question; 64 dimensions)"
+        assert steps["vectors"]["output"] == "1 embeddings of 64 dimensions"
         joins = [("classify", "refund"), ("search", "refund"), ("classify", "answer"), ("search", "answer")]
-        assert sorted(map(tuple, view["edges"])) == sorted([*joins, ("refund", "reply"), ("answer", "reply")])
+        assert sorted(map(tuple, view["edges"])) == sorted([*joins, ("refund", "reply"), ("answer", "reply"), ("vectors", "reply")])
         # Every step is a task of the registry with an id derived from the run's: the job went to the query service.
         assert steps["search"]["task_id"] == f"{run_id}.search"
         assert [j["job_id"] for j in w.query.received] == [f"{run_id}.search"] and w.query.received[0]["tenant_id"] == "tenant-a"
@@ -222,7 +231,7 @@ async def test_a_run_fans_out_joins_branches_and_streams_on_one_cursor(world: La
         assert ("workflow.step.failed", "refund") in types and ("workflow.step.completed", "reply") in types
         assert types.index(("workflow.step.completed", "answer")) < types.index(("workflow.step.started", "reply"))
         started = {i["event"]["step"]: i["event"]["task_id"] for i in items if i["event"]["type"] == "workflow.step.started"}
-        assert set(started) == {"classify", "search", "answer", "reply"}
+        assert set(started) == {"classify", "search", "vectors", "answer", "reply"}
         cursors = [i["cursor"] for i in items]
         assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
         # Resuming after a cursor gives exactly the rest, in order.
@@ -236,7 +245,9 @@ async def test_a_run_fans_out_joins_branches_and_streams_on_one_cursor(world: La
         assert all(types[0] == "execution.started" and "token.delta" in types for types in own.values())
         # Usage counts per tenant as for executions: three agent steps and the query job.
         usage = await w.orch.wait_for("/v1/usage", lambda r: bool(r["rows"]) and r["rows"][0]["executions"] == 4)
-        assert usage["rows"][0]["total_tokens"] > 0
+        assert usage["rows"][0]["total_tokens"] > 0, usage
+        of_run = (await w.orch.get("/v1/usage", session_id=run_id)).json()["rows"]  # the run's own: its steps carry its id
+        assert [(r["executions"], r["total_tokens"]) for r in of_run] == [(4, usage["rows"][0]["total_tokens"])]
 
         # Another tenant sees nothing of it; an unknown workflow is a 404 with the known ones.
         assert (await w.orch.get(f"/v1/workflows/runs/{run_id}", key="key-b")).status_code == 404
@@ -253,7 +264,7 @@ async def test_a_branch_takes_the_other_path(world: Launch) -> None:
         view = await w.run(run_id, lambda v: v["status"] != "running")
         assert view["status"] == "completed", view
         assert states(view)["refund"] == "completed" and states(view)["answer"] == "skipped"
-        assert view["output"] == "<FINAL <REFUND I want a refund for my order>> (refund)"
+        assert view["output"] == "<FINAL <REFUND I want a refund for my order>> (refund; 64 dimensions)"
 
 
 async def test_cancel_mid_run_cancels_every_running_step(world: Launch) -> None:
@@ -292,7 +303,7 @@ async def test_a_run_survives_an_orchestrator_restart(world: Launch) -> None:
 
 
 async def test_a_run_recorded_on_the_log_but_never_submitted_is_finished_by_a_new_orchestrator(
-    world: Launch, kafka_settings: KafkaSettings, parts: tuple[Path, str, JobService]
+    world: Launch, kafka_settings: KafkaSettings, parts: tuple[Path, dict[str, str], JobService]
 ) -> None:
     """What a driver leaves when it stops between recording a step's start and submitting it: only
     the run's snapshot on the status topic. An orchestrator started afterwards rebuilds the run from
@@ -361,7 +372,7 @@ async def test_two_orchestrators_drive_each_run_once(world: Launch) -> None:
             assert (await two.orch.get(f"/v1/workflows/runs/{run_id}")).status_code == 200  # either replica answers
             items = await follow(two.ws_url, run_id)
             started = [i["event"]["step"] for i in items if i["event"]["type"] == "workflow.step.started"]
-            assert sorted(started) == ["answer", "classify", "reply", "search"], started
+            assert sorted(started) == ["answer", "classify", "reply", "search", "vectors"], started
             ends = [i["event"]["type"] for i in items if i["event"]["type"].startswith("execution.")]
             assert ends == ["execution.completed"]
 
