@@ -78,6 +78,11 @@ workflows:
       - {name: quick, agent: slow, timeout_s: 1}
       - {name: long, agent: slow}
       - {name: after, agent: writer, needs: [quick, long]}
+  badjob:
+    steps:
+      - {name: first, agent: writer, input: ""}
+      - {name: lookup, job: query, needs: [first], payload: {query: "{{ steps.first.output }}", top_k: 99}}
+      - {name: never, agent: writer, needs: [lookup]}
   greet:
     steps:
       - {name: hello, agent: greeter}
@@ -260,7 +265,11 @@ async def test_a_run_fans_out_joins_branches_and_streams_on_one_cursor(world: La
 
 async def test_a_branch_takes_the_other_path(world: Launch) -> None:
     async with world() as w:
-        run_id = await w.start("triage", "I want a refund for my order")
+        body, key = {"input": "I want a refund for my order"}, {"Idempotency-Key": "refund-1"}
+        first, again = [await w.orch.post("/v1/workflows/triage/runs", body, headers=key) for _ in range(2)]
+        assert first.status_code == again.status_code == 202 and again.headers.get("idempotent-replayed") == "true"
+        run_id = first.json()["run_id"]
+        assert again.json()["run_id"] == run_id  # the same run, not a second one
         view = await w.run(run_id, lambda v: v["status"] != "running")
         assert view["status"] == "completed", view
         assert states(view)["refund"] == "completed" and states(view)["answer"] == "skipped"
@@ -389,3 +398,13 @@ async def test_a_step_past_its_own_deadline_fails_the_run_and_cancels_the_others
         assert ("workflow.step.failed", "long", "cancelled") in [
             (i["event"]["type"], i["event"].get("step"), i["event"].get("status")) for i in items
         ]
+
+
+async def test_a_step_whose_templated_input_the_service_refuses_fails_the_run(world: Launch) -> None:
+    async with world() as w:
+        run_id = await w.start("badjob", "x")
+        view = await w.run(run_id, lambda v: v["status"] != "running")
+        assert view["status"] == "failed" and states(view) == {"first": "completed", "lookup": "failed", "never": "pending"}
+        lookup = next(s for s in view["steps"] if s["name"] == "lookup")
+        assert lookup["error"].startswith("invalid query input") and lookup["task_id"] is None  # refused before any job
+        assert "lookup" in view["error"]
