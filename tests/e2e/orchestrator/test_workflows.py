@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -365,9 +366,11 @@ async def test_agent_steps_take_the_tenants_concurrency_slots(world: Launch) -> 
         run_id = await w.start("pair", "15")
         view = await w.run(run_id, lambda v: v["status"] != "running")
         assert view["status"] == "completed", view
-        a, b, c = (next(s for s in view["steps"] if s["name"] == n) for n in ("a", "b", "c"))
-        first, second = sorted((a, b), key=lambda s: s["started_at"])
-        assert second["started_at"] >= first["ended_at"] and c["started_at"] >= second["ended_at"]
+        # The executions themselves: the second was submitted only once the first had ended (its slot back).
+        a, b, c = [(await w.orch.get(f"/v1/executions/{run_id}.{n}")).json() for n in ("a", "b", "c")]
+        first, second = sorted((a, b), key=lambda e: datetime.fromisoformat(e["created_at"]))
+        for earlier, later in ((first, second), (second, c)):
+            assert datetime.fromisoformat(later["created_at"]) >= datetime.fromisoformat(earlier["updated_at"]), (earlier, later)
 
 
 async def test_two_orchestrators_drive_each_run_once(world: Launch) -> None:
