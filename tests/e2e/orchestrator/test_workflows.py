@@ -377,7 +377,8 @@ async def test_two_orchestrators_drive_each_run_once(world: Launch) -> None:
     """Replicas share the runs: the one holding a run's events partition drives it, so each step of
     each run starts once, whichever replica accepted the run or applied a step's end."""
     async with world() as one, world() as two:
-        runs = [await (one if i % 2 else two).start("triage", f"Question {i}: what does a cancel before start do?") for i in range(4)]
+        starts = [(one if i % 2 else two).start("triage", f"Question {i}: what does a cancel before start do?") for i in range(8)]
+        runs = await asyncio.gather(*starts)
         for run_id in runs:
             view = await one.run(run_id, lambda v: v["status"] != "running")
             assert view["status"] == "completed", view
