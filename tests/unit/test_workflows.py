@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import cast
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr, ValidationError
+from rich.console import Console
 
 from schemas.status import ExecutionStatus
 from schemas.workflows import RunRecord, StepRecord, WorkflowRunRequest, WorkflowSpec
+from services.cli.render import Transcript
 from services.common.sources import MemoryProducer
 from services.common.statusview import StatusView
 from services.orchestrator.callbacks import Dispatcher
@@ -188,3 +191,24 @@ async def test_the_driver_reads_its_newest_snapshot_when_the_tail_brings_an_olde
     assert _record(driver.current("wf_1")).steps["x"].state == "completed"
     assert [topic for topic, *_ in producer.sent] == [settings.kafka.topics.status] * 2
     await store.stop()
+
+
+def test_the_cli_shows_a_runs_steps() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=200, color_system=None)
+    transcript = Transcript()
+    events: list[dict[str, object]] = [
+        {"type": "workflow.run.started", "workflow": "triage", "steps": ["classify", "search"]},
+        {"type": "workflow.step.started", "step": "classify", "kind": "agent", "task_id": "wf_1.classify"},
+        {"type": "workflow.step.completed", "step": "classify", "output": "question"},
+        {"type": "workflow.step.failed", "step": "refund", "status": "skipped", "reason": "condition not met"},
+        {"type": "workflow.step.failed", "step": "search", "status": "timed_out", "reason": "deadline passed"},
+        {"type": "execution.failed", "reason": "step 'search' timed_out"},
+    ]
+    for event in events:
+        for line in transcript.apply(event):
+            console.print(line)
+    printed = out.getvalue()
+    assert "▶ workflow triage: classify, search" in printed and "▶ classify (agent) as wf_1.classify" in printed
+    assert "✓ classify → question" in printed and "· refund skipped" in printed and "✗ search timed_out: deadline passed" in printed
+    assert transcript.outcome is not None and transcript.outcome["type"] == "execution.failed"
