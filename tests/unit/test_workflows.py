@@ -6,26 +6,21 @@ import io
 from pathlib import Path
 from typing import cast
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 from rich.console import Console
 
 from schemas.status import ExecutionStatus
 from schemas.workflows import RunRecord, StepRecord, WorkflowRunRequest, WorkflowSpec
 from services.cli.render import Transcript
+from services.common.settings import KafkaSettings
 from services.common.sources import MemoryProducer
 from services.common.statusview import StatusView
-from services.orchestrator.callbacks import Dispatcher
-from services.orchestrator.coordinator import ServiceCoordinator
-from services.orchestrator.hub import TaskHub
-from services.orchestrator.lifecycle import Lifecycle
-from services.orchestrator.limits import LocalLimiter
-from services.orchestrator.settings import OrchestratorSettings
-from services.orchestrator.store import Store
 from services.orchestrator.workflows.catalog import WorkflowCatalogError, load_workflows, parse_workflow
-from services.orchestrator.workflows.driver import WorkflowDriver, record_of
 from services.orchestrator.workflows.graph import next_steps
+from services.orchestrator.workflows.runlog import RunLog, end_event, record_of
 from services.orchestrator.workflows.steps import run_of_task, step_task_id
 from services.orchestrator.workflows.templates import TemplateError, render, render_value
 
@@ -161,36 +156,43 @@ def _record(status: ExecutionStatus | None) -> RunRecord:
     return found
 
 
-async def test_the_driver_reads_its_newest_snapshot_when_the_tail_brings_an_older_one_back(tmp_path: Path) -> None:
+async def test_the_driver_reads_its_newest_snapshot_when_the_tail_brings_an_older_one_back() -> None:
     """Our own older snapshot of a run, read back from the status topic after a newer one was applied,
     takes the newer one's place in the view (same state, same attempt): the driver reads its newest."""
-    settings = OrchestratorSettings(database_url=SecretStr(f"sqlite+aiosqlite:///{tmp_path / 'db'}"))
-    store = Store(settings.database_url.get_secret_value())
-    view = StatusView(settings.kafka)
+    kafka = KafkaSettings()
+    view = StatusView(kafka)
     producer = MemoryProducer()
-    lc = Lifecycle(
-        settings=settings,
-        store=store,
-        producer=cast(AIOKafkaProducer, producer),
-        status=view,
-        limiter=LocalLimiter(),
-        hub=TaskHub(),
-        dispatcher=Dispatcher(settings, store),
-        agents={},
-    )
-    driver = WorkflowDriver(lc, ServiceCoordinator(settings, lc), {})
+    runlog = RunLog(cast(AIOKafkaProducer, producer), kafka, view)
     run = run_of(spec(*DIAMOND))
     first = ExecutionStatus(execution_id="wf_1", tenant_id="t", state="running", attempt=1, extra={"workflow": run.model_dump(mode="json")})
     view.apply(first)
-    await driver._write(first, run.model_copy(update={"steps": {"x": StepRecord(state="running")}}), [])
+    await runlog.write(first, run.model_copy(update={"steps": {"x": StepRecord(state="running")}}), [])
     older = view.get("wf_1")
     assert older is not None
-    await driver._write(older, run.model_copy(update={"steps": {"x": StepRecord(state="completed", output="yes")}}), [])
+    await runlog.write(older, run.model_copy(update={"steps": {"x": StepRecord(state="completed", output="yes")}}), [])
     view.apply(older)  # the tail reads the first write back, after the second was applied here
     assert _record(view.get("wf_1")).steps["x"].state == "running"
-    assert _record(driver.current("wf_1")).steps["x"].state == "completed"
-    assert [topic for topic, *_ in producer.sent] == [settings.kafka.topics.status] * 2
-    await store.stop()
+    assert _record(runlog.current("wf_1")).steps["x"].state == "completed"
+    assert [topic for topic, *_ in producer.sent] == [kafka.topics.status] * 2
+
+
+async def test_the_end_is_written_record_first_then_the_end_event_then_the_terminal_snapshot() -> None:
+    kafka = KafkaSettings()
+    view = StatusView(kafka)
+    producer = MemoryProducer()
+    runlog = RunLog(cast(AIOKafkaProducer, producer), kafka, view)
+    run = run_of(spec(*DIAMOND))
+    status = ExecutionStatus(
+        execution_id="wf_1", tenant_id="t", state="running", attempt=1, extra={"workflow": run.model_dump(mode="json")}
+    )
+    ended = run.model_copy(update={"state": "completed", "output": "done"})
+    await runlog.write(status, ended, [end_event(ended)])
+    kinds = [
+        (topic, orjson.loads(value or b"{}").get("state") or orjson.loads(value or b"{}").get("type"))
+        for topic, _, value, _ in producer.sent
+    ]
+    assert kinds == [(kafka.topics.status, "running"), (kafka.topics.events, "execution.completed"), (kafka.topics.status, "completed")]
+    assert _record(view.get("wf_1")).state == "completed" and runlog.current("wf_1") == view.get("wf_1")
 
 
 def test_the_cli_shows_a_runs_steps() -> None:

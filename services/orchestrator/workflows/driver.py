@@ -23,13 +23,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
 from schemas.events import (
     Envelope,
-    ExecutionCancelled,
-    ExecutionCompleted,
-    ExecutionFailed,
     WorkflowCancelRequested,
     WorkflowRunStarted,
     WorkflowStepCompleted,
@@ -37,9 +33,8 @@ from schemas.events import (
     WorkflowStepStarted,
 )
 from schemas.status import ExecutionStatus
-from schemas.workflows import STEP_ENDS, RunRecord, StepRecord, WorkflowRunRequest, WorkflowSpec
+from schemas.workflows import RunRecord, StepRecord, WorkflowRunRequest, WorkflowSpec
 from services.common.errors import NotFound, Unavailable
-from services.common.kafka import encode, envelope_headers, status_headers
 from services.common.taskset import TaskSet
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import checked_prompt
@@ -48,6 +43,7 @@ from services.orchestrator.store import tasks
 from services.orchestrator.store.tasks import Task
 from services.orchestrator.workflows import steps
 from services.orchestrator.workflows.graph import next_steps, step_of
+from services.orchestrator.workflows.runlog import RUN_KEY, RunLog, end_event, envelope, is_run, record_of
 from services.orchestrator.workflows.steps import RUN_PREFIX, StepRefused, agent_label, run_of_task, step_task_id
 
 if TYPE_CHECKING:
@@ -55,27 +51,6 @@ if TYPE_CHECKING:
     from services.orchestrator.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
-
-RUN_KEY = "workflow"  # the run's record in its snapshot's ``extra``
-
-
-def record_of(status: ExecutionStatus) -> RunRecord | None:
-    raw = status.extra.get(RUN_KEY)
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return RunRecord.model_validate(raw)
-    except ValidationError:
-        return None
-
-
-def _version(status: ExecutionStatus) -> int:
-    value = status.extra.get("version", 0)
-    return value if isinstance(value, int) else 0
-
-
-def is_run(status: ExecutionStatus) -> bool:
-    return status.execution_id.startswith(RUN_PREFIX) and RUN_KEY in status.extra
 
 
 class WorkflowDriver:
@@ -95,7 +70,7 @@ class WorkflowDriver:
         self.owns = owns
         self._locks: dict[str, asyncio.Lock] = {}
         self._open: set[str] = set()  # the runs not ended, as far as this replica's view knows
-        self._written: dict[str, ExecutionStatus] = {}  # our newest snapshot per run, until the view has it (``current``)
+        self.runlog = RunLog(lifecycle.producer, lifecycle.settings.kafka, lifecycle.status)
         self._background = TaskSet("workflows", log=log)
         self._ticker: asyncio.Task[None] | None = None
         lifecycle.end_hooks.append(self._on_end)
@@ -122,16 +97,7 @@ class WorkflowDriver:
 
     # -- reads ----------------------------------------------------------------------------------
     def current(self, run_id: str) -> ExecutionStatus | None:
-        """The run's newest snapshot: the view's, or the one this driver wrote last if that is newer.
-        The view merges snapshots of one state in the order it applies them, so our own older
-        snapshot, read back from the topic after a newer one was applied, would take its place for a
-        moment; ``version`` (in ``extra``) orders a run's snapshots."""
-        viewed = self.lc.status.get(run_id)
-        written = self._written.get(run_id)
-        if written is None or viewed is None:
-            return viewed or written
-        # Kept while the run is open (one snapshot per open run): the tail may still bring an older one.
-        return viewed if viewed.terminal or _version(viewed) >= _version(written) else written
+        return self.runlog.current(run_id)
 
     def get(self, run_id: str, tenant_id: str) -> tuple[ExecutionStatus, RunRecord]:
         status = self.current(run_id)
@@ -165,7 +131,7 @@ class WorkflowDriver:
         topics = self.lc.settings.kafka.topics
         try:
             async with asyncio.timeout(self.lc.settings.kafka.request_timeout_ms / 1000):
-                meta = await self._send_event(started)
+                meta = await self.runlog.send_event(started)
                 now = datetime.now(UTC)
                 status = ExecutionStatus(
                     execution_id=run_id,
@@ -182,7 +148,7 @@ class WorkflowDriver:
                     updated_at=now,
                     extra={RUN_KEY: run.model_dump(mode="json")},
                 )
-                await self._send_status(status)
+                await self.runlog.send_status(status)
         except (KafkaError, TimeoutError) as exc:
             problem = f"Kafka did not acknowledge the run ({type(exc).__name__}); nothing was accepted, retry later"
             raise Unavailable(problem, retry_after=1) from exc
@@ -198,7 +164,7 @@ class WorkflowDriver:
             return run.state, False, []
         try:
             async with asyncio.timeout(self.lc.settings.kafka.request_timeout_ms / 1000):
-                await self._send_event(WorkflowCancelRequested(**self._env(run)))
+                await self.runlog.send_event(WorkflowCancelRequested(**envelope(run)))
         except (KafkaError, TimeoutError) as exc:
             raise Unavailable(f"Kafka did not acknowledge the cancel ({type(exc).__name__}); retry", retry_after=1) from exc
         return "cancelling", True, [name for name, rec in run.steps.items() if rec.state == "running"]
@@ -213,7 +179,7 @@ class WorkflowDriver:
                 return
             if not run.cancel_requested:  # recorded first: a driver that stops here finishes the cancel after its restart
                 run = run.model_copy(update={"cancel_requested": True})
-                await self._write(status, run, [])
+                await self.runlog.write(status, run, [])
             await self._finish_cancel(run)
 
     async def _finish_cancel(self, run: RunRecord) -> None:
@@ -230,11 +196,11 @@ class WorkflowDriver:
         }
         run = run.model_copy(update={"state": "cancelled", "error": "cancelled by request", "steps": run.steps | updated})
         events: list[Envelope] = [
-            WorkflowStepFailed(**self._env(run), step=n, task_id=run.steps[n].task_id, status="cancelled", reason="workflow run cancelled")
+            WorkflowStepFailed(**envelope(run), step=n, task_id=run.steps[n].task_id, status="cancelled", reason="workflow run cancelled")
             for n in running
         ]
-        events.append(self._end_event(run))
-        await self._write(status, run, events)
+        events.append(end_event(run))
+        await self.runlog.write(status, run, events)
 
     async def _cancel_task(self, run: RunRecord, name: str, *, reason: str) -> None:
         rec = run.steps[name]
@@ -263,7 +229,7 @@ class WorkflowDriver:
                 return
             if run.state != "running":
                 if not status.terminal:  # the end's record was written, its end event and terminal snapshot not (a stop)
-                    await self._write(status, run, [self._end_event(run)])
+                    await self.runlog.write(status, run, [end_event(run)])
                 return
             if run.cancel_requested:
                 await self._finish_cancel(run)
@@ -275,19 +241,19 @@ class WorkflowDriver:
             updated = dict(run.steps)
             for step in plan.skip:
                 updated[step.name] = StepRecord(state="skipped", ended_at=now, error="condition not met")
-                events.append(WorkflowStepFailed(**self._env(run), step=step.name, status="skipped", reason="condition not met"))
+                events.append(WorkflowStepFailed(**envelope(run), step=step.name, status="skipped", reason="condition not met"))
             for step in plan.start:
                 task_id = step_task_id(run_id, step.name)
                 try:
                     prepared: str | dict[str, Any] = steps.rendered_input(run, step) if step.agent else steps.job_payload(run, step)
                 except StepRefused as exc:
                     updated[step.name] = StepRecord(state="failed", error=str(exc), started_at=now, ended_at=now)
-                    events.append(WorkflowStepFailed(**self._env(run), step=step.name, status="failed", reason=str(exc)))
+                    events.append(WorkflowStepFailed(**envelope(run), step=step.name, status="failed", reason=str(exc)))
                     continue
                 if not await steps.take_slot(self.lc, run, step):
                     continue  # the tenant is at its concurrency limit: the ticker tries again
                 updated[step.name] = StepRecord(state="running", task_id=task_id, started_at=now)
-                events.append(WorkflowStepStarted(**self._env(run), step=step.name, kind=step.kind, task_id=task_id))
+                events.append(WorkflowStepStarted(**envelope(run), step=step.name, kind=step.kind, task_id=task_id))
                 starting.append((step.name, prepared))
             run = run.model_copy(update={"steps": updated})
             if plan.end is None and any(rec.state == "failed" for rec in updated.values()):
@@ -296,7 +262,7 @@ class WorkflowDriver:
                 run, end_events = await self._end(run, plan.end, output=plan.output, error=plan.error, cancel=plan.cancel)
                 events.extend(end_events)
             if events or run != record_of(status):
-                await self._write(status, run, events)
+                await self.runlog.write(status, run, events)
             # Submitted after the record says they run: a driver that stops in between submits them after its restart.
             for name, prepared in starting + resubmit:
                 await self._submit(run, name, prepared)
@@ -320,10 +286,10 @@ class WorkflowDriver:
                     continue
             updated[step.name] = end
             if end.state == "completed":
-                events.append(WorkflowStepCompleted(**self._env(run), step=step.name, task_id=rec.task_id, output=end.output))
+                events.append(WorkflowStepCompleted(**envelope(run), step=step.name, task_id=rec.task_id, output=end.output))
             else:
                 events.append(
-                    WorkflowStepFailed(**self._env(run), step=step.name, task_id=rec.task_id, status=end.state, reason=end.error or "")
+                    WorkflowStepFailed(**envelope(run), step=step.name, task_id=rec.task_id, status=end.state, reason=end.error or "")
                 )
         return run.model_copy(update={"steps": updated}), events, resubmit
 
@@ -355,70 +321,10 @@ class WorkflowDriver:
         for name in cancel:
             await self._cancel_task(run, name, reason=reason)
             steps[name] = steps[name].model_copy(update={"state": "cancelled", "error": reason, "ended_at": time.time()})
-            events.append(WorkflowStepFailed(**self._env(run), step=name, task_id=steps[name].task_id, status="cancelled", reason=reason))
+            events.append(WorkflowStepFailed(**envelope(run), step=name, task_id=steps[name].task_id, status="cancelled", reason=reason))
         failure = None if state == "completed" else error or "a step failed"
         ended = run.model_copy(update={"state": state, "output": output, "error": failure, "steps": steps})
-        return ended, [*events, self._end_event(ended)]
-
-    # -- the log --------------------------------------------------------------------------------
-    def _env(self, run: RunRecord) -> dict[str, Any]:
-        return {"tenant_id": run.tenant_id, "execution_id": run.run_id, "agent_id": agent_label(run)}
-
-    async def _write(self, status: ExecutionStatus, run: RunRecord, events: list[Envelope]) -> None:
-        """The run's events (in order, one partition), then its snapshot: a driver that stops in
-        between writes them again after its restart (at least once, each with its ``seq``), never a
-        snapshot whose events are missing; and the bridge's contract holds (a terminal snapshot comes
-        after the end event). At the end the record goes first in a snapshot still ``running``: the
-        bridge applies a terminal event to the status view by copying the snapshot it has, and a view
-        takes no snapshot after an end, so that copy must already hold the final record."""
-        seq = int(status.extra.get("seq", 0))
-        numbered = [event.model_copy(update={"seq": seq + i + 1}) for i, event in enumerate(events)]
-        seq += len(numbered)
-        terminal = {"completed": "completed", "failed": "failed", "cancelled": "cancelled"}.get(run.state)
-        snapshot = status.model_copy(
-            update={
-                "state": "running",
-                "output": run.output,
-                "error": run.error,
-                "updated_at": datetime.now(UTC),
-                "extra": {RUN_KEY: run.model_dump(mode="json"), "seq": seq, "version": _version(status) + 1},
-            }
-        )
-        if terminal is not None:
-            await self._send_status(snapshot)
-        for event in numbered:
-            await self._send_event(event)
-        if terminal is not None:
-            snapshot = snapshot.model_copy(update={"state": terminal, "extra": {**snapshot.extra, "version": _version(snapshot) + 1}})
-        await self._send_status(snapshot)
-
-    def _end_event(self, run: RunRecord) -> Envelope:
-        if run.state == "completed":
-            return ExecutionCompleted(**self._env(run), output=run.output or "")
-        if run.state == "cancelled":
-            return ExecutionCancelled(**self._env(run), reason=run.error or "cancelled by request")
-        return ExecutionFailed(**self._env(run), reason=run.error or "a step failed")
-
-    async def _send_event(self, event: Envelope) -> Any:
-        return await self.lc.producer.send_and_wait(
-            self.lc.settings.kafka.topics.events,
-            value=encode(event),
-            key=event.execution_id.encode(),
-            headers=envelope_headers(event, service="orchestrator"),
-        )
-
-    async def _send_status(self, status: ExecutionStatus) -> None:
-        await self.lc.producer.send_and_wait(
-            self.lc.settings.kafka.topics.status,
-            value=encode(status),
-            key=status.execution_id.encode(),
-            headers=status_headers(status, "orchestrator"),
-        )
-        self.lc.status.apply(status)
-        if not status.terminal:
-            self._written[status.execution_id] = status
-        else:
-            self._written.pop(status.execution_id, None)
+        return ended, [*events, end_event(ended)]
 
     # -- housekeeping ---------------------------------------------------------------------------
     def _lock(self, run_id: str) -> asyncio.Lock:
@@ -437,7 +343,7 @@ class WorkflowDriver:
                 status = self.lc.status.get(run_id)
                 if status is None or status.terminal:
                     self._open.discard(run_id)
-                    self._written.pop(run_id, None)
+                    self.runlog.forget(run_id)
                     continue
                 try:
                     await self.advance(run_id)
@@ -449,4 +355,4 @@ class WorkflowDriver:
             self._open.add(status.execution_id)
 
 
-__all__ = ["STEP_ENDS", "WorkflowDriver", "is_run", "record_of"]
+__all__ = ["WorkflowDriver", "is_run", "record_of"]
