@@ -282,6 +282,8 @@ async def test_cancel_mid_run_cancels_every_running_step(world: Launch) -> None:
         run_id = await w.start("pair", "slowly")
         for step in ("a", "b"):  # both parallel steps are running in the executor
             await w.orch.wait_for(f"/v1/executions/{run_id}.{step}", lambda e: e["status"] == "running", timeout=WAIT_S)
+        wrong = await w.orch.post(f"/v1/executions/{run_id}/cancel")  # a run is not an execution's cancel
+        assert wrong.status_code == 409 and f"/v1/workflows/runs/{run_id}/cancel" in wrong.text
         r = await w.orch.post(f"/v1/workflows/runs/{run_id}/cancel")
         assert r.status_code == 202, r.text
         assert r.json()["status"] == "cancelling" and sorted(r.json()["cancelled_steps"]) == ["a", "b"]
