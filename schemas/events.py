@@ -354,6 +354,47 @@ class JobUpdated(Envelope):
     cached: bool = False  # answered from the orchestrator's result cache: no call to the service, no tokens
 
 
+class WorkflowRunStarted(Envelope):
+    """A workflow run began (issue 20): the first record of the run's own partition (key: the run id)."""
+
+    type: Literal["workflow.run.started"] = "workflow.run.started"
+    workflow: str
+    steps: tuple[str, ...] = ()
+
+
+class WorkflowStepStarted(Envelope):
+    """A step of a run was submitted: ``task_id`` is its execution (follow its own events there) or job."""
+
+    type: Literal["workflow.step.started"] = "workflow.step.started"
+    step: str
+    kind: str
+    task_id: Id
+
+
+class WorkflowStepCompleted(Envelope):
+    type: Literal["workflow.step.completed"] = "workflow.step.completed"
+    step: str
+    task_id: Id | None = None
+    output: str | None = None
+
+
+class WorkflowStepFailed(Envelope):
+    """A step ended without an output: failed, cancelled, timed out, or skipped (its branch not taken)."""
+
+    type: Literal["workflow.step.failed"] = "workflow.step.failed"
+    step: str
+    task_id: Id | None = None
+    status: str
+    reason: str = ""
+
+
+class WorkflowCancelRequested(Envelope):
+    """A run's cancel, in the run's partition: the replica that drives the run (the events follower
+    member holding that partition) applies it."""
+
+    type: Literal["workflow.run.cancel_requested"] = "workflow.run.cancel_requested"
+
+
 Event = Annotated[
     ExecutionRequested
     | ExecutionStarted
@@ -376,7 +417,12 @@ Event = Annotated[
     | JobCompleted
     | ToolCallProgress
     | JobRequested
-    | JobUpdated,
+    | JobUpdated
+    | WorkflowRunStarted
+    | WorkflowStepStarted
+    | WorkflowStepCompleted
+    | WorkflowStepFailed
+    | WorkflowCancelRequested,
     Field(discriminator="type"),
 ]
 

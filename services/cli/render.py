@@ -127,10 +127,28 @@ class Transcript:
                 self.pending, self.pending_step = "", None
                 why += "; its text so far is void"
             out.append(Text(f"↻ model call restarted ({why})", style="yellow"))
+        elif kind.startswith("workflow."):
+            out += self._workflow(kind, event)
         elif kind in TERMINAL:
             out += self._commit()
             self.outcome = event
         return out
+
+    def _workflow(self, kind: str, event: dict[str, Any]) -> list[RenderableType]:
+        """A workflow run's own events (issue 20): its start and each step's start and end."""
+        step = str(event.get("step", ""))
+        if kind == "workflow.run.started":
+            self.status = f"workflow {event.get('workflow')}"
+            return [Text(f"▶ workflow {event.get('workflow')}: {', '.join(map(str, event.get('steps', [])))}", style="cyan")]
+        if kind == "workflow.step.started":
+            self.status = f"step {step} running"
+            return [Text.assemble(("▶ ", "cyan"), (step, "bold"), f" ({event.get('kind')}) as {event.get('task_id')}")]
+        if kind == "workflow.step.completed":
+            return [Text.assemble(("✓ ", "green"), (step, "bold"), f" → {str(event.get('output') or '')[:200]}")]
+        if kind == "workflow.step.failed":
+            style = "dim" if event.get("status") == "skipped" else "red"
+            return [Text(f"{'·' if style == 'dim' else '✗'} {step} {event.get('status')}: {event.get('reason', '')}", style=style)]
+        return []
 
     def _commit(self) -> list[RenderableType]:
         text, self.pending, self.pending_step = self.pending, "", None

@@ -57,6 +57,10 @@ class StatusView:
         """Executions parked for an approval (issue 16): what the sweeper applies deadlines to."""
         return list(self._waiting.values())
 
+    def matching(self, predicate: Callable[[ExecutionStatus], bool]) -> list[ExecutionStatus]:
+        """Every snapshot the predicate holds for (workflow runs rebuild from it: issue 20)."""
+        return [s for s in self._items.values() if predicate(s)]
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -75,11 +79,24 @@ class StatusView:
             self._put(status.merged_over(current))
             self._wake(status.execution_id)
             return True
+        update: dict[str, object] = {}
         if current.intake is None and status.intake is not None:
             # An older snapshot with the intake after a newer one without (our own queued snapshot,
             # applied at its acknowledgement, after the executor's running one came in by the tail):
             # keep the intake, the execution's end needs it to write its row.
-            self._put(current.model_copy(update={"intake": status.intake}))
+            update["intake"] = status.intake
+        if current.events_start_offset is None and status.events_start_offset is not None and status.attempt == current.attempt:
+            # The running snapshot after the end (the bridge applies a terminal event from the events
+            # tail, which can be ahead of the status tail): keep where the events start, or a client
+            # subscribing after the end is told it ended without any event.
+            update |= {
+                "events_topic": status.events_topic,
+                "events_partition": status.events_partition,
+                "events_start_offset": status.events_start_offset,
+                "attempt_start_offset": status.attempt_start_offset,
+            }
+        if update:
+            self._put(current.model_copy(update=update))
         return False
 
     def _put(self, status: ExecutionStatus) -> None:

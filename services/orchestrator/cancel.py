@@ -73,6 +73,9 @@ async def cancel(lc: Lifecycle, execution_id: str, tenant_id: str) -> tuple[str,
         status = None
     if task is None and status is None:
         raise NotFound("execution not found")
+    if task is None and status is not None and status.agent_id.startswith("workflow:"):
+        # A workflow run's id names its stream, not an execution an executor runs (issue 20).
+        raise Conflict(f"{execution_id} is a workflow run: cancel it with POST /v1/workflows/runs/{execution_id}/cancel")
     state: str = status.state if status is not None else "queued"
     if task is not None and not task.open:
         state = task.state

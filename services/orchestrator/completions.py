@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.bounds import AgentName
@@ -33,7 +34,10 @@ from services.orchestrator.transient import transient
 log = logging.getLogger(__name__)
 
 _TERMINAL = {"execution.completed": "completed", "execution.failed": "failed", "execution.cancelled": "cancelled"}
-_WANTED = {"execution.started", "tool.call.started", "tool.call.completed", *_TERMINAL}
+_RUN_CANCEL = "workflow.run.cancel_requested"  # issue 20: applied by the member that holds the run's partition
+_WANTED = {"execution.started", "tool.call.started", "tool.call.completed", _RUN_CANCEL, *_TERMINAL}
+
+RunCancel = Callable[[str, str], Awaitable[None]]
 
 
 class _Follower:
@@ -86,6 +90,12 @@ class EventsFollower(_Follower):
     def __init__(self, lifecycle: Lifecycle) -> None:
         kafka = lifecycle.settings.kafka
         super().__init__(lifecycle, kafka.topics.events, f"{kafka.topic_prefix}orchestrator")
+        self.run_cancels: list[RunCancel] = []  # the workflow driver's (run id, tenant id)
+
+    def owns(self, partition: int | None) -> bool:
+        """This member holds that partition of the events topic now (a workflow run's driver is the one that does)."""
+        reader = self.reader
+        return reader is not None and partition is not None and TopicPartition(self._topic, partition) in reader.source.assignment()
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         type_ = header(record.headers, "type")
@@ -97,6 +107,10 @@ class EventsFollower(_Follower):
             attempt = int(event.get("attempt", 1))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise PoisonRecord(f"malformed {type_}: {exc}") from exc
+        if type_ == _RUN_CANCEL:
+            for cancel in self.run_cancels:
+                await cancel(execution_id, str(event.get("tenant_id", "")))
+            return
         store = self._lifecycle.store
         if type_ in _TERMINAL:
             await self._lifecycle.finalize(

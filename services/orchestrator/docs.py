@@ -22,7 +22,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from schemas import api
+from schemas import api, workflows
 from schemas import openai_door as door
 from schemas.plans import OrchestrationPlan
 
@@ -145,6 +145,20 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/batches/{batch_id}"): Op("Progress and results of a batch", "batches", None, {200: api.BatchView}),
     ("POST", "/v1/jobs"): Op("Register a job of an external service", "tasks", api.JobCreate, {201: api.TaskView}, idempotent=True),
     ("GET", "/v1/tasks/{task_id}"): Op("A task (execution or job) in the registry", "tasks", None, {200: api.TaskView}),
+    ("GET", "/v1/workflows"): Op("The workflow definitions (issue 20)", "workflows", None, {200: workflows.WorkflowList}),
+    ("POST", "/v1/workflows/{name}/runs"): Op(
+        "Start a workflow run (202 once Kafka acknowledged it)",
+        "workflows",
+        workflows.WorkflowRunRequest,
+        {202: workflows.WorkflowRunAccepted},
+        idempotent=True,
+    ),
+    ("GET", "/v1/workflows/runs/{run_id}"): Op(
+        "A workflow run: its graph and each step's state", "workflows", None, {200: workflows.WorkflowRunView}
+    ),
+    ("POST", "/v1/workflows/runs/{run_id}/cancel"): Op(
+        "Cancel a run: every running step, then the run", "workflows", None, {202: workflows.WorkflowRunCancel}, idempotent=True
+    ),
     ("GET", "/v1/usage"): Op(
         "Token usage of the tenant",
         "usage",

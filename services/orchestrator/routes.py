@@ -6,6 +6,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from services.orchestrator import a2a, admin, agents, agui, approvals, batches, executions, openai, plans, sessions, tasks, usage
 from services.orchestrator.cacheadmin import invalidate_cache
+from services.orchestrator.workflows import api as workflows
 
 
 def routes() -> list[BaseRoute]:
@@ -27,6 +28,10 @@ def routes() -> list[BaseRoute]:
         Route("/v1/batches/{batch_id}", batches.get_batch, methods=["GET"]),
         Route("/v1/jobs", tasks.create_job, methods=["POST"]),
         Route("/v1/tasks/{task_id}", tasks.get_task, methods=["GET"]),
+        Route("/v1/workflows", workflows.list_workflows, methods=["GET"]),
+        Route("/v1/workflows/{name}/runs", workflows.create_run, methods=["POST"]),
+        Route("/v1/workflows/runs/{run_id}", workflows.get_run, methods=["GET"]),
+        Route("/v1/workflows/runs/{run_id}/cancel", workflows.cancel_run, methods=["POST"]),
         Route("/v1/usage", usage.get_usage, methods=["GET"]),
         Route("/v1/agents", agents.list_agents, methods=["GET"]),
         Route("/v1/admin/tenants", admin.create_tenant, methods=["POST"]),

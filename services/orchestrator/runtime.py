@@ -30,6 +30,8 @@ from services.orchestrator.projection import Projection
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store
 from services.orchestrator.taskfeed import TaskFeed
+from services.orchestrator.workflows.catalog import load_workflows
+from services.orchestrator.workflows.driver import WorkflowDriver
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,10 @@ class Runtime:
         self.ingress = IngressFollower(self.lifecycle, self.auth) if settings.ingress_signing_keys else None
         # Query and Embedding services: delegation, completions, plans (coordinator.py).
         self.coordinator = ServiceCoordinator(settings, self.lifecycle)
+        # Workflows (issue 20): runs live on the log; the driver rebuilds the open ones at start.
+        definitions = load_workflows(settings.workflows_file or settings.agents_file, agents=agents)
+        self.workflows = WorkflowDriver(self.lifecycle, self.coordinator, definitions, owns=self.events.owns)
+        self.events.run_cancels.append(self.workflows.apply_cancel)
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -88,6 +94,7 @@ class Runtime:
             self.coordinator.start(),
             *([self.ingress.start()] if self.ingress else []),
         )
+        await self.workflows.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="task-sweeper")
 
     async def stop(self) -> None:
@@ -96,6 +103,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        await self.workflows.stop()
         if self.ingress is not None:
             await self.ingress.stop()
         await self.coordinator.stop()

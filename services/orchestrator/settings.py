@@ -40,6 +40,8 @@ class OrchestratorSettings(BaseSettings):
     service_tokens: dict[str, SecretStr] = Field(default_factory=dict)
     max_body_bytes: int = 1_000_000
     agents_file: Path | None = None
+    # Workflow definitions (issue 20): a `workflows:` mapping; None: the one in the agents file, if any.
+    workflows_file: Path | None = None
     # Bounded per-client send buffer of the bridge (WebSocket and SSE); past it, the client is cut off.
     stream_buffer_kb: int = 8192
     ws_send_timeout_s: float = 10.0

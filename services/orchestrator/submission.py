@@ -58,6 +58,7 @@ class Submission:
     instructions: str | None = None
     output_schema: dict[str, Any] | None = None
     no_cache: bool = False  # Cache-Control: no-cache: its service jobs skip the result cache (servicecache.py)
+    timeout_s: float | None = None  # its own deadline (a workflow step's); None: the orchestrator's execution timeout
 
 
 async def submit(lc: Lifecycle, subs: Sequence[Submission], *, writes: Writes | None = None, undo: Writes | None = None) -> None:
@@ -75,7 +76,7 @@ async def submit(lc: Lifecycle, subs: Sequence[Submission], *, writes: Writes | 
     try:
         # aiokafka retries an unreachable broker without end: bound the wait, so an outage is a 503.
         async with asyncio.timeout(lc.settings.kafka.request_timeout_ms / 1000):
-            await asyncio.gather(*(_publish(lc, sub, deadline) for sub in subs))
+            await asyncio.gather(*(_publish(lc, sub, deadline if sub.timeout_s is None else time.time() + sub.timeout_s) for sub in subs))
     except (KafkaError, TimeoutError) as exc:
         await _cancel_published(lc, subs)
         if undo is not None:
