@@ -58,6 +58,8 @@ class Tally:
 @pytest.fixture
 async def fuzz_url(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterator[str]:
     """Executor + orchestrator, admin API on, no request limits (the fuzzer is one tenant sending thousands)."""
+    workflows = tmp_path / "workflows.yaml"
+    workflows.write_text("workflows:\n  fuzz-flow:\n    steps:\n      - {name: one, agent: default}\n")
     orch = OrchestratorSettings(
         kafka=kafka_settings,
         api_keys={API_KEY: "tenant-fuzz"},
@@ -67,6 +69,7 @@ async def fuzz_url(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterat
         concurrent_executions=0,
         max_batch_items=50,
         callback_timeout_s=2.0,
+        workflows_file=workflows,
     )
     async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=0)):
         async with serve(create_app(orch)) as url:
@@ -142,6 +145,7 @@ async def real_resources(http: httpx.AsyncClient) -> dict[str, str]:
     batch = (await http.post("/v1/batches", json={"items": [{"input": "1+1"}, {"input": "2+2"}]}, headers=tenant)).json()["batch_id"]
     job = (await http.post("/v1/jobs", json={"service": "query"}, headers=tenant)).json()["task_id"]
     key = (await http.post("/v1/admin/tenants/tenant-fuzz/keys", json={"name": "fuzz"}, headers=admin)).json()["key_id"]
+    run = (await http.post("/v1/workflows/fuzz-flow/runs", json={"input": "hi"}, headers=tenant)).json()["run_id"]
     return {
         "execution_id": execution["execution_id"],
         "session_id": session,
@@ -152,6 +156,9 @@ async def real_resources(http: httpx.AsyncClient) -> dict[str, str]:
         "response_id": "resp_" + execution["execution_id"],  # the OpenAI door: a response is an execution
         "model": "default",
         "agent": "default",  # the AG-UI and A2A doors: /v1/agui/{agent}, /v1/a2a/{agent}
+        "call_id": "call_fuzz",  # approvals and answers of a tool call (none waits: the handlers' 404/409)
+        "name": "fuzz-flow",  # a workflow
+        "run_id": run,
     }
 
 
