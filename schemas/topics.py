@@ -65,6 +65,11 @@ class Topics:
         """Orchestrator -> executors: ``TenantRecord`` per tenant (key tenant_id), compacted; a tombstone removes one."""
         return f"{self.prefix}tenants"
 
+    @property
+    def schedules(self) -> str:
+        """Orchestrator replicas: schedule definitions (key schedule id) and slot claims, compacted (schemas/schedules.py)."""
+        return f"{self.prefix}schedules"
+
     def all(self) -> tuple[str, ...]:
         return (
             *self.lanes,
@@ -78,4 +83,5 @@ class Topics:
             self.jobs_updates,
             self.tenants,
             self.task_updates,
+            self.schedules,
         )

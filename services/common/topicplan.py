@@ -69,6 +69,7 @@ def plan(settings: KafkaSettings, *, extra: Sequence[str] = ()) -> list[TopicSpe
         (topics.tenants, 1, {"cleanup.policy": "compact"}, "every tenant's latest record (compacted: executors rebuild from it)"),
         # A live feed between orchestrator replicas: nobody reads it from the beginning.
         (topics.task_updates, 3, {"retention.ms": "3600000"}, "task updates shared by orchestrator replicas"),
+        (topics.schedules, 3, {"cleanup.policy": "compact"}, "schedule definitions and slot claims (compacted: replicas rebuild from it)"),
     ]
     return [_spec(settings, name, partitions, configs, purpose) for name, partitions, configs, purpose in rows]
 

@@ -27,6 +27,7 @@ from services.orchestrator.ingress import IngressFollower
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.limits import RateLimiter, make_limiter
 from services.orchestrator.projection import Projection
+from services.orchestrator.schedules.scheduler import Scheduler
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store
 from services.orchestrator.taskfeed import TaskFeed
@@ -66,6 +67,8 @@ class Runtime:
         self.ingress = IngressFollower(self.lifecycle, self.auth) if settings.ingress_signing_keys else None
         # Query and Embedding services: delegation, completions, plans (coordinator.py).
         self.coordinator = ServiceCoordinator(settings, self.lifecycle)
+        # Schedules: definitions and slot claims on the schedules topic (schedules/).
+        self.scheduler = Scheduler(self.lifecycle, self.auth)
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -86,6 +89,7 @@ class Runtime:
             self.events.start(),
             self.jobs.start(),
             self.coordinator.start(),
+            self.scheduler.start(),
             *([self.ingress.start()] if self.ingress else []),
         )
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="task-sweeper")
@@ -98,6 +102,7 @@ class Runtime:
             self._sweeper = None
         if self.ingress is not None:
             await self.ingress.stop()
+        await self.scheduler.stop()
         await self.coordinator.stop()
         await self.jobs.stop()
         await self.events.stop()
@@ -112,6 +117,7 @@ class Runtime:
     def readers(self) -> list[Reader]:
         """The readers this runtime runs (for ``/health/ready``)."""
         readers = [self.projection.reader, self.events.reader, self.jobs.reader, self.coordinator.requests.reader, self.feed.reader]
+        readers.append(self.scheduler.log.reader)
         if self.ingress is not None:
             readers.append(self.ingress.reader)
         return [r for r in readers if r is not None]

@@ -102,6 +102,15 @@ class OrchestratorSettings(BaseSettings):
     breaker_reset_s: float = 15.0  # an open circuit lets one trial call through after this
     delegated_job_timeout_s: float = 120.0  # upper bound of a delegated job's deadline
 
+    # Schedules (services/orchestrator/schedules/): every replica bids for due slots this often; an
+    # interval (or a cron's gap) below the floor is refused; a slot older than the grace was missed
+    # while no replica ran (its schedule's catch_up decides).
+    schedule_tick_s: float = 1.0
+    schedule_min_interval_s: float = 60.0
+    schedule_misfire_grace_s: float = 60.0
+    schedule_catch_up_wait_s: float = 30.0  # at start, bids wait (at most this) until the topic is read
+    max_schedules_per_tenant: int = 100
+
     def tenant_for(self, key: str | None) -> str | None:
         """The tenant of a settings-configured (bootstrap) key."""
         if not key:

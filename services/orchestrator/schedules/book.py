@@ -1,0 +1,90 @@
+"""Every replica's projection of the ``schedules`` topic: definitions, and per schedule the highest
+slot claimed. Applying the topic's records in log order is the whole algorithm of "once per slot":
+
+* a claim **wins** when its schedule is known, of the same tenant, not paused, and its slot is later
+  than the floor (the schedule's ``since`` and every slot claimed before it in the log): the first
+  claim of a slot wins, a second one of the same slot, or one of an older slot, loses;
+* every replica reads the same order, so all agree on the winner; only the winner fires;
+* a claim read before its schedule's definition (compaction keeps only the latest definition, which
+  may sit after older claims) still raises the floor: a slot claimed once never fires again.
+
+Pure state, no I/O: the reader (``log.py``) feeds it, the ticker (``ticker.py``) asks it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from schemas.schedules import ScheduleClaim, ScheduleRecord
+from services.orchestrator.schedules import slots
+
+_IDS = uuid.UUID("0b7f6a4e-2f43-4c4e-9a53-5c8d2f6e1a77")  # namespace of execution ids derived from (schedule, slot)
+
+
+def execution_id_for(tenant_id: str, schedule_id: str, slot_ms: int) -> str:
+    """The execution of one slot: the same on every replica and every replay, so firing is idempotent."""
+    return uuid.uuid5(_IDS, f"{tenant_id}\n{schedule_id}\n{slot_ms}").hex
+
+
+@dataclass
+class Entry:
+    record: ScheduleRecord
+    claimed_ms: int | None = None  # the highest slot claimed in the log (won, or lost to a pause)
+    fired_ms: int | None = None  # the last slot whose claim won
+    claim_slots: set[int] = field(default_factory=set)  # claim keys seen, for their tombstones
+    pending: tuple[int, float] | None = None  # this replica's claim in flight: (slot, monotonic time sent)
+
+    @property
+    def last_execution_id(self) -> str | None:
+        if self.fired_ms is None:
+            return None
+        return execution_id_for(self.record.tenant_id, self.record.schedule_id, self.fired_ms)
+
+    def next_slot(self) -> int | None:
+        if self.record.paused:
+            return None
+        return slots.next_after(self.record, slots.floor_of(self.record, self.claimed_ms))
+
+
+@dataclass
+class Book:
+    entries: dict[str, Entry] = field(default_factory=dict)
+    # Claims of schedules not (yet) defined in what was read: the floor they set when it comes.
+    orphans: dict[str, tuple[int, set[int]]] = field(default_factory=dict)
+
+    def define(self, record: ScheduleRecord) -> None:
+        """A definition; an older revision than the one held (read back after a local apply) is ignored."""
+        entry = self.entries.get(record.schedule_id)
+        if entry is None:
+            claimed, keys = self.orphans.pop(record.schedule_id, (None, set()))
+            # Compaction left the claims before the definition: take their highest as the last firing.
+            self.entries[record.schedule_id] = Entry(record, claimed_ms=claimed, fired_ms=claimed, claim_slots=keys)
+        elif record.revision >= entry.record.revision:
+            entry.record = record
+
+    def remove(self, schedule_id: str) -> Entry | None:
+        return self.entries.pop(schedule_id, None)
+
+    def claim(self, claim: ScheduleClaim) -> bool:
+        """Apply a claim in log order; True if it wins its slot (its replica fires it)."""
+        entry = self.entries.get(claim.schedule_id)
+        if entry is None:
+            top, keys = self.orphans.get(claim.schedule_id, (-1, set()))
+            keys.add(claim.slot_ms)
+            self.orphans[claim.schedule_id] = (max(top, claim.slot_ms), keys)
+            return False
+        if entry.record.tenant_id != claim.tenant_id:
+            return False
+        entry.claim_slots.add(claim.slot_ms)
+        floor = slots.floor_of(entry.record, entry.claimed_ms)
+        if claim.slot_ms <= floor:
+            return False
+        entry.claimed_ms = claim.slot_ms
+        if entry.record.paused:
+            return False
+        entry.fired_ms = claim.slot_ms
+        return True
+
+    def of_tenant(self, tenant_id: str) -> list[Entry]:
+        return [e for e in self.entries.values() if e.record.tenant_id == tenant_id]
