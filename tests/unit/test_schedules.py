@@ -1,0 +1,157 @@
+"""Schedules without a broker: slots (cron in a zone, intervals, what is due, catch-up after a gap),
+the checks a timing passes, and the book's rule that the first claim of a slot in log order wins."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from schemas.schedules import ExecutionTarget, ScheduleClaim, ScheduleRecord
+from services.common.errors import InvalidInput
+from services.orchestrator.schedules import slots
+from services.orchestrator.schedules.book import Book, execution_id_for
+
+T0 = 1_780_000_000_000  # ms, a whole second
+TARGET = ExecutionTarget(input="hello")
+
+
+def rec(**changes: object) -> ScheduleRecord:
+    base: dict[str, object] = dict(
+        schedule_id="sch_1", tenant_id="t", revision=0, target=TARGET, interval_s=10, created_ms=T0, updated_ms=T0, since_ms=T0
+    )
+    return ScheduleRecord.model_validate(base | changes)
+
+
+def claim(slot_ms: int, replica: str = "r1", **changes: object) -> ScheduleClaim:
+    base: dict[str, object] = dict(schedule_id="sch_1", tenant_id="t", revision=0, slot_ms=slot_ms, replica=replica, claimed_ms=slot_ms)
+    return ScheduleClaim.model_validate(base | changes)
+
+
+# -- checks ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cron", "interval_s", "timezone", "reason"),
+    [
+        ("0 0 30 2 *", None, "UTC", "never fires"),
+        ("61 * * * *", None, "UTC", "not valid"),
+        ("* * * * * *", None, "UTC", "five fields"),
+        ("@reboot", None, "UTC", "five fields"),
+        (None, 5, "UTC", "at least 60"),
+        ("*/5 * * * *", None, "Mars/Olympus", "unknown time zone"),
+        ("*/5 * * * *", None, "../../etc/passwd", "unknown time zone"),
+        ("* * * * *", None, "UTC", None),  # every minute: at the 60 s floor
+        (None, 60, "Europe/Paris", None),
+        ("@hourly", None, "America/New_York", None),
+    ],
+)
+def test_a_timing_that_never_fires_fires_too_often_or_names_no_zone_is_refused_with_the_reason(
+    cron: str | None, interval_s: int | None, timezone: str, reason: str | None
+) -> None:
+    if reason is None:
+        slots.check_timing(cron=cron, interval_s=interval_s, timezone=timezone, floor_s=60, now_ms=T0)
+        return
+    with pytest.raises(InvalidInput) as caught:
+        slots.check_timing(cron=cron, interval_s=interval_s, timezone=timezone, floor_s=60, now_ms=T0)
+    assert reason in str(caught.value)
+
+
+def test_a_cron_whose_shortest_gap_is_under_the_floor_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="more often than every 300"):
+        slots.check_timing(cron="0,1 * * * *", interval_s=None, timezone="UTC", floor_s=300, now_ms=T0)
+
+
+# -- slots ----------------------------------------------------------------------------------
+def test_interval_slots_count_from_creation() -> None:
+    r = rec(interval_s=10)
+    assert slots.next_after(r, T0) == T0 + 10_000
+    assert slots.next_after(r, T0 + 10_000) == T0 + 20_000
+    assert slots.next_after(r, T0 + 10_001) == T0 + 20_000
+    assert slots.latest_at(r, T0 + 25_000) == T0 + 20_000
+
+
+def test_cron_slots_are_in_the_schedules_time_zone_across_a_dst_change() -> None:
+    paris = ZoneInfo("Europe/Paris")
+    start = round(datetime(2026, 3, 28, 12, 0, tzinfo=paris).timestamp() * 1000)
+    r = rec(interval_s=None, cron="30 9 * * *", timezone="Europe/Paris", created_ms=start, since_ms=start)
+    first = slots.next_after(r, start)
+    assert first is not None
+    second = slots.next_after(r, first)
+    assert second is not None
+    assert datetime.fromtimestamp(first / 1000, paris).isoformat() == "2026-03-29T09:30:00+02:00"  # the day DST starts
+    assert datetime.fromtimestamp(second / 1000, paris).isoformat() == "2026-03-30T09:30:00+02:00"
+    assert datetime.fromtimestamp(first / 1000, UTC).hour == 7
+
+
+def test_the_next_slot_is_due_once_its_time_has_come_and_not_while_paused() -> None:
+    r = rec()
+    assert slots.due(r, None, T0 + 9_999, grace_ms=60_000) is None
+    assert slots.due(r, None, T0 + 10_000, grace_ms=60_000) == T0 + 10_000
+    assert slots.due(r, T0 + 10_000, T0 + 15_000, grace_ms=60_000) is None  # claimed already
+    assert slots.due(r.model_copy(update={"paused": True}), None, T0 + 10_000, grace_ms=60_000) is None
+    late = r.model_copy(update={"since_ms": T0 + 30_000})  # resumed at +30 s: nothing from before fires
+    assert slots.due(late, None, T0 + 35_000, grace_ms=60_000) is None
+    assert slots.due(late, None, T0 + 40_000, grace_ms=60_000) == T0 + 40_000
+
+
+def test_a_late_tick_within_the_grace_still_fires_every_slot_in_turn() -> None:
+    r = rec(catch_up="latest")
+    assert slots.due(r, T0 + 10_000, T0 + 45_000, grace_ms=60_000) == T0 + 20_000
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("latest", T0 + 200_000), ("all", T0 + 10_000), ("none", None)])
+def test_slots_missed_while_no_replica_ran_follow_catch_up(policy: str, expected: int | None) -> None:
+    r = rec(catch_up=policy)
+    # Down from the start to +206 s: twenty slots older than a 5 s grace.
+    assert slots.due(r, None, T0 + 206_000, grace_ms=5_000) == expected
+
+
+def test_catch_up_none_still_fires_a_slot_within_the_grace() -> None:
+    r = rec(catch_up="none")
+    assert slots.due(r, None, T0 + 201_000, grace_ms=5_000) == T0 + 200_000
+
+
+# -- the book: who wins a slot --------------------------------------------------------------
+def test_the_first_claim_of_a_slot_wins_and_a_second_or_an_older_one_loses() -> None:
+    book = Book()
+    book.define(rec())
+    assert book.claim(claim(T0 + 10_000, "a")) is True
+    assert book.claim(claim(T0 + 10_000, "b")) is False  # the other replica's bid for the same slot
+    assert book.claim(claim(T0 + 20_000, "b")) is True
+    assert book.claim(claim(T0 + 10_000, "c")) is False  # a lagging replica's bid for a slot already past
+    entry = book.entries["sch_1"]
+    assert entry.fired_ms == T0 + 20_000
+    assert entry.last_execution_id == execution_id_for("t", "sch_1", T0 + 20_000)
+
+
+def test_a_claim_after_a_pause_or_of_another_tenant_does_not_fire() -> None:
+    book = Book()
+    book.define(rec())
+    assert book.claim(claim(T0 + 10_000, tenant_id="other")) is False
+    book.define(rec(revision=1, paused=True))
+    assert book.claim(claim(T0 + 10_000)) is False
+    assert book.entries["sch_1"].fired_ms is None
+
+
+def test_claims_read_before_their_definition_still_set_the_floor() -> None:
+    # Compaction keeps only the latest definition, which may come after the claims of older revisions.
+    book = Book()
+    assert book.claim(claim(T0 + 10_000)) is False
+    assert book.claim(claim(T0 + 20_000)) is False
+    book.define(rec(revision=3, name="renamed"))
+    assert book.claim(claim(T0 + 20_000, "b")) is False  # fired before the restart: not again
+    assert book.claim(claim(T0 + 30_000, "b")) is True
+    assert book.entries["sch_1"].claim_slots == {T0 + 10_000, T0 + 20_000, T0 + 30_000}
+
+
+def test_an_older_revision_read_after_a_local_apply_is_ignored() -> None:
+    book = Book()
+    book.define(rec(revision=2, paused=True))
+    book.define(rec(revision=1))
+    assert book.entries["sch_1"].record.paused is True
+
+
+def test_execution_ids_differ_per_slot_schedule_and_tenant() -> None:
+    ids = {execution_id_for(t, s, slot) for t in ("a", "b") for s in ("s1", "s2") for slot in (1, 2)}
+    assert len(ids) == 8
+    assert execution_id_for("a", "s1", 1) == execution_id_for("a", "s1", 1)
