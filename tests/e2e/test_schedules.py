@@ -112,6 +112,15 @@ async def test_a_schedule_fires_once_per_slot_with_two_replicas_and_across_a_res
                 async with asyncio.timeout(60):  # the firing is an ordinary execution, on either replica
                     while (e := await b.get(f"/v1/executions/{execution_id}")).status_code != 200 or e.json()["status"] != "completed":
                         await asyncio.sleep(0.1)
+                async with asyncio.timeout(60):  # in the task registry: origin schedule, and which schedule
+                    while not [
+                        row
+                        for row in (await b.get("/v1/executions", params={"limit": 100})).json()["executions"]
+                        if row["execution_id"] == execution_id
+                    ]:
+                        await asyncio.sleep(0.1)
+                rows = (await b.get("/v1/executions", params={"limit": 100})).json()["executions"]
+                assert {(row["origin"], row["schedule_id"]) for row in rows} == {("schedule", schedule_id)}
                 paused_at = time.time()
                 async with asyncio.timeout(30):  # wait for both replicas' views of the pause to be behind us
                     while time.time() < paused_at + 2.5:
@@ -126,3 +135,38 @@ async def test_a_schedule_fires_once_per_slot_with_two_replicas_and_across_a_res
     counts = Counter(requested)
     assert [counts[i] for i in fired] == [1] * len(fired)  # every slot up to the last once: none twice, none skipped
     assert set(requested) == set(fired)  # and nothing after the pause (slots are at created + k s)
+
+
+async def test_slots_missed_while_every_replica_was_down_follow_catch_up(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    settings = _settings(kafka_settings, tmp_path)
+    every = {"interval_s": 1, "target": {"input": "2+2"}}
+    async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=1)):
+        async with _replica(settings) as a:
+            made = [(await a.post("/v1/schedules", json=every | {"catch_up": policy})).json() for policy in ("all", "latest")]
+            (all_id, all_ms), (latest_id, latest_ms) = ((m["schedule_id"], _ms(m["created_at"])) for m in made)
+            await _fired_until(a, all_id, 2, all_ms, 1000)
+            await _fired_until(a, latest_id, 2, latest_ms, 1000)
+        down_ms = round(time.time() * 1000)
+        async with asyncio.timeout(30):  # every replica down while four slots pass
+            while time.time() * 1000 < down_ms + 4000:
+                await asyncio.sleep(0.1)
+        back_ms = round(time.time() * 1000)
+        # A slot older than 1 s now counts as missed (not as a late tick).
+        async with _replica(settings.model_copy(update={"schedule_misfire_grace_s": 1})) as a:
+            await _fired_until(a, all_id, (back_ms - all_ms) // 1000 + 2, all_ms, 1000)
+            last_latest = await _fired_until(a, latest_id, (back_ms - latest_ms) // 1000 + 2, latest_ms, 1000)
+            last_all = _ms((await a.patch(f"/v1/schedules/{all_id}", json={"paused": True})).json()["last_fired_at"])
+            await a.patch(f"/v1/schedules/{latest_id}", json={"paused": True})
+            last_latest = _ms((await a.get(f"/v1/schedules/{latest_id}")).json()["last_fired_at"])
+        requested = Counter(await _requested(kafka_settings))
+    # catch_up=all: every slot, the missed ones too, once each.
+    all_slots = range(all_ms + 1000, last_all + 1, 1000)
+    assert [requested[execution_id_for("tenant-a", all_id, s)] for s in all_slots] == [1] * len(all_slots)
+    # catch_up=latest: once each, and of the slots missed while down only the latest (at most one before the restart).
+    latest_slots = list(range(latest_ms + 1000, last_latest + 1, 1000))
+    fired = [s for s in latest_slots if requested[execution_id_for("tenant-a", latest_id, s)]]
+    assert all(requested[execution_id_for("tenant-a", latest_id, s)] == 1 for s in fired)
+    missed = [s for s in latest_slots if down_ms + 1000 < s < back_ms]
+    assert len(missed) >= 2
+    assert len([s for s in missed if s in fired]) <= 1
+    assert fired[-1] == last_latest and len(fired) < len(latest_slots)
