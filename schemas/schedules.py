@@ -114,6 +114,9 @@ class ScheduleClaim(BaseModel):
     slot_ms: SlotMs = Field(ge=0, le=MAX_INT64)
     replica: Id
     claimed_ms: SlotMs = Field(ge=0, le=MAX_INT64)
+    # 0: a bid for a due slot. n > 0: a bid to take over a slot won in round n - 1 whose execution
+    # never appeared (its replica died between its win and its submit); the first of round n wins it.
+    round: StrictInt = Field(default=0, ge=0, le=1000)
 
 
 class ScheduleView(BaseModel):

@@ -109,6 +109,8 @@ class OrchestratorSettings(BaseSettings):
     schedule_min_interval_s: float = 60.0
     schedule_misfire_grace_s: float = 60.0
     schedule_catch_up_wait_s: float = 30.0  # at start, bids wait (at most this) until the topic is read
+    # A won slot whose execution has not appeared this long after its claim is taken over (its replica died).
+    schedule_takeover_s: float = 10.0
     max_schedules_per_tenant: int = 100
 
     def tenant_for(self, key: str | None) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,12 +19,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
-from services.common.kafka import partitions_of
+from schemas.schedules import ScheduleClaim
+from services.common.kafka import make_producer, partitions_of
 from services.common.settings import KafkaSettings
 from services.executor.app import Executor
 from services.executor.settings import ExecutorSettings
 from services.orchestrator.app import create_app
 from services.orchestrator.schedules.book import execution_id_for
+from services.orchestrator.schedules.log import claim_key
 from services.orchestrator.settings import OrchestratorSettings
 from tests.e2e.conftest import KEYS
 from tests.support import serve
@@ -170,3 +173,35 @@ async def test_slots_missed_while_every_replica_was_down_follow_catch_up(kafka_s
     assert len(missed) >= 2
     assert len([s for s in missed if s in fired]) <= 1
     assert fired[-1] == last_latest and len(fired) < len(latest_slots)
+
+
+async def test_a_slot_whose_winning_replica_died_before_submitting_is_taken_over(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    settings = _settings(kafka_settings, tmp_path).model_copy(update={"schedule_takeover_s": 1})
+    async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=1)), _replica(settings) as a:
+        made = (await a.post("/v1/schedules", json={"interval_s": 3, "target": {"input": "2+2"}})).json()
+        schedule_id, created_ms = made["schedule_id"], _ms(made["created_at"])
+        slot = created_ms + 3000
+        # A replica that wins the first slot and dies before it submits: its claim is on the log, first.
+        ghost = ScheduleClaim(
+            schedule_id=schedule_id, tenant_id="tenant-a", revision=0, slot_ms=slot, replica="ghost", claimed_ms=created_ms
+        )
+        producer = make_producer(kafka_settings, client_id="ghost")
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                kafka_settings.topics.schedules,
+                value=ghost.model_dump_json().encode(),
+                key=claim_key(schedule_id, slot).encode(),
+                partition=zlib.crc32(schedule_id.encode()) % 3,
+            )
+        finally:
+            await producer.stop()
+        execution_id = execution_id_for("tenant-a", schedule_id, slot)
+        async with asyncio.timeout(60):
+            while (await a.get(f"/v1/executions/{execution_id}")).status_code != 200:
+                await asyncio.sleep(0.1)
+        await _fired_until(a, schedule_id, 2, created_ms, 3000)
+        await a.patch(f"/v1/schedules/{schedule_id}", json={"paused": True})
+        requested = Counter(await _requested(kafka_settings))
+    assert requested[execution_id] == 1
+    assert requested[execution_id_for("tenant-a", schedule_id, slot + 3000)] == 1

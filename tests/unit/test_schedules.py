@@ -155,3 +155,16 @@ def test_execution_ids_differ_per_slot_schedule_and_tenant() -> None:
     ids = {execution_id_for(t, s, slot) for t in ("a", "b") for s in ("s1", "s2") for slot in (1, 2)}
     assert len(ids) == 8
     assert execution_id_for("a", "s1", 1) == execution_id_for("a", "s1", 1)
+
+
+def test_a_slot_whose_winner_died_is_taken_over_by_the_first_bid_of_the_next_round_only() -> None:
+    book = Book()
+    book.define(rec())
+    assert book.claim(claim(T0 + 10_000, "ghost")) is True
+    assert book.claim(claim(T0 + 10_000, "a", round=2)) is False  # not the next round
+    assert book.claim(claim(T0 + 20_000, "a", round=1)) is False  # not the slot last won
+    assert book.claim(claim(T0 + 10_000, "a", round=1)) is True
+    assert book.claim(claim(T0 + 10_000, "b", round=1)) is False  # the round is taken
+    entry = book.entries["sch_1"]
+    assert entry.winner is not None and entry.winner.replica == "a" and entry.fired_ms == T0 + 10_000
+    assert book.claim(claim(T0 + 20_000, "b")) is True  # the next slot as usual

@@ -5,6 +5,10 @@ slot claimed. Applying the topic's records in log order is the whole algorithm o
   than the floor (the schedule's ``since`` and every slot claimed before it in the log): the first
   claim of a slot wins, a second one of the same slot, or one of an older slot, loses;
 * every replica reads the same order, so all agree on the winner; only the winner fires;
+* a winner that dies between its win and its submit: after ``schedule_takeover_s`` without the
+  slot's execution, replicas bid again for the same slot in the next round; the first bid of the
+  round wins it (and the slot's execution id is the same, so a slow winner and a taker do not run
+  it twice);
 * a claim read before its schedule's definition (compaction keeps only the latest definition, which
   may sit after older claims) still raises the floor: a slot claimed once never fires again.
 
@@ -33,6 +37,9 @@ class Entry:
     claimed_ms: int | None = None  # the highest slot claimed in the log (won, or lost to a pause)
     fired_ms: int | None = None  # the last slot whose claim won
     claim_slots: set[int] = field(default_factory=set)  # claim keys seen, for their tombstones
+    winner: ScheduleClaim | None = None  # the claim that won ``fired_ms`` (its latest round)
+    live: bool = False  # that win was read live (not while catching up at start)
+    takeover: tuple[int, float] | None = None  # this replica's takeover bid in flight: (round, monotonic time sent)
     pending: tuple[int, float] | None = None  # this replica's claim in flight: (slot, monotonic time sent)
 
     @property
@@ -77,6 +84,13 @@ class Book:
         if entry.record.tenant_id != claim.tenant_id:
             return False
         entry.claim_slots.add(claim.slot_ms)
+        if claim.round > 0:
+            # A takeover: only of the slot last won, only the next round, only the first bid of it.
+            won = entry.winner
+            if won is None or claim.slot_ms != won.slot_ms or claim.round != won.round + 1 or entry.record.paused:
+                return False
+            entry.winner = claim
+            return True
         floor = slots.floor_of(entry.record, entry.claimed_ms)
         if claim.slot_ms <= floor:
             return False
@@ -84,6 +98,7 @@ class Book:
         if entry.record.paused:
             return False
         entry.fired_ms = claim.slot_ms
+        entry.winner = claim
         return True
 
     def of_tenant(self, tenant_id: str) -> list[Entry]:

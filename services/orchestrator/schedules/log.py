@@ -150,9 +150,16 @@ class ScheduleLog:
             raise PoisonRecord(f"schedules: key {key[:200]!r} holds a claim of {claim.schedule_id!r}")
         won = self.book.claim(claim)
         entry = self.book.entries.get(schedule_id)
-        if entry is not None and claim.replica == self.replica and entry.pending is not None and entry.pending[0] <= claim.slot_ms:
+        if entry is None:
+            return
+        if claim.replica == self.replica and entry.pending is not None and entry.pending[0] <= claim.slot_ms:
             entry.pending = None  # our bid is decided, won or lost
-        if won and claim.replica == self.replica:
+        if not won:
+            return
+        # A win read while catching up is history: its replica fired it long ago. Only a win seen
+        # live is fired here, or taken over should its replica die before submitting it.
+        entry.live = self.caught_up.is_set()
+        if entry.live and claim.replica == self.replica:
             pending = self._on_win(claim)
             if pending is not None:
                 await pending

@@ -27,7 +27,7 @@ from services.orchestrator.executions import checked_prompt, known_agent
 from services.orchestrator.ids import new_id, new_traceparent
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.schedules import slots
-from services.orchestrator.schedules.book import execution_id_for
+from services.orchestrator.schedules.book import Entry, execution_id_for
 from services.orchestrator.schedules.log import ScheduleLog
 from services.orchestrator.submission import Submission
 
@@ -37,6 +37,7 @@ FIRINGS = Counter("agentstream_schedule_firings", "Slots this replica fired, by 
 
 _RESEND_S = 10.0  # a bid not read back by then (lost on the way) is sent again
 _FIRE_TRIES = 5
+_MAX_ROUNDS = 3  # takeovers of one slot: a firing every replica's limits refuse is not bid for forever
 
 
 class Scheduler:
@@ -55,6 +56,7 @@ class Scheduler:
         self.replica = replica or new_id()
         self.tick_s = settings.schedule_tick_s
         self.grace_ms = int(settings.schedule_misfire_grace_s * 1000)
+        self.takeover_ms = int(settings.schedule_takeover_s * 1000)
         self.log = ScheduleLog(
             settings.kafka,
             producer=lifecycle.producer,
@@ -88,6 +90,7 @@ class Scheduler:
             await asyncio.wait_for(self.log.caught_up.wait(), settings.schedule_catch_up_wait_s)
         except TimeoutError:
             log.warning("schedules: not caught up with the topic after %.0fs; bidding anyway", settings.schedule_catch_up_wait_s)
+            self.log.caught_up.set()
         while True:
             try:
                 await self.tick()
@@ -101,6 +104,9 @@ class Scheduler:
         mono = time.monotonic()
         bids: list[ScheduleClaim] = []
         for entry in list(self.log.book.entries.values()):
+            takeover = self._takeover_bid(entry, now_ms, mono)
+            if takeover is not None:
+                bids.append(takeover)
             slot = slots.due(entry.record, entry.claimed_ms, now_ms, grace_ms=self.grace_ms)
             if slot is None:
                 continue
@@ -126,6 +132,21 @@ class Scheduler:
                 if bidder is not None:
                     bidder.pending = None
         return len(bids)
+
+    def _takeover_bid(self, entry: Entry, now_ms: int, mono: float) -> ScheduleClaim | None:
+        """A bid for the next round of the slot last won, when its execution has not appeared
+        ``takeover_s`` after the win (the winner died before its submit); None otherwise."""
+        won = entry.winner
+        if won is None or not entry.live or entry.record.paused or won.round + 1 > _MAX_ROUNDS:
+            return None
+        if now_ms < max(won.claimed_ms, won.slot_ms) + self.takeover_ms or now_ms - won.slot_ms > self.grace_ms:
+            return None
+        if self._lifecycle.status.get(execution_id_for(won.tenant_id, won.schedule_id, won.slot_ms)) is not None:
+            return None
+        if entry.takeover is not None and entry.takeover[0] == won.round + 1 and mono - entry.takeover[1] < _RESEND_S:
+            return None
+        entry.takeover = (won.round + 1, mono)
+        return won.model_copy(update={"replica": self.replica, "claimed_ms": now_ms, "round": won.round + 1})
 
     # -- firing ---------------------------------------------------------------------------
     def _won(self, claim: ScheduleClaim) -> None:
