@@ -62,7 +62,7 @@ class Scheduler:
             producer=lifecycle.producer,
             replica=self.replica,
             on_win=self._won,
-            name=f"orchestrator-schedules-{self.replica[:8]}",
+            name="orchestrator-schedules",
         )
         self._fires = TaskSet("schedules", log=log)
         self._ticker: asyncio.Task[None] | None = None
