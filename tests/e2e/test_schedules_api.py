@@ -83,3 +83,13 @@ async def test_schedules_are_the_tenants_own_and_pause_resume_and_delete(stack: 
         assert r.json()["interval_s"] == 3600
         assert (await replica.get(f"/v1/schedules/{sid}")).status_code == 404
         assert [s["schedule_id"] for s in (await replica.get("/v1/schedules")).json()["schedules"]] == [kept]
+
+
+async def test_a_tenant_has_at_most_max_schedules_per_tenant(stack: Stack) -> None:
+    settings = stack.orchestrator_settings.model_copy(update={"max_schedules_per_tenant": 1})
+    async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as http:
+        body = {"interval_s": 3600, "target": TARGET}
+        assert (await http.post("/v1/schedules", json=body, headers=A)).status_code == 201
+        r = await http.post("/v1/schedules", json=body, headers=A)
+        assert r.status_code == 409 and "the most it may have" in r.json()["error"]
+        assert (await http.post("/v1/schedules", json=body, headers=B)).status_code == 201  # per tenant

@@ -103,10 +103,15 @@ class Scheduler:
         now_ms = self.now_ms()
         mono = time.monotonic()
         bids: list[ScheduleClaim] = []
-        for entry in list(self.log.book.entries.values()):
+        for i, entry in enumerate(list(self.log.book.entries.values()), 1):
+            if i % 64 == 0:
+                await asyncio.sleep(0)  # a cron's first next slot costs ~0.4 ms: let HTTP requests in between
             takeover = self._takeover_bid(entry, now_ms, mono)
             if takeover is not None:
                 bids.append(takeover)
+            upcoming = entry.next_slot()
+            if upcoming is None or upcoming > now_ms:
+                continue  # the common case, without a cron evaluation
             slot = slots.due(entry.record, entry.claimed_ms, now_ms, grace_ms=self.grace_ms)
             if slot is None:
                 continue
