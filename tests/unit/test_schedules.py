@@ -3,15 +3,22 @@ the checks a timing passes, and the book's rule that the first claim of a slot i
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from aiokafka import TopicPartition
 
 from schemas.schedules import ExecutionTarget, ScheduleClaim, ScheduleRecord
+from schemas.topics import Topics
 from services.common.errors import InvalidInput
+from services.common.settings import KafkaSettings
+from services.common.sources import MemorySource
 from services.orchestrator.schedules import slots
 from services.orchestrator.schedules.book import Book, execution_id_for
+from services.orchestrator.schedules.log import ScheduleLog
 
 T0 = 1_780_000_000_000  # ms, a whole second
 TARGET = ExecutionTarget(input="hello")
@@ -168,3 +175,84 @@ def test_a_slot_whose_winner_died_is_taken_over_by_the_first_bid_of_the_next_rou
     entry = book.entries["sch_1"]
     assert entry.winner is not None and entry.winner.replica == "a" and entry.fired_ms == T0 + 10_000
     assert book.claim(claim(T0 + 20_000, "b")) is True  # the next slot as usual
+
+
+# -- the log: two replicas over one in-memory topic -----------------------------------------
+class Loopback:
+    """A producer that appends to an in-memory topic, waking every replica's consumer of it."""
+
+    def __init__(self, *sources: MemorySource) -> None:
+        self.sources = sources
+        self.dlq: list[tuple[str, bytes | None]] = []
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        partition: int = 0,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        if topic.endswith("dlq"):
+            self.dlq.append((dict(headers or []).get("dlq.reason", b"").decode(), key))
+            return
+        self.sources[0].append(topic, value, key=key, partition=partition, headers=headers or ())
+        for other in self.sources[1:]:
+            other._arrived.set()  # the same log: tell the other consumers it grew
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_two_replicas_agree_on_every_slots_winner_and_park_what_is_no_bid() -> None:
+    topics = Topics("x.")
+    settings = KafkaSettings(topic_prefix="x.")
+    first = MemorySource({TopicPartition(topics.schedules, 0): []})
+    second = first.reopened()
+    producer = Loopback(first, second)
+    now = [(T0 + 10_000) / 1000]
+    wins: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+
+    def on_win(c: ScheduleClaim) -> None:
+        wins[c.replica].append(c.slot_ms)
+
+    logs = [ScheduleLog(settings, producer=producer, replica=name, on_win=on_win, name=name, clock=lambda: now[0]) for name in ("a", "b")]
+    tp = TopicPartition(topics.schedules, 0)
+    for log, source in zip(logs, (first, second), strict=True):
+        log.start_on(source, {tp: 0}, {tp: 0})
+    try:
+        await logs[0].define(rec())
+        await _until(lambda: "sch_1" in logs[1].book.entries)
+        # Both bid for the same slot; then b for the next, a (lagging) for the first again.
+        for log in logs:
+            await log.claim(claim(T0 + 10_000, log.replica))
+        now[0] = (T0 + 20_000) / 1000
+        await logs[1].claim(claim(T0 + 20_000, "b"))
+        await logs[0].claim(claim(T0 + 10_000, "a"))
+        await logs[0].claim(claim(T0 + 15_000, "a"))  # no slot of an interval of 10 s
+        await logs[0].claim(claim(T0 + 10_000_000, "a"))  # a slot that has not come
+        first.append(topics.schedules, b"\xff", key=b"sch_1:claim:1")
+        await _until(lambda: len(producer.dlq) == 4)  # each replica's reader parks its own copy
+        await _until(lambda: all(log.book.entries["sch_1"].claimed_ms == T0 + 20_000 for log in logs))
+        assert wins == {"a": [T0 + 10_000], "b": [T0 + 20_000], "c": []}  # the first bid of each slot, once
+        assert all(log.book.entries["sch_1"].claim_slots == {T0 + 10_000, T0 + 20_000} for log in logs)
+        reasons = sorted(reason.split(":")[1].strip()[:20] for reason, _ in producer.dlq)
+        assert reasons == ["a claim of slot 1780"] * 2 + ["invalid record under"] * 2
+        # A restart reads it all back: the floor is the last slot, nothing is won again.
+        third = first.reopened()
+        again = ScheduleLog(
+            settings, producer=producer, replica="c", on_win=lambda c: wins.setdefault("c", []).append(1), name="c", clock=lambda: now[0]
+        )
+        again.start_on(third, {tp: 0}, {tp: len(first.log[tp])})
+        try:
+            await again.caught_up.wait()
+            assert again.book.entries["sch_1"].claimed_ms == T0 + 20_000 and wins["c"] == []
+        finally:
+            await again.stop()
+    finally:
+        for log in logs:
+            await log.stop()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from schemas.schedules import ScheduleClaim, ScheduleRecord
 from services.orchestrator.schedules import slots
 
+MAX_ORPHANS = 100_000  # schedules known only by their claims (compaction's order at start); past it, ignored
 _IDS = uuid.UUID("0b7f6a4e-2f43-4c4e-9a53-5c8d2f6e1a77")  # namespace of execution ids derived from (schedule, slot)
 
 
@@ -83,12 +84,16 @@ class Book:
         """Apply a claim in log order; True if it wins its slot (its replica fires it)."""
         entry = self.entries.get(claim.schedule_id)
         if entry is None:
+            if claim.schedule_id not in self.orphans and len(self.orphans) >= MAX_ORPHANS:
+                return False
             top, keys = self.orphans.get(claim.schedule_id, (-1, set()))
             keys.add(claim.slot_ms)
             self.orphans[claim.schedule_id] = (max(top, claim.slot_ms), keys)
             return False
         if entry.record.tenant_id != claim.tenant_id:
             return False
+        if not slots.on_grid(entry.record, claim.slot_ms):
+            return False  # no slot of this schedule's: it must not move the floor
         entry.claim_slots.add(claim.slot_ms)
         if claim.round > 0:
             # A takeover: only of the slot last won, only the next round, only the first bid of it.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -27,12 +28,13 @@ from services.common.errors import PoisonRecord
 from services.common.kafka import encode, snapshot_headers
 from services.common.reader import Reader
 from services.common.settings import KafkaSettings
-from services.common.sources import KafkaSource, Record, open_tail, reopen_tail
+from services.common.sources import KafkaSource, Record, RecordSource, open_tail, reopen_tail
 from services.orchestrator.schedules.book import Book
 
 log = logging.getLogger(__name__)
 
 CLAIM = ":claim:"
+FUTURE_TOLERANCE_MS = 60_000  # clocks of replicas differ: a claim this far ahead of ours is no bid
 OnWin = Callable[[ScheduleClaim], Awaitable[None] | None]
 
 
@@ -41,7 +43,17 @@ def claim_key(schedule_id: str, slot_ms: int) -> str:
 
 
 class ScheduleLog:
-    def __init__(self, settings: KafkaSettings, *, producer: AIOKafkaProducer, replica: str, on_win: OnWin, name: str) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        producer: AIOKafkaProducer,
+        replica: str,
+        on_win: OnWin,
+        name: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
         self._settings = settings
         self.topic = settings.topics.schedules
         self._producer = producer
@@ -57,18 +69,25 @@ class ScheduleLog:
 
     async def start(self) -> None:
         source, start = await open_tail(self._settings, [self.topic], client_id=self._name, from_beginning=True)
+        ends = await _end_offsets(source, list(start))
+        self.start_on(source, start, ends, reopen=reopen_tail(self._settings, [self.topic], client_id=self._name, from_beginning=True))
+
+    def start_on(
+        self,
+        source: RecordSource,
+        start: dict[TopicPartition, int],
+        ends: dict[TopicPartition, int],
+        *,
+        reopen: Callable[[], Awaitable[RecordSource]] | None = None,
+    ) -> None:
+        """Read ``source`` (every partition of the topic, from ``start``); caught up at ``ends``.
+        ``start`` uses Kafka; tests hand an in-memory log (``sources.MemorySource``) here."""
         self._partitions = max(1, len(start))
-        self._ends = await _end_offsets(source, list(start))
+        self._ends = dict(ends)
         self._handled = dict(start)
         self._check_caught_up()
         self.reader = Reader(
-            self._name,
-            source,
-            self._handle,
-            topics=self._settings.topics,
-            dlq=self._producer,
-            positions=start,
-            reopen=reopen_tail(self._settings, [self.topic], client_id=self._name, from_beginning=True),
+            self._name, source, self._handle, topics=self._settings.topics, dlq=self._producer, positions=start, reopen=reopen
         )
         self.reader.start()
 
@@ -148,6 +167,9 @@ class ScheduleLog:
             return
         if claim.schedule_id != schedule_id:
             raise PoisonRecord(f"schedules: key {key[:200]!r} holds a claim of {claim.schedule_id!r}")
+        if claim.slot_ms > self._clock() * 1000 + FUTURE_TOLERANCE_MS:
+            # No replica bids for a slot that has not come: one that did would stop the schedule until then.
+            raise PoisonRecord(f"schedules: a claim of slot {claim.slot_ms}, which has not come yet")
         won = self.book.claim(claim)
         entry = self.book.entries.get(schedule_id)
         if entry is None:

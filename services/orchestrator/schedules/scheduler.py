@@ -63,6 +63,7 @@ class Scheduler:
             replica=self.replica,
             on_win=self._won,
             name="orchestrator-schedules",
+            clock=clock,
         )
         self._fires = TaskSet("schedules", log=log)
         self._ticker: asyncio.Task[None] | None = None

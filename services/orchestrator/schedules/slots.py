@@ -90,6 +90,13 @@ def latest_at(rec: ScheduleRecord, now_ms: int) -> int | None:
         return None
 
 
+def on_grid(rec: ScheduleRecord, slot_ms: int) -> bool:
+    """Whether ``slot_ms`` is one of the schedule's slots (a claim of any other time is no bid)."""
+    if rec.interval_s is not None:
+        return slot_ms > rec.created_ms and (slot_ms - rec.created_ms) % (rec.interval_s * 1000) == 0
+    return next_after(rec, slot_ms - 1) == slot_ms
+
+
 def floor_of(rec: ScheduleRecord, last_slot_ms: int | None) -> int:
     """Slots at or before this never fire: the last one claimed, or the schedule's ``since``."""
     return max(rec.since_ms, last_slot_ms if last_slot_ms is not None else -1)
