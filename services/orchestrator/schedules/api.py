@@ -6,13 +6,14 @@ reads come from this replica's book (other replicas see a change as soon as they
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from schemas.schedules import ExecutionTarget, ScheduleCreate, ScheduleList, SchedulePatch, ScheduleRecord, ScheduleView
-from services.common.errors import Conflict, NotFound
+from services.common.errors import Conflict, NotFound, Unavailable
 from services.orchestrator.auth import TenantContext
 from services.orchestrator.executions import checked_prompt, known_agent
 from services.orchestrator.http import HTTPError, iso, json_body, parse_json, path_id, require_tenant, state_of, validate
@@ -23,9 +24,19 @@ from services.orchestrator.schedules.book import Entry
 from services.orchestrator.schedules.scheduler import Scheduler
 
 
-def _scheduler(request: Request) -> Scheduler:
+async def _scheduler(request: Request) -> Scheduler:
+    """The replica's scheduler once its book holds the topic (right after a start it may still be
+    reading it: an answer then would miss schedules); 503 if that takes longer than a few seconds."""
     scheduler: Scheduler = state_of(request).runtime.scheduler
+    if not scheduler.log.caught_up.is_set():
+        try:
+            await asyncio.wait_for(scheduler.log.caught_up.wait(), _CATCH_UP_WAIT_S)
+        except TimeoutError as exc:
+            raise Unavailable("schedules are still being read from the log; retry in a moment", retry_after=1) from exc
     return scheduler
+
+
+_CATCH_UP_WAIT_S = 5.0
 
 
 def view_of(entry: Entry) -> ScheduleView:
@@ -61,16 +72,16 @@ def _check_timing(request: Request, rec: ScheduleRecord) -> None:
     )
 
 
-def _entry(request: Request, ctx: TenantContext) -> Entry:
+async def _entry(request: Request, ctx: TenantContext) -> Entry:
     schedule_id = path_id(request, "schedule_id", "schedule")
-    entry = _scheduler(request).log.book.entries.get(schedule_id)
+    entry = (await _scheduler(request)).log.book.entries.get(schedule_id)
     if entry is None or entry.record.tenant_id != ctx.id:
         raise NotFound("schedule not found")
     return entry
 
 
 async def _create(request: Request, ctx: TenantContext, body: bytes) -> tuple[int, Any]:
-    scheduler = _scheduler(request)
+    scheduler = await _scheduler(request)
     settings = state_of(request).settings
     req = validate(ScheduleCreate, parse_json(body), "schedule")
     _check_target(request, req.target)
@@ -102,23 +113,23 @@ create_schedule = idempotent(_create)
 
 async def list_schedules(request: Request) -> Response:
     ctx = await require_tenant(request)
-    entries = sorted(_scheduler(request).log.book.of_tenant(ctx.id), key=lambda e: (e.record.created_ms, e.record.schedule_id))
+    entries = sorted((await _scheduler(request)).log.book.of_tenant(ctx.id), key=lambda e: (e.record.created_ms, e.record.schedule_id))
     return JSONResponse(ScheduleList(schedules=[view_of(e) for e in entries]).model_dump(mode="json"))
 
 
 async def get_schedule(request: Request) -> Response:
     ctx = await require_tenant(request)
-    return JSONResponse(view_of(_entry(request, ctx)).model_dump(mode="json"))
+    return JSONResponse(view_of(await _entry(request, ctx)).model_dump(mode="json"))
 
 
 async def patch_schedule(request: Request) -> Response:
     ctx = await require_tenant(request)
-    entry = _entry(request, ctx)
+    entry = await _entry(request, ctx)
     raw = await json_body(request, state_of(request).settings.max_body_bytes)
     if not isinstance(raw, dict):
         raise HTTPError(422, "a schedule change is a JSON object")
     req = validate(SchedulePatch, raw, "schedule change")
-    scheduler = _scheduler(request)
+    scheduler = await _scheduler(request)
     old = entry.record
     now_ms = scheduler.now_ms()
     changes: dict[str, Any] = {k: getattr(req, k) for k in req.model_fields_set if k not in ("cron", "interval_s")}
@@ -152,6 +163,6 @@ async def patch_schedule(request: Request) -> Response:
 
 async def delete_schedule(request: Request) -> Response:
     ctx = await require_tenant(request)
-    entry = _entry(request, ctx)
-    await _scheduler(request).log.delete(entry.record.schedule_id, ctx.id)
+    entry = await _entry(request, ctx)
+    await (await _scheduler(request)).log.delete(entry.record.schedule_id, ctx.id)
     return Response(status_code=204)
