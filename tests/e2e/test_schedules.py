@@ -84,6 +84,22 @@ async def _fired_until(http: httpx.AsyncClient, schedule_id: str, count_at_least
             await asyncio.sleep(0.1)
 
 
+async def _send_ghost_claim(kafka: KafkaSettings, schedule_id: str, slot: int, claimed_ms: int) -> None:
+    """The claim of a replica that then dies: it wins ``slot`` if it is first, and never submits it."""
+    ghost = ScheduleClaim(schedule_id=schedule_id, tenant_id="tenant-a", revision=0, slot_ms=slot, replica="ghost", claimed_ms=claimed_ms)
+    producer = make_producer(kafka, client_id="ghost")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            kafka.topics.schedules,
+            value=ghost.model_dump_json().encode(),
+            key=claim_key(schedule_id, slot).encode(),
+            partition=zlib.crc32(schedule_id.encode()) % 3,  # the schedule's partition (schedules/log.py)
+        )
+    finally:
+        await producer.stop()
+
+
 def _ms(iso: str) -> int:
     from datetime import datetime
 
@@ -182,20 +198,7 @@ async def test_a_slot_whose_winning_replica_died_before_submitting_is_taken_over
         schedule_id, created_ms = made["schedule_id"], _ms(made["created_at"])
         slot = created_ms + 3000
         # A replica that wins the first slot and dies before it submits: its claim is on the log, first.
-        ghost = ScheduleClaim(
-            schedule_id=schedule_id, tenant_id="tenant-a", revision=0, slot_ms=slot, replica="ghost", claimed_ms=created_ms
-        )
-        producer = make_producer(kafka_settings, client_id="ghost")
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                kafka_settings.topics.schedules,
-                value=ghost.model_dump_json().encode(),
-                key=claim_key(schedule_id, slot).encode(),
-                partition=zlib.crc32(schedule_id.encode()) % 3,
-            )
-        finally:
-            await producer.stop()
+        await _send_ghost_claim(kafka_settings, schedule_id, slot, created_ms)
         execution_id = execution_id_for("tenant-a", schedule_id, slot)
         async with asyncio.timeout(60):
             while (await a.get(f"/v1/executions/{execution_id}")).status_code != 200:
@@ -205,3 +208,24 @@ async def test_a_slot_whose_winning_replica_died_before_submitting_is_taken_over
         requested = Counter(await _requested(kafka_settings))
     assert requested[execution_id] == 1
     assert requested[execution_id_for("tenant-a", schedule_id, slot + 3000)] == 1
+
+
+async def test_a_slot_won_just_before_every_replica_stopped_is_taken_over_after_the_restart(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    settings = _settings(kafka_settings, tmp_path).model_copy(update={"schedule_takeover_s": 1})
+    async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=1)):
+        async with _replica(settings) as a:
+            made = (await a.post("/v1/schedules", json={"interval_s": 10, "target": {"input": "2+2"}})).json()
+        schedule_id, created_ms = made["schedule_id"], _ms(made["created_at"])
+        slot = created_ms + 10_000
+        # The only replica won the first slot and died before it submitted (its claim is the last record).
+        await _send_ghost_claim(kafka_settings, schedule_id, slot, created_ms)
+        execution_id = execution_id_for("tenant-a", schedule_id, slot)
+        async with _replica(settings) as a:
+            async with asyncio.timeout(60):
+                while (await a.get(f"/v1/executions/{execution_id}")).status_code != 200:
+                    await asyncio.sleep(0.1)
+            await a.patch(f"/v1/schedules/{schedule_id}", json={"paused": True})
+        requested = Counter(await _requested(kafka_settings))
+    assert requested[execution_id] == 1

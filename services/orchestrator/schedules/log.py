@@ -178,8 +178,8 @@ class ScheduleLog:
             entry.pending = None  # our bid is decided, won or lost
         if not won:
             return
-        # A win read while catching up is history: its replica fired it long ago. Only a win seen
-        # live is fired here, or taken over should its replica die before submitting it.
+        # A win read while catching up is history: its replica fired it (or died first: then the
+        # ticker takes it over, within the misfire grace). Only a win seen live is fired here.
         entry.live = self.caught_up.is_set()
         if entry.live and claim.replica == self.replica:
             pending = self._on_win(claim)

@@ -143,7 +143,9 @@ class Scheduler:
         """A bid for the next round of the slot last won, when its execution has not appeared
         ``takeover_s`` after the win (the winner died before its submit); None otherwise."""
         won = entry.winner
-        if won is None or not entry.live or entry.record.paused or won.round + 1 > _MAX_ROUNDS:
+        # Wins read while catching up count too: the status view read its topic before this ticks
+        # (StatusView.start), so an execution it does not know was never submitted.
+        if won is None or entry.record.paused or won.round + 1 > _MAX_ROUNDS:
             return None
         if now_ms < max(won.claimed_ms, won.slot_ms) + self.takeover_ms or now_ms - won.slot_ms > self.grace_ms:
             return None
