@@ -148,7 +148,7 @@ async def test_a_schedule_fires_once_per_slot_with_two_replicas_and_across_a_res
         requested = await _requested(kafka_settings)
     # A bid sent before the pause reached the log may still win its slot: the log's order decides.
     final = _ms(after_pause["last_fired_at"])
-    assert last <= final <= last + 1000
+    assert last <= final <= last + 2000
     last = final
     fired = [execution_id_for("tenant-a", schedule_id, created_ms + k * 1000) for k in range(1, (last - created_ms) // 1000 + 1)]
     counts = Counter(requested)
