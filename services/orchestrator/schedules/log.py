@@ -148,10 +148,12 @@ class ScheduleLog:
             raise PoisonRecord("schedules: the key is not UTF-8") from exc
         if not key:
             raise PoisonRecord("schedules: a record without a key")
-        schedule_id, is_claim, _ = key.partition(CLAIM)
+        schedule_id, is_claim, slot = key.partition(CLAIM)
         if record.value is None:
             if not is_claim:
                 self.book.remove(schedule_id)
+            elif slot.isdigit() and len(slot) < 20 and (entry := self.book.entries.get(schedule_id)) is not None:
+                entry.claim_slots.discard(int(slot))  # tombstoned by a winner: the floor stays (claimed_ms)
             return
         try:
             if is_claim:
