@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from schemas.schedules import ScheduleClaim
 from services.common.kafka import make_producer, partitions_of
+from services.common.observability import metrics
 from services.common.settings import KafkaSettings
 from services.executor.app import Executor
 from services.executor.settings import ExecutorSettings
@@ -229,3 +230,20 @@ async def test_a_slot_won_just_before_every_replica_stopped_is_taken_over_after_
             await a.patch(f"/v1/schedules/{schedule_id}", json={"paused": True})
         requested = Counter(await _requested(kafka_settings))
     assert requested[execution_id] == 1
+
+
+async def test_a_firing_the_tenants_limits_refuse_is_counted_not_retried(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    settings = _settings(kafka_settings, tmp_path).model_copy(update={"requests_per_minute": 2})
+    labels = {"outcome": "refused"}
+    refused_before = metrics.sample(metrics.ORCHESTRATOR, "agentstream_schedule_firings_total", labels)
+    async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=1)), _replica(settings) as a:
+        made = (await a.post("/v1/schedules", json={"interval_s": 1, "target": {"input": "2+2"}})).json()
+        schedule_id, created_ms = made["schedule_id"], _ms(made["created_at"])
+        await _fired_until(a, schedule_id, 5, created_ms, 1000)
+        await a.patch(f"/v1/schedules/{schedule_id}", json={"paused": True})
+        async with asyncio.timeout(30):  # the fifth slot's refusal is counted a moment after its win
+            while metrics.sample(metrics.ORCHESTRATOR, "agentstream_schedule_firings_total", labels) < refused_before + 3:
+                await asyncio.sleep(0.05)
+        requested = await _requested(kafka_settings)
+    # Two requests a minute: the first two slots ran, the next ones were refused once each and not retried.
+    assert sorted(requested) == sorted(execution_id_for("tenant-a", schedule_id, created_ms + k * 1000) for k in (1, 2))
