@@ -117,6 +117,9 @@ class ScheduleClaim(BaseModel):
     # 0: a bid for a due slot. n > 0: a bid to take over a slot won in round n - 1 whose execution
     # never appeared (its replica died between its win and its submit); the first of round n wins it.
     round: StrictInt = Field(default=0, ge=0, le=1000)
+    # The winner's note that its slot is decided without an execution (the tenant's limits refused it):
+    # nobody takes it over.
+    settled: bool = False
 
 
 class ScheduleView(BaseModel):

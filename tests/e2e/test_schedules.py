@@ -54,23 +54,28 @@ async def _replica(settings: OrchestratorSettings) -> AsyncIterator[httpx.AsyncC
         yield http
 
 
-async def _requested(kafka: KafkaSettings) -> list[str]:
-    """The execution ids of every ``execution.requested`` on the lanes, once per record."""
+async def _values(kafka: KafkaSettings, topics: tuple[str, ...]) -> list[Any]:
+    """Every record value (JSON) on ``topics``, tombstones left out."""
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [tp for lane in kafka.topics.lanes for tp in await partitions_of(consumer, lane)]
+        tps = [tp for topic in topics for tp in await partitions_of(consumer, topic)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        ids: list[str] = []
+        values: list[Any] = []
         async with asyncio.timeout(30):
             while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
-                    ids.extend(orjson.loads(r.value or b"{}")["execution_id"] for r in records)
-        return ids
+                    values.extend(orjson.loads(r.value) for r in records if r.value is not None)
+        return values
     finally:
         await consumer.stop()
+
+
+async def _requested(kafka: KafkaSettings) -> list[str]:
+    """The execution ids of every ``execution.requested`` on the lanes, once per record."""
+    return [value["execution_id"] for value in await _values(kafka, kafka.topics.lanes)]
 
 
 async def _fired_until(http: httpx.AsyncClient, schedule_id: str, count_at_least: int, created_ms: int, step_ms: int) -> int:
@@ -233,17 +238,24 @@ async def test_a_slot_won_just_before_every_replica_stopped_is_taken_over_after_
 
 
 async def test_a_firing_the_tenants_limits_refuse_is_counted_not_retried(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
-    settings = _settings(kafka_settings, tmp_path).model_copy(update={"requests_per_minute": 2})
+    settings = _settings(kafka_settings, tmp_path).model_copy(update={"requests_per_minute": 2, "schedule_takeover_s": 0.5})
     labels = {"outcome": "refused"}
     refused_before = metrics.sample(metrics.ORCHESTRATOR, "agentstream_schedule_firings_total", labels)
     async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=1)), _replica(settings) as a:
         made = (await a.post("/v1/schedules", json={"interval_s": 1, "target": {"input": "2+2"}})).json()
         schedule_id, created_ms = made["schedule_id"], _ms(made["created_at"])
-        await _fired_until(a, schedule_id, 5, created_ms, 1000)
+        fifth = await _fired_until(a, schedule_id, 5, created_ms, 1000)
+        async with asyncio.timeout(30):  # time for takeovers of the refused slot (none may come)
+            while time.time() * 1000 < fifth + 800:
+                await asyncio.sleep(0.05)
         await a.patch(f"/v1/schedules/{schedule_id}", json={"paused": True})
         async with asyncio.timeout(30):  # the fifth slot's refusal is counted a moment after its win
             while metrics.sample(metrics.ORCHESTRATOR, "agentstream_schedule_firings_total", labels) < refused_before + 3:
                 await asyncio.sleep(0.05)
         requested = await _requested(kafka_settings)
+        claims = [v for v in await _values(kafka_settings, (kafka_settings.topics.schedules,)) if v["type"] == "schedule.claimed"]
+    # The winner settled each refused slot: no replica bid to take one over.
+    assert [c for c in claims if c["round"] > 0] == []
+    assert sum(1 for c in claims if c["settled"]) >= 3
     # Two requests a minute: the first two slots ran, the next ones were refused once each and not retried.
     assert sorted(requested) == sorted(execution_id_for("tenant-a", schedule_id, created_ms + k * 1000) for k in (1, 2))

@@ -260,3 +260,17 @@ async def test_two_replicas_agree_on_every_slots_winner_and_park_what_is_no_bid(
     finally:
         for log in logs:
             await log.stop()
+
+
+def test_a_slot_its_winner_settled_is_not_taken_over_and_stays_a_floor_after_compaction() -> None:
+    book = Book()
+    book.define(rec())
+    assert book.claim(claim(T0 + 10_000, "a")) is True
+    assert book.claim(claim(T0 + 10_000, "a", settled=True)) is False
+    assert book.entries["sch_1"].settled_ms == T0 + 10_000
+    # After compaction only the settled record of the slot may be left: it still sets the floor.
+    compacted = Book()
+    compacted.define(rec())
+    assert compacted.claim(claim(T0 + 10_000, "a", settled=True)) is False
+    assert compacted.claim(claim(T0 + 10_000, "b")) is False
+    assert compacted.entries["sch_1"].claimed_ms == T0 + 10_000

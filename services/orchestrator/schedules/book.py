@@ -40,6 +40,7 @@ class Entry:
     claim_slots: set[int] = field(default_factory=set)  # claim keys seen, for their tombstones
     winner: ScheduleClaim | None = None  # the claim that won ``fired_ms`` (its latest round)
     live: bool = False  # that win was read live (not while catching up at start)
+    settled_ms: int | None = None  # a won slot its winner settled without an execution (refused): no takeover
     takeover: tuple[int, float] | None = None  # this replica's takeover bid in flight: (round, monotonic time sent)
     _next_key: tuple[int, int | None] | None = field(default=None, repr=False)
     _next: int | None = field(default=None, repr=False)
@@ -95,9 +96,15 @@ class Book:
         if not slots.on_grid(entry.record, claim.slot_ms):
             return False  # no slot of this schedule's: it must not move the floor
         entry.claim_slots.add(claim.slot_ms)
+        won = entry.winner
+        if claim.settled:
+            # Compaction may keep only this record of its slot (same key as the win): it is a floor too.
+            entry.claimed_ms = max(entry.claimed_ms if entry.claimed_ms is not None else -1, claim.slot_ms)
+            if won is None or claim.slot_ms >= won.slot_ms:
+                entry.settled_ms = claim.slot_ms
+            return False
         if claim.round > 0:
             # A takeover: only of the slot last won, only the next round, only the first bid of it.
-            won = entry.winner
             if won is None or claim.slot_ms != won.slot_ms or claim.round != won.round + 1 or entry.record.paused:
                 return False
             entry.winner = claim

@@ -145,7 +145,7 @@ class Scheduler:
         won = entry.winner
         # Wins read while catching up count too: the status view read its topic before this ticks
         # (StatusView.start), so an execution it does not know was never submitted.
-        if won is None or entry.record.paused or won.round + 1 > _MAX_ROUNDS:
+        if won is None or entry.record.paused or won.round + 1 > _MAX_ROUNDS or entry.settled_ms == won.slot_ms:
             return None
         if now_ms < max(won.claimed_ms, won.slot_ms) + self.takeover_ms or now_ms - won.slot_ms > self.grace_ms:
             return None
@@ -160,13 +160,16 @@ class Scheduler:
     def _won(self, claim: ScheduleClaim) -> None:
         entry = self.log.book.entries.get(claim.schedule_id)
         if entry is not None:
-            self._fires.spawn(self._fire(entry.record, claim.slot_ms))
+            self._fires.spawn(self._fire(entry.record, claim))
 
-    async def _fire(self, rec: ScheduleRecord, slot_ms: int) -> None:
+    async def _fire(self, rec: ScheduleRecord, claim: ScheduleClaim) -> None:
+        slot_ms = claim.slot_ms
         outcome = await self.fire(rec, slot_ms)
         FIRINGS.labels(outcome=outcome).inc()
-        if outcome in ("submitted", "duplicate"):
-            with contextlib.suppress(KafkaError):  # only housekeeping: the highest claim is the floor either way
+        with contextlib.suppress(KafkaError):  # best effort: without it, replicas take the slot over and decide again
+            if outcome == "refused":  # decided: no replica is to take it over
+                await self.log.claim(claim.model_copy(update={"settled": True, "claimed_ms": self.now_ms()}))
+            if outcome in ("submitted", "duplicate"):  # housekeeping: the highest claim is the floor either way
                 await self.log.forget_claims(rec.schedule_id, rec.tenant_id, slot_ms)
 
     async def fire(self, rec: ScheduleRecord, slot_ms: int) -> str:
