@@ -58,10 +58,11 @@ class ExecutionSummary(BaseModel):
     priority: Priority
     status: State
     attempt: int
-    origin: str = Field(description="api | chat | batch | kafka: the door it came through")
+    origin: str = Field(description="api | chat | batch | kafka | schedule: the door it came through")
     input_preview: str | None = Field(default=None, description="The first 200 characters of the input")
     session_id: str | None = None
     batch_id: str | None = None
+    schedule_id: str | None = Field(default=None, description="The schedule that fired it (origin `schedule`)")
     error: str | None = None
     usage: Usage | None = None
     created_at: str

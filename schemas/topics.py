@@ -70,6 +70,11 @@ class Topics:
         """Orchestrator -> executors: ``TenantRecord`` per tenant (key tenant_id), compacted; a tombstone removes one."""
         return f"{self.prefix}tenants"
 
+    @property
+    def schedules(self) -> str:
+        """Orchestrator replicas: schedule definitions (key schedule id) and slot claims, compacted (schemas/schedules.py)."""
+        return f"{self.prefix}schedules"
+
     def all(self) -> tuple[str, ...]:
         return (
             *self.lanes,
@@ -84,4 +89,5 @@ class Topics:
             self.tenants,
             self.task_updates,
             self.cache_invalidations,
+            self.schedules,
         )

@@ -38,6 +38,7 @@ from schemas.events import (
     ToolCallStarted,
     TurnCompleted,
 )
+from schemas.schedules import ScheduleRecord
 from schemas.status import ExecutionStatus
 from schemas.tenants import TenantRecord
 from schemas.topics import PRIORITIES, Topics
@@ -144,6 +145,15 @@ def build_broker(topics: Topics, *, bootstrap: str) -> KafkaBroker:
         description="What executors know of each tenant (compacted); key: tenant_id. Written by the orchestrator at start "
         "and when a tenant is created; executors refuse work of tenants they do not know, and reply topics outside the list.",
         schema=TenantRecord,
+    )
+
+    broker.publisher(
+        topics.schedules,
+        title="schedules",
+        description="Schedules (compacted), written and read by every orchestrator replica: under key <schedule_id> its "
+        "definition (a tombstone when deleted), under <schedule_id>:claim:<slot_ms> a replica's ScheduleClaim for a due slot; "
+        "the first claim of a slot in log order fires it (schemas/schedules.py).",
+        schema=ScheduleRecord,
     )
 
     broker.publisher(

@@ -59,8 +59,9 @@ def plan(
     if role in ("orchestrator", "executor"):
         grants += [("Topic", prefix, "Describe", "PREFIXED"), ("Topic", prefix, "DescribeConfigs", "PREFIXED")]
     if role == "orchestrator":
-        reads = [t.events, t.status, t.jobs_completed, t.jobs_requested, t.ingress, t.task_updates, t.cache_invalidations, *reply_topics]
-        writes = [*t.lanes, t.events, t.control, t.status, t.dlq, t.jobs_updates, t.task_updates, t.tenants, *reply_topics]
+        reads = [t.events, t.status, t.jobs_completed, t.jobs_requested, t.ingress, t.task_updates, t.cache_invalidations, t.schedules]
+        reads += reply_topics
+        writes = [*t.lanes, t.events, t.control, t.status, t.dlq, t.jobs_updates, t.task_updates, t.tenants, t.schedules, *reply_topics]
         writes.append(t.cache_invalidations)  # result cache invalidations shared by replicas (cachefeed.py)
         grants += [("Group", f"{prefix}orchestrator", "Read", "PREFIXED")]
     elif role == "executor":

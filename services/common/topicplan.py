@@ -70,6 +70,7 @@ def plan(settings: KafkaSettings, *, extra: Sequence[str] = ()) -> list[TopicSpe
         # A live feed between orchestrator replicas: nobody reads it from the beginning.
         (topics.task_updates, 3, {"retention.ms": "3600000"}, "task updates shared by orchestrator replicas"),
         (topics.cache_invalidations, 1, {"retention.ms": "3600000"}, "result cache invalidations shared by orchestrator replicas"),
+        (topics.schedules, 3, {"cleanup.policy": "compact"}, "schedule definitions and slot claims (compacted: replicas rebuild from it)"),
     ]
     return [_spec(settings, name, partitions, configs, purpose) for name, partitions, configs, purpose in rows]
 

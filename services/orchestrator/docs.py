@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from schemas import api, workflows
 from schemas import openai_door as door
+from schemas import schedules as sched
 from schemas.plans import OrchestrationPlan
 
 CONSOLE_DIR = Path(__file__).parent / "console"
@@ -170,6 +171,15 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             ("until", "string", "ISO time or epoch seconds"),
         ),
     ),
+    ("POST", "/v1/schedules"): Op(
+        "Schedule an execution (cron or interval, time zone)", "schedules", sched.ScheduleCreate, {201: sched.ScheduleView}, idempotent=True
+    ),
+    ("GET", "/v1/schedules"): Op("The tenant's schedules", "schedules", None, {200: sched.ScheduleList}),
+    ("GET", "/v1/schedules/{schedule_id}"): Op("A schedule, with its next and last firing", "schedules", None, {200: sched.ScheduleView}),
+    ("PATCH", "/v1/schedules/{schedule_id}"): Op(
+        "Change, pause or resume a schedule", "schedules", sched.SchedulePatch, {200: sched.ScheduleView}
+    ),
+    ("DELETE", "/v1/schedules/{schedule_id}"): Op("Delete a schedule", "schedules", None, {204: None}),
     ("POST", "/v1/admin/tenants"): Op("Create a tenant (and its first key)", "admin", api.TenantCreate, {201: None}, auth="admin"),
     ("GET", "/v1/admin/tenants"): Op("List tenants", "admin", None, {200: None}, auth="admin"),
     ("GET", "/v1/admin/tenants/{tenant_id}"): Op("A tenant", "admin", None, {200: None}, auth="admin"),

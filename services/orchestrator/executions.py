@@ -201,6 +201,7 @@ def summary_view(task: Task) -> ExecutionSummary:
         input_preview=task.input_preview,
         session_id=task.session_id,
         batch_id=task.batch_id,
+        schedule_id=task.custom_id if task.origin == "schedule" else None,
         error=task.error,
         usage=usage_view(task.usage),
         created_at=iso(task.created_at) or "",

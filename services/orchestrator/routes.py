@@ -6,6 +6,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from services.orchestrator import a2a, admin, agents, agui, approvals, batches, executions, openai, plans, sessions, tasks, usage
 from services.orchestrator.cacheadmin import invalidate_cache
+from services.orchestrator.schedules import api as schedules
 from services.orchestrator.workflows import api as workflows
 
 
@@ -33,6 +34,11 @@ def routes() -> list[BaseRoute]:
         Route("/v1/workflows/runs/{run_id}", workflows.get_run, methods=["GET"]),
         Route("/v1/workflows/runs/{run_id}/cancel", workflows.cancel_run, methods=["POST"]),
         Route("/v1/usage", usage.get_usage, methods=["GET"]),
+        Route("/v1/schedules", schedules.create_schedule, methods=["POST"]),
+        Route("/v1/schedules", schedules.list_schedules, methods=["GET"]),
+        Route("/v1/schedules/{schedule_id}", schedules.get_schedule, methods=["GET"]),
+        Route("/v1/schedules/{schedule_id}", schedules.patch_schedule, methods=["PATCH"]),
+        Route("/v1/schedules/{schedule_id}", schedules.delete_schedule, methods=["DELETE"]),
         Route("/v1/agents", agents.list_agents, methods=["GET"]),
         Route("/v1/admin/tenants", admin.create_tenant, methods=["POST"]),
         Route("/v1/admin/tenants", admin.list_tenants, methods=["GET"]),

@@ -27,6 +27,7 @@ from services.orchestrator.ingress import IngressFollower
 from services.orchestrator.lifecycle import Lifecycle
 from services.orchestrator.limits import RateLimiter, make_limiter
 from services.orchestrator.projection import Projection
+from services.orchestrator.schedules.scheduler import Scheduler
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.store import Store
 from services.orchestrator.taskfeed import TaskFeed
@@ -72,6 +73,8 @@ class Runtime:
         definitions = load_workflows(settings.workflows_file or settings.agents_file, agents=agents)
         self.workflows = WorkflowDriver(self.lifecycle, self.coordinator, definitions, owns=self.events.owns)
         self.events.run_cancels.append(self.workflows.apply_cancel)
+        # Schedules: definitions and slot claims on the schedules topic (schedules/).
+        self.scheduler = Scheduler(self.lifecycle, self.auth)
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -92,6 +95,7 @@ class Runtime:
             self.events.start(),
             self.jobs.start(),
             self.coordinator.start(),
+            self.scheduler.start(),
             *([self.ingress.start()] if self.ingress else []),
         )
         await self.workflows.start()
@@ -106,6 +110,7 @@ class Runtime:
         await self.workflows.stop()
         if self.ingress is not None:
             await self.ingress.stop()
+        await self.scheduler.stop()
         await self.coordinator.stop()
         await self.jobs.stop()
         await self.events.stop()
@@ -122,6 +127,7 @@ class Runtime:
         readers = [self.projection.reader, self.events.reader, self.jobs.reader, self.coordinator.requests.reader, self.feed.reader]
         if self.coordinator.invalidations is not None:
             readers.append(self.coordinator.invalidations.reader)
+        readers.append(self.scheduler.log.reader)
         if self.ingress is not None:
             readers.append(self.ingress.reader)
         return [r for r in readers if r is not None]

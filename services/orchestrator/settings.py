@@ -122,6 +122,17 @@ class OrchestratorSettings(BaseSettings):
     result_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     result_cache_max_value_bytes: int = Field(default=1_000_000, ge=1)
 
+    # Schedules (services/orchestrator/schedules/): every replica bids for due slots this often; an
+    # interval (or a cron's gap) below the floor is refused; a slot older than the grace was missed
+    # while no replica ran (its schedule's catch_up decides).
+    schedule_tick_s: float = Field(default=1.0, gt=0)
+    schedule_min_interval_s: float = Field(default=60.0, ge=1)
+    schedule_misfire_grace_s: float = Field(default=60.0, ge=0)
+    schedule_catch_up_wait_s: float = Field(default=30.0, gt=0)  # at start, bids wait (at most this) until the topic is read
+    # A won slot whose execution has not appeared this long after its claim is taken over (its replica died).
+    schedule_takeover_s: float = Field(default=10.0, gt=0)
+    max_schedules_per_tenant: int = Field(default=100, ge=0)
+
     def tenant_for(self, key: str | None) -> str | None:
         """The tenant of a settings-configured (bootstrap) key."""
         if not key:

@@ -5,10 +5,10 @@ wrong types, deep nesting, non-UTF-8 keys and headers, 1 MB values, tombstones, 
 each record to every partition of one of the topics a service reads: the lanes (executor group),
 events (bridge tail, orchestrator follower), control (executors' control tail), status (every status
 view), jobs.completed (orchestrator), jobs.requested (coordinator), jobs.updates (executors' jobs
-tail). After each batch a canary of another tenant must still run end to end (lane -> executor ->
-events -> bridge -> WebSocket, follower -> usage), the orchestrator must still be ready, and every
-DLQ copy must be bounded. So no record may stop a reader, hold back the records behind it, or reach
-another tenant.
+tail), schedules (every orchestrator's schedules reader). After each batch a canary of another
+tenant must still run end to end (lane -> executor -> events -> bridge -> WebSocket, follower ->
+usage), the orchestrator must still be ready, and every DLQ copy must be bounded. So no record may
+stop a reader, hold back the records behind it, or reach another tenant.
 
 Examples per run: AGENTSTREAM_READER_FUZZ_EXAMPLES (default 25; `make reliability` runs more).
 """
@@ -111,6 +111,15 @@ def _templates(topics: Topics, victim_execution: str = VICTIM, target_execution:
         },
         topics.jobs_requested: envelope | {"type": "job.requested", "request_id": "r1", "service": "query", "payload": {"q": "x"}},
         topics.jobs_updates: envelope | {"type": "job.updated", "request_id": "r1", "status": "completed", "usage": usage},
+        topics.schedules: {
+            "type": "schedule.claimed",
+            "schedule_id": target_execution,
+            "tenant_id": FUZZ_TENANT,
+            "revision": 0,
+            "slot_ms": 1,
+            "replica": "r",
+            "claimed_ms": 1,
+        },
     }
 
 

@@ -146,6 +146,9 @@ async def real_resources(http: httpx.AsyncClient) -> dict[str, str]:
     job = (await http.post("/v1/jobs", json={"service": "query"}, headers=tenant)).json()["task_id"]
     key = (await http.post("/v1/admin/tenants/tenant-fuzz/keys", json={"name": "fuzz"}, headers=admin)).json()["key_id"]
     run = (await http.post("/v1/workflows/fuzz-flow/runs", json={"input": "hi"}, headers=tenant)).json()["run_id"]
+    schedule = (await http.post("/v1/schedules", json={"interval_s": 3600, "target": {"input": "1+1"}}, headers=tenant)).json()[
+        "schedule_id"
+    ]
     return {
         "execution_id": execution["execution_id"],
         "session_id": session,
@@ -153,6 +156,7 @@ async def real_resources(http: httpx.AsyncClient) -> dict[str, str]:
         "task_id": job,
         "tenant_id": "tenant-fuzz",
         "key_id": key,
+        "schedule_id": schedule,
         "response_id": "resp_" + execution["execution_id"],  # the OpenAI door: a response is an execution
         "model": "default",
         "agent": "default",  # the AG-UI and A2A doors: /v1/agui/{agent}, /v1/a2a/{agent}

@@ -41,7 +41,7 @@ def test_topic_names_come_from_one_place() -> None:
     topics = Topics("x.")
     assert topics.lane("critical") == "x.executions.critical"
     assert topics.events == "x.executions.events"
-    assert len(set(topics.all())) == len(topics.all()) == 14  # + cache.invalidations (issue 20)
+    assert len(set(topics.all())) == len(topics.all()) == 15  # + cache.invalidations, schedules (issue 20)
 
 
 def test_status_view_ordering_never_goes_back() -> None:
