@@ -102,6 +102,7 @@ async def test_a_reader_that_dies_is_restarted_counted_and_shown_by_health_ready
         "coordinator": "running",
         "orchestrator-task-feed": "running",
         "orchestrator-schedules": "running",
+        "orchestrator-cache-feed": "running",
     }
     bridge = state.bridge  # type: ignore[attr-defined]
     before = metrics.sample(metrics.COMMON, "agentstream_reader_restarts_total", {"reader": "bridge-tail"})
