@@ -73,6 +73,11 @@ async def fuzz_url(kafka_settings: KafkaSettings, tmp_path: Path) -> AsyncIterat
     )
     async with Executor(ExecutorSettings(kafka=kafka_settings, scripted_token_delay_ms=0)):
         async with serve(create_app(orch)) as url:
+            # Ready first: /health/ready is fuzzed too, and its 503 while a group reader still joins
+            # (seconds on a loaded machine) is the right answer then, not a server error.
+            async with httpx.AsyncClient(base_url=url) as http, asyncio.timeout(60):
+                while (await http.get("/health/ready")).status_code != 200:
+                    await asyncio.sleep(0.1)
             yield url
 
 
