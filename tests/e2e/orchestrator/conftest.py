@@ -45,7 +45,9 @@ class Orch:
         return await self.http.post(path, json=body if body is not None else {}, headers=auth)
 
     async def get(self, path: str, *, key: str = "key-a", **params: Any) -> httpx.Response:
-        return await self.http.get(path, headers={"Authorization": f"Bearer {key}"}, params=params)
+        # No params: None, not {} (httpx replaces a query string in ``path`` with an empty one: the
+        # filters in paths like "/v1/executions?status=completed" were silently dropped).
+        return await self.http.get(path, headers={"Authorization": f"Bearer {key}"}, params=params or None)
 
     async def wait_for(
         self, path: str, predicate: Callable[[dict[str, Any]], bool], *, key: str = "key-a", timeout: float = 30
