@@ -33,6 +33,7 @@ from services.common.kafka import RESUME_HEADER, encode, ensure_topics, header, 
 from services.common.memory import Trimmer
 from services.common.observability import metrics, tracing
 from services.common.reader import Reader
+from services.common.shutdown import bounded
 from services.common.sources import Record
 from services.common.statusview import StatusView
 from services.common.taskset import TaskSet
@@ -184,23 +185,23 @@ class Executor:
         unwinds exactly what started before it, in reverse order, and ``stop()`` unwinds the same way."""
         self._stopping = False
         async with contextlib.AsyncExitStack() as stack:
-            stack.push_async_callback(self._close_adapters)  # built in __init__: ours from here on
+            stack.push_async_callback(bounded, "adapters", self._close_adapters)  # built in __init__: ours from here on
             await self._load_tools()
             await ensure_topics(self.settings.kafka)
             await start_client(self.producer, self.settings.kafka)
-            stack.push_async_callback(self.producer.stop)
+            stack.push_async_callback(bounded, "producer", self.producer.stop)
             for part in (self.status, self.tenants, self.jobs):
                 await part.start()
-                stack.push_async_callback(part.stop)
+                stack.push_async_callback(bounded, type(part).__name__, part.stop)
             self._background.spawn(self._tick_claims(), name=f"{self.settings.instance_id}-claims")
             self._background.spawn(Trimmer().run(), name=f"{self.settings.instance_id}-memory")  # memory.py
             # Executions, their retries and the ticker end after the lanes and the control tail (nothing
             # starts or cancels them any more), before the job client and producer they write through.
-            stack.push_async_callback(self._stop_work)
+            stack.push_async_callback(bounded, "executions", self._stop_work)
             await self.control.start()
-            stack.push_async_callback(self.control.stop)
+            stack.push_async_callback(bounded, "control tail", self.control.stop)
             await self.lanes.start()
-            stack.push_async_callback(self.lanes.stop)
+            stack.push_async_callback(bounded, "lanes", self.lanes.stop)
             stack.push_async_callback(watch, self, stop=True)  # ahead of watch(): it adds the gauges, then binds
             await watch(self)
             self._stack = stack.pop_all()

@@ -22,6 +22,7 @@ from services.common.kafka import ensure_topics, make_producer, start_client
 from services.common.memory import Trimmer
 from services.common.observability import metrics
 from services.common.observability.asgi import TelemetryMiddleware, metrics_endpoint
+from services.common.shutdown import bounded
 from services.common.statusview import StatusView
 from services.orchestrator import docs, fanout, problems, streaming
 from services.orchestrator import routes as api
@@ -74,10 +75,10 @@ async def open_state(settings: OrchestratorSettings) -> AsyncIterator[State]:
         await ensure_topics(settings.kafka, extra=fanout.reply_topics(settings))
         producer = make_producer(settings.kafka, client_id="orchestrator")
         await start_client(producer, settings.kafka)
-        stack.push_async_callback(producer.stop)
+        stack.push_async_callback(bounded, "producer", producer.stop)
         trimmer = Trimmer()  # a burst's freed memory back to the system once it is over (memory.py)
         trimmer.start()
-        stack.push_async_callback(trimmer.stop)
+        stack.push_async_callback(bounded, "trimmer", trimmer.stop)
         parts = await fanout.open_fanout(stack, settings, producer=producer, name="orchestrator")
         agents = load_agents(settings.agents_file)
         runtime = await stack.enter_async_context(Runtime(settings, producer=producer, status=parts.status, agents=agents))

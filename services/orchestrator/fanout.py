@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from services.common.localkafka import answers_metadata
 from services.common.reader import Reader, readers_health
+from services.common.shutdown import bounded
 from services.common.statusview import StatusView
 from services.orchestrator.bridge import Bridge
 from services.orchestrator.settings import OrchestratorSettings
@@ -49,9 +50,9 @@ async def open_fanout(stack: contextlib.AsyncExitStack, settings: OrchestratorSe
         recent_ttl_s=settings.bridge_recent_ttl_s,
         recent_max_bytes=settings.bridge_recent_max_mb * 1024 * 1024,
     )
-    stack.push_async_callback(status.stop)
+    stack.push_async_callback(bounded, "status view", status.stop)
     await status.start()
-    stack.push_async_callback(bridge.stop)
+    stack.push_async_callback(bounded, "bridge", bridge.stop)
     await bridge.start()
     return Fanout(status, bridge)
 

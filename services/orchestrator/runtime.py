@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 
 from schemas.agents import AgentSpec
 from services.common.reader import Reader
+from services.common.shutdown import bounded
 from services.common.statusview import StatusView
 from services.orchestrator import tenantlog
 from services.orchestrator.auth import Authenticator
@@ -102,25 +104,30 @@ class Runtime:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="task-sweeper")
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        """Stop the parts in reverse order of start, each bounded (services/common/shutdown.py): one that
+        hangs is logged with its stack and left behind, and the rest still stop."""
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
-        await self.workflows.stop()
-        if self.ingress is not None:
-            await self.ingress.stop()
-        await self.scheduler.stop()
-        await self.coordinator.stop()
-        await self.jobs.stop()
-        await self.events.stop()
-        await self.projection.stop()
-        await self.lifecycle.stop()
-        await self.feed.stop()
-        await self.dispatcher.stop()
-        await self.keys.stop()
-        await self.limiter.stop()
-        await self.store.stop()
+                await sweeper
+        parts: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("workflows", self.workflows.stop),
+            *([("ingress", self.ingress.stop)] if self.ingress is not None else []),
+            ("scheduler", self.scheduler.stop),
+            ("service coordinator", self.coordinator.stop),
+            ("jobs follower", self.jobs.stop),
+            ("events follower", self.events.stop),
+            ("projection", self.projection.stop),
+            ("lifecycle", self.lifecycle.stop),
+            ("feed", self.feed.stop),
+            ("callback dispatcher", self.dispatcher.stop),
+            ("keys", self.keys.stop),
+            ("limiter", self.limiter.stop),
+            ("store", self.store.stop),
+        ]
+        for name, stop in parts:
+            await bounded(name, stop)
 
     def readers(self) -> list[Reader]:
         """The readers this runtime runs (for ``/health/ready``)."""
