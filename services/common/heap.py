@@ -10,9 +10,31 @@ scans; what is allocated later is collected as usual.
 from __future__ import annotations
 
 import gc
+import time
+from typing import Any
+
+from services.common.observability.metrics import GC_PAUSES
+
+_started: list[float] = [0.0]
+_pauses = [GC_PAUSES.labels(generation=str(g)) for g in range(3)]
+
+
+def _time_collection(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _started[0] = time.perf_counter()
+    else:
+        _pauses[info["generation"]].observe(time.perf_counter() - _started[0])
+
+
+def watch_collections() -> None:
+    """Time every collection into ``agentstream_gc_pause_seconds`` (idempotent)."""
+    if _time_collection not in gc.callbacks:
+        gc.callbacks.append(_time_collection)
 
 
 def freeze_startup_heap() -> None:
-    """Collect once (no garbage of start-up frozen with it), then freeze what is left."""
+    """Collect once (no garbage of start-up frozen with it), then freeze what is left; time the
+    collections from here on."""
     gc.collect()
     gc.freeze()
+    watch_collections()

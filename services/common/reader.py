@@ -32,10 +32,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
@@ -44,7 +44,8 @@ from schemas.topics import Topics
 from services.common.dlq import Publisher, park
 from services.common.errors import AgentstreamError, PoisonRecord
 from services.common.observability import metrics
-from services.common.sources import Batches, Record, RecordSource
+from services.common.settings import KafkaSettings
+from services.common.sources import Batches, Record, RecordSource, open_tail, reopen_tail
 
 log = logging.getLogger(__name__)
 
@@ -309,3 +310,30 @@ def readers_health(readers: Iterable[Reader]) -> tuple[bool, dict[str, str]]:
     """(all running, each reader's state): what ``/health/ready`` reports."""
     states: dict[str, str] = {reader.name: reader.state for reader in readers}
     return all(state == "running" for state in states.values()), states
+
+
+async def start_tail_reader(
+    settings: KafkaSettings,
+    topics: Sequence[str],
+    handle: Handler,
+    *,
+    name: str,
+    dlq: Publisher | None,
+    from_beginning: bool = False,
+    **options: Any,
+) -> Reader:
+    """A started ``Reader`` of every partition of ``topics`` without a group (from their beginning or
+    end), that reopens its consumer at the same place when its loop dies; ``options`` go to ``Reader``."""
+    source, start = await open_tail(settings, topics, client_id=name, from_beginning=from_beginning)
+    reader = Reader(
+        name,
+        source,
+        handle,
+        topics=settings.topics,
+        dlq=dlq,
+        positions=start,
+        reopen=reopen_tail(settings, topics, client_id=name, from_beginning=from_beginning),
+        **options,
+    )
+    reader.start()
+    return reader

@@ -15,9 +15,9 @@ from pydantic import ValidationError
 
 from schemas.events import ExecutionCancelRequested
 from services.common.errors import PoisonRecord
-from services.common.reader import Reader
+from services.common.reader import Reader, start_tail_reader
 from services.common.settings import KafkaSettings
-from services.common.sources import Record, open_tail, reopen_tail
+from services.common.sources import Record
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,7 @@ class ControlTail:
 
     async def start(self) -> None:
         # From the end: a cancel sent right after start is seen, older ones are not ours to act on.
-        source, start = await open_tail(self._settings, [self._topic], client_id=self._client_id)
-        reopen = reopen_tail(self._settings, [self._topic], client_id=self._client_id)
-        self.reader = Reader(
-            self._client_id, source, self._handle, topics=self._settings.topics, dlq=self._dlq, positions=start, reopen=reopen
-        )
-        self.reader.start()
+        self.reader = await start_tail_reader(self._settings, [self._topic], self._handle, name=self._client_id, dlq=self._dlq)
 
     def _handle(self, record: Record) -> None:
         try:

@@ -23,9 +23,9 @@ from pydantic import ValidationError
 from schemas.events import JobRequested, JobUpdated, ToolCallProgress
 from services.common.errors import PoisonRecord
 from services.common.kafka import encode, envelope_headers
-from services.common.reader import Reader
+from services.common.reader import Reader, start_tail_reader
 from services.common.settings import KafkaSettings
-from services.common.sources import Record, open_tail, reopen_tail
+from services.common.sources import Record
 from services.executor.providers.base import ToolSpec
 from services.executor.tools import Tool, ToolContext, ToolError, current_tool_call
 
@@ -47,12 +47,7 @@ class JobClient:
     async def start(self) -> None:
         # From the end: an update for a request sent right after start is seen.
         topics = [self._settings.topics.jobs_updates]
-        source, start = await open_tail(self._settings, topics, client_id=self._client_id)
-        reopen = reopen_tail(self._settings, topics, client_id=self._client_id)
-        self.reader = Reader(
-            self._client_id, source, self._handle, topics=self._settings.topics, dlq=self._producer, positions=start, reopen=reopen
-        )
-        self.reader.start()
+        self.reader = await start_tail_reader(self._settings, topics, self._handle, name=self._client_id, dlq=self._producer)
 
     async def stop(self) -> None:
         reader, self.reader = self.reader, None

@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from schemas.tenants import TenantRecord
 from services.common.errors import PoisonRecord
-from services.common.reader import Reader
+from services.common.reader import Reader, start_tail_reader
 from services.common.settings import KafkaSettings
-from services.common.sources import Batches, KafkaSource, Record, open_tail, reopen_tail
+from services.common.sources import Batches, KafkaSource, Record
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +62,9 @@ class TenantsView:
 
     async def start(self) -> None:
         topics = [self._settings.topics.tenants]
-        source, start = await open_tail(self._settings, topics, client_id=self._name, from_beginning=True)
-        self.reader = Reader(
-            self._name,
-            source,
-            self._handle,
-            topics=self._settings.topics,
-            dlq=self._dlq,
-            after_batch=self._after_batch,
-            positions=start,
-            reopen=reopen_tail(self._settings, topics, client_id=self._name, from_beginning=True),
+        self.reader = await start_tail_reader(
+            self._settings, topics, self._handle, name=self._name, dlq=self._dlq, from_beginning=True, after_batch=self._after_batch
         )
-        self.reader.start()
         await self._read_to_end(60)
 
     async def _read_to_end(self, timeout: float) -> None:

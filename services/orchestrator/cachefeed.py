@@ -20,9 +20,9 @@ from aiokafka.errors import KafkaError
 from schemas.bounds import MAX_ID_LENGTH
 from services.common.errors import PoisonRecord, Unavailable
 from services.common.kafka import snapshot_headers
-from services.common.reader import Reader
+from services.common.reader import Reader, start_tail_reader
 from services.common.settings import KafkaSettings
-from services.common.sources import Record, open_tail, reopen_tail
+from services.common.sources import Record
 from services.orchestrator.servicecache import ServiceCache
 
 log = logging.getLogger(__name__)
@@ -40,17 +40,7 @@ class CacheInvalidations:
         self.reader: Reader | None = None
 
     async def start(self) -> None:
-        source, start = await open_tail(self._settings, [self._topic], client_id=self._name)
-        self.reader = Reader(
-            self._name,
-            source,
-            self._deliver,
-            topics=self._settings.topics,
-            dlq=self._producer,
-            positions=start,
-            reopen=reopen_tail(self._settings, [self._topic], client_id=self._name),
-        )
-        self.reader.start()
+        self.reader = await start_tail_reader(self._settings, [self._topic], self._deliver, name=self._name, dlq=self._producer)
 
     async def stop(self) -> None:
         reader, self.reader = self.reader, None

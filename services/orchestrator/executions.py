@@ -58,8 +58,8 @@ def checked_prompt(agents: dict[str, AgentSpec], agent: str, variables: dict[str
     """The agent's prompt renders with these variables, as the executor will render it: else a 422
     that names the missing variable, at submit rather than as a failed execution after a 202."""
     spec = agents.get(agent)
-    if spec is None:
-        return
+    if spec is None or "{" not in spec.system_prompt:
+        return  # a prompt with no template syntax renders to itself, whatever the request (no render per POST)
     try:
         render_prompt(spec, variables, input)
     except PromptError as exc:

@@ -18,9 +18,9 @@ from aiokafka.errors import KafkaError
 
 from services.common.errors import PoisonRecord
 from services.common.kafka import snapshot_headers
-from services.common.reader import Reader
+from services.common.reader import Reader, start_tail_reader
 from services.common.settings import KafkaSettings
-from services.common.sources import Record, open_tail, reopen_tail
+from services.common.sources import Record
 from services.common.taskset import TaskSet
 from services.orchestrator.hub import TaskHub
 
@@ -38,17 +38,7 @@ class TaskFeed:
         self._sends = TaskSet("taskfeed", log=log)
 
     async def start(self) -> None:
-        source, start = await open_tail(self._settings, [self._topic], client_id=self._name)
-        self.reader = Reader(
-            self._name,
-            source,
-            self._deliver,
-            topics=self._settings.topics,
-            dlq=self._producer,
-            positions=start,
-            reopen=reopen_tail(self._settings, [self._topic], client_id=self._name),
-        )
-        self.reader.start()
+        self.reader = await start_tail_reader(self._settings, [self._topic], self._deliver, name=self._name, dlq=self._producer)
 
     async def stop(self) -> None:
         await self._sends.stop(grace_s=5)  # what is still in flight after 5 s is only a live feed's update

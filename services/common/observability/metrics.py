@@ -149,3 +149,14 @@ def sample(registry: CollectorRegistry, name: str, labels: dict[str, Any] | None
     """One sample's value (0 if absent): for tests and the CLI."""
     value = registry.get_sample_value(name, {k: str(v) for k, v in (labels or {}).items()})
     return value or 0.0
+
+
+# The collector's pauses, by generation: a full collection that walks a large heap stops the event
+# loop (every stream, every POST) for as long as it takes; this is where a latency tail shows it.
+GC_PAUSES = Histogram(
+    "agentstream_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector, by generation",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=COMMON,
+)
