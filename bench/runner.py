@@ -392,8 +392,32 @@ class Run:
         if wrk is not None:
             self.results["trivial_native"] = self._wrk(a.trivial_path, seconds=a.seconds, connections=a.concurrency, binary=wrk)
 
+    def _gc_pauses(self) -> dict[str, dict[str, float]]:
+        """The orchestrator's collector pauses so far, by generation (agentstream_gc_pause_seconds):
+        count, total seconds, and how many took over 50 ms."""
+        try:
+            with urllib.request.urlopen(f"{self.svc.url}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        for line in text.splitlines():
+            if not line.startswith("agentstream_gc_pause_seconds"):
+                continue
+            name, _, value = line.rpartition(" ")
+            gen = name.split('generation="', 1)[1].split('"', 1)[0] if 'generation="' in name else "?"
+            row = out.setdefault(gen, {"count": 0.0, "sum_s": 0.0, "le_50ms": 0.0})
+            if name.startswith("agentstream_gc_pause_seconds_count"):
+                row["count"] = float(value)
+            elif name.startswith("agentstream_gc_pause_seconds_sum"):
+                row["sum_s"] = float(value)
+            elif 'le="0.05"' in name:
+                row["le_50ms"] = float(value)
+        return out
+
     def _wrk(self, path: str, **kwargs: Any) -> dict[str, Any]:
         cpu0 = self._cpu()
+        gc0 = self._gc_pauses()
         try:
             out = wrkload.run(f"{self.svc.url}{path}", auth=f"Bearer {API_KEY}", **kwargs)
         except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
@@ -401,10 +425,24 @@ class Run:
             return {"path": path, "failed": str(exc)}
         out["path"] = path
         out["service_cpu_s"] = _delta(cpu0, self._cpu())
+        # The orchestrator's collector pauses during the run (a latency tail's usual suspect).
+        gc1 = self._gc_pauses()
+        out["gc_pauses"] = {
+            gen: {
+                "count": row["count"] - gc0.get(gen, {}).get("count", 0.0),
+                "total_ms": 1000 * (row["sum_s"] - gc0.get(gen, {}).get("sum_s", 0.0)),
+                "over_50ms": (row["count"] - row["le_50ms"]) - (gc0.get(gen, {}).get("count", 0.0) - gc0.get(gen, {}).get("le_50ms", 0.0)),
+            }
+            for gen, row in gc1.items()
+        }
         lat = out["latency_ms"]
         console.log(
             f"wrk {path}: {out['per_s']:.0f}/s ({out['connections']} connections), p50 {_f(lat['p50'])} p99 {_f(lat['p99'])} ms, "
-            f"errors {out['errors']}, wrk cpu {out['client_cpu_s']:.2f}s"
+            f"errors {out['errors']}, wrk cpu {out['client_cpu_s']:.2f}s; orchestrator GC pauses "
+            + ", ".join(
+                f"gen{g} {r['count']:.0f} ({r['total_ms']:.0f} ms, {r['over_50ms']:.0f} over 50 ms)"
+                for g, r in sorted(out["gc_pauses"].items())
+            )
         )
         return out
 
