@@ -87,6 +87,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+LAST_COMMIT_S = 2.0  # the commit a stopping group reader makes of what it handled
 _YIELD_EVERY = 64  # records handled between two turns of the event loop for everything else
 
 
@@ -152,8 +153,11 @@ class Reader:
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
         if self.state != "stopped" and self._uncommitted:
-            with contextlib.suppress(Exception):  # best effort: what is not committed is read again
-                await self._commit_pending()
+            # Best effort, bounded: what is not committed is read again. aiokafka retries a commit
+            # for as long as the coordinator answers with a retriable error.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(LAST_COMMIT_S):
+                    await self._commit_pending()
         if self.state != "stopped":
             self.state = "stopped"
             metrics.READER_UP.remove(self)

@@ -21,13 +21,32 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 5.0  # one part (a reader stops in well under a second); a replica's whole shutdown stays inside a pod's 30 s grace
 
 
+def _chain(task: asyncio.Task[object], depth: int = 0) -> list[str]:
+    """Where a suspended task waits: its coroutine's whole ``await`` chain (``Task.get_stack`` shows
+    only the outermost frame of a suspended coroutine), into the tasks it awaits."""
+    lines: list[str] = []
+    obj: object = task.get_coro()
+    while obj is not None and len(lines) < 40:
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None) or getattr(obj, "ag_frame", None)
+        if frame is not None:
+            lines.append(f"{'  ' * depth}  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        nxt = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None) or getattr(obj, "ag_await", None)
+        if nxt is None and isinstance(obj, asyncio.Task) and depth < 3:
+            return [*lines, f"{'  ' * depth}  awaits task {obj.get_name()}:", *_chain(obj, depth + 1)]
+        obj = nxt
+    waiting = getattr(task, "_fut_waiter", None)
+    if waiting is not None:
+        lines.append(f"{'  ' * depth}  waits for {waiting!r}"[:300])
+    return lines
+
+
 def _stacks(stuck: asyncio.Task[object]) -> str:
     out = io.StringIO()
-    stuck.print_stack(limit=30, file=out)
-    for task in asyncio.all_tasks():
-        if task is stuck or task.done() or task is asyncio.current_task():
-            continue
-        task.print_stack(limit=12, file=out)
+    out.write(f"{stuck.get_name()}:\n" + "\n".join(_chain(stuck)) + "\n")
+    others = [t for t in asyncio.all_tasks() if t is not stuck and not t.done() and t is not asyncio.current_task()]
+    out.write(f"{len(others)} other pending tasks:\n")
+    for task in others[:60]:
+        out.write(f"- {task.get_name()}:\n" + "\n".join(_chain(task)[-6:]) + "\n")
     return out.getvalue()
 
 
@@ -47,7 +66,7 @@ async def bounded(name: str, stop: Callable[[], Awaitable[object]], timeout_s: f
         task.cancel()
         raise
     if not done:
-        log.warning("%s did not stop within %.0f s; going on without it. Stacks:\n%s", name, timeout_s, _stacks(task))
+        log.warning("%s did not stop within %g s; going on without it. Stacks:\n%s", name, timeout_s, _stacks(task))
         task.cancel()
         return
     if task.cancelled():

@@ -36,6 +36,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# How long a decision or an answer waits for the execution's waiting snapshot when it finds the
+# execution still running: a client that read the question from the events stream (the CLI prints
+# the command at once) can be ahead of the snapshot, which the executor writes after the event.
+SETTLE_S = 3.0
+
+
+async def _settled(lc: Lifecycle, status: ExecutionStatus) -> ExecutionStatus:
+    """The execution's snapshot once it is no longer queued or running (or after ``SETTLE_S``)."""
+    if status.state not in ("queued", "running"):
+        return status
+    latest = await lc.status.wait_until(status.execution_id, lambda s: s.state not in ("queued", "running"), timeout=SETTLE_S)
+    return latest or status
+
+
 def _answer(execution_id: str, call_id: str, decided: dict[str, Any]) -> ApprovalResponse:
     return ApprovalResponse.model_validate({"execution_id": execution_id, "call_id": call_id} | decided)
 
@@ -46,6 +60,7 @@ async def decide(
     status = lc.status.get(execution_id)
     if status is None or status.tenant_id != tenant_id:
         raise NotFound("execution not found")  # another tenant's execution is not theirs to know about
+    status = await _settled(lc, status)
     decisions: dict[str, Any] = dict(status.extra.get("decisions") or {})
     earlier = decisions.get(call_id)
     if earlier is not None:
@@ -76,6 +91,7 @@ async def reply(
     status = lc.status.get(execution_id)
     if status is None or status.tenant_id != tenant_id:
         raise NotFound("execution not found")
+    status = await _settled(lc, status)
     decisions: dict[str, Any] = dict(status.extra.get("decisions") or {})
     earlier = decisions.get(call_id)
     if earlier is not None:
