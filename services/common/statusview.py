@@ -2,6 +2,13 @@
 
 Both services read it from the beginning at start and tail it: the orchestrator answers status and
 ownership from it, executors learn the attempt number and whether an execution is already terminal.
+
+The view holds every execution the topic holds, so it is the largest thing in a long-lived process.
+A snapshot as a pydantic object is nine objects the cyclic collector tracks (the model, its
+``__dict__``, its fields-set, and the same for its intake and plan); at 16,000 executions a full
+collection walked 150,000 of them, 150 ms each time, the intake's whole p99 (docs/performance.md).
+So only the most recently used snapshots (``HOT``) stay objects; the rest are packed to their JSON
+bytes, which the collector does not track, and decoded again when asked for (~15 µs).
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -23,14 +31,23 @@ from services.common.sources import Batches, Record, open_tail, reopen_tail
 
 log = logging.getLogger(__name__)
 
+# How many snapshots stay decoded (most recently applied or read first). Every live execution of a
+# busy replica fits (500 streams at once are 500); a full collection walks ~9 objects per entry.
+HOT = 1024
+_pack = ExecutionStatus.__pydantic_serializer__.to_json
+_unpack = ExecutionStatus.model_validate_json
+
 
 class StatusView:
-    def __init__(self, settings: KafkaSettings, *, dlq: AIOKafkaProducer | None = None, name: str = "status-view") -> None:
+    def __init__(self, settings: KafkaSettings, *, dlq: AIOKafkaProducer | None = None, name: str = "status-view", hot: int = HOT) -> None:
         self._settings = settings
         self._dlq = dlq
         self._name = name
         self._topic = settings.topics.status
-        self._items: dict[str, ExecutionStatus] = {}
+        # Every execution is in exactly one of the two: decoded (least recently used first) or packed.
+        self._hot: OrderedDict[str, ExecutionStatus] = OrderedDict()
+        self._cold: dict[str, bytes] = {}
+        self._hot_max = max(1, hot)
         # Indexes, so no per-request or per-sweep scan grows with every execution the view holds:
         # a session's executions (by tenant and session), and the ones parked ``waiting``.
         self._by_session: dict[tuple[str, str], list[str]] = {}
@@ -46,11 +63,32 @@ class StatusView:
         self.on_new: list[Callable[[ExecutionStatus], None]] = []
 
     def get(self, execution_id: str) -> ExecutionStatus | None:
-        return self._items.get(execution_id)
+        hot = self._hot.get(execution_id)
+        if hot is not None:
+            self._hot.move_to_end(execution_id)
+            return hot
+        packed = self._cold.pop(execution_id, None)
+        if packed is None:
+            return None
+        status = _unpack(packed)
+        self._keep(status)
+        return status
+
+    def __contains__(self, execution_id: str) -> bool:
+        """Whether the view knows the execution (no decoding: what the existence checks use)."""
+        return execution_id in self._hot or execution_id in self._cold
+
+    def _peek(self, execution_id: str) -> ExecutionStatus | None:
+        """The snapshot without making it recently used (scans)."""
+        hot = self._hot.get(execution_id)
+        if hot is not None:
+            return hot
+        packed = self._cold.get(execution_id)
+        return None if packed is None else _unpack(packed)
 
     def for_session(self, tenant_id: str, session_id: str) -> list[ExecutionStatus]:
         """The session's executions, oldest first."""
-        found = [self._items[i] for i in self._by_session.get((tenant_id, session_id), ())]
+        found = [s for i in self._by_session.get((tenant_id, session_id), ()) if (s := self._peek(i)) is not None]
         return sorted(found, key=lambda s: s.created_at)
 
     def waiting(self) -> list[ExecutionStatus]:
@@ -59,14 +97,15 @@ class StatusView:
 
     def matching(self, predicate: Callable[[ExecutionStatus], bool]) -> list[ExecutionStatus]:
         """Every snapshot the predicate holds for (workflow runs rebuild from it: issue 20)."""
-        return [s for s in self._items.values() if predicate(s)]
+        found = [s for s in self._hot.values() if predicate(s)]
+        return found + [s for packed in self._cold.values() if predicate(s := _unpack(packed))]
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._hot) + len(self._cold)
 
     def apply(self, status: ExecutionStatus) -> bool:
         """Merge a snapshot (from the topic or our own write); True if it changed the view."""
-        current = self._items.get(status.execution_id)
+        current = self.get(status.execution_id)
         if current is None:
             self._put(status)
             if status.session_id is not None:
@@ -100,11 +139,20 @@ class StatusView:
         return False
 
     def _put(self, status: ExecutionStatus) -> None:
-        self._items[status.execution_id] = status
+        self._keep(status)
         if status.state == "waiting":
             self._waiting[status.execution_id] = status
         else:
             self._waiting.pop(status.execution_id, None)
+
+    def _keep(self, status: ExecutionStatus) -> None:
+        """Hold the snapshot decoded, as the most recently used; pack the least recently used one."""
+        hot = self._hot
+        hot[status.execution_id] = status
+        hot.move_to_end(status.execution_id)
+        if len(hot) > self._hot_max:
+            old_id, old = hot.popitem(last=False)
+            self._cold[old_id] = _pack(old)
 
     def poke(self, execution_id: str) -> None:
         """Make the execution's waiters check their predicate again (it may look beyond the view)."""
@@ -124,7 +172,7 @@ class StatusView:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):  # not wait_for: no Task per wait (1,000 subscribers wait at once)
                 while True:
-                    current = self._items.get(execution_id)
+                    current = self.get(execution_id)
                     if current is not None and predicate(current):
                         break
                     waiter: asyncio.Future[None] = loop.create_future()
@@ -137,7 +185,7 @@ class StatusView:
                             waiters.remove(waiter)
                             if not waiters:
                                 del self._waiters[execution_id]
-        return self._items.get(execution_id)
+        return self.get(execution_id)
 
     async def start(self) -> None:
         source, start = await open_tail(self._settings, [self._topic], client_id=self._name, from_beginning=True)

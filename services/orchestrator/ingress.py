@@ -104,11 +104,7 @@ class IngressFollower(_Follower):
             if held is not None:
                 if held.request_hash != fingerprint:
                     raise Conflict(f"webhook-id {signed.message_id!r} was already used with a different request")
-                if (
-                    held.status_code is not None
-                    or lifecycle.status.get(execution_id) is not None
-                    or await tasks.get(conn, execution_id) is not None
-                ):
+                if held.status_code is not None or execution_id in lifecycle.status or await tasks.get(conn, execution_id) is not None:
                     metrics.INGRESS_RECORDS.labels(outcome="duplicate").inc()
                     return  # read again after a crash or a rebalance: it was accepted the first time
         traceparent = continued_traceparent(header(record.headers, "traceparent"))

@@ -22,3 +22,17 @@ def test_each_collection_is_timed_once_by_its_generation() -> None:
     assert _count("2") == before_full + 1
     assert _count("0") >= before_young + 1
     assert (COMMON.get_sample_value("agentstream_gc_pause_seconds_sum", {"generation": "2"}) or 0.0) > 0
+
+
+def test_a_service_collects_its_young_generation_at_a_server_threshold() -> None:
+    from services.common import heap
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        heap.freeze_startup_heap()
+        assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, 10, 10)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)

@@ -149,7 +149,7 @@ class Scheduler:
             return None
         if now_ms < max(won.claimed_ms, won.slot_ms) + self.takeover_ms or now_ms - won.slot_ms > self.grace_ms:
             return None
-        if self._lifecycle.status.get(execution_id_for(won.tenant_id, won.schedule_id, won.slot_ms)) is not None:
+        if execution_id_for(won.tenant_id, won.schedule_id, won.slot_ms) in self._lifecycle.status:
             return None
         if entry.takeover is not None and entry.takeover[0] == won.round + 1 and mono - entry.takeover[1] < _RESEND_S:
             return None
@@ -176,7 +176,7 @@ class Scheduler:
         """Submit the slot's execution; returns the outcome (submitted, duplicate, refused, unavailable)."""
         lifecycle = self._lifecycle
         execution_id = execution_id_for(rec.tenant_id, rec.schedule_id, slot_ms)
-        if lifecycle.status.get(execution_id) is not None:
+        if execution_id in lifecycle.status:
             return "duplicate"
         target = rec.target
         sub = Submission(

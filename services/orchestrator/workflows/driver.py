@@ -295,7 +295,7 @@ class WorkflowDriver:
 
     async def _submitted(self, run: RunRecord, name: str, task_id: str) -> bool:
         if run.spec.steps[self._index(run, name)].agent is not None:
-            return self.lc.status.get(task_id) is not None
+            return task_id in self.lc.status
         async with self.lc.store.begin() as conn:
             return await tasks.get(conn, task_id) is not None
 

@@ -63,7 +63,7 @@ def rendered_input(run: RunRecord, step: StepSpec) -> str:
 
 async def start_agent(lc: Lifecycle, run: RunRecord, step: StepSpec, *, text: str) -> None:
     task_id = step_task_id(run.run_id, step.name)
-    if lc.status.get(task_id) is not None:
+    if task_id in lc.status:
         return  # submitted before (a rebuilt driver): the deterministic id makes it once
     assert step.agent is not None
     sub = Submission(
