@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # How many snapshots stay decoded (most recently applied or read first). Every live execution of a
 # busy replica fits (500 streams at once are 500); a full collection walks ~9 objects per entry.
 HOT = 1024
+# Own writes remembered until read back (the tail reads them within milliseconds).
+OWN_MAX = 8192
 _pack = ExecutionStatus.__pydantic_serializer__.to_json
 _unpack = ExecutionStatus.model_validate_json
 
@@ -59,6 +61,9 @@ class StatusView:
         # Who waits for a change of which execution (wait_until): woken by apply(), whoever applies
         # (the tail, the bridge, our own writes); one execution's change wakes only its waiters.
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # Our own acknowledged writes, by (partition, offset): applied at their acknowledgement, so the
+        # tail skips them when it reads them back instead of decoding and merging them a second time.
+        self._own: dict[tuple[int, int], None] = {}
         # Called with the first snapshot of every execution this view learns of (e.g. session followers).
         self.on_new: list[Callable[[ExecutionStatus], None]] = []
 
@@ -138,6 +143,18 @@ class StatusView:
             self._put(current.model_copy(update=update))
         return False
 
+    def applied_write(self, status: ExecutionStatus, partition: int, offset: int) -> bool:
+        """Apply our own snapshot, which the broker acknowledged at ``partition``/``offset``."""
+        self.own_write(partition, offset)
+        return self.apply(status)
+
+    def own_write(self, partition: int, offset: int) -> None:
+        """A snapshot this process applied and the broker acknowledged there: the tail skips it."""
+        own = self._own
+        own[(partition, offset)] = None
+        if len(own) > OWN_MAX:  # read back before its acknowledgement came, or a tail that stopped: forget the oldest
+            del own[next(iter(own))]
+
     def _put(self, status: ExecutionStatus) -> None:
         self._keep(status)
         if status.state == "waiting":
@@ -214,6 +231,8 @@ class StatusView:
     def _handle(self, record: Record) -> None:
         if record.value is None:
             return  # a tombstone: compaction's, nothing to apply
+        if self._own and self._own.pop((record.partition, record.offset), 0) is None:
+            return  # our own write, applied at its acknowledgement
         try:
             status = ExecutionStatus.model_validate_json(record.value)
         except ValidationError as exc:

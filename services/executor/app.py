@@ -537,6 +537,7 @@ class Executor:
             await tenure.check()
         self.status.apply(status)
         metrics.EXECUTOR_EXECUTIONS.labels(state=status.state, lane=status.priority).inc()
-        await self.producer.send_and_wait(
+        written = await self.producer.send_and_wait(
             self.topics.status, key=status.execution_id.encode(), value=encode(status), headers=status_headers(status, "executor")
         )
+        self.status.own_write(written.partition, written.offset)

@@ -18,6 +18,9 @@ import orjson
 
 from schemas.bounds import MAX_INT32
 from schemas.events import TokenDelta
+from services.common.ids import EventIds
+
+__all__ = ["EventIds", "TokenRecords"]
 
 # Sentinels: values no envelope field can produce, each serializing to bytes found once in the template.
 _EVENT_ID = uuid.UUID("a0e1d2c3-b4a5-4968-8777-665544332211")
@@ -25,22 +28,6 @@ _SEQ = 1_987_654_321
 _STEP = 1_876_543_219
 _TS = datetime(1999, 12, 31, 23, 59, 58, 123457, tzinfo=UTC)
 _TEXT = "\ue000\ue001"  # private-use characters: orjson and pydantic write them raw
-
-
-class EventIds:
-    """Unique event ids for one emitter's token records without a system call each (``uuid4`` reads
-    ``os.urandom``: 5 % of the executor's CPU at 100 streams): one random version-4 UUID per emitter,
-    whose last eight hex digits then count. Still a valid UUID; unique while one emitter writes fewer
-    than 2**32 records."""
-
-    def __init__(self) -> None:
-        base = str(uuid.uuid4())
-        self._prefix = base[:-8]
-        self._n = int(base[-8:], 16)
-
-    def next(self) -> str:
-        self._n = (self._n + 1) & 0xFFFFFFFF
-        return f"{self._prefix}{self._n:08x}"
 
 
 class TokenRecords:

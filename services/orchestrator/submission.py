@@ -76,7 +76,10 @@ async def submit(lc: Lifecycle, subs: Sequence[Submission], *, writes: Writes | 
     try:
         # aiokafka retries an unreachable broker without end: bound the wait, so an outage is a 503.
         async with asyncio.timeout(lc.settings.kafka.request_timeout_ms / 1000):
-            await asyncio.gather(*(_publish(lc, sub, deadline if sub.timeout_s is None else time.time() + sub.timeout_s) for sub in subs))
+            if len(subs) == 1:  # the common case, without a Task
+                await _publish(lc, subs[0], _deadline(subs[0], deadline))
+            else:
+                await asyncio.gather(*(_publish(lc, sub, _deadline(sub, deadline)) for sub in subs))
     except (KafkaError, TimeoutError) as exc:
         await _cancel_published(lc, subs)
         if undo is not None:
@@ -86,6 +89,10 @@ async def submit(lc: Lifecycle, subs: Sequence[Submission], *, writes: Writes | 
             f"Kafka did not acknowledge the request ({type(exc).__name__}); nothing was accepted, retry later",
             retry_after=1,
         ) from exc
+
+
+def _deadline(sub: Submission, default: float) -> float:
+    return default if sub.timeout_s is None else time.time() + sub.timeout_s
 
 
 def intake_of(sub: Submission, deadline: float) -> Intake:
@@ -139,18 +146,19 @@ async def _publish(lc: Lifecycle, sub: Submission, deadline: float) -> None:
     # 202 only after the broker acknowledged both (acks=all, idempotent producer).
     span = producer_span(lane, fallback_traceparent=sub.traceparent, tenant_id=sub.tenant_id, execution_id=sub.execution_id)
     with span as traceparent:
-        await asyncio.gather(
-            lc.producer.send_and_wait(
-                lane,
-                value=encode(event),
-                key=sub.tenant_id.encode(),
-                headers=envelope_headers(event, service="orchestrator", traceparent=traceparent),
-            ),
-            lc.producer.send_and_wait(
-                topics.status, value=encode(status), key=sub.execution_id.encode(), headers=status_headers(status, "orchestrator")
-            ),
+        # Both sends queued before either is awaited: one produce request carries them (no Task each).
+        headers = envelope_headers(event, service="orchestrator", traceparent=traceparent)
+        request_sent = await lc.producer.send(lane, value=encode(event), key=sub.tenant_id.encode(), headers=headers)
+        status_sent = await lc.producer.send(
+            topics.status, value=encode(status), key=sub.execution_id.encode(), headers=status_headers(status, "orchestrator")
         )
-    lc.status.apply(status)
+        try:
+            await request_sent
+            written = await status_sent
+        except BaseException:
+            status_sent.cancel()  # as gather did: nothing waits for it any more (the caller cancels the execution)
+            raise
+    lc.status.applied_write(status, written.partition, written.offset)
     metrics.EXECUTIONS.labels(state="queued", lane=sub.priority).inc()
 
 
