@@ -43,3 +43,30 @@ def test_a_big_view_keeps_few_objects_and_reads_every_snapshot_whole() -> None:
     assert not view.apply(_queued(5))
     assert [s.execution_id for s in view.for_session("t", "s1")][:3] == ["e1", "e4", "e7"]
     assert {s.execution_id for s in view.matching(lambda s: s.state == "running")} == {"e5"}
+
+
+class _Record:
+    def __init__(self, partition: int, offset: int, value: bytes) -> None:
+        self.partition, self.offset, self.value = partition, offset, value
+
+
+def test_the_tail_skips_our_own_acknowledged_snapshot_and_reads_every_other() -> None:
+    view = StatusView(KafkaSettings())
+    ours = _queued(1)
+    assert view.applied_write(ours, 2, 40)
+    # Read back at its offset: not decoded again (a value that would not even parse shows it).
+    view._handle(_Record(2, 40, b"not json"))  # type: ignore[arg-type]
+    assert view.get("e1") == ours
+    # The same offset again (a reopened tail), or another record: decoded as usual.
+    running = ExecutionStatus(execution_id="e1", tenant_id="t", state="running", attempt=1)
+    view._handle(_Record(2, 40, running.model_dump_json().encode()))  # type: ignore[arg-type]
+    assert (got := view.get("e1")) is not None and got.state == "running"
+
+
+def test_own_writes_never_read_back_are_forgotten_past_a_bound() -> None:
+    from services.common import statusview
+
+    view = StatusView(KafkaSettings())
+    for offset in range(statusview.OWN_MAX + 10):
+        view.own_write(0, offset)
+    assert len(view._own) == statusview.OWN_MAX and (0, 0) not in view._own
