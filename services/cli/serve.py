@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Coroutine
 from typing import Annotated, Any
@@ -53,6 +55,24 @@ def run_service(main: Coroutine[Any, Any, None]) -> None:
 
 
 freeze_heap = freeze_startup_heap  # the executor and `up`; the apps freeze in their lifespans (heap.py)
+
+
+def system_allocator() -> None:
+    """Run a long-lived service on the C allocator (``PYTHONMALLOC=malloc``), re-executing once.
+
+    After a burst (500 streams), pymalloc keeps every 1 MiB arena that still holds one live object,
+    and ``malloc_trim`` cannot give back what is inside them: the orchestrator stayed at +60-85 % of
+    its idle RSS three minutes later though its live blocks were back near idle. On glibc's malloc
+    the trimmer (memory.py) returns the freed pages: +26 % in the same bench step, and the token
+    path's CPU per token no higher (docs/performance.md). A ``PYTHONMALLOC`` the user set is kept;
+    ``AGENTSTREAM_PYMALLOC=1`` keeps pymalloc. Only the console script re-executes (not a test
+    calling the command in its own process)."""
+    if os.environ.get("PYTHONMALLOC") or os.environ.get("AGENTSTREAM_PYMALLOC") == "1":
+        return
+    if not os.path.basename(sys.argv[0]).startswith("agentstream") or not getattr(sys, "orig_argv", None):
+        return
+    os.environ["PYTHONMALLOC"] = "malloc"
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def _server(host: str | None, port: int | None, *, bridge_only: bool = False) -> Any:
@@ -167,6 +187,7 @@ async def wait_for_kafka(stop: asyncio.Event, *, first_reminder_s: float = 10.0,
 @app.command()
 def orchestrator(host: str | None = None, port: int | None = None) -> None:
     """Run the orchestrator (HTTP API and WebSocket bridge)."""
+    system_allocator()
     _telemetry("orchestrator")
     asyncio.run(_preflight())
     _server(host, port).run()
@@ -175,6 +196,7 @@ def orchestrator(host: str | None = None, port: int | None = None) -> None:
 @app.command()
 def bridge(host: str | None = None, port: int | None = None) -> None:
     """Run only the fan-out (/v1/stream WebSocket, SSE events), apart from the API; as many as you like."""
+    system_allocator()
     _telemetry("bridge")
     asyncio.run(_preflight())
     _server(host, port, bridge_only=True).run()
@@ -183,6 +205,7 @@ def bridge(host: str | None = None, port: int | None = None) -> None:
 @app.command()
 def executor() -> None:
     """Run one executor (a member of the consumer group)."""
+    system_allocator()
     _telemetry("executor")
 
     async def main() -> None:
@@ -194,6 +217,7 @@ def executor() -> None:
 @app.command()
 def up(host: str | None = None, port: int | None = None, log_format: LogFormat = None) -> None:
     """Run orchestrator, bridge and an executor in one process, for local use."""
+    system_allocator()
     from services.orchestrator.settings import OrchestratorSettings
 
     settings = OrchestratorSettings()

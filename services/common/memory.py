@@ -69,6 +69,7 @@ class Trimmer:
         self._trim = trim or _malloc_trim()
         self._rss = rss_bytes()
         self._blocks = sys.getallocatedblocks()
+        self._seen = self._collected = self._blocks  # the live blocks at the last check, after the last full collection
         self._task: asyncio.Task[None] | None = None
 
     def check(self) -> bool:
@@ -76,6 +77,15 @@ class Trimmer:
         if self._trim is None:
             return False
         blocks = sys.getallocatedblocks()
+        quiet = abs(blocks - self._seen) <= max(blocks // 50, 20_000)
+        self._seen = blocks
+        if quiet and abs(blocks - self._collected) > max(blocks // 50, 20_000):
+            # Quiet again after a change: a full collection. What a burst leaves in cycles that outlived
+            # the young generations (a closed WebSocket's protocol and its parser hold each other) is
+            # otherwise freed only by the next full collection, which a quiet service (the young
+            # threshold is 20,000 allocations: heap.py) may not make for hours.
+            gc.collect()
+            blocks = self._seen = self._collected = sys.getallocatedblocks()
         rss = rss_bytes()
         ended = self._blocks - blocks >= min(self._blocks * self.drop, _BURST_BLOCKS)
         if not ended and rss - self._rss <= self.slack:

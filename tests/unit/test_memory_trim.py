@@ -53,6 +53,32 @@ def test_a_finished_burst_is_trimmed_and_its_memory_returns() -> None:
 
 
 @needs_glibc
+def test_a_quiet_service_collects_the_cycles_a_burst_left_and_gives_their_memory_back() -> None:
+    _run("""
+        import gc
+        gc.set_threshold(20_000, 10, 10)  # a service's young threshold (heap.py)
+        trimmer = memory.Trimmer(slack_mb=1024)
+        before = memory.rss_bytes()
+
+        class Conn:  # a closed connection's protocol and its parser, holding each other
+            def __init__(self, i):
+                self.parser = [self, b"x" * (200 + i % 300), list(range(30))]
+
+        conns = [Conn(i) for i in range(150_000)]
+        gc.collect()  # they outlive the young generations, as a WebSocket does
+        trimmer.check()
+        del conns  # closed: garbage, but only a full collection finds it
+        peak = memory.rss_bytes()
+        assert peak - before > 50 * 2**20, (before, peak)
+        # Quiet since the last check: a full collection frees the cycles, and the drop it shows is a
+        # burst's end, so the same check trims.
+        assert trimmer.check()
+        after = memory.rss_bytes()
+        assert after - before < (peak - before) / 2, (before, peak, after)
+    """)
+
+
+@needs_glibc
 def test_growth_past_the_slack_trims_once_then_the_new_level_is_the_baseline() -> None:
     _run("""
         trimmer = memory.Trimmer(slack_mb=32)

@@ -55,11 +55,11 @@ def test_the_tail_skips_our_own_acknowledged_snapshot_and_reads_every_other() ->
     ours = _queued(1)
     assert view.applied_write(ours, 2, 40)
     # Read back at its offset: not decoded again (a value that would not even parse shows it).
-    view._handle(_Record(2, 40, b"not json"))  # type: ignore[arg-type]
+    view._handle(_Record(2, 40, b"not json"))
     assert view.get("e1") == ours
     # The same offset again (a reopened tail), or another record: decoded as usual.
     running = ExecutionStatus(execution_id="e1", tenant_id="t", state="running", attempt=1)
-    view._handle(_Record(2, 40, running.model_dump_json().encode()))  # type: ignore[arg-type]
+    view._handle(_Record(2, 40, running.model_dump_json().encode()))
     assert (got := view.get("e1")) is not None and got.state == "running"
 
 
