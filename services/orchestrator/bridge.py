@@ -20,8 +20,8 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine, Iterable, Iterator
-from typing import Any, TypeAlias
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from typing import Any, Protocol, TypeAlias
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -62,10 +62,10 @@ class Subscription:
     def __init__(self, sink: Sink, execution_id: str, *, cursor: int | None, attempt: int = 0) -> None:
         self.sink = sink
         self.execution_id = execution_id
-        self._id_json = orjson.dumps(execution_id)
+        self.id_json = orjson.dumps(execution_id)
         self.last_offset = cursor if cursor is not None else -1
         self.catching_up = True
-        self.buffer: list[Record] = []
+        self.buffer: list[EventRecord] = []
         self.attempt = attempt
         self.done = False
 
@@ -78,13 +78,13 @@ class Subscription:
         start = status.attempt_start_offset if status.attempt_start_offset is not None else status.events_start_offset
         return status.attempt if cursor is not None and start is not None and cursor >= start else 0
 
-    def offer(self, record: Record, item: EventItem | None = None) -> None:
+    def offer(self, record: EventRecord, item: EventItem | None = None) -> None:
         if self.catching_up:
             self.buffer.append(record)
         else:
             self.deliver(record, item)
 
-    def deliver(self, record: Record, item: EventItem | None = None) -> None:
+    def deliver(self, record: EventRecord, item: EventItem | None = None) -> None:
         """``item``: the record as every live subscriber gets it (built once by the bridge); else built here."""
         if self.done:
             return
@@ -100,7 +100,7 @@ class Subscription:
         self.last_offset = record.offset
         if fenced:
             return
-        self.sink.push_shared(item if item is not None else EventItem(self._id_json, record.offset, type_, record.value or b"null"))
+        self.sink.push_shared(item if item is not None else EventItem(self.id_json, record.offset, type_, record.value or b"null"))
         if type_ in TERMINAL_TYPES:
             self.done = True
 
@@ -112,11 +112,47 @@ class Subscription:
             self.sink.push_control({"type": "end", "execution_id": self.execution_id, "status": state, "cursor": self.last_offset})
 
 
-_RECORD_OVERHEAD = 350  # a ConsumerRecord with its four headers, beyond key and value (measured ~330 B with tracemalloc)
+class EventRecord(Protocol):
+    """What a subscription reads of a record: a ``ConsumerRecord`` from the tail or a range read, or
+    the compact copy memory holds (``Kept``)."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
-def _footprint(record: Record) -> int:
-    return len(record.value or b"") + len(record.key or b"") + _RECORD_OVERHEAD
+class Kept:
+    """A record as memory holds it for late subscribers: its offset, its value (the same bytes object
+    the tail read, not a copy) and only the two headers delivery reads (``type``, ``attempt``), as a
+    tuple shared by every record with the same pair. A ``ConsumerRecord`` with its headers was ~39
+    allocations; 31,000 of them held for two minutes after 500 streams pinned the orchestrator's heap
+    (RSS +60-85 % of idle after the memory was freed: docs/performance.md)."""
+
+    __slots__ = ("headers", "offset", "value")
+
+    def __init__(self, offset: int, value: bytes | None, headers: tuple[tuple[str, bytes], ...]) -> None:
+        self.offset, self.value, self.headers = offset, value, headers
+
+
+_KEPT_OVERHEAD = 100  # a Kept and its offset, beyond the value (its headers are shared)
+_SHARED_HEADERS: dict[tuple[str, str | None], tuple[tuple[str, bytes], ...]] = {}
+_SHARED_HEADERS_MAX = 4096  # distinct (type, attempt) pairs kept; past it a record gets its own tuple
+
+
+def _kept(record: Record, type_: str) -> Kept:
+    attempt = header(record.headers, "attempt")
+    pair = (type_, attempt)
+    headers = _SHARED_HEADERS.get(pair)
+    if headers is None:
+        headers = (("type", type_.encode()),) + ((("attempt", attempt.encode()),) if attempt is not None else ())
+        if len(_SHARED_HEADERS) < _SHARED_HEADERS_MAX:
+            _SHARED_HEADERS[pair] = headers
+    return Kept(record.offset, record.value, headers)
 
 
 class _Held:
@@ -126,7 +162,7 @@ class _Held:
 
     def __init__(self, record: Record) -> None:
         self.topic, self.partition = record.topic, record.partition
-        self.records: list[Record] = []
+        self.records: list[Kept] = []
         self.bytes = 0
 
 
@@ -148,15 +184,16 @@ class RecentRecords:
         self.bytes = 0
         self.dropped = 0  # executions dropped by the byte bound, for tests and metrics
 
-    def add(self, execution_id: str, record: Record, *, terminal: bool) -> None:
+    def add(self, execution_id: str, record: Record, *, terminal: bool, type_: str = "") -> None:
         held = self._held.get(execution_id)
         if held is not None and (held.topic, held.partition) != (record.topic, record.partition):
             self._drop(execution_id)  # one key is one partition; a second reply topic starts over rather than mixing
             held = None
         if held is None:
             held = self._held[execution_id] = _Held(record)
-        size = _footprint(record)
-        held.records.append(record)
+        kept = _kept(record, type_ or header(record.headers, "type") or "")
+        size = len(record.value or b"") + _KEPT_OVERHEAD
+        held.records.append(kept)
         held.bytes += size
         self.bytes += size
         if terminal:
@@ -165,7 +202,7 @@ class RecentRecords:
         if self.bytes > self._max_bytes:
             self._shrink()
 
-    def covering(self, execution_id: str, tp: TopicPartition, start: int) -> list[Record] | None:
+    def covering(self, execution_id: str, tp: TopicPartition, start: int) -> list[Kept] | None:
         """Every held record of the execution if memory holds all of them on ``tp`` from ``start`` on, else None."""
         held = self._held.get(execution_id)
         if held is None or (held.topic, held.partition) != (tp.topic, tp.partition) or held.records[0].offset > start:
@@ -205,12 +242,12 @@ class RecentRecords:
 START_RECHECK_S = 0.5
 
 
-def _started_in(buffer: list[Record]) -> bool:
+def _started_in(buffer: Sequence[EventRecord]) -> bool:
     """The subscription buffered its execution's start while catching up: every event comes live."""
     return any(header(r.headers, "type") == "execution.started" for r in buffer)
 
 
-def _attempt(record: Record) -> int:
+def _attempt(record: EventRecord) -> int:
     """The attempt that wrote a record (header; checked numeric by ``_malformed``); 1 if absent."""
     value = header(record.headers, "attempt")
     return int(value) if value is not None and value.isdigit() else 1
@@ -335,7 +372,7 @@ class Bridge:
             raise PoisonRecord("event record whose key (execution_id) is not UTF-8") from None
         type_ = header(record.headers, "type")
         terminal = type_ in TERMINAL_TYPES
-        self._recent.add(execution_id, record, terminal=terminal)
+        self._recent.add(execution_id, record, terminal=terminal, type_=type_ or "")
         if type_ == "execution.started":
             self._started[execution_id] = max(self._started.pop(execution_id, 0), _attempt(record))
             if len(self._started) > _STARTED_KEPT:
@@ -349,9 +386,10 @@ class Bridge:
             # later, while the first tokens waited in their buffers).
             self.status.poke(execution_id)
         if subs:
-            item = EventItem(orjson.dumps(execution_id), record.offset, type_ or "", record.value or b"null")  # one for all of them
+            subscribed = tuple(subs)
+            item = EventItem(subscribed[0].id_json, record.offset, type_ or "", record.value or b"null")  # one for all of them
             live = False
-            for sub in tuple(subs):
+            for sub in subscribed:
                 live = live or not sub.catching_up
                 if sub.sink.hold():  # what this fetch batch has for it goes as one frame, at the batch's end (Nagle-like)
                     self._held.append(sub.sink)
@@ -486,8 +524,8 @@ class Bridge:
                 if held is not None:
                     holding = sub.sink.hold()  # the whole catch-up from memory in one frame
                     try:
-                        for record in held:  # all of it from `needed` on, as the tail saw it (deliver skips what the cursor passed)
-                            sub.deliver(record)
+                        for kept in held:  # all of it from `needed` on, as the tail saw it (deliver skips what the cursor passed)
+                            sub.deliver(kept)
                     finally:
                         if holding:
                             sub.sink.flush()

@@ -74,7 +74,8 @@ class _Follower:
         if reader is not None:
             await reader.stop()
 
-    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    def handle(self, record: ConsumerRecord[bytes, bytes]) -> Awaitable[None] | None:
+        """Apply one record: a coroutine to await, or None for a record with nothing to do."""
         raise NotImplementedError
 
     async def reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
@@ -97,10 +98,15 @@ class EventsFollower(_Follower):
         reader = self.reader
         return reader is not None and partition is not None and TopicPartition(self._topic, partition) in reader.source.assignment()
 
-    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    def handle(self, record: ConsumerRecord[bytes, bytes]) -> Awaitable[None] | None:
+        # Nearly every record is a token delta: skipped by its header, without a coroutine made for it.
         type_ = header(record.headers, "type")
         if type_ not in _WANTED or record.value is None:
-            return
+            return None
+        return self._apply(record, type_)
+
+    async def _apply(self, record: ConsumerRecord[bytes, bytes], type_: str) -> None:
+        assert record.value is not None
         try:
             event: dict[str, Any] = orjson.loads(record.value)
             execution_id = str(event["execution_id"])

@@ -51,14 +51,29 @@ def test_a_running_execution_dropped_by_the_byte_bound_is_never_served_as_comple
 
 
 def test_ended_executions_go_first_and_the_bound_holds_after_every_add() -> None:
-    recent = RecentRecords(ttl_s=60, max_bytes=3000)
+    recent = RecentRecords(ttl_s=60, max_bytes=2000)  # each record ~600 bytes held: the fourth is over
     recent.add("running", record("running", 0, size=500), terminal=False)
     recent.add("ended", record("ended", 1, size=500), terminal=True)
     recent.add("running", record("running", 2, size=500), terminal=False)
     recent.add("new", record("new", 3, size=500), terminal=False)
     assert recent.covering("ended", TP, 1) is None  # over the bound: the ended one went, though the running one is older
     assert offsets(recent.covering("running", TP, 0)) == [0, 2]
-    assert recent.bytes <= 3000 and recent.dropped == 1
+    assert recent.bytes <= 2000 and recent.dropped == 1
+
+
+def test_memory_holds_compact_records_sharing_their_headers_and_values() -> None:
+    """What memory keeps of a record is its offset, the tail's own value bytes and one shared tuple
+    of the two headers delivery reads: not a ConsumerRecord with its own headers (~39 allocations)."""
+    recent = RecentRecords(ttl_s=60, max_bytes=1 << 20)
+    originals = [record("a", offset) for offset in range(3)]
+    for r in originals:
+        recent.add("a", r, terminal=False)
+    held = recent.covering("a", TP, 0)
+    assert held is not None and [h.offset for h in held] == [0, 1, 2]
+    assert all(h.value is r.value for h, r in zip(held, originals, strict=True))
+    assert held[0].headers == (("type", b"token.delta"), ("attempt", b"1"))
+    assert held[0].headers is held[1].headers is held[2].headers
+    assert not hasattr(held[0], "__dict__")
 
 
 def test_ttl_drops_ended_executions_only() -> None:
